@@ -1,0 +1,79 @@
+//! Command-line interface (the contract in shared/DESIGN.md).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "stackinit", version, about = "Boot, supervise and serve a web stack from one binary.")]
+pub struct Cli {
+    /// Control socket (default: $STACKINIT_SOCKET, else /run/stackinit/control.sock).
+    #[arg(long, global = true, env = "STACKINIT_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConfigArg {
+    /// Config file (default: /etc/stackinit/stackinit.toml; `run` falls back to the built-in demo).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the supervisor in the foreground (under systemd, in a terminal, in tests).
+    Run(ConfigArg),
+    /// Run as the first process of a machine or PID namespace (what PID 1 does with no arguments).
+    Init(ConfigArg),
+    /// Validate a config: exit 0, or print FILE:LINE:COL: messages and exit 1.
+    Check(ConfigArg),
+    /// Show services: a table, or `{"services": [...]}` with --json.
+    Status {
+        /// A service (`app`) or replica (`app@1`).
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped service.
+    Start { name: String },
+    /// Stop a service (stop signal, grace period, then SIGKILL to its process group).
+    Stop { name: String },
+    /// Restart a service; replicas are replaced one at a time.
+    Restart { name: String },
+    /// Re-read the config and apply the difference.
+    Reload,
+    /// Print a service's log.
+    Logs {
+        name: String,
+        /// Show stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Keep printing new lines as they are written.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many lines from the end to print first.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+    },
+    /// Stop all services in order and power off (or reboot, or just exit when not PID 1).
+    Shutdown {
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Print config: `--default` prints the built-in demo stack.
+    Config {
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The HTTP(S) proxy; init runs it as the `proxy` service with its sockets handed in.
+    #[command(hide = true)]
+    Proxy(ConfigArg),
+    /// A tiny pre-forked demo worker serving its LISTEN_FDS socket, for the built-in demo stack.
+    #[command(hide = true)]
+    DemoWorker,
+}

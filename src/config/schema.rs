@@ -1,0 +1,317 @@
+//! The config schema: the TOML a user writes, as typed structs with defaults.
+//!
+//! This is the interface contract of `shared/DESIGN.md`. Unknown keys are errors everywhere
+//! (`deny_unknown_fields`), so a typo never silently falls back to a default.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::units::{Bytes, Secs};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub init: InitSpec,
+    /// Services by name. A BTreeMap keeps `status` output and start order deterministic.
+    #[serde(default)]
+    pub service: BTreeMap<String, ServiceSpec>,
+    #[serde(default)]
+    pub proxy: Option<ProxySpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InitSpec {
+    /// Where service logs and stackinit's own log go; created if missing.
+    pub logs_dir: PathBuf,
+    /// Owner and mode of `logs_dir` when stackinit creates or fixes it.
+    pub logs_user: Option<String>,
+    pub logs_group: Option<String>,
+    pub logs_mode: String,
+    pub control_socket: PathBuf,
+    /// Group allowed to use the control socket (mode 0660). Root always is.
+    pub control_group: Option<String>,
+    /// Verbosity of stackinit's own log: error, warn, info, debug, trace.
+    pub log_level: String,
+    /// How long `/healthz` answers 503 before services are stopped on shutdown, so load balancers stop
+    /// sending traffic first.
+    pub shutdown_drain: Secs,
+    /// Hostname to set when running as PID 1. Empty: leave it, or take it from instance facts.
+    pub hostname: Option<String>,
+}
+
+impl Default for InitSpec {
+    fn default() -> Self {
+        InitSpec {
+            logs_dir: PathBuf::from("/logs"),
+            logs_user: None,
+            logs_group: None,
+            logs_mode: "0755".into(),
+            control_socket: PathBuf::from(crate::paths::DEFAULT_CONTROL_SOCKET),
+            control_group: None,
+            log_level: "info".into(),
+            shutdown_drain: Secs::from_secs(0),
+            hostname: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSpec {
+    /// argv; the program is looked up in PATH (the service's own PATH if it sets one).
+    pub command: Vec<String>,
+    pub directory: Option<PathBuf>,
+    pub user: Option<String>,
+    /// Primary group; default: the user's primary group. Supplementary groups come from the user's entry.
+    pub group: Option<String>,
+    pub environment: BTreeMap<String, String>,
+    /// Octal, like "0022".
+    pub umask: Option<String>,
+    /// RLIMIT_NOFILE soft and hard limit.
+    pub nofile: Option<u64>,
+    pub no_new_privs: bool,
+    /// Capabilities kept in the bounding set (names like "CAP_NET_ADMIN" or "net_admin", or "ALL").
+    /// Everything else is dropped before exec.
+    pub capabilities: Vec<String>,
+    pub replicas: u32,
+    /// Sockets bound by stackinit and passed in via LISTEN_FDS: "unix:/path", "127.0.0.1:8000", "[::1]:8000".
+    pub listen: Option<OneOrMany>,
+    /// Mode of unix listen sockets, octal.
+    pub listen_mode: String,
+    /// Services that must be ready (oneshots: exited 0) before this one starts.
+    pub after: Vec<String>,
+    pub autostart: bool,
+    pub oneshot: bool,
+    pub restart: RestartPolicy,
+    /// Exit codes that count as success (for `restart = "on-failure"` and oneshots).
+    pub success_exit_codes: Vec<i32>,
+    /// A process that dies sooner than this after starting is a failed start.
+    pub start_secs: Secs,
+    /// Consecutive failed starts before the service goes `fatal`.
+    pub start_limit: u32,
+    /// Restart delays: the first restart is immediate, then `backoff_initial` doubling up to `backoff_max`,
+    /// with ±10 % jitter. The series resets once the service has stayed up for `backoff_reset`.
+    pub backoff_initial: Secs,
+    pub backoff_max: Secs,
+    pub backoff_reset: Secs,
+    pub stop_signal: String,
+    /// Time between the stop signal and SIGKILL to the whole process group.
+    pub stop_grace: Secs,
+    /// A failing critical service makes `/healthz` answer 503.
+    pub critical: bool,
+    /// The service sends READY=1 on $NOTIFY_SOCKET; it is ready only after that (and its probes).
+    pub notify: bool,
+    pub startup: Option<Probe>,
+    pub readiness: Option<Probe>,
+    pub liveness: Option<Probe>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub log_max_bytes: Bytes,
+    pub log_backups: u32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            command: Vec::new(),
+            directory: None,
+            user: None,
+            group: None,
+            environment: BTreeMap::new(),
+            umask: None,
+            nofile: None,
+            no_new_privs: true,
+            capabilities: Vec::new(),
+            replicas: 1,
+            listen: None,
+            listen_mode: "0660".into(),
+            after: Vec::new(),
+            autostart: true,
+            oneshot: false,
+            restart: RestartPolicy::Always,
+            success_exit_codes: vec![0],
+            start_secs: Secs::from_secs(1),
+            start_limit: 5,
+            backoff_initial: Secs::from_millis(100),
+            backoff_max: Secs::from_secs(30),
+            backoff_reset: Secs::from_secs(60),
+            stop_signal: "TERM".into(),
+            stop_grace: Secs::from_secs(10),
+            critical: true,
+            notify: false,
+            startup: None,
+            readiness: None,
+            liveness: None,
+            stdout: None,
+            stderr: None,
+            log_max_bytes: Bytes(50 << 20),
+            log_backups: 10,
+        }
+    }
+}
+
+/// A Kubernetes-style probe: exactly one of `http`, `tcp`, `exec`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Probe {
+    /// GET this path over the service's own listen socket.
+    pub http: Option<String>,
+    /// Expected HTTP status.
+    pub expect: u16,
+    /// Connect to this address, or to the service's own listen socket with `tcp = true`.
+    pub tcp: Option<TcpProbeTarget>,
+    pub exec: Option<Vec<String>>,
+    pub initial_delay: Secs,
+    pub period: Secs,
+    pub timeout: Secs,
+    pub failure_threshold: u32,
+    pub success_threshold: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TcpProbeTarget {
+    OwnSocket(bool),
+    Address(String),
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            http: None,
+            expect: 200,
+            tcp: None,
+            exec: None,
+            initial_delay: Secs::from_secs(0),
+            period: Secs::from_secs(10),
+            timeout: Secs::from_secs(1),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySpec {
+    /// Plain-HTTP listen addresses, bound by init and handed to the proxy.
+    pub listen: Vec<String>,
+    pub tls: Option<TlsSpec>,
+    /// The proxy process runs as this user, with no capabilities.
+    pub user: String,
+    pub group: Option<String>,
+    /// Services the proxy waits for before starting (e.g. the DHCP client).
+    pub after: Vec<String>,
+    pub client_max_body_size: Bytes,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_size: Bytes,
+    pub connect_timeout: Secs,
+    /// Time allowed to receive a request's headers; kills slowloris connections.
+    pub header_timeout: Secs,
+    /// Time allowed for an upstream to start its response.
+    pub upstream_timeout: Secs,
+    /// Keep-alive idle time of client connections.
+    pub idle_timeout: Secs,
+    /// Grace period for in-flight requests on stop.
+    pub stop_grace: Secs,
+    /// Where the access log goes; default `<logs_dir>/access.log`.
+    pub access_log: Option<PathBuf>,
+    pub log_max_bytes: Bytes,
+    pub log_backups: u32,
+    pub server: Vec<ServerSpec>,
+}
+
+impl Default for ProxySpec {
+    fn default() -> Self {
+        ProxySpec {
+            listen: vec!["0.0.0.0:80".into()],
+            tls: None,
+            user: "nobody".into(),
+            group: None,
+            after: Vec::new(),
+            client_max_body_size: Bytes(1 << 20),
+            max_header_size: Bytes(32 << 10),
+            connect_timeout: Secs::from_secs(5),
+            header_timeout: Secs::from_secs(60),
+            upstream_timeout: Secs::from_secs(60),
+            idle_timeout: Secs::from_secs(75),
+            stop_grace: Secs::from_secs(30),
+            access_log: None,
+            log_max_bytes: Bytes(50 << 20),
+            log_backups: 10,
+            server: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    #[serde(default = "default_tls_listen")]
+    pub listen: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_tls_listen() -> Vec<String> {
+    vec!["0.0.0.0:443".into()]
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSpec {
+    /// nginx server_name forms: exact, `*.suffix`, `prefix.*`, `~regex`.
+    pub server_name: Vec<String>,
+    /// The server for Hosts no server_name matches. If none is marked, the first server is.
+    pub default: bool,
+    pub location: Vec<LocationSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocationSpec {
+    /// URL prefix; with `exact = true` the path must equal it (nginx `location = /path`).
+    pub path: String,
+    pub exact: bool,
+    /// Proxy to a service's sockets (by service name) or an address ("unix:/path", "127.0.0.1:8000").
+    pub upstream: Option<String>,
+    /// Serve files from `root` + request path (nginx `root`) ...
+    pub root: Option<PathBuf>,
+    /// ... or from `alias` + the request path with the location prefix removed (nginx `alias`).
+    pub alias: Option<PathBuf>,
+    pub index: Vec<String>,
+    /// Answer with this status (nginx `return`), with `redirect` as Location for 3xx.
+    #[serde(rename = "return")]
+    pub return_status: Option<u16>,
+    pub redirect: Option<String>,
+}

@@ -1,0 +1,105 @@
+//! The JSON shapes of the control API (`status --json` is part of the interface contract).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Service states, as supervisord and the contract name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Stopped,
+    Starting,
+    Running,
+    Backoff,
+    Stopping,
+    Exited,
+    Fatal,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Backoff => "backoff",
+            State::Stopping => "stopping",
+            State::Exited => "exited",
+            State::Fatal => "fatal",
+        }
+    }
+}
+
+/// `GET /v1/status` -> `{"services": [...]}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub services: Vec<ServiceStatus>,
+    /// True while the instance drains for shutdown (`/healthz` answers 503).
+    #[serde(default)]
+    pub draining: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// `app@0` for replicas, `app` for single services, `proxy` for the built-in proxy.
+    pub name: String,
+    /// The `[service.NAME]` this entry belongs to.
+    pub service: String,
+    pub replica: Option<u32>,
+    pub state: State,
+    pub ready: bool,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    /// Seconds since the current process started (running/starting/stopping), else null.
+    pub uptime_secs: Option<f64>,
+    /// How the last process ended: "exit 0", "exit 3", "signal KILL".
+    pub last_exit: Option<String>,
+    /// Why the service is in its state when that is not obvious: "start limit reached: 5 failed starts", ...
+    pub reason: Option<String>,
+    pub oneshot: bool,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Body of every error answer: `{"error": "..."}` with a 4xx/5xx status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+/// Body of the answer to start/stop/restart/shutdown: what was done.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionReply {
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Body of the answer to `POST /v1/reload`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// An error from the supervisor to be sent back as HTTP `status` + `ErrorReply`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError { status: 404, message: what.into() }
+    }
+    pub fn bad_request(what: impl Into<String>) -> ApiError {
+        ApiError { status: 400, message: what.into() }
+    }
+    pub fn conflict(what: impl Into<String>) -> ApiError {
+        ApiError { status: 409, message: what.into() }
+    }
+}

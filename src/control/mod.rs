@@ -1,0 +1,5 @@
+//! The control socket: HTTP/1.1 + JSON over a unix socket, served by init and used by the CLI.
+
+pub mod api;
+pub mod client;
+pub mod server;

@@ -1,0 +1,13 @@
+//! stackinit: one PID-1-capable binary that boots an instance, supervises a web stack and serves it.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view and the invariants.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod init;
+pub mod logs;
+pub mod paths;
+pub mod proxy;
+pub mod supervise;
