@@ -55,3 +55,19 @@ pub fn init_tracing(logs_dir: Option<&Path>, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).try_init();
 }
+
+/// Create the logs dir (and parents) if missing, and set its mode and owner.
+pub fn prepare_logs_dir(
+    dir: &Path,
+    owner: Option<nix::unistd::Uid>,
+    group: Option<nix::unistd::Gid>,
+    mode: u32,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    if owner.is_some() || group.is_some() {
+        nix::unistd::chown(dir, owner, group)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Turning a unit into a spawnable command: program lookup, environment, credentials, capabilities.
+#![forbid(unsafe_code)]
+
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Uid};
+
+use super::spawn::{self, Credentials};
+use super::unit::{Unit, UnitKind};
+use crate::config::{ProxySpec, Secs, ServiceSpec};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Variables of our own environment that belong to whoever started us, not to our children.
+const NOT_INHERITED: [&str; 8] = [
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "INVOCATION_ID",
+    "STACKINIT_SOCKET",
+];
+
+pub fn uid_of(user: &str) -> Option<Uid> {
+    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid)
+}
+
+pub fn gid_of(group: &str) -> Option<Gid> {
+    nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid)
+}
+
+pub fn primary_gid(user: &str, group: Option<&str>) -> Option<Gid> {
+    match group {
+        Some(g) => gid_of(g),
+        None => nix::unistd::User::from_name(user).ok().flatten().map(|u| u.gid),
+    }
+}
+
+/// The built-in proxy as a service: our own binary, unprivileged, no capabilities, its access log on stdout.
+pub fn proxy_service_spec(proxy: &ProxySpec) -> ServiceSpec {
+    ServiceSpec {
+        command: vec!["stackinit".into(), "proxy".into()],
+        user: is_root().then(|| proxy.user.clone()),
+        group: if is_root() { proxy.group.clone() } else { None },
+        after: proxy.after.clone(),
+        // Listeners are handed in, so the proxy needs no capability at all.
+        capabilities: Vec::new(),
+        start_secs: Secs::from_millis(300),
+        stop_grace: Secs(proxy.stop_grace.0 + std::time::Duration::from_secs(1)),
+        log_max_bytes: proxy.log_max_bytes,
+        log_backups: proxy.log_backups,
+        stdout: proxy.access_log.clone(),
+        ..ServiceSpec::default()
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Capability numbers to drop from the bounding set: all but the ones the service keeps.
+fn caps_to_drop(keep: &[String]) -> Result<Vec<u32>, String> {
+    if keep.iter().any(|c| c.eq_ignore_ascii_case("all")) {
+        return Ok(Vec::new());
+    }
+    let mut kept = std::collections::HashSet::new();
+    for name in keep {
+        let upper = name.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+        let cap: caps::Capability = full.parse().map_err(|_| format!("unknown capability {name:?}"))?;
+        kept.insert(cap);
+    }
+    let all = caps::runtime::thread_all_supported();
+    Ok(all.into_iter().filter(|c| !kept.contains(c)).map(|c| c.index() as u32).collect())
+}
+
+/// Everything `spawn` needs for this unit, resolved now (in the parent) so the child does no lookups.
+pub fn command_for<'a>(unit: &'a Unit, fds: Vec<(BorrowedFd<'a>, String)>) -> Result<spawn::Command<'a>, String> {
+    let spec = &unit.spec;
+    let credentials: Option<Credentials> = match &spec.user {
+        Some(user) => Some(spawn::credentials_for(user, spec.group.as_deref()).map_err(|e| e.to_string())?),
+        None => match &spec.group {
+            Some(g) => {
+                let gid = gid_of(g).ok_or_else(|| format!("unknown group {g:?}"))?;
+                Some(Credentials { uid: nix::unistd::geteuid(), gid, groups: vec![gid] })
+            }
+            None => None,
+        },
+    };
+
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| !NOT_INHERITED.contains(&k.as_str()) && !k.starts_with("STACKINIT_TEST_"))
+        .collect();
+    let mut set = |k: &str, v: String| {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v));
+    };
+    if std::env::var_os("PATH").is_none() {
+        set("PATH", DEFAULT_PATH.into());
+    }
+    if let Some(user) = &spec.user {
+        if let Ok(Some(entry)) = nix::unistd::User::from_name(user) {
+            set("HOME", entry.dir.display().to_string());
+            set("USER", entry.name.clone());
+            set("LOGNAME", entry.name.clone());
+            set("SHELL", entry.shell.display().to_string());
+        }
+    }
+    set("STACKINIT_SERVICE", unit.service.clone());
+    if let Some(r) = unit.replica {
+        set("STACKINIT_REPLICA", r.to_string());
+    } else if unit.kind == UnitKind::Service {
+        set("STACKINIT_REPLICA", "0".into());
+    }
+    for (k, v) in &spec.environment {
+        set(k, v.clone());
+    }
+
+    let path_var = env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH.to_string(), |(_, v)| v.clone());
+    let first = spec.command.first().ok_or("empty command")?;
+    // `stackinit` means this very binary, so the proxy and demo workers match the running init.
+    let program: PathBuf = if first == "stackinit" {
+        std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?
+    } else {
+        spawn::resolve_program(first, &path_var, spec.directory.as_deref())
+            .ok_or_else(|| format!("command not found: {first} (PATH={path_var})"))?
+    };
+
+    let umask = match &spec.umask {
+        Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| format!("bad umask {m:?}"))?),
+        None => None,
+    };
+    Ok(spawn::Command {
+        program,
+        argv: spec.command.clone(),
+        env,
+        directory: spec.directory.clone(),
+        credentials,
+        umask,
+        nofile: spec.nofile,
+        no_new_privs: spec.no_new_privs,
+        drop_bounding_caps: if is_root() { caps_to_drop(&spec.capabilities)? } else { Vec::new() },
+        stdout: unit.stdout.child_fd(),
+        stderr: unit.stderr.child_fd(),
+        listen_fds: fds,
+    })
+}

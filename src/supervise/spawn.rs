@@ -1,0 +1,341 @@
+//! fork + exec of service processes.
+//!
+//! Everything the child needs (argv, envp, credentials, fd plan) is prepared in the parent; between fork and
+//! exec the child only makes async-signal-safe libc calls and never allocates, so forking from a process
+//! that has other threads (tokio's blocking pool) is sound. This is one of the few audited `unsafe` spots.
+//!
+//! `LISTEN_PID` must equal the child's own pid (gunicorn ignores LISTEN_FDS otherwise), so its envp slot
+//! points at a buffer the child fills in after fork.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::unistd::{Gid, Pid, Uid};
+
+/// Who the child runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+}
+
+/// A fully resolved description of one process to start.
+pub struct Command<'a> {
+    pub program: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub directory: Option<PathBuf>,
+    pub credentials: Option<Credentials>,
+    pub umask: Option<u32>,
+    pub nofile: Option<u64>,
+    pub no_new_privs: bool,
+    /// Capability numbers to drop from the bounding set.
+    pub drop_bounding_caps: Vec<u32>,
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
+    /// Passed as fds 3.. with LISTEN_FDS / LISTEN_FDNAMES / LISTEN_PID.
+    pub listen_fds: Vec<(BorrowedFd<'a>, String)>,
+}
+
+/// Which step failed in the child, reported through the exec-error pipe.
+const STEPS: [&str; 12] = [
+    "reset signals",
+    "setsid",
+    "set up file descriptors",
+    "umask",
+    "set RLIMIT_NOFILE",
+    "chdir",
+    "drop capabilities",
+    "setgroups",
+    "setgid",
+    "setuid",
+    "set no_new_privs",
+    "exec",
+];
+
+#[derive(Debug)]
+pub struct SpawnError {
+    pub step: &'static str,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.step, self.error)
+    }
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
+}
+
+/// Find `name` in `path_var` the way execvp would; names with a '/' are used as they are.
+pub fn resolve_program(name: &str, path_var: &str, directory: Option<&Path>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_executable =
+        |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    if name.contains('/') {
+        let path = match directory {
+            Some(dir) if !name.starts_with('/') => dir.join(name),
+            _ => PathBuf::from(name),
+        };
+        return is_executable(&path).then_some(path);
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
+}
+
+/// Start the process. Returns its pid once exec succeeded, or why it failed (the failed child has then
+/// already exited; its pid is in the error's `pid` so the reaper can route its status).
+pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
+    let prep = |error: io::Error| (None, SpawnError { step: "prepare", error });
+    // --- everything allocated before fork ---
+    let program = cstring(cmd.program.as_os_str().as_bytes()).map_err(prep)?;
+    let argv: Vec<CString> = cmd.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>().map_err(prep)?;
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+
+    let mut env: Vec<CString> = Vec::with_capacity(cmd.env.len() + 3);
+    for (k, v) in &cmd.env {
+        env.push(cstring(format!("{k}={v}").as_bytes()).map_err(prep)?);
+    }
+    // "LISTEN_PID=" + up to 20 digits + NUL, filled in by the child.
+    let mut listen_pid_buf = [0u8; 40];
+    let listen_pid_prefix = b"LISTEN_PID=";
+    listen_pid_buf[..listen_pid_prefix.len()].copy_from_slice(listen_pid_prefix);
+    if !cmd.listen_fds.is_empty() {
+        env.push(cstring(format!("LISTEN_FDS={}", cmd.listen_fds.len()).as_bytes()).map_err(prep)?);
+        let names: Vec<&str> = cmd.listen_fds.iter().map(|(_, n)| n.as_str()).collect();
+        env.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes()).map_err(prep)?);
+    }
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    if !cmd.listen_fds.is_empty() {
+        env_ptrs.push(listen_pid_buf.as_ptr().cast());
+    }
+    env_ptrs.push(std::ptr::null());
+    let listen_pid_ptr: *mut u8 = listen_pid_buf.as_mut_ptr();
+
+    let directory = match &cmd.directory {
+        Some(d) => Some(cstring(d.as_os_str().as_bytes()).map_err(prep)?),
+        None => None,
+    };
+    let groups: Vec<libc::gid_t> =
+        cmd.credentials.as_ref().map(|c| c.groups.iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
+    let devnull: OwnedFd =
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(prep)?.into();
+
+    // fd plan: target fd -> source fd.
+    let mut sources: Vec<RawFd> = vec![devnull.as_raw_fd(), cmd.stdout.as_raw_fd(), cmd.stderr.as_raw_fd()];
+    sources.extend(cmd.listen_fds.iter().map(|(fd, _)| fd.as_raw_fd()));
+    let fd_count = sources.len() as RawFd;
+    let mut high = vec![-1 as RawFd; sources.len()];
+
+    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| prep(e.into()))?;
+
+    // SAFETY: after fork the child runs only `child_after_fork`, which makes async-signal-safe libc calls on
+    // memory prepared above (no allocation, no locks) and ends in execve or _exit.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err((None, SpawnError { step: "fork", error: e.into() })),
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: see above; all pointers point into buffers that the (copied) parent stack keeps alive.
+            unsafe {
+                child_after_fork(ChildPlan {
+                    program: program.as_ptr(),
+                    argv: argv_ptrs.as_ptr(),
+                    envp: env_ptrs.as_ptr(),
+                    listen_pid: if cmd.listen_fds.is_empty() { std::ptr::null_mut() } else { listen_pid_ptr },
+                    listen_pid_offset: listen_pid_prefix.len(),
+                    directory: directory.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
+                    sources: &sources,
+                    high: &mut high,
+                    fd_count,
+                    umask: cmd.umask,
+                    nofile: cmd.nofile,
+                    drop_caps: &cmd.drop_bounding_caps,
+                    credentials: cmd.credentials.as_ref().map(|c| (c.uid.as_raw(), c.gid.as_raw())),
+                    groups: &groups,
+                    no_new_privs: cmd.no_new_privs,
+                    err_fd: err_write.as_raw_fd(),
+                })
+            }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(err_write);
+            // Blocks only until the child execs (the pipe closes) or reports a failure: microseconds.
+            let mut report = [0u8; 8];
+            let mut got = 0;
+            let mut file = std::fs::File::from(err_read);
+            loop {
+                match io::Read::read(&mut file, &mut report[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        got += n;
+                        if got == report.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+            }
+            if got == report.len() {
+                let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+                let step = STEPS.get(step).copied().unwrap_or("exec");
+                return Err((Some(child), SpawnError { step, error: io::Error::from_raw_os_error(errno) }));
+            }
+            Ok(child)
+        }
+    }
+}
+
+struct ChildPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    listen_pid: *mut u8,
+    listen_pid_offset: usize,
+    directory: *const libc::c_char,
+    sources: &'a [RawFd],
+    high: &'a mut [RawFd],
+    fd_count: RawFd,
+    umask: Option<u32>,
+    nofile: Option<u64>,
+    drop_caps: &'a [u32],
+    credentials: Option<(libc::uid_t, libc::gid_t)>,
+    groups: &'a [libc::gid_t],
+    no_new_privs: bool,
+    err_fd: RawFd,
+}
+
+/// Report `step` and errno to the parent and exit. Async-signal-safe.
+unsafe fn fail(err_fd: RawFd, step: usize) -> ! {
+    let errno = *libc::__errno_location();
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+    report[4..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(err_fd, report.as_ptr().cast(), report.len());
+    libc::_exit(127)
+}
+
+/// Runs in the child between fork and exec. Only async-signal-safe calls; never returns.
+unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
+    let err = plan.err_fd;
+    // 0: signals. The parent ignores SIGPIPE (Rust's runtime) and may block others; exec keeps both.
+    let mut empty: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut empty);
+    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+        fail(err, 0);
+    }
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    // 1: own session and process group, so stop can signal the whole group and no terminal is shared.
+    if libc::setsid() < 0 {
+        fail(err, 1);
+    }
+    // 2: fds. Move every source above the target range first, so no dup2 clobbers a later source.
+    let base = plan.fd_count + 3;
+    for (i, &src) in plan.sources.iter().enumerate() {
+        let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base.max(err + 1));
+        if fd < 0 {
+            fail(err, 2);
+        }
+        plan.high[i] = fd;
+    }
+    for (target, &fd) in plan.high.iter().enumerate() {
+        // dup2 clears FD_CLOEXEC on the target, so exactly these survive exec.
+        if libc::dup2(fd, target as RawFd) < 0 {
+            fail(err, 2);
+        }
+    }
+    // Close anything else a parent leaked without CLOEXEC (best effort; the error pipe is CLOEXEC).
+    libc::syscall(libc::SYS_close_range, plan.fd_count as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    if !plan.listen_pid.is_null() {
+        write_decimal(plan.listen_pid.add(plan.listen_pid_offset), libc::getpid() as u64);
+    }
+    // 3, 4, 5
+    if let Some(mask) = plan.umask {
+        libc::umask(mask as libc::mode_t);
+    }
+    if let Some(n) = plan.nofile {
+        let limit = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            fail(err, 4);
+        }
+    }
+    if !plan.directory.is_null() && libc::chdir(plan.directory) != 0 {
+        fail(err, 5);
+    }
+    // 6: the bounding set can only shrink with CAP_SETPCAP; without it (unprivileged stackinit) there is
+    // nothing to drop from anyway, so EPERM is not an error.
+    for &cap in plan.drop_caps {
+        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+            && *libc::__errno_location() != libc::EPERM
+            && *libc::__errno_location() != libc::EINVAL
+        {
+            fail(err, 6);
+        }
+    }
+    // 7, 8, 9: groups before gid before uid, while we still may.
+    if let Some((uid, gid)) = plan.credentials {
+        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
+            fail(err, 7);
+        }
+        if libc::setgid(gid) != 0 {
+            fail(err, 8);
+        }
+        if libc::setuid(uid) != 0 {
+            fail(err, 9);
+        }
+    }
+    if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+        fail(err, 10);
+    }
+    libc::execve(plan.program, plan.argv, plan.envp);
+    fail(err, 11)
+}
+
+/// Write `value` as decimal digits plus NUL at `dst` (the buffer has room for 20 digits). No allocation.
+unsafe fn write_decimal(dst: *mut u8, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (value % 10) as u8;
+        n += 1;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        *dst.add(i) = digits[n - 1 - i];
+    }
+    *dst.add(n) = 0;
+}
+
+/// Look up a user, its primary group and supplementary groups (initgroups semantics), before fork.
+pub fn credentials_for(user: &str, group: Option<&str>) -> io::Result<Credentials> {
+    let not_found = |what: &str| io::Error::new(io::ErrorKind::NotFound, what.to_string());
+    let entry = nix::unistd::User::from_name(user)?.ok_or_else(|| not_found(&format!("unknown user {user:?}")))?;
+    let gid = match group {
+        Some(g) => nix::unistd::Group::from_name(g)?.ok_or_else(|| not_found(&format!("unknown group {g:?}")))?.gid,
+        None => entry.gid,
+    };
+    let name = cstring(OsStr::new(user).as_bytes())?;
+    let mut groups = nix::unistd::getgrouplist(&name, gid)?;
+    if !groups.contains(&gid) {
+        groups.push(gid);
+    }
+    Ok(Credentials { uid: entry.uid, gid, groups })
+}

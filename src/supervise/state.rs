@@ -1,0 +1,399 @@
+//! The per-process state machine: `(state, event) -> (state, actions)`, in the manner of s6-supervise.
+//!
+//! Pure: no clocks, no syscalls. The event loop feeds it events and carries out the actions, which keeps
+//! every transition testable on its own.
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+pub use crate::control::api::State;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    pub fn describe(self) -> String {
+        match self {
+            ExitStatus::Code(c) => format!("exit {c}"),
+            ExitStatus::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(sig) => format!("signal {}", &sig.as_str()[3..]),
+                Err(_) => format!("signal {s}"),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Someone wants it up (autostart with dependencies met, or `stackinit start`).
+    Start,
+    /// Someone wants it down (`stackinit stop`, shutdown, removed by reload).
+    Stop,
+    /// The process ended; `uptime` is how long it ran.
+    Exited { status: ExitStatus, uptime: Duration },
+    /// The process could not be started at all (command not found, setuid failed...).
+    SpawnFailed,
+    /// It has stayed up for `start_secs`.
+    StartSecsElapsed,
+    /// The backoff delay is over.
+    BackoffElapsed,
+    /// The stop grace period is over and it is still running.
+    GraceElapsed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Spawn,
+    /// Arm the unit's single timer (replacing any other).
+    ArmTimer(Duration),
+    CancelTimer,
+    /// Send the configured stop signal to the main process.
+    SignalStop,
+    /// SIGKILL the whole process group (grandchildren included).
+    KillGroup,
+}
+
+/// The policy knobs the machine needs, taken from the service spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub oneshot: bool,
+    pub restart: crate::config::RestartPolicy,
+    pub success_exit_codes: Vec<i32>,
+    pub start_secs: Duration,
+    pub start_limit: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_reset: Duration,
+    pub stop_grace: Duration,
+}
+
+impl Policy {
+    pub fn from_spec(spec: &crate::config::ServiceSpec) -> Policy {
+        Policy {
+            oneshot: spec.oneshot,
+            restart: spec.restart,
+            success_exit_codes: spec.success_exit_codes.clone(),
+            start_secs: spec.start_secs.0,
+            start_limit: spec.start_limit.max(1),
+            backoff_initial: spec.backoff_initial.0,
+            backoff_max: spec.backoff_max.0,
+            backoff_reset: spec.backoff_reset.0,
+            stop_grace: spec.stop_grace.0,
+        }
+    }
+
+    fn is_success(&self, status: ExitStatus) -> bool {
+        matches!(status, ExitStatus::Code(c) if self.success_exit_codes.contains(&c))
+    }
+
+    fn wants_restart(&self, status: ExitStatus) -> bool {
+        use crate::config::RestartPolicy::*;
+        match (self.oneshot, self.restart) {
+            (_, Never) => false,
+            // A job that succeeded is done, whatever the policy.
+            (true, _) => !self.is_success(status),
+            (false, Always) => true,
+            (false, OnFailure) => !self.is_success(status),
+        }
+    }
+}
+
+/// What the machine remembers between events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Machine {
+    pub state: State,
+    /// Restarts since start (shown in status).
+    pub restarts: u32,
+    /// Consecutive failed starts; `start_limit` of them make the service fatal.
+    pub failed_starts: u32,
+    /// Position in the backoff series; reset after `backoff_reset` of uptime.
+    pub backoff_step: u32,
+    /// A stop was asked for while it should come back up afterwards (`restart`).
+    pub restart_after_stop: bool,
+    /// Oneshot finished with success: dependents may start.
+    pub succeeded: bool,
+    pub reason: Option<String>,
+    pub last_exit: Option<ExitStatus>,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Machine {
+            state: State::Stopped,
+            restarts: 0,
+            failed_starts: 0,
+            backoff_step: 0,
+            restart_after_stop: false,
+            succeeded: false,
+            reason: None,
+            last_exit: None,
+        }
+    }
+}
+
+/// Delay before restart number `step` (0-based): the first is immediate, then `initial` doubling up to `max`.
+/// `jitter` in [-1, 1] spreads restarts of many replicas by up to ±10 %.
+pub fn backoff_delay(policy: &Policy, step: u32, jitter: f64) -> Duration {
+    if step == 0 {
+        return Duration::ZERO;
+    }
+    let base = policy.backoff_initial.saturating_mul(1u32 << (step - 1).min(20));
+    let capped = base.min(policy.backoff_max);
+    capped.mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0))
+}
+
+impl Machine {
+    /// Apply one event. `jitter` is a random number in [-1, 1] for the backoff delay.
+    pub fn on(&mut self, event: Event, policy: &Policy, jitter: f64) -> Vec<Action> {
+        use Action::*;
+        use State::*;
+        match (self.state, event) {
+            // ---- start requests ----
+            (Stopped | Exited | Fatal | Backoff, Event::Start) => {
+                self.failed_starts = 0;
+                self.backoff_step = 0;
+                self.reason = None;
+                self.succeeded = false;
+                self.begin_start(policy)
+            }
+            (Starting | Running, Event::Start) => vec![],
+            (Stopping, Event::Start) => {
+                self.restart_after_stop = true;
+                vec![]
+            }
+            // ---- stop requests ----
+            (Starting | Running, Event::Stop) => {
+                self.state = Stopping;
+                self.restart_after_stop = false;
+                vec![SignalStop, ArmTimer(policy.stop_grace)]
+            }
+            (Backoff, Event::Stop) => {
+                self.state = Stopped;
+                self.reason = None;
+                vec![CancelTimer]
+            }
+            (Stopping, Event::Stop) => {
+                self.restart_after_stop = false;
+                vec![]
+            }
+            (Stopped | Exited | Fatal, Event::Stop) => vec![],
+            // ---- timers ----
+            (Starting, Event::StartSecsElapsed) if !policy.oneshot => {
+                self.state = Running;
+                self.failed_starts = 0;
+                self.reason = None;
+                vec![]
+            }
+            (Backoff, Event::BackoffElapsed) => self.begin_start(policy),
+            (Stopping, Event::GraceElapsed) => {
+                self.reason = Some(format!("did not stop within {:?}; killed", policy.stop_grace));
+                vec![KillGroup]
+            }
+            (_, Event::StartSecsElapsed | Event::BackoffElapsed | Event::GraceElapsed) => vec![],
+            // ---- the process is gone ----
+            (Stopping, Event::Exited { status, .. }) => {
+                self.last_exit = Some(status);
+                if self.restart_after_stop {
+                    self.restart_after_stop = false;
+                    self.restarts += 1;
+                    let mut actions = vec![KillGroup];
+                    actions.extend(self.begin_start(policy));
+                    actions
+                } else {
+                    self.state = Stopped;
+                    vec![KillGroup, CancelTimer]
+                }
+            }
+            (Starting | Running, Event::Exited { status, uptime }) => {
+                self.last_exit = Some(status);
+                let mut actions = vec![KillGroup, CancelTimer];
+                if policy.oneshot && policy.is_success(status) {
+                    self.state = Exited;
+                    self.succeeded = true;
+                    self.reason = None;
+                    return actions;
+                }
+                let failed_start = self.state == Starting;
+                if !policy.wants_restart(status) {
+                    self.state = Exited;
+                    self.reason = (failed_start || policy.oneshot).then(|| format!("failed: {}", status.describe()));
+                    return actions;
+                }
+                if failed_start {
+                    self.failed_starts += 1;
+                    if self.failed_starts >= policy.start_limit {
+                        self.state = Fatal;
+                        self.reason = Some(format!(
+                            "start limit reached: {} failed starts (last: {})",
+                            self.failed_starts,
+                            status.describe()
+                        ));
+                        return actions;
+                    }
+                } else if uptime >= policy.backoff_reset {
+                    self.backoff_step = 0;
+                }
+                actions.extend(self.schedule_restart(policy, jitter));
+                actions
+            }
+            (Starting, Event::SpawnFailed) => {
+                // The failed child still exits and is reaped; count the failure when its exit arrives.
+                vec![]
+            }
+            (_, Event::SpawnFailed) => vec![],
+            (Stopped | Exited | Fatal | Backoff, Event::Exited { .. }) => vec![],
+        }
+    }
+
+    fn begin_start(&mut self, policy: &Policy) -> Vec<Action> {
+        self.state = State::Starting;
+        let mut actions = vec![Action::Spawn];
+        if !policy.oneshot {
+            actions.push(Action::ArmTimer(policy.start_secs));
+        } else {
+            actions.push(Action::CancelTimer);
+        }
+        actions
+    }
+
+    fn schedule_restart(&mut self, policy: &Policy, jitter: f64) -> Vec<Action> {
+        let delay = backoff_delay(policy, self.backoff_step, jitter);
+        self.backoff_step = self.backoff_step.saturating_add(1);
+        self.restarts += 1;
+        if delay.is_zero() {
+            self.begin_start(policy)
+        } else {
+            self.state = State::Backoff;
+            vec![Action::ArmTimer(delay)]
+        }
+    }
+
+    /// Ready for dependents and traffic: running, or a job that finished well.
+    pub fn is_up(&self) -> bool {
+        self.state == State::Running || (self.state == State::Exited && self.succeeded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RestartPolicy, ServiceSpec};
+
+    fn policy() -> Policy {
+        Policy::from_spec(&ServiceSpec::default())
+    }
+
+    fn exit(code: i32, secs: u64) -> Event {
+        Event::Exited { status: ExitStatus::Code(code), uptime: Duration::from_secs(secs) }
+    }
+
+    #[test]
+    fn start_runs_after_start_secs() {
+        let p = policy();
+        let mut m = Machine::default();
+        assert_eq!(m.on(Event::Start, &p, 0.0), vec![Action::Spawn, Action::ArmTimer(p.start_secs)]);
+        assert_eq!(m.state, State::Starting);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        assert_eq!(m.state, State::Running);
+        assert!(m.is_up());
+    }
+
+    #[test]
+    fn crash_of_running_restarts_immediately_then_backs_off() {
+        let p = policy();
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        let a = m.on(exit(1, 5), &p, 0.0);
+        assert!(a.contains(&Action::Spawn), "first restart is immediate: {a:?}");
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        let a = m.on(exit(1, 5), &p, 0.0);
+        assert_eq!(m.state, State::Backoff);
+        assert!(a.contains(&Action::ArmTimer(Duration::from_millis(100))), "{a:?}");
+        m.on(Event::BackoffElapsed, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        let a = m.on(exit(1, 5), &p, 0.0);
+        assert!(a.contains(&Action::ArmTimer(Duration::from_millis(200))), "{a:?}");
+        assert_eq!(m.restarts, 3);
+    }
+
+    #[test]
+    fn stable_uptime_resets_the_series() {
+        let p = policy();
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        m.on(exit(1, 5), &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        let a = m.on(exit(1, 3600), &p, 0.0);
+        assert!(a.contains(&Action::Spawn), "after a long stable run the restart is immediate again: {a:?}");
+    }
+
+    #[test]
+    fn failed_starts_end_fatal() {
+        let p = policy();
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        for _ in 0..p.start_limit - 1 {
+            m.on(exit(1, 0), &p, 0.0);
+            if m.state == State::Backoff {
+                m.on(Event::BackoffElapsed, &p, 0.0);
+            }
+            assert_eq!(m.state, State::Starting);
+        }
+        m.on(exit(1, 0), &p, 0.0);
+        assert_eq!(m.state, State::Fatal);
+        assert!(m.reason.as_deref().unwrap_or("").contains("start limit"));
+        // An explicit start clears it.
+        m.on(Event::Start, &p, 0.0);
+        assert_eq!(m.state, State::Starting);
+        assert_eq!(m.failed_starts, 0);
+    }
+
+    #[test]
+    fn on_failure_leaves_clean_exit_alone() {
+        let mut p = policy();
+        p.restart = RestartPolicy::OnFailure;
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        m.on(exit(0, 5), &p, 0.0);
+        assert_eq!(m.state, State::Exited);
+    }
+
+    #[test]
+    fn oneshot_success_is_up() {
+        let mut p = policy();
+        p.oneshot = true;
+        let mut m = Machine::default();
+        assert_eq!(m.on(Event::Start, &p, 0.0), vec![Action::Spawn, Action::CancelTimer]);
+        m.on(exit(0, 0), &p, 0.0);
+        assert_eq!(m.state, State::Exited);
+        assert!(m.is_up());
+    }
+
+    #[test]
+    fn stop_signals_then_kills_after_grace() {
+        let p = policy();
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        assert_eq!(m.on(Event::Stop, &p, 0.0), vec![Action::SignalStop, Action::ArmTimer(p.stop_grace)]);
+        assert_eq!(m.on(Event::GraceElapsed, &p, 0.0), vec![Action::KillGroup]);
+        m.on(Event::Exited { status: ExitStatus::Signal(9), uptime: Duration::ZERO }, &p, 0.0);
+        assert_eq!(m.state, State::Stopped);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = policy();
+        assert_eq!(backoff_delay(&p, 0, 1.0), Duration::ZERO);
+        assert_eq!(backoff_delay(&p, 30, 0.0), p.backoff_max);
+        let d = backoff_delay(&p, 2, 1.0);
+        assert!(d > Duration::from_millis(200) && d <= Duration::from_millis(221), "{d:?}");
+    }
+}

@@ -1,0 +1,1005 @@
+//! The supervisor: one event loop that owns every unit's state machine, the one reaper, the listeners
+//! and the logs. Other tasks talk to it only through its mailbox (`handle::Request`).
+//!
+//! The loop sleeps until a signal, a request or the earliest unit timer; an idle stack wakes zero times.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal as unix_signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use super::handle::{Action as ControlAction, LogSource, LogStream, Request};
+use super::launch;
+use super::proxy_link::ProxyFeeds;
+use super::sockets::{self, ListenAddr, Listener};
+use super::state::{Event, ExitStatus, Machine, Policy, State};
+use super::unit::{parse_signal, Unit, UnitKind};
+use super::{Outcome, RunOptions};
+use crate::config::{Config, ServiceSpec};
+use crate::control::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
+use crate::logs::ServiceLog;
+use crate::proxy::protocol::{self, ProxyRuntimeConfig, ProxyState, UpstreamReplica};
+
+pub const PROXY_UNIT: &str = "proxy";
+
+/// Shutdown in progress: drain first, then stop in reverse dependency order.
+struct Shutdown {
+    outcome: Outcome,
+    drain_until: Option<Instant>,
+}
+
+/// A rolling restart: replicas are replaced one at a time, each waiting for the previous to be ready.
+struct Rollout {
+    service: String,
+    pending: VecDeque<String>,
+    current: Option<String>,
+}
+
+pub struct Supervisor {
+    opts_pid1: bool,
+    config: Config,
+    config_path: Option<PathBuf>,
+    units: BTreeMap<String, Unit>,
+    pids: HashMap<Pid, String>,
+    logs: HashMap<PathBuf, Rc<ServiceLog>>,
+    listeners: HashMap<String, Rc<Listener>>,
+    proxy_feeds: ProxyFeeds,
+    proxy_writer: Option<JoinHandle<()>>,
+    shutdown: Option<Shutdown>,
+    rollouts: Vec<Rollout>,
+    pending: VecDeque<(String, Event)>,
+    rng: u64,
+    requests: mpsc::UnboundedReceiver<Request>,
+    stack_ready_sent: bool,
+}
+
+fn rng_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    t ^ ((std::process::id() as u64) << 32) | 1
+}
+
+impl Supervisor {
+    pub fn new(opts: RunOptions, requests: mpsc::UnboundedReceiver<Request>) -> Supervisor {
+        Supervisor {
+            opts_pid1: opts.pid1,
+            config: opts.config,
+            config_path: opts.config_path,
+            units: BTreeMap::new(),
+            pids: HashMap::new(),
+            logs: HashMap::new(),
+            listeners: HashMap::new(),
+            proxy_feeds: ProxyFeeds::new(),
+            proxy_writer: None,
+            shutdown: None,
+            rollouts: Vec::new(),
+            pending: VecDeque::new(),
+            rng: rng_seed(),
+            requests,
+            stack_ready_sent: false,
+        }
+    }
+
+    /// A number in [-1, 1] for backoff jitter (xorshift; quality does not matter here).
+    fn jitter(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng % 2001) as f64 / 1000.0 - 1.0
+    }
+
+    // ------------------------------------------------------------------ building units from config
+
+    fn log_for(&mut self, path: PathBuf, max_bytes: u64, backups: u32) -> Rc<ServiceLog> {
+        if let Some(log) = self.logs.get(&path) {
+            log.set_limits(max_bytes, backups);
+            return log.clone();
+        }
+        let log = match ServiceLog::open(&path, max_bytes, backups) {
+            Ok(log) => Rc::new(log),
+            Err(e) => {
+                error!("cannot open log {}: {e}; using /dev/null", path.display());
+                Rc::new(ServiceLog::open(Path::new("/dev/null"), max_bytes, 0).unwrap_or_else(|_| {
+                    // /dev/null always opens; if even that failed the machine is beyond help, but PID 1 must not
+                    // panic, so retry on a path under /run.
+                    ServiceLog::open(Path::new("/run/stackinit-lost.log"), max_bytes, 0).unwrap_or_else(|e| {
+                        error!("cannot open any log: {e}");
+                        std::process::abort()
+                    })
+                }))
+            }
+        };
+        self.logs.insert(path, log.clone());
+        log
+    }
+
+    /// The units a service spec expands to (one per replica).
+    fn make_units(&mut self, name: &str, spec: Rc<ServiceSpec>, kind: UnitKind) -> Vec<Unit> {
+        let replicas = if kind == UnitKind::Proxy { 1 } else { spec.replicas.max(1) };
+        let logs_dir = self.config.init.logs_dir.clone();
+        let addresses: Vec<Vec<String>> = {
+            let lists: Vec<Vec<String>> = match &spec.listen {
+                Some(l) => l.to_vec().iter().map(|a| sockets::replica_addresses(a, replicas)).collect(),
+                None => vec![],
+            };
+            (0..replicas as usize).map(|i| lists.iter().filter_map(|l| l.get(i).cloned()).collect()).collect()
+        };
+        let mut units = Vec::new();
+        for i in 0..replicas {
+            let unit_name = if replicas > 1 { format!("{name}@{i}") } else { name.to_string() };
+            let (out_default, err_default) = if kind == UnitKind::Proxy {
+                let access = self
+                    .config
+                    .proxy
+                    .as_ref()
+                    .and_then(|p| p.access_log.clone())
+                    .unwrap_or_else(|| logs_dir.join("access.log"));
+                (access, logs_dir.join("proxy.err.log"))
+            } else {
+                (logs_dir.join(format!("{unit_name}.out.log")), logs_dir.join(format!("{unit_name}.err.log")))
+            };
+            let stdout_path = spec.stdout.clone().unwrap_or(out_default);
+            let stderr_path = spec.stderr.clone().unwrap_or(err_default);
+            let stdout = self.log_for(stdout_path, spec.log_max_bytes.0, spec.log_backups);
+            let stderr = self.log_for(stderr_path, spec.log_max_bytes.0, spec.log_backups);
+            units.push(Unit {
+                name: unit_name,
+                service: name.to_string(),
+                replica: (replicas > 1).then_some(i),
+                kind,
+                policy: Policy::from_spec(&spec),
+                stop_signal: parse_signal(&spec.stop_signal).unwrap_or(Signal::SIGTERM),
+                machine: Machine::default(),
+                want_up: spec.autostart,
+                pid: None,
+                pgid: None,
+                started_at: None,
+                timer: None,
+                listen: addresses.get(i as usize).cloned().unwrap_or_default(),
+                stdout,
+                stderr,
+                spawn_error: None,
+                waiting_for: None,
+                retired: false,
+                spec: spec.clone(),
+            });
+        }
+        units
+    }
+
+    /// All units the config asks for, keyed by unit name.
+    fn units_for_config(&mut self) -> BTreeMap<String, Unit> {
+        let mut out = BTreeMap::new();
+        let services: Vec<(String, ServiceSpec)> =
+            self.config.service.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (name, spec) in services {
+            for u in self.make_units(&name, Rc::new(spec), UnitKind::Service) {
+                out.insert(u.name.clone(), u);
+            }
+        }
+        if let Some(proxy) = self.config.proxy.clone() {
+            let spec = launch::proxy_service_spec(&proxy);
+            for u in self.make_units(PROXY_UNIT, Rc::new(spec), UnitKind::Proxy) {
+                out.insert(u.name.clone(), u);
+            }
+        }
+        out
+    }
+
+    /// Bind every listen address the config names that is not bound yet; returns failures by address.
+    fn bind_listeners(&mut self) -> HashMap<String, String> {
+        let mut failures = HashMap::new();
+        let mut wanted: Vec<(String, sockets::UnixPerms)> = Vec::new();
+        let proxy_group = self.config.proxy.as_ref().and_then(|p| launch::primary_gid(&p.user, p.group.as_deref()));
+        for unit in self.units.values() {
+            let mode = u32::from_str_radix(unit.spec.listen_mode.trim_start_matches("0o"), 8).unwrap_or(0o660);
+            let owner = unit.spec.user.as_deref().and_then(launch::uid_of);
+            // The proxy connects to app sockets as its own user, so the socket's group is the proxy's.
+            let group = proxy_group.or_else(|| unit.spec.group.as_deref().and_then(launch::gid_of));
+            for addr in &unit.listen {
+                wanted.push((addr.clone(), sockets::UnixPerms { owner, group, mode }));
+            }
+        }
+        if let Some(proxy) = &self.config.proxy {
+            for addr in proxy.listen.iter().chain(proxy.tls.iter().flat_map(|t| t.listen.iter())) {
+                wanted.push((addr.clone(), sockets::UnixPerms { owner: None, group: None, mode: 0o666 }));
+            }
+        }
+        for (addr, perms) in wanted {
+            if self.listeners.contains_key(&addr) {
+                continue;
+            }
+            let result = ListenAddr::parse(&addr).map_err(|e| e.to_string()).and_then(|parsed| {
+                sockets::bind(&parsed, perms).map_err(|e| format!("cannot bind {addr}: {e}"))
+            });
+            match result {
+                Ok(listener) => {
+                    debug!("bound {addr}");
+                    self.listeners.insert(addr, Rc::new(listener));
+                }
+                Err(e) => {
+                    error!("{e}");
+                    failures.insert(addr, e);
+                }
+            }
+        }
+        failures
+    }
+
+    // ------------------------------------------------------------------ the loop
+
+    pub async fn run(mut self) -> Outcome {
+        if !self.opts_pid1 {
+            if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+                warn!("cannot become a child subreaper ({e}); orphans of services will escape");
+            }
+        }
+        // Signal streams first: a child that dies before the SIGCHLD handler exists would otherwise linger.
+        let mut sigchld = match unix_signal(SignalKind::child()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!("cannot watch SIGCHLD: {e}");
+                return Outcome::Exit(1);
+            }
+        };
+        let mut sigterm = unix_signal(SignalKind::terminate()).ok();
+        let mut sigint = unix_signal(SignalKind::interrupt()).ok();
+        let mut sighup = unix_signal(SignalKind::hangup()).ok();
+        let mut sigusr1 = unix_signal(SignalKind::user_defined1()).ok();
+        let mut sigpwr = unix_signal(SignalKind::from_raw(libc::SIGPWR)).ok();
+
+        self.units = self.units_for_config();
+        let failures = self.bind_listeners();
+        self.mark_bind_failures(&failures);
+        self.publish_proxy_config();
+        info!("supervising {} units", self.units.len());
+        self.settle();
+
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = sigchld.recv() => self.reap(),
+                Some(()) = recv_signal(&mut sigterm) => self.on_stop_signal(Signal::SIGTERM),
+                Some(()) = recv_signal(&mut sigint) => self.on_stop_signal(Signal::SIGINT),
+                Some(()) = recv_signal(&mut sigpwr) => self.on_stop_signal(Signal::SIGPWR),
+                Some(()) = recv_signal(&mut sighup) => {
+                    match self.reload() {
+                        Ok(r) => info!("reloaded on SIGHUP: {} added, {} removed, {} changed", r.added.len(), r.removed.len(), r.changed.len()),
+                        Err(e) => error!("reload on SIGHUP failed, keeping the running config:\n{}", e.message),
+                    }
+                }
+                Some(()) = recv_signal(&mut sigusr1) => self.reopen_logs(),
+                Some(request) = self.requests.recv() => self.handle_request(request),
+                _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
+            }
+            self.settle();
+            if self.finished() {
+                // Let the log pumps drain what the last processes wrote.
+                tokio::task::yield_now().await;
+                let outcome = self.shutdown.as_ref().map_or(Outcome::Exit(0), |s| s.outcome);
+                info!("all services stopped");
+                return outcome;
+            }
+        }
+    }
+
+    fn mark_bind_failures(&mut self, failures: &HashMap<String, String>) {
+        for unit in self.units.values_mut() {
+            if let Some(e) = unit.listen.iter().find_map(|a| failures.get(a)) {
+                unit.machine.state = State::Fatal;
+                unit.machine.reason = Some(e.clone());
+            }
+        }
+        if let (Some(proxy), Some(unit)) = (&self.config.proxy, self.units.get_mut(PROXY_UNIT)) {
+            let all = proxy.listen.iter().chain(proxy.tls.iter().flat_map(|t| t.listen.iter()));
+            if let Some(e) = all.into_iter().find_map(|a| failures.get(a)) {
+                unit.machine.state = State::Fatal;
+                unit.machine.reason = Some(e.clone());
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let units = self.units.values().filter_map(|u| u.timer);
+        let drain = self.shutdown.as_ref().and_then(|s| s.drain_until);
+        units.chain(drain).min()
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        if let Some(s) = &mut self.shutdown {
+            if s.drain_until.is_some_and(|t| t <= now) {
+                s.drain_until = None;
+                info!("drain period over; stopping services");
+            }
+        }
+        let due: Vec<(String, State)> = self
+            .units
+            .values_mut()
+            .filter(|u| u.timer.is_some_and(|t| t <= now))
+            .map(|u| {
+                u.timer = None;
+                (u.name.clone(), u.machine.state)
+            })
+            .collect();
+        for (name, state) in due {
+            let event = match state {
+                State::Starting => Event::StartSecsElapsed,
+                State::Backoff => Event::BackoffElapsed,
+                State::Stopping => Event::GraceElapsed,
+                _ => continue,
+            };
+            self.dispatch(&name, event);
+        }
+    }
+
+    /// The one reaper: every exited child of this process (services and adopted orphans) ends here.
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => self.on_exit(pid, ExitStatus::Signal(sig as i32)),
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break, // ECHILD: nothing left
+            }
+        }
+    }
+
+    fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
+        let Some(name) = self.pids.remove(&pid) else {
+            debug!("reaped orphan {pid} ({})", status.describe());
+            return;
+        };
+        let Some(unit) = self.units.get_mut(&name) else { return };
+        let uptime = unit.started_at.map_or(Duration::ZERO, |t| t.elapsed());
+        unit.pid = None;
+        let level_warn = !matches!(unit.machine.state, State::Stopping)
+            && !(unit.spec.oneshot && status == ExitStatus::Code(0));
+        if level_warn {
+            warn!("{name} (pid {pid}) ended: {}", status.describe());
+        } else {
+            info!("{name} (pid {pid}) ended: {}", status.describe());
+        }
+        self.dispatch(&name, Event::Exited { status, uptime });
+    }
+
+    /// Feed one event to a unit's machine and carry out what it says.
+    fn dispatch(&mut self, name: &str, event: Event) {
+        let jitter = self.jitter();
+        let Some(unit) = self.units.get_mut(name) else { return };
+        let before = unit.machine.state;
+        let actions = unit.machine.on(event, &unit.policy, jitter);
+        let after = unit.machine.state;
+        if before != after {
+            debug!("{name}: {} -> {} on {event:?}", before.as_str(), after.as_str());
+        }
+        for action in actions {
+            self.perform(name, action);
+        }
+    }
+
+    fn perform(&mut self, name: &str, action: super::state::Action) {
+        use super::state::Action as A;
+        match action {
+            A::Spawn => self.spawn(name),
+            A::ArmTimer(d) => {
+                if let Some(u) = self.units.get_mut(name) {
+                    u.timer = Some(Instant::now() + d);
+                }
+            }
+            A::CancelTimer => {
+                if let Some(u) = self.units.get_mut(name) {
+                    u.timer = None;
+                }
+            }
+            A::SignalStop => {
+                if let Some(u) = self.units.get(name) {
+                    if let Some(pid) = u.pid {
+                        info!("stopping {name} (pid {pid}) with {}", u.stop_signal.as_str());
+                        let _ = signal::kill(pid, u.stop_signal);
+                    }
+                }
+            }
+            A::KillGroup => {
+                if let Some(u) = self.units.get(name) {
+                    if let Some(pgid) = u.pgid {
+                        // ESRCH just means the group is already empty.
+                        let _ = signal::killpg(pgid, Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let Some(unit) = self.units.get(name) else { return };
+        let mut extra: Vec<(OwnedFd, String)> = Vec::new();
+        if unit.kind == UnitKind::Proxy {
+            match self.proxy_feeds.connect() {
+                Ok((fd, task)) => {
+                    if let Some(old) = self.proxy_writer.replace(task) {
+                        old.abort();
+                    }
+                    extra.push((fd, protocol::STATE_FD_NAME.to_string()));
+                }
+                Err(e) => error!("cannot create the proxy's state channel: {e}"),
+            }
+        }
+        let mut fds: Vec<(std::os::fd::BorrowedFd<'_>, String)> = Vec::new();
+        match unit.kind {
+            UnitKind::Service => {
+                for addr in &unit.listen {
+                    if let Some(l) = self.listeners.get(addr) {
+                        fds.push((l.fd.as_fd(), unit.service.clone()));
+                    }
+                }
+            }
+            UnitKind::Proxy => {
+                if let Some(proxy) = &self.config.proxy {
+                    for addr in &proxy.listen {
+                        if let Some(l) = self.listeners.get(addr) {
+                            fds.push((l.fd.as_fd(), protocol::HTTP_FD_NAME.to_string()));
+                        }
+                    }
+                    for addr in proxy.tls.iter().flat_map(|t| t.listen.iter()) {
+                        if let Some(l) = self.listeners.get(addr) {
+                            fds.push((l.fd.as_fd(), protocol::HTTPS_FD_NAME.to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        for (fd, n) in &extra {
+            fds.push((fd.as_fd(), n.clone()));
+        }
+        let result = launch::command_for(unit, fds).map_err(|e| (None, e)).and_then(|cmd| {
+            super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string()))
+        });
+        drop(extra);
+        let now = Instant::now();
+        let Some(unit) = self.units.get_mut(name) else { return };
+        match result {
+            Ok(pid) => {
+                info!("started {name} (pid {pid})");
+                unit.pid = Some(pid);
+                unit.pgid = Some(pid);
+                unit.started_at = Some(now);
+                unit.spawn_error = None;
+                self.pids.insert(pid, name.to_string());
+            }
+            Err((Some(pid), e)) => {
+                // The child exists and has exited with 127; the reaper routes its status.
+                error!("cannot start {name}: {e}");
+                unit.pid = Some(pid);
+                unit.pgid = None;
+                unit.started_at = Some(now);
+                unit.spawn_error = Some(format!("cannot start: {e}"));
+                self.pids.insert(pid, name.to_string());
+            }
+            Err((None, e)) => {
+                error!("cannot start {name}: {e}");
+                unit.pgid = None;
+                unit.spawn_error = Some(format!("cannot start: {e}"));
+                self.pending
+                    .push_back((name.to_string(), Event::Exited { status: ExitStatus::Code(127), uptime: Duration::ZERO }));
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ scheduling
+
+    /// After every batch of events: run queued events, start what may start, stop what must stop,
+    /// advance rollouts, and tell the proxy and systemd.
+    fn settle(&mut self) {
+        for _ in 0..64 {
+            while let Some((name, event)) = self.pending.pop_front() {
+                self.dispatch(&name, event);
+            }
+            let started = if self.shutdown.is_some() { self.schedule_shutdown() } else { self.schedule_starts() };
+            self.advance_rollouts();
+            if !started && self.pending.is_empty() {
+                break;
+            }
+        }
+        let before = self.units.len();
+        self.units.retain(|_, u| !(u.retired && u.is_down()));
+        if self.units.len() != before {
+            self.drop_unused_listeners();
+        }
+        self.publish_proxy_state();
+        self.report_stack_readiness();
+    }
+
+    fn deps_waiting(&self, unit: &Unit) -> Option<String> {
+        let waiting: Vec<&str> = unit
+            .spec
+            .after
+            .iter()
+            .filter(|dep| {
+                let mut replicas = self.units.values().filter(|u| &u.service == *dep).peekable();
+                replicas.peek().is_none() || !replicas.all(|u| u.is_ready())
+            })
+            .map(|s| s.as_str())
+            .collect();
+        (!waiting.is_empty()).then(|| waiting.join(", "))
+    }
+
+    /// Start units that want to be up, are stopped, and whose dependencies are ready. True if any started.
+    fn schedule_starts(&mut self) -> bool {
+        let candidates: Vec<String> = self
+            .units
+            .values()
+            .filter(|u| u.want_up && u.machine.state == State::Stopped)
+            .map(|u| u.name.clone())
+            .collect();
+        let mut started = false;
+        for name in candidates {
+            let waiting = self.units.get(&name).and_then(|u| self.deps_waiting(u));
+            if let Some(u) = self.units.get_mut(&name) {
+                u.waiting_for = waiting.clone();
+            }
+            if waiting.is_none() {
+                self.dispatch(&name, Event::Start);
+                started = true;
+            }
+        }
+        started
+    }
+
+    /// Services that depend on `service` (its `after` users, and the proxy for its upstreams).
+    fn dependents_of(&self, service: &str) -> Vec<String> {
+        let upstream_of_proxy = self.config.proxy.as_ref().is_some_and(|p| {
+            p.server.iter().flat_map(|s| s.location.iter()).any(|l| l.upstream.as_deref() == Some(service))
+        });
+        self.units
+            .values()
+            .filter(|u| {
+                u.spec.after.iter().any(|a| a == service) || (u.kind == UnitKind::Proxy && upstream_of_proxy)
+            })
+            .filter(|u| u.service != service)
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
+    /// Stop units whose dependents are all down. Returns whether anything changed.
+    fn schedule_shutdown(&mut self) -> bool {
+        if self.shutdown.as_ref().is_some_and(|s| s.drain_until.is_some()) {
+            return false;
+        }
+        let running: Vec<(String, String)> = self
+            .units
+            .values()
+            .filter(|u| !u.is_down() || u.machine.state == State::Backoff)
+            .filter(|u| u.machine.state != State::Stopping)
+            .map(|u| (u.name.clone(), u.service.clone()))
+            .collect();
+        let mut changed = false;
+        for (name, service) in running {
+            let blocked = self.dependents_of(&service).iter().any(|d| self.units.get(d).is_some_and(|u| !u.is_down()));
+            if !blocked {
+                self.dispatch(&name, Event::Stop);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn finished(&self) -> bool {
+        self.shutdown.as_ref().is_some_and(|s| s.drain_until.is_none()) && self.units.values().all(|u| u.is_down())
+    }
+
+    fn begin_shutdown(&mut self, outcome: Outcome) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let drain = self.config.init.shutdown_drain.0;
+        info!("shutting down ({outcome:?}); draining for {drain:?}");
+        crate::supervise::hooks::stopping();
+        for u in self.units.values_mut() {
+            u.want_up = false;
+        }
+        self.rollouts.clear();
+        self.shutdown = Some(Shutdown { outcome, drain_until: (!drain.is_zero()).then(|| Instant::now() + drain) });
+    }
+
+    fn on_stop_signal(&mut self, sig: Signal) {
+        if self.shutdown.is_some() {
+            if !self.opts_pid1 && sig == Signal::SIGINT {
+                warn!("second interrupt: killing all services now");
+                for u in self.units.values() {
+                    if let Some(pgid) = u.pgid.filter(|_| u.pid.is_some()) {
+                        let _ = signal::killpg(pgid, Signal::SIGKILL);
+                    }
+                }
+            }
+            return;
+        }
+        let outcome = match (self.opts_pid1, sig) {
+            (true, Signal::SIGINT) => Outcome::Reboot,
+            (true, _) => Outcome::PowerOff,
+            (false, _) => Outcome::Exit(0),
+        };
+        info!("received {}", sig.as_str());
+        self.begin_shutdown(outcome);
+    }
+
+    // ------------------------------------------------------------------ rollouts
+
+    fn advance_rollouts(&mut self) {
+        let mut finished = Vec::new();
+        for i in 0..self.rollouts.len() {
+            loop {
+                let current = self.rollouts[i].current.clone();
+                if let Some(cur) = &current {
+                    let Some(u) = self.units.get(cur) else {
+                        self.rollouts[i].current = None;
+                        continue;
+                    };
+                    if u.machine.state == State::Fatal {
+                        warn!("rollout of {} halted: {cur} is fatal", self.rollouts[i].service);
+                        finished.push(i);
+                        break;
+                    }
+                    if !u.is_ready() {
+                        break;
+                    }
+                    self.rollouts[i].current = None;
+                }
+                let Some(next) = self.rollouts[i].pending.pop_front() else {
+                    finished.push(i);
+                    break;
+                };
+                self.restart_unit(&next);
+                self.rollouts[i].current = Some(next);
+                break;
+            }
+        }
+        for i in finished.into_iter().rev() {
+            let r = self.rollouts.remove(i);
+            info!("rollout of {} done", r.service);
+        }
+    }
+
+    fn restart_unit(&mut self, name: &str) {
+        let Some(u) = self.units.get_mut(name) else { return };
+        u.want_up = true;
+        match u.machine.state {
+            State::Starting | State::Running => {
+                self.dispatch(name, Event::Stop);
+                if let Some(u) = self.units.get_mut(name) {
+                    u.machine.restart_after_stop = true;
+                }
+            }
+            State::Stopping => {
+                u.machine.restart_after_stop = true;
+            }
+            _ => self.dispatch(name, Event::Start),
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn select(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let names: Vec<String> =
+            self.units.values().filter(|u| u.name == name || u.service == name).map(|u| u.name.clone()).collect();
+        if names.is_empty() {
+            let known: Vec<&str> = {
+                let mut v: Vec<&str> = self.units.values().map(|u| u.service.as_str()).collect();
+                v.dedup();
+                v
+            };
+            return Err(ApiError::not_found(format!("no such service: {name} (known: {})", known.join(", "))));
+        }
+        Ok(names)
+    }
+
+    fn statuses(&self) -> Vec<ServiceStatus> {
+        let now = Instant::now();
+        self.units.values().map(|u| u.status(now)).collect()
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Status { name, reply } => {
+                let now = Instant::now();
+                let result = match name {
+                    None => Ok(self.statuses()),
+                    Some(n) => self
+                        .select(&n)
+                        .map(|names| names.iter().filter_map(|n| self.units.get(n)).map(|u| u.status(now)).collect()),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Control { name, action, reply } => {
+                let _ = reply.send(self.control(&name, action));
+            }
+            Request::Reload { reply } => {
+                let _ = reply.send(self.reload());
+            }
+            Request::Shutdown { reboot, reply } => {
+                let outcome = match (self.opts_pid1, reboot) {
+                    (true, true) => Outcome::Reboot,
+                    (true, false) => Outcome::PowerOff,
+                    (false, _) => Outcome::Exit(0),
+                };
+                self.begin_shutdown(outcome);
+                let _ = reply.send(Ok(ActionReply { ok: true, message: format!("shutting down ({outcome:?})") }));
+            }
+            Request::Logs { name, stream, reply } => {
+                let result = self.select(&name).and_then(|names| {
+                    let unit = names.first().and_then(|n| self.units.get(n)).ok_or_else(|| ApiError::not_found(&name))?;
+                    if names.len() > 1 && unit.stdout.path() != self.units[&names[1]].stdout.path() {
+                        return Err(ApiError::bad_request(format!(
+                            "{name} has {} replicas with separate logs; name one: {}",
+                            names.len(),
+                            names.join(", ")
+                        )));
+                    }
+                    let log = match stream {
+                        LogStream::Stdout => &unit.stdout,
+                        LogStream::Stderr => &unit.stderr,
+                    };
+                    Ok(LogSource { path: log.path().to_path_buf(), lines: log.subscribe() })
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn control(&mut self, name: &str, action: ControlAction) -> Result<ActionReply, ApiError> {
+        if self.shutdown.is_some() {
+            return Err(ApiError::conflict("shutting down"));
+        }
+        let names = self.select(name)?;
+        let message = match action {
+            ControlAction::Start => {
+                for n in &names {
+                    if let Some(u) = self.units.get_mut(n) {
+                        u.want_up = true;
+                        if matches!(u.machine.state, State::Exited | State::Fatal | State::Backoff) {
+                            u.machine.state = State::Stopped;
+                            u.timer = None;
+                            u.machine.reason = None;
+                        }
+                    }
+                }
+                self.schedule_starts();
+                let waiting: Vec<String> =
+                    names.iter().filter_map(|n| self.units.get(n)?.waiting_for.clone()).collect();
+                match waiting.first() {
+                    Some(w) => format!("{name}: start queued, waiting for {w}"),
+                    None => format!("{name}: started"),
+                }
+            }
+            ControlAction::Stop => {
+                self.rollouts.retain(|r| r.service != name);
+                for n in &names {
+                    if let Some(u) = self.units.get_mut(n) {
+                        u.want_up = false;
+                    }
+                    self.dispatch(n, Event::Stop);
+                }
+                format!("{name}: stopping")
+            }
+            ControlAction::Restart => {
+                self.rollouts.retain(|r| r.service != name);
+                if names.len() == 1 {
+                    self.restart_unit(&names[0]);
+                    format!("{name}: restarting")
+                } else {
+                    self.rollouts.push(Rollout {
+                        service: name.to_string(),
+                        pending: names.iter().cloned().collect(),
+                        current: None,
+                    });
+                    format!("{name}: rolling restart of {} replicas", names.len())
+                }
+            }
+        };
+        Ok(ActionReply { ok: true, message })
+    }
+
+    fn reopen_logs(&mut self) {
+        info!("reopening log files");
+        for log in self.logs.values() {
+            log.reopen();
+        }
+    }
+
+    // ------------------------------------------------------------------ reload
+
+    /// Re-read the config and apply the difference. A bad config changes nothing.
+    pub fn reload(&mut self) -> Result<ReloadReply, ApiError> {
+        crate::supervise::hooks::reloading();
+        let result = self.reload_inner();
+        crate::supervise::hooks::reloaded();
+        result
+    }
+
+    fn reload_inner(&mut self) -> Result<ReloadReply, ApiError> {
+        if self.shutdown.is_some() {
+            return Err(ApiError::conflict("shutting down"));
+        }
+        let new = match &self.config_path {
+            Some(path) => crate::config::load(path),
+            None => crate::config::parse(Path::new("<built-in demo>"), &crate::config::demo_text()),
+        };
+        let new = new.map_err(|errors| {
+            ApiError::bad_request(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+        })?;
+        let old = std::mem::replace(&mut self.config, new);
+        let mut reply = ReloadReply::default();
+        let mut names: Vec<String> = old.service.keys().chain(self.config.service.keys()).cloned().collect();
+        names.sort();
+        names.dedup();
+        let mut changed_services = Vec::new();
+        for name in &names {
+            match (old.service.get(name), self.config.service.get(name)) {
+                (Some(_), None) => reply.removed.push(name.clone()),
+                (None, Some(_)) => reply.added.push(name.clone()),
+                (Some(a), Some(b)) if a != b => {
+                    reply.changed.push(name.clone());
+                    changed_services.push(name.clone());
+                }
+                _ => reply.unchanged.push(name.clone()),
+            }
+        }
+        let proxy_changed = old.proxy != self.config.proxy;
+        let proxy_listen_changed = old.proxy.as_ref().map(|p| (&p.listen, p.tls.as_ref().map(|t| &t.listen), &p.user))
+            != self.config.proxy.as_ref().map(|p| (&p.listen, p.tls.as_ref().map(|t| &t.listen), &p.user));
+        if old.init != self.config.init {
+            warn!("[init] changes take effect at the next boot");
+        }
+
+        // Build the new unit table; keep running units whose service did not change.
+        let mut fresh = self.units_for_config();
+        let mut to_stop: Vec<String> = Vec::new();
+        let old_units = std::mem::take(&mut self.units);
+        for (unit_name, unit) in old_units {
+            let service_changed = changed_services.contains(&unit.service);
+            let keep = match unit.kind {
+                UnitKind::Proxy => self.config.proxy.is_some() && !proxy_listen_changed,
+                UnitKind::Service => fresh.contains_key(&unit_name) && !service_changed,
+            };
+            if keep {
+                fresh.insert(unit_name, unit);
+            } else if unit.is_down() {
+                if let Some(f) = fresh.get_mut(&unit_name) {
+                    f.want_up = f.spec.autostart;
+                }
+            } else {
+                // Keep it in the table under its old identity until it has stopped, then the new one starts.
+                to_stop.push(unit_name.clone());
+                match fresh.remove(&unit_name) {
+                    Some(mut replacement) => {
+                        replacement.machine = unit.machine.clone();
+                        replacement.pid = unit.pid;
+                        replacement.pgid = unit.pgid;
+                        replacement.started_at = unit.started_at;
+                        replacement.want_up = replacement.spec.autostart;
+                        fresh.insert(unit_name, replacement);
+                    }
+                    None => {
+                        let mut leaving = unit;
+                        leaving.want_up = false;
+                        leaving.retired = true;
+                        fresh.insert(unit_name, leaving);
+                    }
+                }
+            }
+        }
+        self.units = fresh;
+        let failures = self.bind_listeners();
+        self.mark_bind_failures(&failures);
+        for name in &to_stop {
+            let stays = self.units.get(name).is_some_and(|u| u.want_up);
+            if stays {
+                self.restart_unit(name);
+            } else {
+                self.dispatch(name, Event::Stop);
+            }
+        }
+        if proxy_changed {
+            reply.changed.push(PROXY_UNIT.into());
+        }
+        self.publish_proxy_config();
+        self.drop_unused_listeners();
+        Ok(reply)
+    }
+
+    /// Remove units that were dropped by a reload once they have stopped, and close sockets nobody uses.
+    fn drop_unused_listeners(&mut self) {
+        let mut used: Vec<String> = self.units.values().flat_map(|u| u.listen.iter().cloned()).collect();
+        if let Some(p) = &self.config.proxy {
+            used.extend(p.listen.iter().cloned());
+            used.extend(p.tls.iter().flat_map(|t| t.listen.iter().cloned()));
+        }
+        self.listeners.retain(|addr, _| used.contains(addr));
+    }
+
+    // ------------------------------------------------------------------ telling others
+
+    fn publish_proxy_config(&mut self) {
+        let Some(proxy) = self.config.proxy.clone() else { return };
+        let mut upstreams: BTreeMap<String, Vec<UpstreamReplica>> = BTreeMap::new();
+        for u in self.units.values().filter(|u| u.kind == UnitKind::Service && !u.listen.is_empty()) {
+            upstreams
+                .entry(u.service.clone())
+                .or_default()
+                .push(UpstreamReplica { name: u.name.clone(), address: u.listen[0].clone() });
+        }
+        let runtime = ProxyRuntimeConfig {
+            proxy,
+            upstreams,
+            extra_server_names: Vec::new(),
+            logs_dir: self.config.init.logs_dir.clone(),
+        };
+        self.proxy_feeds.config.send_replace(Some(Arc::new(runtime)));
+    }
+
+    fn publish_proxy_state(&mut self) {
+        let state = ProxyState {
+            draining: self.shutdown.is_some(),
+            ready: self.units.values().filter(|u| u.is_ready()).map(|u| u.name.clone()).collect(),
+            unhealthy: self
+                .units
+                .values()
+                .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.is_ready())
+                .map(|u| u.name.clone())
+                .collect(),
+        };
+        self.proxy_feeds.state.send_if_modified(|s| {
+            if *s == state {
+                false
+            } else {
+                *s = state;
+                true
+            }
+        });
+    }
+
+    /// READY=1 to systemd once every autostart unit is up (or has settled as fatal), with a summary.
+    fn report_stack_readiness(&mut self) {
+        let autostart: Vec<&Unit> = self.units.values().filter(|u| u.spec.autostart).collect();
+        let ready = autostart.iter().filter(|u| u.is_ready()).count();
+        let fatal = autostart.iter().filter(|u| u.machine.state == State::Fatal).count();
+        let mut summary = format!("{ready}/{} ready", autostart.len());
+        if fatal > 0 {
+            summary.push_str(&format!(", {fatal} fatal"));
+        }
+        if self.shutdown.is_some() {
+            summary = format!("stopping: {summary}");
+        }
+        crate::supervise::hooks::status(&summary);
+        if !self.stack_ready_sent && ready + fatal == autostart.len() {
+            self.stack_ready_sent = true;
+            info!("stack ready: {summary}");
+            crate::supervise::hooks::ready(&summary);
+        }
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,96 @@
+//! A unit is one supervised process slot: a service, one replica of it, or the proxy.
+#![forbid(unsafe_code)]
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use super::state::{Machine, Policy};
+use crate::config::ServiceSpec;
+use crate::control::api::ServiceStatus;
+use crate::logs::ServiceLog;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitKind {
+    Service,
+    /// The built-in proxy: gets the proxy listeners and the state channel as extra fds.
+    Proxy,
+}
+
+pub struct Unit {
+    /// `app@0`, `app`, or `proxy`.
+    pub name: String,
+    /// The `[service.NAME]` it belongs to.
+    pub service: String,
+    pub replica: Option<u32>,
+    pub kind: UnitKind,
+    pub spec: Rc<ServiceSpec>,
+    pub policy: Policy,
+    pub stop_signal: Signal,
+    pub machine: Machine,
+    /// Should be up (autostart or `start`), as opposed to what it is.
+    pub want_up: bool,
+    pub pid: Option<Pid>,
+    /// Process group of the last process; it outlives the process when grandchildren linger.
+    pub pgid: Option<Pid>,
+    pub started_at: Option<Instant>,
+    pub timer: Option<Instant>,
+    /// This replica's listen addresses (keys into the supervisor's listener table).
+    pub listen: Vec<String>,
+    pub stdout: Rc<ServiceLog>,
+    pub stderr: Rc<ServiceLog>,
+    /// Why the last spawn failed, if it did.
+    pub spawn_error: Option<String>,
+    /// Why it waits instead of starting (dependencies).
+    pub waiting_for: Option<String>,
+    /// Removed by a reload: dropped from the table once it has stopped.
+    pub retired: bool,
+}
+
+impl Unit {
+    /// Up and serving: what dependents, `/healthz` and the proxy's routing go by.
+    pub fn is_ready(&self) -> bool {
+        self.machine.is_up()
+    }
+
+    /// No process and nothing scheduled: safe to consider it stopped for shutdown ordering.
+    pub fn is_down(&self) -> bool {
+        self.pid.is_none() && !matches!(self.machine.state, super::State::Backoff | super::State::Starting)
+    }
+
+    pub fn status(&self, now: Instant) -> ServiceStatus {
+        let reason = self
+            .machine
+            .reason
+            .clone()
+            .or_else(|| self.spawn_error.clone())
+            .or_else(|| self.waiting_for.as_ref().map(|w| format!("waiting for {w}")));
+        ServiceStatus {
+            name: self.name.clone(),
+            service: self.service.clone(),
+            replica: self.replica,
+            state: self.machine.state,
+            ready: self.is_ready(),
+            pid: self.pid.map(|p| p.as_raw()),
+            restarts: self.machine.restarts,
+            uptime_secs: self
+                .pid
+                .and(self.started_at)
+                .map(|t| (now.saturating_duration_since(t).as_millis() as f64) / 1000.0),
+            last_exit: self.machine.last_exit.map(|e| e.describe()),
+            reason,
+            oneshot: self.spec.oneshot,
+            stdout: self.stdout.path().to_path_buf(),
+            stderr: self.stderr.path().to_path_buf(),
+        }
+    }
+}
+
+/// Parse "TERM", "SIGTERM", "term" into a signal.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    full.parse().ok()
+}
