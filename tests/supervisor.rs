@@ -1,0 +1,263 @@
+//! Black-box tests of supervision: the real binary, real processes, observed through the real CLI.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const LONG: &str = r#"command = ["sleep", "100000"]"#;
+
+#[test]
+fn restarts_after_kill_9_with_a_growing_backoff() {
+    let stack = Stack::start(&format!(
+        r#"
+[service.worker]
+{LONG}
+start_secs = "0s"
+backoff_initial = "200ms"
+backoff_max = "10s"
+backoff_reset = "1h"
+start_limit = 100
+"#
+    ));
+    stack.wait_state("worker", "running", Duration::from_secs(5));
+    // Time from kill to a new pid, for four crashes in a row.
+    let mut gaps = Vec::new();
+    for _ in 0..4 {
+        let old = stack.pid_of("worker").expect("pid");
+        let t0 = Instant::now();
+        kill9(old);
+        assert!(wait_until(Duration::from_secs(5), || stack.pid_of("worker").is_some_and(|p| p != old)));
+        gaps.push(t0.elapsed());
+    }
+    // First restart immediate; then 200 ms, 400 ms, 800 ms (±10 % jitter).
+    assert!(gaps[0] < Duration::from_millis(150), "first restart should be immediate: {gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(175) && gaps[1] < Duration::from_millis(400), "{gaps:?}");
+    assert!(gaps[2] >= Duration::from_millis(355) && gaps[2] < Duration::from_millis(700), "{gaps:?}");
+    assert!(gaps[3] >= Duration::from_millis(715) && gaps[3] < Duration::from_millis(1300), "{gaps:?}");
+    let u = stack.unit("worker");
+    assert_eq!(u["restarts"], 4, "{u}");
+    assert_eq!(u["last_exit"], "signal KILL", "{u}");
+}
+
+#[test]
+fn goes_fatal_after_the_start_limit_with_the_reason() {
+    let stack = Stack::start(
+        r#"
+[service.broken]
+command = ["sh", "-c", "echo cannot start >&2; exit 3"]
+start_limit = 3
+backoff_initial = "50ms"
+"#,
+    );
+    stack.wait_state("broken", "fatal", Duration::from_secs(10));
+    let u = stack.unit("broken");
+    assert_eq!(u["ready"], false);
+    assert_eq!(u["pid"], serde_json::Value::Null);
+    assert_eq!(u["restarts"], 2, "{u}");
+    assert!(u["reason"].as_str().unwrap_or("").contains("start limit reached: 3 failed starts (last: exit 3)"), "{u}");
+    let err = std::fs::read_to_string(stack.path("logs/broken.err.log")).unwrap();
+    assert_eq!(err.matches("cannot start").count(), 3, "{err}");
+    // `start` clears fatal and tries again.
+    let out = stack.cli(&["start", "broken"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(wait_until(Duration::from_secs(5), || stack.unit("broken")["restarts"].as_u64() > Some(2)
+        || stack.state_of("broken") != "fatal"));
+}
+
+#[test]
+fn oneshot_job_gates_its_dependents_and_a_failed_job_blocks_them() {
+    let stack = Stack::start(
+        r#"
+[service.migrate]
+command = ["sh", "-c", "sleep 0.5; echo migrate-done >> {dir}/order"]
+oneshot = true
+
+[service.app]
+command = ["sh", "-c", "echo app-start >> {dir}/order; exec sleep 100000"]
+after = ["migrate"]
+start_secs = "100ms"
+
+[service.badjob]
+command = ["false"]
+oneshot = true
+restart = "never"
+
+[service.blocked]
+command = ["sh", "-c", "echo blocked-start >> {dir}/order; exec sleep 100000"]
+after = ["badjob"]
+"#,
+    );
+    stack.wait_state("app", "running", Duration::from_secs(10));
+    let order = std::fs::read_to_string(stack.path("order")).unwrap();
+    assert_eq!(order, "migrate-done\napp-start\n", "the job must finish before its dependent starts");
+    let job = stack.unit("migrate");
+    assert_eq!(job["state"], "exited");
+    assert_eq!(job["ready"], true);
+    assert_eq!(job["last_exit"], "exit 0");
+    let blocked = stack.unit("blocked");
+    assert_eq!(blocked["state"], "stopped", "{blocked}");
+    assert!(blocked["reason"].as_str().unwrap_or("").contains("waiting for badjob"), "{blocked}");
+    assert_eq!(stack.unit("badjob")["state"], "exited");
+}
+
+#[test]
+fn stop_kills_the_whole_process_group_after_the_grace_period() {
+    let stack = Stack::start(
+        r#"
+[service.stubborn]
+command = ["sh", "-c", "trap '' TERM; sleep 100000 & echo $! > {dir}/grandchild; wait"]
+stop_grace = "500ms"
+start_secs = "100ms"
+"#,
+    );
+    stack.wait_state("stubborn", "running", Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(5), || stack.path("grandchild").exists()));
+    let grandchild: i32 = std::fs::read_to_string(stack.path("grandchild")).unwrap().trim().parse().unwrap();
+    assert!(process_exists(grandchild));
+    let t0 = Instant::now();
+    let out = stack.cli(&["stop", "stubborn"]);
+    assert!(out.status.success(), "{out:?}");
+    stack.wait_state("stubborn", "stopped", Duration::from_secs(5));
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(450), "TERM is ignored, so it takes the grace period: {took:?}");
+    assert!(wait_until(Duration::from_secs(2), || !process_exists(grandchild)), "grandchild outlived its service");
+    assert!(stack.unit("stubborn")["reason"].as_str().unwrap_or("").contains("killed"));
+}
+
+#[test]
+fn orphans_of_services_are_reaped_when_not_pid_1() {
+    let stack = Stack::start(
+        r#"
+[service.forker]
+command = ["sh", "-c", "for i in $(seq 50); do (sleep 0.2 &) ; done; echo spawned > {dir}/spawned; exec sleep 100000"]
+"#,
+    );
+    assert!(wait_until(Duration::from_secs(10), || stack.path("spawned").exists()));
+    let me = stack.pid();
+    // The 50 sleeps are re-parented to stackinit (subreaper) and must not stay zombies once they exit.
+    assert!(
+        wait_until(Duration::from_secs(5), || children_of(me).iter().filter(|(_, s)| *s == 'Z').count() == 0
+            && children_of(me).len() <= 2),
+        "zombies or orphans remain under stackinit: {:?}",
+        children_of(me)
+    );
+}
+
+#[test]
+fn reload_applies_only_the_difference_and_a_bad_config_changes_nothing() {
+    let mut stack = Stack::start(&format!(
+        r#"
+[service.keep]
+{LONG}
+start_secs = "0s"
+
+[service.change]
+{LONG}
+start_secs = "0s"
+
+[service.remove]
+{LONG}
+start_secs = "0s"
+"#
+    ));
+    for n in ["keep", "change", "remove"] {
+        stack.wait_state(n, "running", Duration::from_secs(5));
+    }
+    let keep = stack.pid_of("keep");
+    let change = stack.pid_of("change");
+    let remove = stack.pid_of("remove").unwrap();
+    let original = std::fs::read_to_string(&stack.config).unwrap();
+
+    // A broken config: error names file:line:col, nothing changes.
+    std::fs::write(&stack.config, original.replace("[service.change]", "[service.change]\nbogus_key = 1")).unwrap();
+    let out = stack.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stackinit.toml:") && err.contains("bogus_key"), "{err}");
+    assert_eq!(stack.pid_of("keep"), keep);
+    assert_eq!(stack.pid_of("change"), change);
+    assert_eq!(stack.pid_of("remove"), Some(remove));
+
+    // A good one: keep stays, change restarts, remove goes, add appears.
+    let next = original
+        .replace("[service.change]\ncommand = [\"sleep\", \"100000\"]", "[service.change]\ncommand = [\"sleep\", \"200000\"]")
+        .replace("[service.remove]", "[service.add]");
+    std::fs::write(&stack.config, next).unwrap();
+    let out = stack.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    stack.wait_state("add", "running", Duration::from_secs(5));
+    stack.wait_state("change", "running", Duration::from_secs(5));
+    assert_eq!(stack.pid_of("keep"), keep, "an unchanged service keeps its process");
+    assert_ne!(stack.pid_of("change"), change, "a changed service is restarted");
+    assert!(wait_until(Duration::from_secs(5), || !stack.status()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == "remove")));
+    assert!(wait_until(Duration::from_secs(5), || !process_exists(remove)), "removed service still running");
+    stack.stop();
+}
+
+#[test]
+fn status_prints_a_table_and_the_contract_json() {
+    let stack = Stack::start(&format!(
+        r#"
+[service.web]
+{LONG}
+replicas = 2
+start_secs = "0s"
+
+[service.idle]
+{LONG}
+autostart = false
+"#
+    ));
+    stack.wait_state("web@0", "running", Duration::from_secs(5));
+    stack.wait_state("web@1", "running", Duration::from_secs(5));
+    let status = stack.status();
+    let services = status["services"].as_array().expect("services array");
+    assert_eq!(services.len(), 3);
+    for s in services {
+        for key in ["name", "state", "ready", "pid", "restarts"] {
+            assert!(s.get(key).is_some(), "{key} missing in {s}");
+        }
+    }
+    let idle = stack.unit("idle");
+    assert_eq!(idle["state"], "stopped");
+    assert_eq!(idle["pid"], serde_json::Value::Null);
+
+    let table = stack.cli(&["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.lines().next().unwrap_or("").contains("NAME"), "{text}");
+    assert!(text.contains("web@0") && text.contains("web@1") && text.contains("running"), "{text}");
+
+    // `status NAME` exits non-zero when it isn't running, like supervisorctl.
+    assert!(stack.cli(&["status", "web"]).status.success());
+    assert!(!stack.cli(&["status", "idle"]).status.success());
+    let unknown = stack.cli(&["status", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nope"));
+}
+
+#[test]
+fn sigterm_stops_services_in_reverse_dependency_order_and_exits_0() {
+    let mut stack = Stack::start(
+        r#"
+[service.db]
+command = ["sh", "-c", "trap 'echo db-stop >> {dir}/stops; exit 0' TERM; while :; do sleep 0.05; done"]
+start_secs = "100ms"
+
+[service.app]
+command = ["sh", "-c", "trap 'sleep 0.3; echo app-stop >> {dir}/stops; exit 0' TERM; while :; do sleep 0.05; done"]
+after = ["db"]
+start_secs = "100ms"
+"#,
+    );
+    stack.wait_state("app", "running", Duration::from_secs(10));
+    let status = stack.stop().expect("exit status");
+    assert!(status.success(), "{status:?}");
+    let stops = std::fs::read_to_string(stack.path("stops")).unwrap_or_default();
+    assert_eq!(stops, "app-stop\ndb-stop\n", "dependents stop before what they depend on");
+}
