@@ -28,14 +28,28 @@ start_limit = 100
         let old = stack.pid_of("worker").expect("pid");
         let t0 = Instant::now();
         kill9(old);
-        assert!(wait_until(Duration::from_secs(5), || stack.pid_of("worker").is_some_and(|p| p != old)));
+        assert!(wait_until(Duration::from_secs(5), || stack
+            .pid_of("worker")
+            .is_some_and(|p| p != old)));
         gaps.push(t0.elapsed());
     }
     // First restart immediate; then 200 ms, 400 ms, 800 ms (±10 % jitter).
-    assert!(gaps[0] < Duration::from_millis(150), "first restart should be immediate: {gaps:?}");
-    assert!(gaps[1] >= Duration::from_millis(175) && gaps[1] < Duration::from_millis(400), "{gaps:?}");
-    assert!(gaps[2] >= Duration::from_millis(355) && gaps[2] < Duration::from_millis(700), "{gaps:?}");
-    assert!(gaps[3] >= Duration::from_millis(715) && gaps[3] < Duration::from_millis(1300), "{gaps:?}");
+    assert!(
+        gaps[0] < Duration::from_millis(150),
+        "first restart should be immediate: {gaps:?}"
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(175) && gaps[1] < Duration::from_millis(400),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[2] >= Duration::from_millis(355) && gaps[2] < Duration::from_millis(700),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[3] >= Duration::from_millis(715) && gaps[3] < Duration::from_millis(1300),
+        "{gaps:?}"
+    );
     let u = stack.unit("worker");
     assert_eq!(u["restarts"], 4, "{u}");
     assert_eq!(u["last_exit"], "signal KILL", "{u}");
@@ -56,13 +70,22 @@ backoff_initial = "50ms"
     assert_eq!(u["ready"], false);
     assert_eq!(u["pid"], serde_json::Value::Null);
     assert_eq!(u["restarts"], 2, "{u}");
-    assert!(u["reason"].as_str().unwrap_or("").contains("start limit reached: 3 failed starts (last: exit 3)"), "{u}");
+    assert!(
+        u["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("start limit reached: 3 failed starts (last: exit 3)"),
+        "{u}"
+    );
     let err = std::fs::read_to_string(stack.path("logs/broken.err.log")).unwrap();
     assert_eq!(err.matches("cannot start").count(), 3, "{err}");
     // `start` clears fatal and tries again.
     let out = stack.cli(&["start", "broken"]);
     assert!(out.status.success(), "{out:?}");
-    assert!(wait_until(Duration::from_secs(5), || stack.unit("broken")["restarts"].as_u64() > Some(2)
+    assert!(wait_until(Duration::from_secs(5), || stack.unit("broken")
+        ["restarts"]
+        .as_u64()
+        > Some(2)
         || stack.state_of("broken") != "fatal"));
 }
 
@@ -91,14 +114,23 @@ after = ["badjob"]
     );
     stack.wait_state("app", "running", Duration::from_secs(10));
     let order = std::fs::read_to_string(stack.path("order")).unwrap();
-    assert_eq!(order, "migrate-done\napp-start\n", "the job must finish before its dependent starts");
+    assert_eq!(
+        order, "migrate-done\napp-start\n",
+        "the job must finish before its dependent starts"
+    );
     let job = stack.unit("migrate");
     assert_eq!(job["state"], "exited");
     assert_eq!(job["ready"], true);
     assert_eq!(job["last_exit"], "exit 0");
     let blocked = stack.unit("blocked");
     assert_eq!(blocked["state"], "stopped", "{blocked}");
-    assert!(blocked["reason"].as_str().unwrap_or("").contains("waiting for badjob"), "{blocked}");
+    assert!(
+        blocked["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("waiting for badjob"),
+        "{blocked}"
+    );
     assert_eq!(stack.unit("badjob")["state"], "exited");
 }
 
@@ -113,17 +145,32 @@ start_secs = "100ms"
 "#,
     );
     stack.wait_state("stubborn", "running", Duration::from_secs(5));
-    assert!(wait_until(Duration::from_secs(5), || stack.path("grandchild").exists()));
-    let grandchild: i32 = std::fs::read_to_string(stack.path("grandchild")).unwrap().trim().parse().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || stack
+        .path("grandchild")
+        .exists()));
+    let grandchild: i32 = std::fs::read_to_string(stack.path("grandchild"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(process_exists(grandchild));
     let t0 = Instant::now();
     let out = stack.cli(&["stop", "stubborn"]);
     assert!(out.status.success(), "{out:?}");
     stack.wait_state("stubborn", "stopped", Duration::from_secs(5));
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(450), "TERM is ignored, so it takes the grace period: {took:?}");
-    assert!(wait_until(Duration::from_secs(2), || !process_exists(grandchild)), "grandchild outlived its service");
-    assert!(stack.unit("stubborn")["reason"].as_str().unwrap_or("").contains("killed"));
+    assert!(
+        took >= Duration::from_millis(450),
+        "TERM is ignored, so it takes the grace period: {took:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || !process_exists(grandchild)),
+        "grandchild outlived its service"
+    );
+    assert!(stack.unit("stubborn")["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("killed"));
 }
 
 #[test]
@@ -134,11 +181,17 @@ fn orphans_of_services_are_reaped_when_not_pid_1() {
 command = ["sh", "-c", "for i in $(seq 50); do (sleep 0.2 &) ; done; echo spawned > {dir}/spawned; exec sleep 100000"]
 "#,
     );
-    assert!(wait_until(Duration::from_secs(10), || stack.path("spawned").exists()));
+    assert!(wait_until(Duration::from_secs(10), || stack
+        .path("spawned")
+        .exists()));
     let me = stack.pid();
     // The 50 sleeps are re-parented to stackinit (subreaper) and must not stay zombies once they exit.
     assert!(
-        wait_until(Duration::from_secs(5), || children_of(me).iter().filter(|(_, s)| *s == 'Z').count() == 0
+        wait_until(Duration::from_secs(5), || children_of(me)
+            .iter()
+            .filter(|(_, s)| *s == 'Z')
+            .count()
+            == 0
             && children_of(me).len() <= 2),
         "zombies or orphans remain under stackinit: {:?}",
         children_of(me)
@@ -171,32 +224,54 @@ start_secs = "0s"
     let original = std::fs::read_to_string(&stack.config).unwrap();
 
     // A broken config: error names file:line:col, nothing changes.
-    std::fs::write(&stack.config, original.replace("[service.change]", "[service.change]\nbogus_key = 1")).unwrap();
+    std::fs::write(
+        &stack.config,
+        original.replace("[service.change]", "[service.change]\nbogus_key = 1"),
+    )
+    .unwrap();
     let out = stack.cli(&["reload"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("stackinit.toml:") && err.contains("bogus_key"), "{err}");
+    assert!(
+        err.contains("stackinit.toml:") && err.contains("bogus_key"),
+        "{err}"
+    );
     assert_eq!(stack.pid_of("keep"), keep);
     assert_eq!(stack.pid_of("change"), change);
     assert_eq!(stack.pid_of("remove"), Some(remove));
 
     // A good one: keep stays, change restarts, remove goes, add appears.
     let next = original
-        .replace("[service.change]\ncommand = [\"sleep\", \"100000\"]", "[service.change]\ncommand = [\"sleep\", \"200000\"]")
+        .replace(
+            "[service.change]\ncommand = [\"sleep\", \"100000\"]",
+            "[service.change]\ncommand = [\"sleep\", \"200000\"]",
+        )
         .replace("[service.remove]", "[service.add]");
     std::fs::write(&stack.config, next).unwrap();
     let out = stack.cli(&["reload"]);
     assert!(out.status.success(), "{out:?}");
     stack.wait_state("add", "running", Duration::from_secs(5));
     stack.wait_state("change", "running", Duration::from_secs(5));
-    assert_eq!(stack.pid_of("keep"), keep, "an unchanged service keeps its process");
-    assert_ne!(stack.pid_of("change"), change, "a changed service is restarted");
-    assert!(wait_until(Duration::from_secs(5), || !stack.status()["services"]
+    assert_eq!(
+        stack.pid_of("keep"),
+        keep,
+        "an unchanged service keeps its process"
+    );
+    assert_ne!(
+        stack.pid_of("change"),
+        change,
+        "a changed service is restarted"
+    );
+    assert!(wait_until(Duration::from_secs(5), || !stack.status()
+        ["services"]
         .as_array()
         .unwrap()
         .iter()
         .any(|s| s["name"] == "remove")));
-    assert!(wait_until(Duration::from_secs(5), || !process_exists(remove)), "removed service still running");
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_exists(remove)),
+        "removed service still running"
+    );
     stack.stop();
 }
 
@@ -231,7 +306,10 @@ autostart = false
     let table = stack.cli(&["status"]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.lines().next().unwrap_or("").contains("NAME"), "{text}");
-    assert!(text.contains("web@0") && text.contains("web@1") && text.contains("running"), "{text}");
+    assert!(
+        text.contains("web@0") && text.contains("web@1") && text.contains("running"),
+        "{text}"
+    );
 
     // `status NAME` exits non-zero when it isn't running, like supervisorctl.
     assert!(stack.cli(&["status", "web"]).status.success());
@@ -259,5 +337,8 @@ start_secs = "100ms"
     let status = stack.stop().expect("exit status");
     assert!(status.success(), "{status:?}");
     let stops = std::fs::read_to_string(stack.path("stops")).unwrap_or_default();
-    assert_eq!(stops, "app-stop\ndb-stop\n", "dependents stop before what they depend on");
+    assert_eq!(
+        stops, "app-stop\ndb-stop\n",
+        "dependents stop before what they depend on"
+    );
 }

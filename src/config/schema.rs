@@ -131,6 +131,9 @@ pub struct ServiceSpec {
     pub critical: bool,
     /// The service sends READY=1 on $NOTIFY_SOCKET; it is ready only after that (and its probes).
     pub notify: bool,
+    /// Restart the service when it sends no WATCHDOG=1 for this long (passed to it as WATCHDOG_USEC).
+    /// A service can also set its own with WATCHDOG_USEC= on the notify socket.
+    pub watchdog: Option<Secs>,
     pub startup: Option<Probe>,
     pub readiness: Option<Probe>,
     pub liveness: Option<Probe>,
@@ -169,6 +172,7 @@ impl Default for ServiceSpec {
             stop_grace: Secs::from_secs(10),
             critical: true,
             notify: false,
+            watchdog: None,
             startup: None,
             readiness: None,
             liveness: None,

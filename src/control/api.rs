@@ -61,6 +61,12 @@ pub struct ServiceStatus {
     pub oneshot: bool,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// The latest probe result, e.g. "readiness ok" or "liveness: GET /: 500, expected 200".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// The service's own STATUS= line from the notify socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_text: Option<String>,
 }
 
 /// Body of every error answer: `{"error": "..."}` with a 4xx/5xx status.
@@ -94,12 +100,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn not_found(what: impl Into<String>) -> ApiError {
-        ApiError { status: 404, message: what.into() }
+        ApiError {
+            status: 404,
+            message: what.into(),
+        }
     }
     pub fn bad_request(what: impl Into<String>) -> ApiError {
-        ApiError { status: 400, message: what.into() }
+        ApiError {
+            status: 400,
+            message: what.into(),
+        }
     }
     pub fn conflict(what: impl Into<String>) -> ApiError {
-        ApiError { status: 409, message: what.into() }
+        ApiError {
+            status: 409,
+            message: what.into(),
+        }
     }
 }

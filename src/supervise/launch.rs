@@ -25,17 +25,26 @@ const NOT_INHERITED: [&str; 8] = [
 ];
 
 pub fn uid_of(user: &str) -> Option<Uid> {
-    nix::unistd::User::from_name(user).ok().flatten().map(|u| u.uid)
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid)
 }
 
 pub fn gid_of(group: &str) -> Option<Gid> {
-    nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid)
+    nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
 }
 
 pub fn primary_gid(user: &str, group: Option<&str>) -> Option<Gid> {
     match group {
         Some(g) => gid_of(g),
-        None => nix::unistd::User::from_name(user).ok().flatten().map(|u| u.gid),
+        None => nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.gid),
     }
 }
 
@@ -69,23 +78,42 @@ fn caps_to_drop(keep: &[String]) -> Result<Vec<u32>, String> {
     let mut kept = std::collections::HashSet::new();
     for name in keep {
         let upper = name.to_ascii_uppercase();
-        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
-        let cap: caps::Capability = full.parse().map_err(|_| format!("unknown capability {name:?}"))?;
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        let cap: caps::Capability = full
+            .parse()
+            .map_err(|_| format!("unknown capability {name:?}"))?;
         kept.insert(cap);
     }
     let all = caps::runtime::thread_all_supported();
-    Ok(all.into_iter().filter(|c| !kept.contains(c)).map(|c| c.index() as u32).collect())
+    Ok(all
+        .into_iter()
+        .filter(|c| !kept.contains(c))
+        .map(|c| c.index() as u32)
+        .collect())
 }
 
 /// Everything `spawn` needs for this unit, resolved now (in the parent) so the child does no lookups.
-pub fn command_for<'a>(unit: &'a Unit, fds: Vec<(BorrowedFd<'a>, String)>) -> Result<spawn::Command<'a>, String> {
+pub fn command_for<'a>(
+    unit: &'a Unit,
+    fds: Vec<(BorrowedFd<'a>, String)>,
+) -> Result<spawn::Command<'a>, String> {
     let spec = &unit.spec;
     let credentials: Option<Credentials> = match &spec.user {
-        Some(user) => Some(spawn::credentials_for(user, spec.group.as_deref()).map_err(|e| e.to_string())?),
+        Some(user) => {
+            Some(spawn::credentials_for(user, spec.group.as_deref()).map_err(|e| e.to_string())?)
+        }
         None => match &spec.group {
             Some(g) => {
                 let gid = gid_of(g).ok_or_else(|| format!("unknown group {g:?}"))?;
-                Some(Credentials { uid: nix::unistd::geteuid(), gid, groups: vec![gid] })
+                Some(Credentials {
+                    uid: nix::unistd::geteuid(),
+                    gid,
+                    groups: vec![gid],
+                })
             }
             None => None,
         },
@@ -119,7 +147,10 @@ pub fn command_for<'a>(unit: &'a Unit, fds: Vec<(BorrowedFd<'a>, String)>) -> Re
         set(k, v.clone());
     }
 
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH.to_string(), |(_, v)| v.clone());
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH.to_string(), |(_, v)| v.clone());
     let first = spec.command.first().ok_or("empty command")?;
     // `stackinit` means this very binary, so the proxy and demo workers match the running init.
     let program: PathBuf = if first == "stackinit" {
@@ -130,7 +161,10 @@ pub fn command_for<'a>(unit: &'a Unit, fds: Vec<(BorrowedFd<'a>, String)>) -> Re
     };
 
     let umask = match &spec.umask {
-        Some(m) => Some(u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| format!("bad umask {m:?}"))?),
+        Some(m) => Some(
+            u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .map_err(|_| format!("bad umask {m:?}"))?,
+        ),
         None => None,
     };
     Ok(spawn::Command {
@@ -142,7 +176,11 @@ pub fn command_for<'a>(unit: &'a Unit, fds: Vec<(BorrowedFd<'a>, String)>) -> Re
         umask,
         nofile: spec.nofile,
         no_new_privs: spec.no_new_privs,
-        drop_bounding_caps: if is_root() { caps_to_drop(&spec.capabilities)? } else { Vec::new() },
+        drop_bounding_caps: if is_root() {
+            caps_to_drop(&spec.capabilities)?
+        } else {
+            Vec::new()
+        },
         stdout: unit.stdout.child_fd(),
         stderr: unit.stderr.child_fd(),
         listen_fds: fds,

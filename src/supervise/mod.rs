@@ -10,6 +10,8 @@
 pub mod handle;
 mod hooks;
 pub mod launch;
+mod notify;
+pub mod probes;
 mod proxy_link;
 pub mod sockets;
 pub mod spawn;
@@ -41,7 +43,10 @@ pub enum Outcome {
 
 /// Run the supervisor until shutdown completes. Builds its own single-threaded runtime.
 pub fn run(opts: RunOptions) -> Outcome {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the event loop: {e}");
@@ -52,7 +57,12 @@ pub fn run(opts: RunOptions) -> Outcome {
     local.block_on(&runtime, async move {
         let (handle, requests) = handle::Handle::new();
         let socket = opts.config.init.control_socket.clone();
-        let group = opts.config.init.control_group.as_deref().and_then(launch::gid_of);
+        let group = opts
+            .config
+            .init
+            .control_group
+            .as_deref()
+            .and_then(launch::gid_of);
         if let Err(e) = crate::control::server::serve(&socket, group, handle).await {
             tracing::error!("cannot serve the control socket {}: {e}", socket.display());
             if !opts.pid1 {
@@ -83,9 +93,15 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
     tracing::info!(
         "stackinit {} starting with {}",
         env!("CARGO_PKG_VERSION"),
-        config_path.as_ref().map_or("the built-in demo".to_string(), |p| p.display().to_string())
+        config_path
+            .as_ref()
+            .map_or("the built-in demo".to_string(), |p| p.display().to_string())
     );
-    match run(RunOptions { config_path, config, pid1: false }) {
+    match run(RunOptions {
+        config_path,
+        config,
+        pid1: false,
+    }) {
         Outcome::Exit(code) => ExitCode::from(code),
         Outcome::PowerOff | Outcome::Reboot => ExitCode::SUCCESS,
     }

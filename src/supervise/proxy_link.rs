@@ -22,12 +22,20 @@ pub struct ProxyFeeds {
 
 impl ProxyFeeds {
     pub fn new() -> ProxyFeeds {
-        ProxyFeeds { config: watch::channel(None).0, state: watch::channel(ProxyState::default()).0 }
+        ProxyFeeds {
+            config: watch::channel(None).0,
+            state: watch::channel(ProxyState::default()).0,
+        }
     }
 
     /// A new channel for a new proxy process: returns the child's end and the writer task.
     pub fn connect(&self) -> io::Result<(OwnedFd, JoinHandle<()>)> {
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
         let std_stream = std::os::unix::net::UnixStream::from(ours);
         std_stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(std_stream)?;
@@ -55,14 +63,22 @@ async fn feed(
         if send_config {
             let current = config.borrow_and_update().clone();
             if let Some(c) = current {
-                if stream.write_all(&line(&InitMessage::Config((*c).clone()))).await.is_err() {
+                if stream
+                    .write_all(&line(&InitMessage::Config((*c).clone())))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
         }
         if send_state || send_config {
             let current = state.borrow_and_update().clone();
-            if stream.write_all(&line(&InitMessage::State(current))).await.is_err() {
+            if stream
+                .write_all(&line(&InitMessage::State(current)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -10,7 +10,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr};
+use nix::sys::socket::{
+    self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr,
+};
 use nix::unistd::{Gid, Uid};
 
 const BACKLOG: i32 = 1024;
@@ -32,7 +34,9 @@ impl ListenAddr {
         }
         text.parse::<SocketAddr>()
             .map(ListenAddr::Tcp)
-            .map_err(|_| format!("{text:?}: expected \"unix:/path\", \"IP:PORT\" or \"[IPv6]:PORT\""))
+            .map_err(|_| {
+                format!("{text:?}: expected \"unix:/path\", \"IP:PORT\" or \"[IPv6]:PORT\"")
+            })
     }
 }
 
@@ -54,13 +58,26 @@ pub fn replica_addresses(listen: &str, replicas: u32) -> Vec<String> {
     }
     match ListenAddr::parse(listen) {
         Ok(ListenAddr::Unix(path)) => {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
-            (0..replicas).map(|i| format!("unix:{}", path.with_file_name(format!("{stem}@{i}{ext}")).display())).collect()
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ext = path
+                .extension()
+                .map(|e| format!(".{}", e.to_string_lossy()))
+                .unwrap_or_default();
+            (0..replicas)
+                .map(|i| {
+                    format!(
+                        "unix:{}",
+                        path.with_file_name(format!("{stem}@{i}{ext}")).display()
+                    )
+                })
+                .collect()
         }
-        Ok(ListenAddr::Tcp(addr)) => {
-            (0..replicas).map(|i| SocketAddr::new(addr.ip(), addr.port().saturating_add(i as u16)).to_string()).collect()
-        }
+        Ok(ListenAddr::Tcp(addr)) => (0..replicas)
+            .map(|i| SocketAddr::new(addr.ip(), addr.port().saturating_add(i as u16)).to_string())
+            .collect(),
         Err(_) => vec![listen.to_string(); replicas as usize],
     }
 }
@@ -97,7 +114,11 @@ pub fn bind(addr: &ListenAddr, perms: UnixPerms) -> io::Result<Listener> {
             fd
         }
         ListenAddr::Tcp(sa) => {
-            let family = if sa.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let family = if sa.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
             let fd = socket::socket(family, SockType::Stream, flags, None)?;
             socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
             match sa {
@@ -110,8 +131,14 @@ pub fn bind(addr: &ListenAddr, perms: UnixPerms) -> io::Result<Listener> {
             fd
         }
     };
-    socket::listen(&fd.as_fd(), socket::Backlog::new(BACKLOG).unwrap_or(socket::Backlog::MAXCONN))?;
-    Ok(Listener { addr: addr.clone(), fd })
+    socket::listen(
+        &fd.as_fd(),
+        socket::Backlog::new(BACKLOG).unwrap_or(socket::Backlog::MAXCONN),
+    )?;
+    Ok(Listener {
+        addr: addr.clone(),
+        fd,
+    })
 }
 
 /// A socket file left by a previous run would make bind fail with EADDRINUSE; anything else at that path
@@ -135,23 +162,56 @@ mod tests {
 
     #[test]
     fn replica_expansion() {
-        assert_eq!(replica_addresses("unix:/run/x/app.sock", 1), vec!["unix:/run/x/app.sock"]);
-        assert_eq!(replica_addresses("unix:/run/x/app.sock", 2), vec!["unix:/run/x/app@0.sock", "unix:/run/x/app@1.sock"]);
-        assert_eq!(replica_addresses("127.0.0.1:8000", 3), vec!["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]);
-        assert_eq!(replica_addresses("[::1]:80", 2), vec!["[::1]:80", "[::1]:81"]);
+        assert_eq!(
+            replica_addresses("unix:/run/x/app.sock", 1),
+            vec!["unix:/run/x/app.sock"]
+        );
+        assert_eq!(
+            replica_addresses("unix:/run/x/app.sock", 2),
+            vec!["unix:/run/x/app@0.sock", "unix:/run/x/app@1.sock"]
+        );
+        assert_eq!(
+            replica_addresses("127.0.0.1:8000", 3),
+            vec!["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]
+        );
+        assert_eq!(
+            replica_addresses("[::1]:80", 2),
+            vec!["[::1]:80", "[::1]:81"]
+        );
     }
 
     #[test]
     fn binds_unix_and_tcp() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let l = bind(&ListenAddr::Unix(path.clone()), UnixPerms { mode: 0o660, ..Default::default() }).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        let l = bind(
+            &ListenAddr::Unix(path.clone()),
+            UnixPerms {
+                mode: 0o660,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o660
+        );
         std::os::unix::net::UnixStream::connect(&path).unwrap();
         drop(l);
         // A stale socket file is replaced.
-        bind(&ListenAddr::Unix(path), UnixPerms { mode: 0o600, ..Default::default() }).unwrap();
-        let t = bind(&ListenAddr::parse("127.0.0.1:0").unwrap(), UnixPerms::default()).unwrap();
+        bind(
+            &ListenAddr::Unix(path),
+            UnixPerms {
+                mode: 0o600,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let t = bind(
+            &ListenAddr::parse("127.0.0.1:0").unwrap(),
+            UnixPerms::default(),
+        )
+        .unwrap();
         let _ = t;
     }
 }

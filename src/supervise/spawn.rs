@@ -71,14 +71,18 @@ impl std::fmt::Display for SpawnError {
 }
 
 fn cstring(bytes: &[u8]) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
+    CString::new(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "argument contains a NUL byte"))
 }
 
 /// Find `name` in `path_var` the way execvp would; names with a '/' are used as they are.
 pub fn resolve_program(name: &str, path_var: &str, directory: Option<&Path>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let is_executable =
-        |p: &Path| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let is_executable = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
     if name.contains('/') {
         let path = match directory {
             Some(dir) if !name.starts_with('/') => dir.join(name),
@@ -96,10 +100,23 @@ pub fn resolve_program(name: &str, path_var: &str, directory: Option<&Path>) -> 
 /// Start the process. Returns its pid once exec succeeded, or why it failed (the failed child has then
 /// already exited; its pid is in the error's `pid` so the reaper can route its status).
 pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
-    let prep = |error: io::Error| (None, SpawnError { step: "prepare", error });
+    let prep = |error: io::Error| {
+        (
+            None,
+            SpawnError {
+                step: "prepare",
+                error,
+            },
+        )
+    };
     // --- everything allocated before fork ---
     let program = cstring(cmd.program.as_os_str().as_bytes()).map_err(prep)?;
-    let argv: Vec<CString> = cmd.argv.iter().map(|a| cstring(a.as_bytes())).collect::<Result<_, _>>().map_err(prep)?;
+    let argv: Vec<CString> = cmd
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(prep)?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
 
@@ -127,13 +144,24 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
         Some(d) => Some(cstring(d.as_os_str().as_bytes()).map_err(prep)?),
         None => None,
     };
-    let groups: Vec<libc::gid_t> =
-        cmd.credentials.as_ref().map(|c| c.groups.iter().map(|g| g.as_raw()).collect()).unwrap_or_default();
-    let devnull: OwnedFd =
-        std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(prep)?.into();
+    let groups: Vec<libc::gid_t> = cmd
+        .credentials
+        .as_ref()
+        .map(|c| c.groups.iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default();
+    let devnull: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(prep)?
+        .into();
 
     // fd plan: target fd -> source fd.
-    let mut sources: Vec<RawFd> = vec![devnull.as_raw_fd(), cmd.stdout.as_raw_fd(), cmd.stderr.as_raw_fd()];
+    let mut sources: Vec<RawFd> = vec![
+        devnull.as_raw_fd(),
+        cmd.stdout.as_raw_fd(),
+        cmd.stderr.as_raw_fd(),
+    ];
     sources.extend(cmd.listen_fds.iter().map(|(fd, _)| fd.as_raw_fd()));
     let fd_count = sources.len() as RawFd;
     let mut high = vec![-1 as RawFd; sources.len()];
@@ -143,7 +171,13 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
     // SAFETY: after fork the child runs only `child_after_fork`, which makes async-signal-safe libc calls on
     // memory prepared above (no allocation, no locks) and ends in execve or _exit.
     match unsafe { nix::unistd::fork() } {
-        Err(e) => Err((None, SpawnError { step: "fork", error: e.into() })),
+        Err(e) => Err((
+            None,
+            SpawnError {
+                step: "fork",
+                error: e.into(),
+            },
+        )),
         Ok(nix::unistd::ForkResult::Child) => {
             // SAFETY: see above; all pointers point into buffers that the (copied) parent stack keeps alive.
             unsafe {
@@ -151,7 +185,11 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                     program: program.as_ptr(),
                     argv: argv_ptrs.as_ptr(),
                     envp: env_ptrs.as_ptr(),
-                    listen_pid: if cmd.listen_fds.is_empty() { std::ptr::null_mut() } else { listen_pid_ptr },
+                    listen_pid: if cmd.listen_fds.is_empty() {
+                        std::ptr::null_mut()
+                    } else {
+                        listen_pid_ptr
+                    },
                     listen_pid_offset: listen_pid_prefix.len(),
                     directory: directory.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()),
                     sources: &sources,
@@ -160,7 +198,10 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                     umask: cmd.umask,
                     nofile: cmd.nofile,
                     drop_caps: &cmd.drop_bounding_caps,
-                    credentials: cmd.credentials.as_ref().map(|c| (c.uid.as_raw(), c.gid.as_raw())),
+                    credentials: cmd
+                        .credentials
+                        .as_ref()
+                        .map(|c| (c.uid.as_raw(), c.gid.as_raw())),
                     groups: &groups,
                     no_new_privs: cmd.no_new_privs,
                     err_fd: err_write.as_raw_fd(),
@@ -187,10 +228,17 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                 }
             }
             if got == report.len() {
-                let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+                let step =
+                    u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
                 let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
                 let step = STEPS.get(step).copied().unwrap_or("exec");
-                return Err((Some(child), SpawnError { step, error: io::Error::from_raw_os_error(errno) }));
+                return Err((
+                    Some(child),
+                    SpawnError {
+                        step,
+                        error: io::Error::from_raw_os_error(errno),
+                    },
+                ));
             }
             Ok(child)
         }
@@ -260,16 +308,27 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         }
     }
     // Close anything else a parent leaked without CLOEXEC (best effort; the error pipe is CLOEXEC).
-    libc::syscall(libc::SYS_close_range, plan.fd_count as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC);
+    libc::syscall(
+        libc::SYS_close_range,
+        plan.fd_count as libc::c_uint,
+        libc::c_uint::MAX,
+        libc::CLOSE_RANGE_CLOEXEC,
+    );
     if !plan.listen_pid.is_null() {
-        write_decimal(plan.listen_pid.add(plan.listen_pid_offset), libc::getpid() as u64);
+        write_decimal(
+            plan.listen_pid.add(plan.listen_pid_offset),
+            libc::getpid() as u64,
+        );
     }
     // 3, 4, 5
     if let Some(mask) = plan.umask {
         libc::umask(mask as libc::mode_t);
     }
     if let Some(n) = plan.nofile {
-        let limit = libc::rlimit { rlim_cur: n as libc::rlim_t, rlim_max: n as libc::rlim_t };
+        let limit = libc::rlimit {
+            rlim_cur: n as libc::rlim_t,
+            rlim_max: n as libc::rlim_t,
+        };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
             fail(err, 4);
         }
@@ -327,9 +386,14 @@ unsafe fn write_decimal(dst: *mut u8, mut value: u64) {
 /// Look up a user, its primary group and supplementary groups (initgroups semantics), before fork.
 pub fn credentials_for(user: &str, group: Option<&str>) -> io::Result<Credentials> {
     let not_found = |what: &str| io::Error::new(io::ErrorKind::NotFound, what.to_string());
-    let entry = nix::unistd::User::from_name(user)?.ok_or_else(|| not_found(&format!("unknown user {user:?}")))?;
+    let entry = nix::unistd::User::from_name(user)?
+        .ok_or_else(|| not_found(&format!("unknown user {user:?}")))?;
     let gid = match group {
-        Some(g) => nix::unistd::Group::from_name(g)?.ok_or_else(|| not_found(&format!("unknown group {g:?}")))?.gid,
+        Some(g) => {
+            nix::unistd::Group::from_name(g)?
+                .ok_or_else(|| not_found(&format!("unknown group {g:?}")))?
+                .gid
+        }
         None => entry.gid,
     };
     let name = cstring(OsStr::new(user).as_bytes())?;
@@ -337,5 +401,9 @@ pub fn credentials_for(user: &str, group: Option<&str>) -> io::Result<Credential
     if !groups.contains(&gid) {
         groups.push(gid);
     }
-    Ok(Credentials { uid: entry.uid, gid, groups })
+    Ok(Credentials {
+        uid: entry.uid,
+        gid,
+        groups,
+    })
 }

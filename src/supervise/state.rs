@@ -34,7 +34,10 @@ pub enum Event {
     /// Someone wants it down (`stackinit stop`, shutdown, removed by reload).
     Stop,
     /// The process ended; `uptime` is how long it ran.
-    Exited { status: ExitStatus, uptime: Duration },
+    Exited {
+        status: ExitStatus,
+        uptime: Duration,
+    },
     /// The process could not be started at all (command not found, setuid failed...).
     SpawnFailed,
     /// It has stayed up for `start_secs`.
@@ -114,6 +117,9 @@ pub struct Machine {
     pub backoff_step: u32,
     /// A stop was asked for while it should come back up afterwards (`restart`).
     pub restart_after_stop: bool,
+    /// That restart is for a health failure (liveness, watchdog): it goes through the backoff series
+    /// like a crash, so a service that keeps failing its probe does not restart in a tight loop.
+    pub health_restart: bool,
     /// Oneshot finished with success: dependents may start.
     pub succeeded: bool,
     pub reason: Option<String>,
@@ -128,6 +134,7 @@ impl Default for Machine {
             failed_starts: 0,
             backoff_step: 0,
             restart_after_stop: false,
+            health_restart: false,
             succeeded: false,
             reason: None,
             last_exit: None,
@@ -141,7 +148,9 @@ pub fn backoff_delay(policy: &Policy, step: u32, jitter: f64) -> Duration {
     if step == 0 {
         return Duration::ZERO;
     }
-    let base = policy.backoff_initial.saturating_mul(1u32 << (step - 1).min(20));
+    let base = policy
+        .backoff_initial
+        .saturating_mul(1u32 << (step - 1).min(20));
     let capped = base.min(policy.backoff_max);
     capped.mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0))
 }
@@ -190,7 +199,10 @@ impl Machine {
             }
             (Backoff, Event::BackoffElapsed) => self.begin_start(policy),
             (Stopping, Event::GraceElapsed) => {
-                self.reason = Some(format!("did not stop within {:?}; killed", policy.stop_grace));
+                self.reason = Some(format!(
+                    "did not stop within {:?}; killed",
+                    policy.stop_grace
+                ));
                 vec![KillGroup]
             }
             (_, Event::StartSecsElapsed | Event::BackoffElapsed | Event::GraceElapsed) => vec![],
@@ -199,9 +211,13 @@ impl Machine {
                 self.last_exit = Some(status);
                 if self.restart_after_stop {
                     self.restart_after_stop = false;
-                    self.restarts += 1;
-                    let mut actions = vec![KillGroup];
-                    actions.extend(self.begin_start(policy));
+                    let mut actions = vec![KillGroup, CancelTimer];
+                    if std::mem::take(&mut self.health_restart) {
+                        actions.extend(self.schedule_restart(policy, jitter));
+                    } else {
+                        self.restarts += 1;
+                        actions.extend(self.begin_start(policy));
+                    }
                     actions
                 } else {
                     self.state = Stopped;
@@ -220,7 +236,8 @@ impl Machine {
                 let failed_start = self.state == Starting;
                 if !policy.wants_restart(status) {
                     self.state = Exited;
-                    self.reason = (failed_start || policy.oneshot).then(|| format!("failed: {}", status.describe()));
+                    self.reason = (failed_start || policy.oneshot)
+                        .then(|| format!("failed: {}", status.describe()));
                     return actions;
                 }
                 if failed_start {
@@ -288,14 +305,20 @@ mod tests {
     }
 
     fn exit(code: i32, secs: u64) -> Event {
-        Event::Exited { status: ExitStatus::Code(code), uptime: Duration::from_secs(secs) }
+        Event::Exited {
+            status: ExitStatus::Code(code),
+            uptime: Duration::from_secs(secs),
+        }
     }
 
     #[test]
     fn start_runs_after_start_secs() {
         let p = policy();
         let mut m = Machine::default();
-        assert_eq!(m.on(Event::Start, &p, 0.0), vec![Action::Spawn, Action::ArmTimer(p.start_secs)]);
+        assert_eq!(
+            m.on(Event::Start, &p, 0.0),
+            vec![Action::Spawn, Action::ArmTimer(p.start_secs)]
+        );
         assert_eq!(m.state, State::Starting);
         m.on(Event::StartSecsElapsed, &p, 0.0);
         assert_eq!(m.state, State::Running);
@@ -309,15 +332,24 @@ mod tests {
         m.on(Event::Start, &p, 0.0);
         m.on(Event::StartSecsElapsed, &p, 0.0);
         let a = m.on(exit(1, 5), &p, 0.0);
-        assert!(a.contains(&Action::Spawn), "first restart is immediate: {a:?}");
+        assert!(
+            a.contains(&Action::Spawn),
+            "first restart is immediate: {a:?}"
+        );
         m.on(Event::StartSecsElapsed, &p, 0.0);
         let a = m.on(exit(1, 5), &p, 0.0);
         assert_eq!(m.state, State::Backoff);
-        assert!(a.contains(&Action::ArmTimer(Duration::from_millis(100))), "{a:?}");
+        assert!(
+            a.contains(&Action::ArmTimer(Duration::from_millis(100))),
+            "{a:?}"
+        );
         m.on(Event::BackoffElapsed, &p, 0.0);
         m.on(Event::StartSecsElapsed, &p, 0.0);
         let a = m.on(exit(1, 5), &p, 0.0);
-        assert!(a.contains(&Action::ArmTimer(Duration::from_millis(200))), "{a:?}");
+        assert!(
+            a.contains(&Action::ArmTimer(Duration::from_millis(200))),
+            "{a:?}"
+        );
         assert_eq!(m.restarts, 3);
     }
 
@@ -330,7 +362,10 @@ mod tests {
         m.on(exit(1, 5), &p, 0.0);
         m.on(Event::StartSecsElapsed, &p, 0.0);
         let a = m.on(exit(1, 3600), &p, 0.0);
-        assert!(a.contains(&Action::Spawn), "after a long stable run the restart is immediate again: {a:?}");
+        assert!(
+            a.contains(&Action::Spawn),
+            "after a long stable run the restart is immediate again: {a:?}"
+        );
     }
 
     #[test]
@@ -370,7 +405,10 @@ mod tests {
         let mut p = policy();
         p.oneshot = true;
         let mut m = Machine::default();
-        assert_eq!(m.on(Event::Start, &p, 0.0), vec![Action::Spawn, Action::CancelTimer]);
+        assert_eq!(
+            m.on(Event::Start, &p, 0.0),
+            vec![Action::Spawn, Action::CancelTimer]
+        );
         m.on(exit(0, 0), &p, 0.0);
         assert_eq!(m.state, State::Exited);
         assert!(m.is_up());
@@ -382,10 +420,54 @@ mod tests {
         let mut m = Machine::default();
         m.on(Event::Start, &p, 0.0);
         m.on(Event::StartSecsElapsed, &p, 0.0);
-        assert_eq!(m.on(Event::Stop, &p, 0.0), vec![Action::SignalStop, Action::ArmTimer(p.stop_grace)]);
+        assert_eq!(
+            m.on(Event::Stop, &p, 0.0),
+            vec![Action::SignalStop, Action::ArmTimer(p.stop_grace)]
+        );
         assert_eq!(m.on(Event::GraceElapsed, &p, 0.0), vec![Action::KillGroup]);
-        m.on(Event::Exited { status: ExitStatus::Signal(9), uptime: Duration::ZERO }, &p, 0.0);
+        m.on(
+            Event::Exited {
+                status: ExitStatus::Signal(9),
+                uptime: Duration::ZERO,
+            },
+            &p,
+            0.0,
+        );
         assert_eq!(m.state, State::Stopped);
+    }
+
+    #[test]
+    fn health_restarts_back_off_like_crashes() {
+        let p = policy();
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        for expected in [
+            None,
+            Some(Duration::from_millis(100)),
+            Some(Duration::from_millis(200)),
+        ] {
+            m.on(Event::Stop, &p, 0.0);
+            m.restart_after_stop = true;
+            m.health_restart = true;
+            let a = m.on(
+                Event::Exited {
+                    status: ExitStatus::Signal(15),
+                    uptime: Duration::from_secs(1),
+                },
+                &p,
+                0.0,
+            );
+            match expected {
+                None => assert!(a.contains(&Action::Spawn), "{a:?}"),
+                Some(d) => {
+                    assert!(a.contains(&Action::ArmTimer(d)), "{a:?}");
+                    m.on(Event::BackoffElapsed, &p, 0.0);
+                }
+            }
+            m.on(Event::StartSecsElapsed, &p, 0.0);
+        }
+        assert_eq!(m.restarts, 3);
     }
 
     #[test]
@@ -394,6 +476,9 @@ mod tests {
         assert_eq!(backoff_delay(&p, 0, 1.0), Duration::ZERO);
         assert_eq!(backoff_delay(&p, 30, 0.0), p.backoff_max);
         let d = backoff_delay(&p, 2, 1.0);
-        assert!(d > Duration::from_millis(200) && d <= Duration::from_millis(221), "{d:?}");
+        assert!(
+            d > Duration::from_millis(200) && d <= Duration::from_millis(221),
+            "{d:?}"
+        );
     }
 }

@@ -20,6 +20,8 @@ use tracing::{debug, error, info, warn};
 
 use super::handle::{Action as ControlAction, LogSource, LogStream, Request};
 use super::launch;
+use super::notify::{self, Notification};
+use super::probes::{self, Check, ExecRequest, ProbeKind, ProbeResult, Verdict};
 use super::proxy_link::ProxyFeeds;
 use super::sockets::{self, ListenAddr, Listener};
 use super::state::{Event, ExitStatus, Machine, Policy, State};
@@ -61,16 +63,38 @@ pub struct Supervisor {
     rng: u64,
     requests: mpsc::UnboundedReceiver<Request>,
     stack_ready_sent: bool,
+    probe_tx: mpsc::UnboundedSender<ProbeResult>,
+    probe_rx: mpsc::UnboundedReceiver<ProbeResult>,
+    exec_tx: mpsc::UnboundedSender<ExecRequest>,
+    exec_rx: mpsc::UnboundedReceiver<ExecRequest>,
+    /// Exec probes in flight: the reaper answers them.
+    exec_waiters: HashMap<Pid, (tokio::sync::oneshot::Sender<Result<(), String>>, Instant)>,
+    notify_tx: mpsc::UnboundedSender<Notification>,
+    notify_rx: mpsc::UnboundedReceiver<Notification>,
+    notify_path: Option<PathBuf>,
 }
 
 fn rng_seed() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     t ^ ((std::process::id() as u64) << 32) | 1
 }
 
 impl Supervisor {
     pub fn new(opts: RunOptions, requests: mpsc::UnboundedReceiver<Request>) -> Supervisor {
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let (exec_tx, exec_rx) = mpsc::unbounded_channel();
+        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         Supervisor {
+            probe_tx,
+            probe_rx,
+            exec_tx,
+            exec_rx,
+            exec_waiters: HashMap::new(),
+            notify_tx,
+            notify_rx,
+            notify_path: None,
             opts_pid1: opts.pid1,
             config: opts.config,
             config_path: opts.config_path,
@@ -108,14 +132,17 @@ impl Supervisor {
             Ok(log) => Rc::new(log),
             Err(e) => {
                 error!("cannot open log {}: {e}; using /dev/null", path.display());
-                Rc::new(ServiceLog::open(Path::new("/dev/null"), max_bytes, 0).unwrap_or_else(|_| {
-                    // /dev/null always opens; if even that failed the machine is beyond help, but PID 1 must not
-                    // panic, so retry on a path under /run.
-                    ServiceLog::open(Path::new("/run/stackinit-lost.log"), max_bytes, 0).unwrap_or_else(|e| {
-                        error!("cannot open any log: {e}");
-                        std::process::abort()
-                    })
-                }))
+                Rc::new(
+                    ServiceLog::open(Path::new("/dev/null"), max_bytes, 0).unwrap_or_else(|_| {
+                        // /dev/null always opens; if even that failed the machine is beyond help, but PID 1 must not
+                        // panic, so retry on a path under /run.
+                        ServiceLog::open(Path::new("/run/stackinit-lost.log"), max_bytes, 0)
+                            .unwrap_or_else(|e| {
+                                error!("cannot open any log: {e}");
+                                std::process::abort()
+                            })
+                    }),
+                )
             }
         };
         self.logs.insert(path, log.clone());
@@ -124,18 +151,32 @@ impl Supervisor {
 
     /// The units a service spec expands to (one per replica).
     fn make_units(&mut self, name: &str, spec: Rc<ServiceSpec>, kind: UnitKind) -> Vec<Unit> {
-        let replicas = if kind == UnitKind::Proxy { 1 } else { spec.replicas.max(1) };
+        let replicas = if kind == UnitKind::Proxy {
+            1
+        } else {
+            spec.replicas.max(1)
+        };
         let logs_dir = self.config.init.logs_dir.clone();
         let addresses: Vec<Vec<String>> = {
             let lists: Vec<Vec<String>> = match &spec.listen {
-                Some(l) => l.to_vec().iter().map(|a| sockets::replica_addresses(a, replicas)).collect(),
+                Some(l) => l
+                    .to_vec()
+                    .iter()
+                    .map(|a| sockets::replica_addresses(a, replicas))
+                    .collect(),
                 None => vec![],
             };
-            (0..replicas as usize).map(|i| lists.iter().filter_map(|l| l.get(i).cloned()).collect()).collect()
+            (0..replicas as usize)
+                .map(|i| lists.iter().filter_map(|l| l.get(i).cloned()).collect())
+                .collect()
         };
         let mut units = Vec::new();
         for i in 0..replicas {
-            let unit_name = if replicas > 1 { format!("{name}@{i}") } else { name.to_string() };
+            let unit_name = if replicas > 1 {
+                format!("{name}@{i}")
+            } else {
+                name.to_string()
+            };
             let (out_default, err_default) = if kind == UnitKind::Proxy {
                 let access = self
                     .config
@@ -145,7 +186,10 @@ impl Supervisor {
                     .unwrap_or_else(|| logs_dir.join("access.log"));
                 (access, logs_dir.join("proxy.err.log"))
             } else {
-                (logs_dir.join(format!("{unit_name}.out.log")), logs_dir.join(format!("{unit_name}.err.log")))
+                (
+                    logs_dir.join(format!("{unit_name}.out.log")),
+                    logs_dir.join(format!("{unit_name}.err.log")),
+                )
             };
             let stdout_path = spec.stdout.clone().unwrap_or(out_default);
             let stderr_path = spec.stderr.clone().unwrap_or(err_default);
@@ -170,6 +214,7 @@ impl Supervisor {
                 spawn_error: None,
                 waiting_for: None,
                 retired: false,
+                health: Default::default(),
                 spec: spec.clone(),
             });
         }
@@ -179,8 +224,12 @@ impl Supervisor {
     /// All units the config asks for, keyed by unit name.
     fn units_for_config(&mut self) -> BTreeMap<String, Unit> {
         let mut out = BTreeMap::new();
-        let services: Vec<(String, ServiceSpec)> =
-            self.config.service.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let services: Vec<(String, ServiceSpec)> = self
+            .config
+            .service
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (name, spec) in services {
             for u in self.make_units(&name, Rc::new(spec), UnitKind::Service) {
                 out.insert(u.name.clone(), u);
@@ -199,9 +248,14 @@ impl Supervisor {
     fn bind_listeners(&mut self) -> HashMap<String, String> {
         let mut failures = HashMap::new();
         let mut wanted: Vec<(String, sockets::UnixPerms)> = Vec::new();
-        let proxy_group = self.config.proxy.as_ref().and_then(|p| launch::primary_gid(&p.user, p.group.as_deref()));
+        let proxy_group = self
+            .config
+            .proxy
+            .as_ref()
+            .and_then(|p| launch::primary_gid(&p.user, p.group.as_deref()));
         for unit in self.units.values() {
-            let mode = u32::from_str_radix(unit.spec.listen_mode.trim_start_matches("0o"), 8).unwrap_or(0o660);
+            let mode = u32::from_str_radix(unit.spec.listen_mode.trim_start_matches("0o"), 8)
+                .unwrap_or(0o660);
             let owner = unit.spec.user.as_deref().and_then(launch::uid_of);
             // The proxy connects to app sockets as its own user, so the socket's group is the proxy's.
             let group = proxy_group.or_else(|| unit.spec.group.as_deref().and_then(launch::gid_of));
@@ -210,17 +264,30 @@ impl Supervisor {
             }
         }
         if let Some(proxy) = &self.config.proxy {
-            for addr in proxy.listen.iter().chain(proxy.tls.iter().flat_map(|t| t.listen.iter())) {
-                wanted.push((addr.clone(), sockets::UnixPerms { owner: None, group: None, mode: 0o666 }));
+            for addr in proxy
+                .listen
+                .iter()
+                .chain(proxy.tls.iter().flat_map(|t| t.listen.iter()))
+            {
+                wanted.push((
+                    addr.clone(),
+                    sockets::UnixPerms {
+                        owner: None,
+                        group: None,
+                        mode: 0o666,
+                    },
+                ));
             }
         }
         for (addr, perms) in wanted {
             if self.listeners.contains_key(&addr) {
                 continue;
             }
-            let result = ListenAddr::parse(&addr).map_err(|e| e.to_string()).and_then(|parsed| {
-                sockets::bind(&parsed, perms).map_err(|e| format!("cannot bind {addr}: {e}"))
-            });
+            let result = ListenAddr::parse(&addr)
+                .map_err(|e| e.to_string())
+                .and_then(|parsed| {
+                    sockets::bind(&parsed, perms).map_err(|e| format!("cannot bind {addr}: {e}"))
+                });
             match result {
                 Ok(listener) => {
                     debug!("bound {addr}");
@@ -257,6 +324,17 @@ impl Supervisor {
         let mut sigusr1 = unix_signal(SignalKind::user_defined1()).ok();
         let mut sigpwr = unix_signal(SignalKind::from_raw(libc::SIGPWR)).ok();
 
+        let notify_path = self.config.init.control_socket.parent().map_or_else(
+            || PathBuf::from("/run/stackinit/notify.sock"),
+            |d| d.join("notify.sock"),
+        );
+        match notify::serve(&notify_path, self.notify_tx.clone()) {
+            Ok(p) => self.notify_path = Some(p),
+            Err(e) => warn!(
+                "no notify socket at {}: {e}; `notify = true` services will never be ready",
+                notify_path.display()
+            ),
+        }
         self.units = self.units_for_config();
         let failures = self.bind_listeners();
         self.mark_bind_failures(&failures);
@@ -279,13 +357,19 @@ impl Supervisor {
                 }
                 Some(()) = recv_signal(&mut sigusr1) => self.reopen_logs(),
                 Some(request) = self.requests.recv() => self.handle_request(request),
+                Some(result) = self.probe_rx.recv() => self.on_probe_result(result),
+                Some(request) = self.exec_rx.recv() => self.run_exec_probe(request),
+                Some(message) = self.notify_rx.recv() => self.on_notification(message),
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
             }
             self.settle();
             if self.finished() {
                 // Let the log pumps drain what the last processes wrote.
                 tokio::task::yield_now().await;
-                let outcome = self.shutdown.as_ref().map_or(Outcome::Exit(0), |s| s.outcome);
+                let outcome = self
+                    .shutdown
+                    .as_ref()
+                    .map_or(Outcome::Exit(0), |s| s.outcome);
                 info!("all services stopped");
                 return outcome;
             }
@@ -300,7 +384,10 @@ impl Supervisor {
             }
         }
         if let (Some(proxy), Some(unit)) = (&self.config.proxy, self.units.get_mut(PROXY_UNIT)) {
-            let all = proxy.listen.iter().chain(proxy.tls.iter().flat_map(|t| t.listen.iter()));
+            let all = proxy
+                .listen
+                .iter()
+                .chain(proxy.tls.iter().flat_map(|t| t.listen.iter()));
             if let Some(e) = all.into_iter().find_map(|a| failures.get(a)) {
                 unit.machine.state = State::Fatal;
                 unit.machine.reason = Some(e.clone());
@@ -310,8 +397,13 @@ impl Supervisor {
 
     fn next_deadline(&self) -> Option<Instant> {
         let units = self.units.values().filter_map(|u| u.timer);
+        let watchdogs = self
+            .units
+            .values()
+            .filter_map(|u| u.health.watchdog_deadline);
+        let execs = self.exec_waiters.values().map(|(_, t)| *t);
         let drain = self.shutdown.as_ref().and_then(|s| s.drain_until);
-        units.chain(drain).min()
+        units.chain(watchdogs).chain(execs).chain(drain).min()
     }
 
     fn fire_timers(&mut self) {
@@ -331,6 +423,36 @@ impl Supervisor {
                 (u.name.clone(), u.machine.state)
             })
             .collect();
+        let expired: Vec<Pid> = self
+            .exec_waiters
+            .iter()
+            .filter(|(_, (_, t))| *t <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in expired {
+            if let Some((reply, _)) = self.exec_waiters.remove(&pid) {
+                let _ = signal::killpg(pid, Signal::SIGKILL);
+                let _ = reply.send(Err("exec probe timed out".into()));
+                // Its exit is still reaped; with no waiter left it is logged as an orphan.
+            }
+        }
+        let starved: Vec<(String, Duration)> = self
+            .units
+            .values_mut()
+            .filter(|u| u.health.watchdog_deadline.is_some_and(|t| t <= now))
+            .map(|u| {
+                u.health.watchdog_deadline = None;
+                (u.name.clone(), u.health.watchdog.unwrap_or_default())
+            })
+            .collect();
+        for (name, interval) in starved {
+            warn!("{name}: watchdog timeout (no WATCHDOG=1 for {interval:?}); restarting");
+            if let Some(u) = self.units.get_mut(&name) {
+                u.machine.reason =
+                    Some(format!("watchdog timeout: no WATCHDOG=1 for {interval:?}"));
+            }
+            self.restart_unhealthy(&name);
+        }
         for (name, state) in due {
             let event = match state {
                 State::Starting => Event::StartSecsElapsed,
@@ -347,7 +469,9 @@ impl Supervisor {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.on_exit(pid, ExitStatus::Signal(sig as i32)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.on_exit(pid, ExitStatus::Signal(sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -357,13 +481,24 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: Pid, status: ExitStatus) {
+        if let Some((reply, _)) = self.exec_waiters.remove(&pid) {
+            let _ = signal::killpg(pid, Signal::SIGKILL);
+            let _ = reply.send(match status {
+                ExitStatus::Code(0) => Ok(()),
+                other => Err(format!("exec probe: {}", other.describe())),
+            });
+            return;
+        }
         let Some(name) = self.pids.remove(&pid) else {
             debug!("reaped orphan {pid} ({})", status.describe());
             return;
         };
-        let Some(unit) = self.units.get_mut(&name) else { return };
+        let Some(unit) = self.units.get_mut(&name) else {
+            return;
+        };
         let uptime = unit.started_at.map_or(Duration::ZERO, |t| t.elapsed());
         unit.pid = None;
+        unit.health.reset();
         let level_warn = !matches!(unit.machine.state, State::Stopping)
             && !(unit.spec.oneshot && status == ExitStatus::Code(0));
         if level_warn {
@@ -377,12 +512,18 @@ impl Supervisor {
     /// Feed one event to a unit's machine and carry out what it says.
     fn dispatch(&mut self, name: &str, event: Event) {
         let jitter = self.jitter();
-        let Some(unit) = self.units.get_mut(name) else { return };
+        let Some(unit) = self.units.get_mut(name) else {
+            return;
+        };
         let before = unit.machine.state;
         let actions = unit.machine.on(event, &unit.policy, jitter);
         let after = unit.machine.state;
         if before != after {
-            debug!("{name}: {} -> {} on {event:?}", before.as_str(), after.as_str());
+            debug!(
+                "{name}: {} -> {} on {event:?}",
+                before.as_str(),
+                after.as_str()
+            );
         }
         for action in actions {
             self.perform(name, action);
@@ -406,7 +547,10 @@ impl Supervisor {
             A::SignalStop => {
                 if let Some(u) = self.units.get(name) {
                     if let Some(pid) = u.pid {
-                        info!("stopping {name} (pid {pid}) with {}", u.stop_signal.as_str());
+                        info!(
+                            "stopping {name} (pid {pid}) with {}",
+                            u.stop_signal.as_str()
+                        );
                         let _ = signal::kill(pid, u.stop_signal);
                     }
                 }
@@ -423,7 +567,9 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, name: &str) {
-        let Some(unit) = self.units.get(name) else { return };
+        let Some(unit) = self.units.get(name) else {
+            return;
+        };
         let mut extra: Vec<(OwnedFd, String)> = Vec::new();
         if unit.kind == UnitKind::Proxy {
             match self.proxy_feeds.connect() {
@@ -463,12 +609,25 @@ impl Supervisor {
         for (fd, n) in &extra {
             fds.push((fd.as_fd(), n.clone()));
         }
-        let result = launch::command_for(unit, fds).map_err(|e| (None, e)).and_then(|cmd| {
-            super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string()))
-        });
+        let notify_path = self.notify_path.clone();
+        let result = launch::command_for(unit, fds)
+            .map_err(|e| (None, e))
+            .and_then(|mut cmd| {
+                if let Some(p) = &notify_path {
+                    cmd.env
+                        .push(("NOTIFY_SOCKET".into(), p.display().to_string()));
+                }
+                if let Some(w) = unit.spec.watchdog {
+                    cmd.env
+                        .push(("WATCHDOG_USEC".into(), w.0.as_micros().to_string()));
+                }
+                super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string()))
+            });
         drop(extra);
         let now = Instant::now();
-        let Some(unit) = self.units.get_mut(name) else { return };
+        let Some(unit) = self.units.get_mut(name) else {
+            return;
+        };
         match result {
             Ok(pid) => {
                 info!("started {name} (pid {pid})");
@@ -476,7 +635,16 @@ impl Supervisor {
                 unit.pgid = Some(pid);
                 unit.started_at = Some(now);
                 unit.spawn_error = None;
+                unit.health.reset();
+                unit.health.watchdog = unit.spec.watchdog.map(|w| w.0);
+                unit.health.watchdog_deadline = unit.health.watchdog.map(|w| now + w);
                 self.pids.insert(pid, name.to_string());
+                let first = if unit.spec.startup.is_some() {
+                    ProbeKind::Startup
+                } else {
+                    ProbeKind::Readiness
+                };
+                self.start_probes(name, first);
             }
             Err((Some(pid), e)) => {
                 // The child exists and has exited with 127; the reaper routes its status.
@@ -491,8 +659,13 @@ impl Supervisor {
                 error!("cannot start {name}: {e}");
                 unit.pgid = None;
                 unit.spawn_error = Some(format!("cannot start: {e}"));
-                self.pending
-                    .push_back((name.to_string(), Event::Exited { status: ExitStatus::Code(127), uptime: Duration::ZERO }));
+                self.pending.push_back((
+                    name.to_string(),
+                    Event::Exited {
+                        status: ExitStatus::Code(127),
+                        uptime: Duration::ZERO,
+                    },
+                ));
             }
         }
     }
@@ -506,7 +679,11 @@ impl Supervisor {
             while let Some((name, event)) = self.pending.pop_front() {
                 self.dispatch(&name, event);
             }
-            let started = if self.shutdown.is_some() { self.schedule_shutdown() } else { self.schedule_starts() };
+            let started = if self.shutdown.is_some() {
+                self.schedule_shutdown()
+            } else {
+                self.schedule_starts()
+            };
             self.advance_rollouts();
             if !started && self.pending.is_empty() {
                 break;
@@ -527,7 +704,11 @@ impl Supervisor {
             .after
             .iter()
             .filter(|dep| {
-                let mut replicas = self.units.values().filter(|u| &u.service == *dep).peekable();
+                let mut replicas = self
+                    .units
+                    .values()
+                    .filter(|u| &u.service == *dep)
+                    .peekable();
                 replicas.peek().is_none() || !replicas.all(|u| u.is_ready())
             })
             .map(|s| s.as_str())
@@ -560,12 +741,16 @@ impl Supervisor {
     /// Services that depend on `service` (its `after` users, and the proxy for its upstreams).
     fn dependents_of(&self, service: &str) -> Vec<String> {
         let upstream_of_proxy = self.config.proxy.as_ref().is_some_and(|p| {
-            p.server.iter().flat_map(|s| s.location.iter()).any(|l| l.upstream.as_deref() == Some(service))
+            p.server
+                .iter()
+                .flat_map(|s| s.location.iter())
+                .any(|l| l.upstream.as_deref() == Some(service))
         });
         self.units
             .values()
             .filter(|u| {
-                u.spec.after.iter().any(|a| a == service) || (u.kind == UnitKind::Proxy && upstream_of_proxy)
+                u.spec.after.iter().any(|a| a == service)
+                    || (u.kind == UnitKind::Proxy && upstream_of_proxy)
             })
             .filter(|u| u.service != service)
             .map(|u| u.name.clone())
@@ -574,7 +759,11 @@ impl Supervisor {
 
     /// Stop units whose dependents are all down. Returns whether anything changed.
     fn schedule_shutdown(&mut self) -> bool {
-        if self.shutdown.as_ref().is_some_and(|s| s.drain_until.is_some()) {
+        if self
+            .shutdown
+            .as_ref()
+            .is_some_and(|s| s.drain_until.is_some())
+        {
             return false;
         }
         let running: Vec<(String, String)> = self
@@ -586,7 +775,10 @@ impl Supervisor {
             .collect();
         let mut changed = false;
         for (name, service) in running {
-            let blocked = self.dependents_of(&service).iter().any(|d| self.units.get(d).is_some_and(|u| !u.is_down()));
+            let blocked = self
+                .dependents_of(&service)
+                .iter()
+                .any(|d| self.units.get(d).is_some_and(|u| !u.is_down()));
             if !blocked {
                 self.dispatch(&name, Event::Stop);
                 changed = true;
@@ -596,7 +788,10 @@ impl Supervisor {
     }
 
     fn finished(&self) -> bool {
-        self.shutdown.as_ref().is_some_and(|s| s.drain_until.is_none()) && self.units.values().all(|u| u.is_down())
+        self.shutdown
+            .as_ref()
+            .is_some_and(|s| s.drain_until.is_none())
+            && self.units.values().all(|u| u.is_down())
     }
 
     fn begin_shutdown(&mut self, outcome: Outcome) {
@@ -610,7 +805,10 @@ impl Supervisor {
             u.want_up = false;
         }
         self.rollouts.clear();
-        self.shutdown = Some(Shutdown { outcome, drain_until: (!drain.is_zero()).then(|| Instant::now() + drain) });
+        self.shutdown = Some(Shutdown {
+            outcome,
+            drain_until: (!drain.is_zero()).then(|| Instant::now() + drain),
+        });
     }
 
     fn on_stop_signal(&mut self, sig: Signal) {
@@ -647,7 +845,10 @@ impl Supervisor {
                         continue;
                     };
                     if u.machine.state == State::Fatal {
-                        warn!("rollout of {} halted: {cur} is fatal", self.rollouts[i].service);
+                        warn!(
+                            "rollout of {} halted: {cur} is fatal",
+                            self.rollouts[i].service
+                        );
                         finished.push(i);
                         break;
                     }
@@ -671,8 +872,18 @@ impl Supervisor {
         }
     }
 
+    /// Restart after a failed liveness probe or watchdog: like a crash, through the backoff series.
+    fn restart_unhealthy(&mut self, name: &str) {
+        self.restart_unit(name);
+        if let Some(u) = self.units.get_mut(name) {
+            u.machine.health_restart = u.machine.restart_after_stop;
+        }
+    }
+
     fn restart_unit(&mut self, name: &str) {
-        let Some(u) = self.units.get_mut(name) else { return };
+        let Some(u) = self.units.get_mut(name) else {
+            return;
+        };
         u.want_up = true;
         match u.machine.state {
             State::Starting | State::Running => {
@@ -688,18 +899,191 @@ impl Supervisor {
         }
     }
 
+    // ------------------------------------------------------------------ probes, notify, watchdog
+
+    /// Start the probe tasks for the current process: the startup probe alone, or readiness and liveness.
+    fn start_probes(&mut self, name: &str, phase: ProbeKind) {
+        let Some(unit) = self.units.get_mut(name) else {
+            return;
+        };
+        let Some(pid) = unit.pid else { return };
+        let kinds: &[ProbeKind] = match phase {
+            ProbeKind::Startup => &[ProbeKind::Startup],
+            _ => &[ProbeKind::Readiness, ProbeKind::Liveness],
+        };
+        for &kind in kinds {
+            let probe = match kind {
+                ProbeKind::Startup => unit.spec.startup.clone(),
+                ProbeKind::Readiness => unit.spec.readiness.clone(),
+                ProbeKind::Liveness => unit.spec.liveness.clone(),
+            };
+            let Some(probe) = probe else { continue };
+            match Check::from_probe(&probe, unit.listen.first().map(|s| s.as_str())) {
+                Ok(check) => {
+                    let task = tokio::task::spawn_local(probes::run(
+                        name.to_string(),
+                        pid.as_raw(),
+                        kind,
+                        probe,
+                        check,
+                        self.probe_tx.clone(),
+                        self.exec_tx.clone(),
+                    ));
+                    unit.health.probe_tasks.push(task);
+                }
+                Err(e) => {
+                    error!("{name}: {} probe: {e}", kind.as_str());
+                    unit.health.last_probe = Some(format!("{}: {e}", kind.as_str()));
+                }
+            }
+        }
+        if phase == ProbeKind::Startup && unit.spec.startup.is_none() {
+            self.start_probes(name, ProbeKind::Readiness);
+        }
+    }
+
+    fn on_probe_result(&mut self, result: ProbeResult) {
+        let Some(unit) = self.units.get_mut(&result.unit) else {
+            return;
+        };
+        if unit.pid.map(|p| p.as_raw()) != Some(result.generation) {
+            return; // a result about a process that is gone
+        }
+        let probe = match result.kind {
+            ProbeKind::Startup => unit.spec.startup.clone(),
+            ProbeKind::Readiness => unit.spec.readiness.clone(),
+            ProbeKind::Liveness => unit.spec.liveness.clone(),
+        };
+        let Some(probe) = probe else { return };
+        let track = match result.kind {
+            ProbeKind::Startup => &mut unit.health.startup,
+            ProbeKind::Readiness => &mut unit.health.readiness,
+            ProbeKind::Liveness => &mut unit.health.liveness,
+        };
+        let ok = result.outcome.is_ok();
+        let verdict = track.record(
+            ok,
+            result.outcome.clone().err(),
+            probe.success_threshold,
+            probe.failure_threshold,
+        );
+        unit.health.last_probe = Some(match &result.outcome {
+            Ok(()) => format!("{} ok", result.kind.as_str()),
+            Err(e) => format!("{}: {e}", result.kind.as_str()),
+        });
+        let name = result.unit.clone();
+        match (result.kind, verdict) {
+            (ProbeKind::Startup, Verdict::NowPassing) => {
+                for t in unit.health.probe_tasks.drain(..) {
+                    t.abort();
+                }
+                info!("{name}: startup probe passed");
+                self.start_probes(&name, ProbeKind::Readiness);
+            }
+            (ProbeKind::Startup | ProbeKind::Liveness, Verdict::NowFailing) => {
+                let why = format!(
+                    "{} probe failed: {}",
+                    result.kind.as_str(),
+                    result.outcome.err().unwrap_or_default()
+                );
+                warn!("{name}: {why}; restarting");
+                unit.machine.reason = Some(why);
+                self.restart_unhealthy(&name);
+            }
+            (ProbeKind::Readiness, Verdict::NowPassing) => {
+                info!("{name}: ready (readiness probe passed)")
+            }
+            (ProbeKind::Readiness, Verdict::NowFailing) => {
+                warn!(
+                    "{name}: not ready: {}",
+                    result.outcome.err().unwrap_or_default()
+                )
+            }
+            _ => {}
+        }
+    }
+
+    fn run_exec_probe(&mut self, request: ExecRequest) {
+        let Some(unit) = self.units.get(&request.unit) else {
+            return;
+        };
+        let result = launch::command_for(unit, Vec::new()).and_then(|mut cmd| {
+            let first = request.argv.first().ok_or("empty exec probe")?;
+            let path = cmd
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            cmd.program =
+                super::spawn::resolve_program(first, &path, unit.spec.directory.as_deref())
+                    .ok_or_else(|| format!("command not found: {first}"))?;
+            cmd.argv = request.argv.clone();
+            super::spawn::spawn(&cmd).map_err(|(_, e)| e.to_string())
+        });
+        match result {
+            Ok(pid) => {
+                self.exec_waiters
+                    .insert(pid, (request.reply, Instant::now() + request.timeout));
+            }
+            Err(e) => {
+                let _ = request.reply.send(Err(e));
+            }
+        }
+    }
+
+    fn on_notification(&mut self, message: Notification) {
+        let pgid = notify::process_group_of(message.pid);
+        let Some(unit) = self.units.values_mut().find(|u| {
+            u.pid.is_some_and(|p| p.as_raw() == message.pid)
+                || (u.pid.is_some() && u.pgid.map(|g| g.as_raw()) == pgid)
+        }) else {
+            debug!(
+                "notify message from pid {} that is no service's: ignored",
+                message.pid
+            );
+            return;
+        };
+        if message.get("READY") == Some("1") && !unit.health.notified_ready {
+            unit.health.notified_ready = true;
+            info!("{}: READY=1", unit.name);
+        }
+        if let Some(status) = message.get("STATUS") {
+            unit.health.status_text = Some(status.to_string());
+        }
+        if let Some(usec) = message
+            .get("WATCHDOG_USEC")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            unit.health.watchdog = (usec > 0).then(|| Duration::from_micros(usec));
+        }
+        if message.get("WATCHDOG") == Some("1") || message.get("WATCHDOG_USEC").is_some() {
+            unit.health.watchdog_deadline = unit.health.watchdog.map(|w| Instant::now() + w);
+        }
+        if message.get("STOPPING") == Some("1") {
+            info!("{}: STOPPING=1", unit.name);
+        }
+    }
+
     // ------------------------------------------------------------------ requests
 
     fn select(&self, name: &str) -> Result<Vec<String>, ApiError> {
-        let names: Vec<String> =
-            self.units.values().filter(|u| u.name == name || u.service == name).map(|u| u.name.clone()).collect();
+        let names: Vec<String> = self
+            .units
+            .values()
+            .filter(|u| u.name == name || u.service == name)
+            .map(|u| u.name.clone())
+            .collect();
         if names.is_empty() {
             let known: Vec<&str> = {
                 let mut v: Vec<&str> = self.units.values().map(|u| u.service.as_str()).collect();
                 v.dedup();
                 v
             };
-            return Err(ApiError::not_found(format!("no such service: {name} (known: {})", known.join(", "))));
+            return Err(ApiError::not_found(format!(
+                "no such service: {name} (known: {})",
+                known.join(", ")
+            )));
         }
         Ok(names)
     }
@@ -715,13 +1099,21 @@ impl Supervisor {
                 let now = Instant::now();
                 let result = match name {
                     None => Ok(self.statuses()),
-                    Some(n) => self
-                        .select(&n)
-                        .map(|names| names.iter().filter_map(|n| self.units.get(n)).map(|u| u.status(now)).collect()),
+                    Some(n) => self.select(&n).map(|names| {
+                        names
+                            .iter()
+                            .filter_map(|n| self.units.get(n))
+                            .map(|u| u.status(now))
+                            .collect()
+                    }),
                 };
                 let _ = reply.send(result);
             }
-            Request::Control { name, action, reply } => {
+            Request::Control {
+                name,
+                action,
+                reply,
+            } => {
                 let _ = reply.send(self.control(&name, action));
             }
             Request::Reload { reply } => {
@@ -734,12 +1126,23 @@ impl Supervisor {
                     (false, _) => Outcome::Exit(0),
                 };
                 self.begin_shutdown(outcome);
-                let _ = reply.send(Ok(ActionReply { ok: true, message: format!("shutting down ({outcome:?})") }));
+                let _ = reply.send(Ok(ActionReply {
+                    ok: true,
+                    message: format!("shutting down ({outcome:?})"),
+                }));
             }
-            Request::Logs { name, stream, reply } => {
+            Request::Logs {
+                name,
+                stream,
+                reply,
+            } => {
                 let result = self.select(&name).and_then(|names| {
-                    let unit = names.first().and_then(|n| self.units.get(n)).ok_or_else(|| ApiError::not_found(&name))?;
-                    if names.len() > 1 && unit.stdout.path() != self.units[&names[1]].stdout.path() {
+                    let unit = names
+                        .first()
+                        .and_then(|n| self.units.get(n))
+                        .ok_or_else(|| ApiError::not_found(&name))?;
+                    if names.len() > 1 && unit.stdout.path() != self.units[&names[1]].stdout.path()
+                    {
                         return Err(ApiError::bad_request(format!(
                             "{name} has {} replicas with separate logs; name one: {}",
                             names.len(),
@@ -750,7 +1153,10 @@ impl Supervisor {
                         LogStream::Stdout => &unit.stdout,
                         LogStream::Stderr => &unit.stderr,
                     };
-                    Ok(LogSource { path: log.path().to_path_buf(), lines: log.subscribe() })
+                    Ok(LogSource {
+                        path: log.path().to_path_buf(),
+                        lines: log.subscribe(),
+                    })
                 });
                 let _ = reply.send(result);
             }
@@ -767,7 +1173,10 @@ impl Supervisor {
                 for n in &names {
                     if let Some(u) = self.units.get_mut(n) {
                         u.want_up = true;
-                        if matches!(u.machine.state, State::Exited | State::Fatal | State::Backoff) {
+                        if matches!(
+                            u.machine.state,
+                            State::Exited | State::Fatal | State::Backoff
+                        ) {
                             u.machine.state = State::Stopped;
                             u.timer = None;
                             u.machine.reason = None;
@@ -775,8 +1184,10 @@ impl Supervisor {
                     }
                 }
                 self.schedule_starts();
-                let waiting: Vec<String> =
-                    names.iter().filter_map(|n| self.units.get(n)?.waiting_for.clone()).collect();
+                let waiting: Vec<String> = names
+                    .iter()
+                    .filter_map(|n| self.units.get(n)?.waiting_for.clone())
+                    .collect();
                 match waiting.first() {
                     Some(w) => format!("{name}: start queued, waiting for {w}"),
                     None => format!("{name}: started"),
@@ -836,11 +1247,22 @@ impl Supervisor {
             None => crate::config::parse(Path::new("<built-in demo>"), &crate::config::demo_text()),
         };
         let new = new.map_err(|errors| {
-            ApiError::bad_request(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+            ApiError::bad_request(
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
         })?;
         let old = std::mem::replace(&mut self.config, new);
         let mut reply = ReloadReply::default();
-        let mut names: Vec<String> = old.service.keys().chain(self.config.service.keys()).cloned().collect();
+        let mut names: Vec<String> = old
+            .service
+            .keys()
+            .chain(self.config.service.keys())
+            .cloned()
+            .collect();
         names.sort();
         names.dedup();
         let mut changed_services = Vec::new();
@@ -856,8 +1278,15 @@ impl Supervisor {
             }
         }
         let proxy_changed = old.proxy != self.config.proxy;
-        let proxy_listen_changed = old.proxy.as_ref().map(|p| (&p.listen, p.tls.as_ref().map(|t| &t.listen), &p.user))
-            != self.config.proxy.as_ref().map(|p| (&p.listen, p.tls.as_ref().map(|t| &t.listen), &p.user));
+        let proxy_listen_changed = old
+            .proxy
+            .as_ref()
+            .map(|p| (&p.listen, p.tls.as_ref().map(|t| &t.listen), &p.user))
+            != self
+                .config
+                .proxy
+                .as_ref()
+                .map(|p| (&p.listen, p.tls.as_ref().map(|t| &t.listen), &p.user));
         if old.init != self.config.init {
             warn!("[init] changes take effect at the next boot");
         }
@@ -920,7 +1349,11 @@ impl Supervisor {
 
     /// Remove units that were dropped by a reload once they have stopped, and close sockets nobody uses.
     fn drop_unused_listeners(&mut self) {
-        let mut used: Vec<String> = self.units.values().flat_map(|u| u.listen.iter().cloned()).collect();
+        let mut used: Vec<String> = self
+            .units
+            .values()
+            .flat_map(|u| u.listen.iter().cloned())
+            .collect();
         if let Some(p) = &self.config.proxy {
             used.extend(p.listen.iter().cloned());
             used.extend(p.tls.iter().flat_map(|t| t.listen.iter().cloned()));
@@ -931,13 +1364,22 @@ impl Supervisor {
     // ------------------------------------------------------------------ telling others
 
     fn publish_proxy_config(&mut self) {
-        let Some(proxy) = self.config.proxy.clone() else { return };
+        let Some(proxy) = self.config.proxy.clone() else {
+            return;
+        };
         let mut upstreams: BTreeMap<String, Vec<UpstreamReplica>> = BTreeMap::new();
-        for u in self.units.values().filter(|u| u.kind == UnitKind::Service && !u.listen.is_empty()) {
+        for u in self
+            .units
+            .values()
+            .filter(|u| u.kind == UnitKind::Service && !u.listen.is_empty())
+        {
             upstreams
                 .entry(u.service.clone())
                 .or_default()
-                .push(UpstreamReplica { name: u.name.clone(), address: u.listen[0].clone() });
+                .push(UpstreamReplica {
+                    name: u.name.clone(),
+                    address: u.listen[0].clone(),
+                });
         }
         let runtime = ProxyRuntimeConfig {
             proxy,
@@ -945,13 +1387,20 @@ impl Supervisor {
             extra_server_names: Vec::new(),
             logs_dir: self.config.init.logs_dir.clone(),
         };
-        self.proxy_feeds.config.send_replace(Some(Arc::new(runtime)));
+        self.proxy_feeds
+            .config
+            .send_replace(Some(Arc::new(runtime)));
     }
 
     fn publish_proxy_state(&mut self) {
         let state = ProxyState {
             draining: self.shutdown.is_some(),
-            ready: self.units.values().filter(|u| u.is_ready()).map(|u| u.name.clone()).collect(),
+            ready: self
+                .units
+                .values()
+                .filter(|u| u.is_ready())
+                .map(|u| u.name.clone())
+                .collect(),
             unhealthy: self
                 .units
                 .values()
@@ -973,7 +1422,10 @@ impl Supervisor {
     fn report_stack_readiness(&mut self) {
         let autostart: Vec<&Unit> = self.units.values().filter(|u| u.spec.autostart).collect();
         let ready = autostart.iter().filter(|u| u.is_ready()).count();
-        let fatal = autostart.iter().filter(|u| u.machine.state == State::Fatal).count();
+        let fatal = autostart
+            .iter()
+            .filter(|u| u.machine.state == State::Fatal)
+            .count();
         let mut summary = format!("{ready}/{} ready", autostart.len());
         if fatal > 0 {
             summary.push_str(&format!(", {fatal} fatal"));

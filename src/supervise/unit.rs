@@ -7,6 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
+use super::probes::Track;
 use super::state::{Machine, Policy};
 use crate::config::ServiceSpec;
 use crate::control::api::ServiceStatus;
@@ -47,17 +48,87 @@ pub struct Unit {
     pub waiting_for: Option<String>,
     /// Removed by a reload: dropped from the table once it has stopped.
     pub retired: bool,
+    /// Per-process readiness signals, reset at every spawn.
+    pub health: Health,
+}
+
+/// What the current process has shown about itself: probes, READY=1, the watchdog.
+#[derive(Default)]
+pub struct Health {
+    pub startup: Track,
+    pub readiness: Track,
+    pub liveness: Track,
+    pub probe_tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub notified_ready: bool,
+    pub status_text: Option<String>,
+    pub last_probe: Option<String>,
+    pub watchdog: Option<std::time::Duration>,
+    pub watchdog_deadline: Option<Instant>,
+}
+
+impl Health {
+    /// Forget the old process: stop its probes and readiness.
+    pub fn reset(&mut self) {
+        for t in self.probe_tasks.drain(..) {
+            t.abort();
+        }
+        self.startup = Track::default();
+        self.readiness = Track::default();
+        self.liveness = Track::default();
+        self.notified_ready = false;
+        self.status_text = None;
+        self.watchdog = None;
+        self.watchdog_deadline = None;
+    }
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        for t in &self.probe_tasks {
+            t.abort();
+        }
+    }
 }
 
 impl Unit {
     /// Up and serving: what dependents, `/healthz` and the proxy's routing go by.
     pub fn is_ready(&self) -> bool {
+        if self.spec.oneshot {
+            return self.machine.is_up();
+        }
         self.machine.is_up()
+            && (!self.spec.notify || self.health.notified_ready)
+            && (self.spec.startup.is_none() || self.health.startup.passing)
+            && (self.spec.readiness.is_none() || self.health.readiness.passing)
+    }
+
+    /// Why a running process is not ready yet, for status.
+    fn not_ready_reason(&self) -> Option<String> {
+        if !self.machine.is_up() || self.spec.oneshot || self.is_ready() {
+            return None;
+        }
+        if self.spec.notify && !self.health.notified_ready {
+            return Some("waiting for READY=1".into());
+        }
+        if self.spec.startup.is_some() && !self.health.startup.passing {
+            return Some(match &self.health.startup.last_error {
+                Some(e) => format!("startup probe failing: {e}"),
+                None => "waiting for the startup probe".into(),
+            });
+        }
+        Some(match &self.health.readiness.last_error {
+            Some(e) => format!("readiness probe failing: {e}"),
+            None => "waiting for the readiness probe".into(),
+        })
     }
 
     /// No process and nothing scheduled: safe to consider it stopped for shutdown ordering.
     pub fn is_down(&self) -> bool {
-        self.pid.is_none() && !matches!(self.machine.state, super::State::Backoff | super::State::Starting)
+        self.pid.is_none()
+            && !matches!(
+                self.machine.state,
+                super::State::Backoff | super::State::Starting
+            )
     }
 
     pub fn status(&self, now: Instant) -> ServiceStatus {
@@ -66,7 +137,12 @@ impl Unit {
             .reason
             .clone()
             .or_else(|| self.spawn_error.clone())
-            .or_else(|| self.waiting_for.as_ref().map(|w| format!("waiting for {w}")));
+            .or_else(|| self.not_ready_reason())
+            .or_else(|| {
+                self.waiting_for
+                    .as_ref()
+                    .map(|w| format!("waiting for {w}"))
+            });
         ServiceStatus {
             name: self.name.clone(),
             service: self.service.clone(),
@@ -84,6 +160,8 @@ impl Unit {
             oneshot: self.spec.oneshot,
             stdout: self.stdout.path().to_path_buf(),
             stderr: self.stderr.path().to_path_buf(),
+            probe: self.health.last_probe.clone(),
+            status_text: self.health.status_text.clone(),
         }
     }
 }
@@ -91,6 +169,10 @@ impl Unit {
 /// Parse "TERM", "SIGTERM", "term" into a signal.
 pub fn parse_signal(name: &str) -> Option<Signal> {
     let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     full.parse().ok()
 }

@@ -34,7 +34,10 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(config: &str) -> Stack {
-        let dir = tempfile::Builder::new().prefix("stackinit-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("stackinit-test")
+            .tempdir()
+            .expect("tempdir");
         let socket = dir.path().join("control.sock");
         let full = format!(
             "[init]\nlogs_dir = \"{d}/logs\"\ncontrol_socket = \"{s}\"\nlog_level = \"debug\"\n{rest}",
@@ -44,13 +47,19 @@ impl Stack {
         );
         let config_path = dir.path().join("stackinit.toml");
         std::fs::write(&config_path, full).expect("write config");
-        let mut stack = Stack { dir, config: config_path, socket, child: None };
+        let mut stack = Stack {
+            dir,
+            config: config_path,
+            socket,
+            child: None,
+        };
         stack.spawn();
         stack
     }
 
     fn spawn(&mut self) {
-        let stderr = std::fs::File::create(self.dir.path().join("stackinit.stderr")).expect("stderr file");
+        let stderr =
+            std::fs::File::create(self.dir.path().join("stackinit.stderr")).expect("stderr file");
         let child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&self.config)
@@ -83,7 +92,12 @@ impl Stack {
 
     /// Run the CLI against this stack's socket.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin()).arg("--socket").arg(&self.socket).args(args).output().expect("run CLI")
+        Command::new(bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run CLI")
     }
 
     /// `status --json` as parsed JSON (`{"services": [...]}`).
@@ -121,13 +135,21 @@ impl Stack {
             let u = self.unit(name);
             u["state"] == state && (state != "running" || u["ready"] == true)
         });
-        assert!(ok, "{name} never reached {state}: {}\nstderr:\n{}", self.unit(name), self.stderr());
+        assert!(
+            ok,
+            "{name} never reached {state}: {}\nstderr:\n{}",
+            self.unit(name),
+            self.stderr()
+        );
     }
 
     /// Stop stackinit with SIGTERM and wait for it; returns its exit status.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -151,12 +173,20 @@ impl Drop for Stack {
 /// Processes whose parent is `ppid`, with their state letter (from /proc).
 pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // comm may contain spaces: fields after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
         let mut fields = rest.split(' ');
         let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
         let parent: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -169,9 +199,14 @@ pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
 
 pub fn process_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z ")).unwrap_or(true)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
 }
 
 pub fn kill9(pid: i32) {
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
