@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod facts;
 pub mod init;
 pub mod logs;
 pub mod paths;

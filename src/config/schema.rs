@@ -42,6 +42,29 @@ pub struct InitSpec {
     pub shutdown_drain: Secs,
     /// Hostname to set when running as PID 1. Empty: leave it, or take it from instance facts.
     pub hostname: Option<String>,
+    /// Where instance facts (names, IPs, instance id) come from.
+    pub imds: ImdsSpec,
+}
+
+/// The EC2 instance metadata service (IMDSv2), asked once at boot for the instance's names and IPs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImdsSpec {
+    /// true: always ask; false: never; unset: ask only when the machine says it is EC2 (DMI vendor).
+    pub enabled: Option<bool>,
+    pub endpoint: String,
+    /// Per request; IMDS answers in milliseconds, and boot must not hang where there is none.
+    pub timeout: Secs,
+}
+
+impl Default for ImdsSpec {
+    fn default() -> Self {
+        ImdsSpec {
+            enabled: None,
+            endpoint: "http://169.254.169.254".into(),
+            timeout: Secs::from_millis(1000),
+        }
+    }
 }
 
 impl Default for InitSpec {
@@ -56,6 +79,7 @@ impl Default for InitSpec {
             log_level: "info".into(),
             shutdown_drain: Secs::from_secs(0),
             hostname: None,
+            imds: ImdsSpec::default(),
         }
     }
 }

@@ -72,6 +72,7 @@ pub struct Supervisor {
     notify_tx: mpsc::UnboundedSender<Notification>,
     notify_rx: mpsc::UnboundedReceiver<Notification>,
     notify_path: Option<PathBuf>,
+    facts: crate::facts::Facts,
 }
 
 fn rng_seed() -> u64 {
@@ -95,6 +96,7 @@ impl Supervisor {
             notify_tx,
             notify_rx,
             notify_path: None,
+            facts: Default::default(),
             opts_pid1: opts.pid1,
             config: opts.config,
             config_path: opts.config_path,
@@ -335,6 +337,7 @@ impl Supervisor {
                 notify_path.display()
             ),
         }
+        self.facts = crate::facts::discover(&self.config.init.imds).await;
         self.units = self.units_for_config();
         let failures = self.bind_listeners();
         self.mark_bind_failures(&failures);
@@ -610,9 +613,20 @@ impl Supervisor {
             fds.push((fd.as_fd(), n.clone()));
         }
         let notify_path = self.notify_path.clone();
+        let facts_env = self.facts.environment();
         let result = launch::command_for(unit, fds)
             .map_err(|e| (None, e))
             .and_then(|mut cmd| {
+                // Instance facts, unless the service's own `environment` sets the same variable.
+                let own = &unit.spec.environment;
+                cmd.env
+                    .retain(|(k, _)| own.contains_key(k) || !facts_env.iter().any(|(f, _)| f == k));
+                cmd.env.extend(
+                    facts_env
+                        .iter()
+                        .filter(|(k, _)| !own.contains_key(k))
+                        .cloned(),
+                );
                 if let Some(p) = &notify_path {
                     cmd.env
                         .push(("NOTIFY_SOCKET".into(), p.display().to_string()));
@@ -1384,7 +1398,7 @@ impl Supervisor {
         let runtime = ProxyRuntimeConfig {
             proxy,
             upstreams,
-            extra_server_names: Vec::new(),
+            extra_server_names: self.facts.allowed_hosts(),
             logs_dir: self.config.init.logs_dir.clone(),
         };
         self.proxy_feeds
