@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn memrchr_matches_a_byte_loop() {
-        let mut data = vec![b'q'; 100];
+        let mut data = [b'q'; 100];
         for len in 0..data.len() {
             for nl in [None, Some(0), Some(3), Some(7), Some(8), Some(50), Some(99)] {
                 data.iter_mut().for_each(|b| *b = b'q');
