@@ -406,3 +406,32 @@ fn init_tracing_writes_stackinit_log() {
         "plain lines: {text:?}"
     );
 }
+
+#[test]
+fn child_end_is_blocking_and_close_on_exec() {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+    let dir = tempfile::tempdir().expect("tempdir");
+    runtime().block_on(async {
+        let log = ServiceLog::open(&dir.path().join("svc.log"), 1 << 20, 1).expect("open log");
+        let status =
+            OFlag::from_bits_truncate(fcntl(log.child_fd(), FcntlArg::F_GETFL).expect("F_GETFL"));
+        assert!(
+            !status.contains(OFlag::O_NONBLOCK),
+            "children need a blocking stdout"
+        );
+        let fd_flags =
+            FdFlag::from_bits_truncate(fcntl(log.child_fd(), FcntlArg::F_GETFD).expect("F_GETFD"));
+        assert!(
+            fd_flags.contains(FdFlag::FD_CLOEXEC),
+            "the write end must not leak into other children"
+        );
+        log.close().await;
+    });
+}
+
+#[test]
+fn open_outside_a_runtime_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = ServiceLog::open(&dir.path().join("svc.log"), 1 << 20, 1).expect_err("no runtime");
+    assert!(err.to_string().contains("no tokio runtime"), "{err}");
+}
