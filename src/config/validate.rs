@@ -81,10 +81,12 @@ pub(crate) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
     let mut report = Report::new(path, text);
     let (table, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
-        // What follows a syntax error is guesswork; checking it would mostly add noise.
-        for e in syntax_errors {
-            let offset = e.span().map_or(0, |s| s.start);
-            report.error(offset, &KeyPath::root(), e.message().trim().to_string());
+        // Only the first syntax error is reliable: toml's recovery misreads what follows (an unclosed array
+        // swallows the next lines, each then reported as another error). So report it alone and check
+        // nothing else until it is fixed.
+        if let Some(e) = syntax_errors.first() {
+            let span = e.span().unwrap_or(0..0);
+            report.error(span.start, &KeyPath::root(), syntax_message(text, e.message(), span));
         }
         return Err(report.into_errors());
     }
@@ -95,6 +97,17 @@ pub(crate) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
         Ok(recovered.config)
     } else {
         Err(report.into_errors())
+    }
+}
+
+/// toml's syntax message, naming the key for "duplicate key" (the span covers it).
+fn syntax_message(text: &str, message: &str, span: Range<usize>) -> String {
+    let message = message.trim();
+    match text.get(span) {
+        Some(key) if message == "duplicate key" && !key.trim().is_empty() => {
+            format!("duplicate key {:?}: it is already defined above", key.trim().trim_matches('"'))
+        }
+        _ => message.to_string(),
     }
 }
 

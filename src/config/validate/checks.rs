@@ -386,6 +386,9 @@ fn check_listen_clashes(ctx: &mut Ctx) {
             lists.push((KeyPath::root().key("proxy").key("tls").key("listen"), tls.listen.clone()));
         }
         for (key, list) in lists {
+            if ctx.dropped(&key) {
+                continue; // a default stands in for a value already reported as wrong
+            }
             for (i, text) in list.iter().enumerate() {
                 match ListenAddr::parse(text) {
                     Ok(addr) => endpoints.push(Endpoint { addr, at: key.index(i), key: key.clone(), replica: String::new() }),
@@ -408,19 +411,15 @@ fn check_listen_clashes(ctx: &mut Ctx) {
         }
         if let Some(earlier) = endpoints[..j].iter().find(|e| e.addr.overlaps(&later.addr)) {
             reported.insert(here);
-            let what = if earlier.addr == later.addr {
-                String::new()
+            let message = if earlier.addr == later.addr {
+                format!("address {}{} is already bound by {}{}", later.addr, later.replica, earlier.key, earlier.replica)
             } else {
-                format!(" ({} overlaps it)", earlier.addr)
-            };
-            ctx.at(
-                &later.at,
-                &later.key,
                 format!(
-                    "address {}{} is already bound by {}{}{what}",
-                    later.addr, later.replica, earlier.key, earlier.replica
-                ),
-            );
+                    "address {}{} overlaps {} of {}{}",
+                    later.addr, later.replica, earlier.addr, earlier.key, earlier.replica
+                )
+            };
+            ctx.at(&later.at, &later.key, message);
         }
     }
 }

@@ -47,7 +47,10 @@ fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
             ctx.at(&names.index(i), &names, "server names must not be empty");
         } else if let Some(pattern) = name.strip_prefix('~') {
             if let Err(e) = regex::Regex::new(pattern) {
-                ctx.at(&names.index(i), &names, format!("invalid regular expression {pattern:?}: {e}"));
+                // regex's message draws a caret diagram over several lines; its last line is the reason.
+                let text = e.to_string();
+                let reason = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
+                ctx.at(&names.index(i), &names, format!("invalid regular expression {pattern:?}: {reason}"));
             }
         } else if name.contains(char::is_whitespace) {
             ctx.at(&names.index(i), &names, format!("server name {name:?} contains whitespace"));
