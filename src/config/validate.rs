@@ -32,7 +32,11 @@ pub(crate) struct Report<'t> {
 
 impl<'t> Report<'t> {
     fn new(file: &Path, text: &'t str) -> Report<'t> {
-        Report { file: file.to_path_buf(), text, errors: Vec::new() }
+        Report {
+            file: file.to_path_buf(),
+            text,
+            errors: Vec::new(),
+        }
     }
 
     /// Record an error at byte `offset`, about the key `key` (may be empty).
@@ -86,7 +90,11 @@ pub(crate) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
         // nothing else until it is fixed.
         if let Some(e) = syntax_errors.first() {
             let span = e.span().unwrap_or(0..0);
-            report.error(span.start, &KeyPath::root(), syntax_message(text, e.message(), span));
+            report.error(
+                span.start,
+                &KeyPath::root(),
+                syntax_message(text, e.message(), span),
+            );
         }
         return Err(report.into_errors());
     }
@@ -105,7 +113,10 @@ fn syntax_message(text: &str, message: &str, span: Range<usize>) -> String {
     let message = message.trim();
     match text.get(span) {
         Some(key) if message == "duplicate key" && !key.trim().is_empty() => {
-            format!("duplicate key {:?}: it is already defined above", key.trim().trim_matches('"'))
+            format!(
+                "duplicate key {:?}: it is already defined above",
+                key.trim().trim_matches('"')
+            )
         }
         _ => message.to_string(),
     }
@@ -137,14 +148,20 @@ mod tests {
     #[test]
     fn unknown_key_points_at_the_key() {
         let e = one_error("[service.app]\ncommand = [\"x\"]\n  comand = 1\n");
-        assert!(e.starts_with("t.toml:3:3: service.app.comand: unknown key \"comand\""), "{e}");
+        assert!(
+            e.starts_with("t.toml:3:3: service.app.comand: unknown key \"comand\""),
+            "{e}"
+        );
         assert!(e.contains("did you mean \"command\""), "{e}");
     }
 
     #[test]
     fn bad_duration_points_at_the_value() {
         let e = one_error("[service.app]\ncommand = [\"x\"]\nstop_grace = \"5 parsecs\"\n");
-        assert!(e.starts_with("t.toml:3:14: service.app.stop_grace: invalid duration"), "{e}");
+        assert!(
+            e.starts_with("t.toml:3:14: service.app.stop_grace: invalid duration"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -162,7 +179,10 @@ mod tests {
     fn cycle_is_named_and_located() {
         let text = "[service.a]\ncommand = [\"x\"]\nafter = [\"b\"]\n[service.b]\ncommand = [\"x\"]\nafter = [\"a\"]\n";
         let e = one_error(text);
-        assert_eq!(e, "t.toml:6:10: service.b.after: dependency cycle: a -> b -> a");
+        assert_eq!(
+            e,
+            "t.toml:6:10: service.b.after: dependency cycle: a -> b -> a"
+        );
     }
 
     #[test]

@@ -36,13 +36,19 @@ impl ListenAddr {
         let expected = "expected \"unix:/absolute/path\", \"IP:PORT\" or \"[IPv6]:PORT\"";
         if let Some(path) = text.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                return Err(format!("invalid address {text:?}: the unix socket path must be absolute"));
+                return Err(format!(
+                    "invalid address {text:?}: the unix socket path must be absolute"
+                ));
             }
             if path.contains('\0') {
-                return Err(format!("invalid address {text:?}: the path contains a NUL byte"));
+                return Err(format!(
+                    "invalid address {text:?}: the path contains a NUL byte"
+                ));
             }
             if path.ends_with('/') {
-                return Err(format!("invalid address {text:?}: the path names a directory"));
+                return Err(format!(
+                    "invalid address {text:?}: the path names a directory"
+                ));
             }
             if path.len() > MAX_UNIX_PATH {
                 return Err(format!(
@@ -81,8 +87,12 @@ impl ListenAddr {
             }
             ListenAddr::Tcp(addr) if addr.port() == 0 => Ok(self.clone()),
             ListenAddr::Tcp(addr) => {
-                let port = u16::try_from(u32::from(addr.port()) + index)
-                    .map_err(|_| format!("replica {index} would need port {}, above 65535", u32::from(addr.port()) + index))?;
+                let port = u16::try_from(u32::from(addr.port()) + index).map_err(|_| {
+                    format!(
+                        "replica {index} would need port {}, above 65535",
+                        u32::from(addr.port()) + index
+                    )
+                })?;
                 Ok(ListenAddr::Tcp(SocketAddr::new(addr.ip(), port)))
             }
         }
@@ -106,7 +116,10 @@ impl ListenAddr {
 
 /// `/x/app.sock` -> `/x/app@1.sock`; `/x/app` -> `/x/app@1`.
 pub fn replica_socket_path(path: &Path, index: u32) -> PathBuf {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = match path.extension() {
         Some(ext) => format!("{stem}@{index}.{}", ext.to_string_lossy()),
         None => format!("{stem}@{index}"),
@@ -117,7 +130,11 @@ pub fn replica_socket_path(path: &Path, index: u32) -> PathBuf {
 /// A signal name: `TERM`, `SIGTERM`, `term`, ... (any signal nix knows).
 pub fn parse_signal(text: &str) -> Result<Signal, String> {
     let upper = text.trim().to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     Signal::from_str(&name).map_err(|_| {
         format!("unknown signal {text:?} (use a name like TERM, INT, QUIT, HUP, KILL, USR1, USR2 or WINCH)")
     })
@@ -126,10 +143,14 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
 /// An octal file mode or umask such as `"0755"` or `"022"`, at most `max`.
 pub fn parse_octal(text: &str, max: u32) -> Result<u32, String> {
     let digits = text.strip_prefix("0o").unwrap_or(text);
-    let valid = !digits.is_empty() && digits.len() <= 4 && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    let valid = !digits.is_empty()
+        && digits.len() <= 4
+        && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if valid && mode <= max => Ok(mode),
-        _ => Err(format!("invalid octal mode {text:?}: expected octal digits up to {max:04o}, like \"0755\"")),
+        _ => Err(format!(
+            "invalid octal mode {text:?}: expected octal digits up to {max:04o}, like \"0755\""
+        )),
     }
 }
 
@@ -148,7 +169,9 @@ pub fn check_log_level(text: &str) -> Result<(), String> {
     // Each bare directive in a list must be a level too, for the same reason.
     for directive in text.split(',').map(str::trim) {
         if !directive.contains('=') && !levels.contains(&directive.to_ascii_lowercase().as_str()) {
-            return Err(format!("invalid log level {text:?}: {directive:?} is not a level ({usage})"));
+            return Err(format!(
+                "invalid log level {text:?}: {directive:?} is not a level ({usage})"
+            ));
         }
     }
     tracing_subscriber::EnvFilter::builder()
@@ -163,10 +186,14 @@ pub fn parse_capability(text: &str) -> Result<Option<caps::Capability>, String> 
     if upper == "ALL" {
         return Ok(None);
     }
-    let name = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
-    caps::Capability::from_str(&name)
-        .map(Some)
-        .map_err(|_| format!("unknown capability {text:?} (use names like \"CAP_NET_BIND_SERVICE\" or \"ALL\")"))
+    let name = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    caps::Capability::from_str(&name).map(Some).map_err(|_| {
+        format!("unknown capability {text:?} (use names like \"CAP_NET_BIND_SERVICE\" or \"ALL\")")
+    })
 }
 
 #[cfg(test)]
@@ -175,9 +202,18 @@ mod tests {
 
     #[test]
     fn listen_syntax() {
-        assert_eq!(ListenAddr::parse("unix:/run/a.sock"), Ok(ListenAddr::Unix("/run/a.sock".into())));
-        assert!(matches!(ListenAddr::parse("127.0.0.1:80"), Ok(ListenAddr::Tcp(_))));
-        assert!(matches!(ListenAddr::parse("[::1]:80"), Ok(ListenAddr::Tcp(_))));
+        assert_eq!(
+            ListenAddr::parse("unix:/run/a.sock"),
+            Ok(ListenAddr::Unix("/run/a.sock".into()))
+        );
+        assert!(matches!(
+            ListenAddr::parse("127.0.0.1:80"),
+            Ok(ListenAddr::Tcp(_))
+        ));
+        assert!(matches!(
+            ListenAddr::parse("[::1]:80"),
+            Ok(ListenAddr::Tcp(_))
+        ));
         assert!(ListenAddr::parse("unix:run/a.sock").is_err());
         assert!(ListenAddr::parse("localhost:80").is_err());
         assert!(ListenAddr::parse("127.0.0.1").is_err());
@@ -190,12 +226,26 @@ mod tests {
         assert_eq!(unix.for_replicas(1).unwrap(), vec![unix.clone()]);
         assert_eq!(
             unix.for_replicas(2).unwrap(),
-            vec![ListenAddr::Unix("/x/app@0.sock".into()), ListenAddr::Unix("/x/app@1.sock".into())]
+            vec![
+                ListenAddr::Unix("/x/app@0.sock".into()),
+                ListenAddr::Unix("/x/app@1.sock".into())
+            ]
         );
         let tcp = ListenAddr::parse("127.0.0.1:8000").unwrap();
-        let ports: Vec<String> = tcp.for_replicas(3).unwrap().iter().map(|a| a.to_string()).collect();
-        assert_eq!(ports, ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]);
-        assert!(ListenAddr::parse("127.0.0.1:65535").unwrap().for_replicas(2).is_err());
+        let ports: Vec<String> = tcp
+            .for_replicas(3)
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            ports,
+            ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8002"]
+        );
+        assert!(ListenAddr::parse("127.0.0.1:65535")
+            .unwrap()
+            .for_replicas(2)
+            .is_err());
     }
 
     #[test]

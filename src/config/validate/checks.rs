@@ -49,6 +49,15 @@ impl Ctx<'_, '_, '_> {
         self.rec.is_dropped(path)
     }
 
+    /// Whether a key directly in table `path` was dropped. A "missing key" error there would most likely
+    /// repeat one already reported (`comand` instead of `command`), so such checks stay quiet.
+    pub fn lost_a_key(&self, path: &KeyPath) -> bool {
+        self.rec
+            .dropped
+            .iter()
+            .any(|d| d.0.len() == path.0.len() + 1 && d.starts_with(path))
+    }
+
     pub fn service_path(name: &str) -> KeyPath {
         KeyPath::root().key("service").key(name)
     }
@@ -75,7 +84,10 @@ fn check_init(ctx: &mut Ctx) {
             check_user(ctx, &path.key(key), user);
         }
     }
-    for (key, group) in [("logs_group", &init.logs_group), ("control_group", &init.control_group)] {
+    for (key, group) in [
+        ("logs_group", &init.logs_group),
+        ("control_group", &init.control_group),
+    ] {
         if let Some(group) = group {
             check_group(ctx, &path.key(key), group);
         }
@@ -90,7 +102,10 @@ fn check_init(ctx: &mut Ctx) {
     if init.control_socket.as_os_str().len() > values::MAX_UNIX_PATH {
         ctx.at_value(
             &path.key("control_socket"),
-            format!("unix socket paths are limited to {} bytes", values::MAX_UNIX_PATH),
+            format!(
+                "unix socket paths are limited to {} bytes",
+                values::MAX_UNIX_PATH
+            ),
         );
     }
 }
@@ -102,14 +117,24 @@ fn check_service_names(ctx: &mut Ctx) {
         let path = Ctx::service_path(name);
         if name.is_empty() {
             ctx.at_key(&path, "service names must not be empty");
-        } else if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
-            let why = if bad == '@' { " ('@' separates a service from its replica number, as in app@0)" } else { "" };
+        } else if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            let why = if bad == '@' {
+                " ('@' separates a service from its replica number, as in app@0)"
+            } else {
+                ""
+            };
             ctx.at_key(
                 &path,
                 format!("invalid service name {name:?}: {bad:?} is not allowed; use letters, digits, '_', '.' and '-'{why}"),
             );
         } else if name == "proxy" && proxy_exists {
-            ctx.at_key(&path, "the name \"proxy\" is reserved for the built-in proxy configured in [proxy]");
+            ctx.at_key(
+                &path,
+                "the name \"proxy\" is reserved for the built-in proxy configured in [proxy]",
+            );
         }
     }
 }
@@ -132,9 +157,15 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
         ctx.at_value(&sp.key("listen_mode"), e);
     }
     if spec.replicas == 0 {
-        ctx.at_value(&sp.key("replicas"), "replicas must be at least 1 (use autostart = false for none)");
+        ctx.at_value(
+            &sp.key("replicas"),
+            "replicas must be at least 1 (use autostart = false for none)",
+        );
     } else if spec.oneshot && spec.replicas > 1 {
-        ctx.at_value(&sp.key("replicas"), "a oneshot job runs once: replicas must be 1 when oneshot = true");
+        ctx.at_value(
+            &sp.key("replicas"),
+            "a oneshot job runs once: replicas must be 1 when oneshot = true",
+        );
     }
     if spec.nofile == Some(0) {
         ctx.at_value(&sp.key("nofile"), "nofile must be at least 1");
@@ -146,13 +177,20 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
     if spec.backoff_initial > spec.backoff_max {
         ctx.at_value(
             &sp.key("backoff_initial"),
-            format!("backoff_initial ({}) is longer than backoff_max ({})", spec.backoff_initial, spec.backoff_max),
+            format!(
+                "backoff_initial ({}) is longer than backoff_max ({})",
+                spec.backoff_initial, spec.backoff_max
+            ),
         );
     }
     for (i, code) in spec.success_exit_codes.iter().enumerate() {
         if !(0..=255).contains(code) {
             let key = sp.key("success_exit_codes");
-            ctx.at(&key.index(i), &key, format!("exit code {code} is out of range: exit codes are 0 to 255"));
+            ctx.at(
+                &key.index(i),
+                &key,
+                format!("exit code {code} is out of range: exit codes are 0 to 255"),
+            );
         }
     }
     check_min_log_bytes(ctx, &sp.key("log_max_bytes"), spec.log_max_bytes);
@@ -172,7 +210,11 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
     }
     let has_listen = spec.listen.as_ref().is_some_and(|l| !l.to_vec().is_empty());
     let listen_unknown = ctx.dropped(&sp.key("listen"));
-    for (kind, probe) in [("startup", &spec.startup), ("readiness", &spec.readiness), ("liveness", &spec.liveness)] {
+    for (kind, probe) in [
+        ("startup", &spec.startup),
+        ("readiness", &spec.readiness),
+        ("liveness", &spec.liveness),
+    ] {
         if let Some(probe) = probe {
             check_probe(ctx, &sp.key(kind), probe, has_listen || listen_unknown);
         }
@@ -181,7 +223,7 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
 
 fn check_command(ctx: &mut Ctx, sp: &KeyPath, command: &[String]) {
     let path = sp.key("command");
-    if ctx.dropped(&path) {
+    if ctx.dropped(&path) || (command.is_empty() && ctx.lost_a_key(sp)) {
         return;
     }
     match command.first() {
@@ -203,25 +245,42 @@ fn span_exists(ctx: &Ctx, path: &KeyPath) -> bool {
 }
 
 fn check_probe(ctx: &mut Ctx, pp: &KeyPath, probe: &Probe, service_listens: bool) {
-    let set: Vec<&str> = [("http", probe.http.is_some()), ("tcp", probe.tcp.is_some()), ("exec", probe.exec.is_some())]
-        .into_iter()
-        .filter_map(|(name, is_set)| is_set.then_some(name))
-        .collect();
+    let set: Vec<&str> = [
+        ("http", probe.http.is_some()),
+        ("tcp", probe.tcp.is_some()),
+        ("exec", probe.exec.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, is_set)| is_set.then_some(name))
+    .collect();
     match set.len() {
+        0 if ctx.lost_a_key(pp) => {}
         0 => ctx.at_value(pp, "a probe needs one of http, tcp or exec"),
         1 => {}
-        _ => ctx.at_value(pp, format!("a probe takes exactly one of http, tcp or exec, not {}", set.join(" and "))),
+        _ => ctx.at_value(
+            pp,
+            format!(
+                "a probe takes exactly one of http, tcp or exec, not {}",
+                set.join(" and ")
+            ),
+        ),
     }
-    let sp_listen = "the probe connects to the service's own listen socket, but the service has no listen";
+    let sp_listen =
+        "the probe connects to the service's own listen socket, but the service has no listen";
     if let Some(http) = &probe.http {
         if !http.starts_with('/') {
-            ctx.at_value(&pp.key("http"), format!("the http probe path {http:?} must start with '/'"));
+            ctx.at_value(
+                &pp.key("http"),
+                format!("the http probe path {http:?} must start with '/'"),
+            );
         } else if !service_listens {
             ctx.at_value(&pp.key("http"), sp_listen);
         }
     }
     match &probe.tcp {
-        Some(TcpProbeTarget::OwnSocket(true)) if !service_listens => ctx.at_value(&pp.key("tcp"), sp_listen),
+        Some(TcpProbeTarget::OwnSocket(true)) if !service_listens => {
+            ctx.at_value(&pp.key("tcp"), sp_listen)
+        }
         Some(TcpProbeTarget::OwnSocket(false)) => ctx.at_value(
             &pp.key("tcp"),
             "tcp = false is not a probe: use tcp = true (the service's own socket) or an address",
@@ -234,19 +293,28 @@ fn check_probe(ctx: &mut Ctx, pp: &KeyPath, probe: &Probe, service_listens: bool
         _ => {}
     }
     if let Some(exec) = &probe.exec {
-        if exec.first().map_or(true, |program| program.trim().is_empty()) {
+        if exec
+            .first()
+            .map_or(true, |program| program.trim().is_empty())
+        {
             ctx.at_value(&pp.key("exec"), "the exec probe command is empty");
         }
     }
     if !(100..=599).contains(&probe.expect) {
-        ctx.at_value(&pp.key("expect"), format!("HTTP status {} is out of range (100 to 599)", probe.expect));
+        ctx.at_value(
+            &pp.key("expect"),
+            format!("HTTP status {} is out of range (100 to 599)", probe.expect),
+        );
     }
     for (key, value) in [("period", probe.period), ("timeout", probe.timeout)] {
         if value.0.is_zero() {
             ctx.at_value(&pp.key(key), format!("{key} must be longer than 0"));
         }
     }
-    for (key, value) in [("failure_threshold", probe.failure_threshold), ("success_threshold", probe.success_threshold)] {
+    for (key, value) in [
+        ("failure_threshold", probe.failure_threshold),
+        ("success_threshold", probe.success_threshold),
+    ] {
         if value == 0 {
             ctx.at_value(&pp.key(key), format!("{key} must be at least 1"));
         }
@@ -261,14 +329,20 @@ pub(super) fn check_max_duration(ctx: &mut Ctx, path: &KeyPath, value: Secs) {
 
 pub(super) fn check_min_log_bytes(ctx: &mut Ctx, path: &KeyPath, value: Bytes) {
     if value.0 < MIN_LOG_BYTES {
-        ctx.at_value(path, format!("{value} is too small: log files rotate at 1KB or more"));
+        ctx.at_value(
+            path,
+            format!("{value} is too small: log files rotate at 1KB or more"),
+        );
     }
 }
 
 pub(super) fn check_user(ctx: &mut Ctx, path: &KeyPath, name: &str) {
     match nix::unistd::User::from_name(name) {
         Ok(Some(_)) => {}
-        Ok(None) => ctx.at_value(path, format!("unknown user {name:?} (not in the passwd database)")),
+        Ok(None) => ctx.at_value(
+            path,
+            format!("unknown user {name:?} (not in the passwd database)"),
+        ),
         Err(e) => ctx.at_value(path, format!("cannot look up user {name:?}: {e}")),
     }
 }
@@ -276,7 +350,10 @@ pub(super) fn check_user(ctx: &mut Ctx, path: &KeyPath, name: &str) {
 pub(super) fn check_group(ctx: &mut Ctx, path: &KeyPath, name: &str) {
     match nix::unistd::Group::from_name(name) {
         Ok(Some(_)) => {}
-        Ok(None) => ctx.at_value(path, format!("unknown group {name:?} (not in the group database)")),
+        Ok(None) => ctx.at_value(
+            path,
+            format!("unknown group {name:?} (not in the group database)"),
+        ),
         Err(e) => ctx.at_value(path, format!("cannot look up group {name:?}: {e}")),
     }
 }
@@ -298,10 +375,20 @@ fn after_lists(ctx: &Ctx) -> Vec<(String, KeyPath, Vec<String>)> {
         .config
         .service
         .iter()
-        .map(|(name, spec)| (name.clone(), Ctx::service_path(name).key("after"), spec.after.clone()))
+        .map(|(name, spec)| {
+            (
+                name.clone(),
+                Ctx::service_path(name).key("after"),
+                spec.after.clone(),
+            )
+        })
         .collect();
     if let Some(proxy) = &ctx.rec.config.proxy {
-        lists.push(("proxy".into(), KeyPath::root().key("proxy").key("after"), proxy.after.clone()));
+        lists.push((
+            "proxy".into(),
+            KeyPath::root().key("proxy").key("after"),
+            proxy.after.clone(),
+        ));
     }
     lists
 }
@@ -309,31 +396,46 @@ fn after_lists(ctx: &Ctx) -> Vec<(String, KeyPath, Vec<String>)> {
 fn check_after(ctx: &mut Ctx) {
     let known = after_targets(ctx);
     let lists = after_lists(ctx);
-    let mut edges: BTreeMap<String, Vec<String>> = known.iter().map(|k| (k.clone(), Vec::new())).collect();
+    let mut edges: BTreeMap<String, Vec<String>> =
+        known.iter().map(|k| (k.clone(), Vec::new())).collect();
     for (node, key, after) in &lists {
         for (i, target) in after.iter().enumerate() {
             if known.contains(target) {
                 edges.entry(node.clone()).or_default().push(target.clone());
             } else {
-                let hint = match super::sections::suggestion(target, &known.iter().map(String::as_str).collect::<Vec<_>>()) {
+                let hint = match super::sections::suggestion(
+                    target,
+                    &known.iter().map(String::as_str).collect::<Vec<_>>(),
+                ) {
                     Some(best) => format!("did you mean \"{best}\"? known: {}", known.join(", ")),
                     None if known.is_empty() => "there are no services".to_string(),
                     None => format!("known: {}", known.join(", ")),
                 };
-                ctx.at(&key.index(i), key, format!("unknown service {target:?} ({hint})"));
+                ctx.at(
+                    &key.index(i),
+                    key,
+                    format!("unknown service {target:?} ({hint})"),
+                );
             }
         }
     }
     for cycle in graph::find_cycles(&edges) {
         // Point at the edge that closes the cycle: the last node's `after` entry naming the first.
-        let (Some(first), Some(last)) = (cycle.first(), cycle.len().checked_sub(2).and_then(|i| cycle.get(i))) else {
+        let (Some(first), Some(last)) = (
+            cycle.first(),
+            cycle.len().checked_sub(2).and_then(|i| cycle.get(i)),
+        ) else {
             continue;
         };
         let Some((_, key, after)) = lists.iter().find(|(node, _, _)| node == last) else {
             continue;
         };
         let index = after.iter().position(|t| t == first).unwrap_or(0);
-        ctx.at(&key.index(index), key, format!("dependency cycle: {}", cycle.join(" -> ")));
+        ctx.at(
+            &key.index(index),
+            key,
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        );
     }
 }
 
@@ -357,7 +459,11 @@ fn check_listen_clashes(ctx: &mut Ctx) {
         let entries: Vec<(KeyPath, String)> = match &spec.listen {
             None => Vec::new(),
             Some(OneOrMany::One(addr)) => vec![(key.clone(), addr.clone())],
-            Some(OneOrMany::Many(addrs)) => addrs.iter().enumerate().map(|(i, a)| (key.index(i), a.clone())).collect(),
+            Some(OneOrMany::Many(addrs)) => addrs
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (key.index(i), a.clone()))
+                .collect(),
         };
         let replicas = spec.replicas.max(1);
         for (at, text) in entries {
@@ -371,11 +477,24 @@ fn check_listen_clashes(ctx: &mut Ctx) {
             match addr.for_replicas(replicas) {
                 Ok(expanded) => {
                     for (i, addr) in expanded.into_iter().enumerate() {
-                        let replica = if replicas > 1 { format!(" (replica {name}@{i})") } else { String::new() };
-                        endpoints.push(Endpoint { addr, at: at.clone(), key: key.clone(), replica });
+                        let replica = if replicas > 1 {
+                            format!(" (replica {name}@{i})")
+                        } else {
+                            String::new()
+                        };
+                        endpoints.push(Endpoint {
+                            addr,
+                            at: at.clone(),
+                            key: key.clone(),
+                            replica,
+                        });
                     }
                 }
-                Err(e) => ctx.at(&at, &key, format!("{text:?} with replicas = {replicas}: {e}")),
+                Err(e) => ctx.at(
+                    &at,
+                    &key,
+                    format!("{text:?} with replicas = {replicas}: {e}"),
+                ),
             }
         }
     }
@@ -383,7 +502,10 @@ fn check_listen_clashes(ctx: &mut Ctx) {
         let key = KeyPath::root().key("proxy").key("listen");
         let mut lists = vec![(key, proxy.listen.clone())];
         if let Some(tls) = &proxy.tls {
-            lists.push((KeyPath::root().key("proxy").key("tls").key("listen"), tls.listen.clone()));
+            lists.push((
+                KeyPath::root().key("proxy").key("tls").key("listen"),
+                tls.listen.clone(),
+            ));
         }
         for (key, list) in lists {
             if ctx.dropped(&key) {
@@ -391,7 +513,12 @@ fn check_listen_clashes(ctx: &mut Ctx) {
             }
             for (i, text) in list.iter().enumerate() {
                 match ListenAddr::parse(text) {
-                    Ok(addr) => endpoints.push(Endpoint { addr, at: key.index(i), key: key.clone(), replica: String::new() }),
+                    Ok(addr) => endpoints.push(Endpoint {
+                        addr,
+                        at: key.index(i),
+                        key: key.clone(),
+                        replica: String::new(),
+                    }),
                     Err(e) => ctx.at(&key.index(i), &key, e),
                 }
             }
@@ -406,13 +533,23 @@ fn check_listen_clashes(ctx: &mut Ctx) {
         }
         if later.addr == control {
             reported.insert(here);
-            ctx.at(&later.at, &later.key, format!("{}{} is the control socket (init.control_socket)", later.addr, later.replica));
+            ctx.at(
+                &later.at,
+                &later.key,
+                format!(
+                    "{}{} is the control socket (init.control_socket)",
+                    later.addr, later.replica
+                ),
+            );
             continue;
         }
         if let Some(earlier) = endpoints[..j].iter().find(|e| e.addr.overlaps(&later.addr)) {
             reported.insert(here);
             let message = if earlier.addr == later.addr {
-                format!("address {}{} is already bound by {}{}", later.addr, later.replica, earlier.key, earlier.replica)
+                format!(
+                    "address {}{} is already bound by {}{}",
+                    later.addr, later.replica, earlier.key, earlier.replica
+                )
             } else {
                 format!(
                     "address {}{} overlaps {} of {}{}",

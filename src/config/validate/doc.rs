@@ -37,7 +37,11 @@ impl KeyPath {
     }
     /// The path up to and including its last table key (drops trailing array indexes).
     pub fn up_to_last_key(&self) -> KeyPath {
-        let end = self.0.iter().rposition(|s| matches!(s, Seg::Key(_))).map_or(0, |i| i + 1);
+        let end = self
+            .0
+            .iter()
+            .rposition(|s| matches!(s, Seg::Key(_)))
+            .map_or(0, |i| i + 1);
         KeyPath(self.0[..end].to_vec())
     }
 }
@@ -51,7 +55,9 @@ impl fmt::Display for KeyPath {
                         f.write_str(".")?;
                     }
                     let bare = !key.is_empty()
-                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                        && key
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
                     if bare {
                         f.write_str(key)?;
                     } else {
@@ -73,15 +79,27 @@ pub(crate) struct Located<'a, 'i> {
 }
 
 /// The value at `path`, with its key's span when it is a table entry.
-pub(crate) fn lookup<'a, 'i>(root: &'a Spanned<DeValue<'i>>, path: &KeyPath) -> Option<Located<'a, 'i>> {
-    let mut here = Located { key_span: None, value: root };
+pub(crate) fn lookup<'a, 'i>(
+    root: &'a Spanned<DeValue<'i>>,
+    path: &KeyPath,
+) -> Option<Located<'a, 'i>> {
+    let mut here = Located {
+        key_span: None,
+        value: root,
+    };
     for seg in &path.0 {
         here = match (seg, here.value.get_ref()) {
             (Seg::Key(key), DeValue::Table(table)) => {
                 let (k, v) = table.get_key_value(key.as_str())?;
-                Located { key_span: Some(k.span()), value: v }
+                Located {
+                    key_span: Some(k.span()),
+                    value: v,
+                }
             }
-            (Seg::Index(index), DeValue::Array(array)) => Located { key_span: None, value: array.get(*index)? },
+            (Seg::Index(index), DeValue::Array(array)) => Located {
+                key_span: None,
+                value: array.get(*index)?,
+            },
             _ => return None,
         };
     }
@@ -93,7 +111,8 @@ pub(crate) fn path_at(root: &Spanned<DeValue<'_>>, offset: usize) -> KeyPath {
     let mut best: Option<(usize, KeyPath)> = None;
     visit(root, &KeyPath::root(), &mut |path, key_span, value_span| {
         for span in [key_span, Some(value_span)].into_iter().flatten() {
-            let contains = span.start <= offset && (offset < span.end || (span.is_empty() && offset == span.start));
+            let contains = span.start <= offset
+                && (offset < span.end || (span.is_empty() && offset == span.start));
             let better = best.as_ref().map_or(true, |(len, _)| span.len() <= *len);
             if contains && better {
                 best = Some((span.len(), path.clone()));
@@ -103,12 +122,11 @@ pub(crate) fn path_at(root: &Spanned<DeValue<'_>>, offset: usize) -> KeyPath {
     best.map(|(_, path)| path).unwrap_or_default()
 }
 
+/// Called with (path, key span, value span) for each entry.
+type Visitor<'f> = dyn FnMut(&KeyPath, Option<Range<usize>>, Range<usize>) + 'f;
+
 /// Call `f(path, key_span, value_span)` for every value below `value`, depth first.
-fn visit(
-    value: &Spanned<DeValue<'_>>,
-    path: &KeyPath,
-    f: &mut dyn FnMut(&KeyPath, Option<Range<usize>>, Range<usize>),
-) {
+fn visit(value: &Spanned<DeValue<'_>>, path: &KeyPath, f: &mut Visitor<'_>) {
     match value.get_ref() {
         DeValue::Table(table) => {
             for (k, v) in table.iter() {
@@ -140,7 +158,7 @@ pub(crate) fn remove(root: &mut Spanned<DeValue<'_>>, path: &KeyPath) -> bool {
                 Some(v) => v,
                 None => return false,
             },
-            (Seg::Index(index), DeValue::Array(array)) => match array.iter_mut().nth(*index) {
+            (Seg::Index(index), DeValue::Array(array)) => match array.get_mut(*index) {
                 Some(v) => v,
                 None => return false,
             },
@@ -199,7 +217,13 @@ mod tests {
         let y = lookup(&root, &after.index(1)).unwrap();
         assert_eq!(&text[y.value.span()], "\"y\"");
         assert_eq!(path_at(&root, y.value.span().start), after.index(1));
-        let loc_path = KeyPath::root().key("proxy").key("server").index(0).key("location").index(0).key("path");
+        let loc_path = KeyPath::root()
+            .key("proxy")
+            .key("server")
+            .index(0)
+            .key("location")
+            .index(0)
+            .key("path");
         assert_eq!(loc_path.to_string(), "proxy.server[0].location[0].path");
         let path = lookup(&root, &loc_path).unwrap();
         assert_eq!(path_at(&root, path.key_span.unwrap().start), loc_path);

@@ -38,8 +38,12 @@ pub(crate) fn find_cycles(edges: &BTreeMap<String, Vec<String>>) -> Vec<Vec<Stri
                     stack.push((target.as_str(), 0));
                 }
                 Some(Mark::OnStack) => {
-                    let from = stack.iter().position(|(n, _)| *n == target.as_str()).unwrap_or(0);
-                    let mut cycle: Vec<String> = stack[from..].iter().map(|(n, _)| n.to_string()).collect();
+                    let from = stack
+                        .iter()
+                        .position(|(n, _)| *n == target.as_str())
+                        .unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        stack[from..].iter().map(|(n, _)| n.to_string()).collect();
                     cycle.push(target.clone());
                     cycles.push(cycle);
                 }
@@ -63,7 +67,12 @@ mod tests {
 
     #[test]
     fn no_cycle_in_a_dag() {
-        let g = graph(&[("a", &["b", "c"]), ("b", &["c"]), ("c", &[]), ("d", &["a", "missing"])]);
+        let g = graph(&[
+            ("a", &["b", "c"]),
+            ("b", &["c"]),
+            ("c", &[]),
+            ("d", &["a", "missing"]),
+        ]);
         assert!(find_cycles(&g).is_empty());
     }
 
@@ -75,8 +84,17 @@ mod tests {
 
     #[test]
     fn self_loop_and_longer_cycle() {
-        let g = graph(&[("a", &["a"]), ("b", &["c"]), ("c", &["d"]), ("d", &["b"]), ("e", &["b"])]);
-        assert_eq!(find_cycles(&g), vec![vec!["a", "a"], vec!["b", "c", "d", "b"]]);
+        let g = graph(&[
+            ("a", &["a"]),
+            ("b", &["c"]),
+            ("c", &["d"]),
+            ("d", &["b"]),
+            ("e", &["b"]),
+        ]);
+        assert_eq!(
+            find_cycles(&g),
+            vec![vec!["a", "a"], vec!["b", "c", "d", "b"]]
+        );
     }
 
     #[test]

@@ -49,11 +49,23 @@ fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
             if let Err(e) = regex::Regex::new(pattern) {
                 // regex's message draws a caret diagram over several lines; its last line is the reason.
                 let text = e.to_string();
-                let reason = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
-                ctx.at(&names.index(i), &names, format!("invalid regular expression {pattern:?}: {reason}"));
+                let reason = text
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                ctx.at(
+                    &names.index(i),
+                    &names,
+                    format!("invalid regular expression {pattern:?}: {reason}"),
+                );
             }
         } else if name.contains(char::is_whitespace) {
-            ctx.at(&names.index(i), &names, format!("server name {name:?} contains whitespace"));
+            ctx.at(
+                &names.index(i),
+                &names,
+                format!("server name {name:?} contains whitespace"),
+            );
         }
     }
     // nginx refuses two locations with the same path and kind; a second one here could never match.
@@ -65,16 +77,24 @@ fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
             seen.insert((location.path.as_str(), location.exact), first);
             ctx.at_value(
                 &lp.key("path"),
-                format!("duplicate location {:?}: {} has the same path", location.path, sp.key("location").index(first)),
+                format!(
+                    "duplicate location {:?}: {} has the same path",
+                    location.path,
+                    sp.key("location").index(first)
+                ),
             );
         }
     }
 }
 
 fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
-    if !ctx.dropped(&lp.key("path")) && !location.path.starts_with('/') {
+    let quiet_if_missing = ctx.lost_a_key(lp);
+    let path_missing_after_typo = location.path.is_empty() && quiet_if_missing;
+    if !ctx.dropped(&lp.key("path")) && !location.path.starts_with('/') && !path_missing_after_typo
+    {
         let message = if location.path.is_empty() {
-            "missing path: every location needs a path starting with '/', like path = \"/\"".to_string()
+            "missing path: every location needs a path starting with '/', like path = \"/\""
+                .to_string()
         } else {
             format!("location path {:?} must start with '/'", location.path)
         };
@@ -90,11 +110,18 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
     .filter_map(|(name, is_set)| is_set.then_some(name))
     .collect();
     match actions.len() {
-        0 => ctx.at_value(lp, "a location needs one of upstream, root, alias or return"),
+        0 if quiet_if_missing => {}
+        0 => ctx.at_value(
+            lp,
+            "a location needs one of upstream, root, alias or return",
+        ),
         1 => {}
         _ => ctx.at_value(
             lp,
-            format!("a location takes exactly one of upstream, root, alias or return, not {}", actions.join(" and ")),
+            format!(
+                "a location takes exactly one of upstream, root, alias or return, not {}",
+                actions.join(" and ")
+            ),
         ),
     }
     if let Some(upstream) = &location.upstream {
@@ -102,11 +129,21 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
     }
     if let Some(status) = location.return_status {
         if !(100..=599).contains(&status) {
-            ctx.at_value(&lp.key("return"), format!("HTTP status {status} is out of range (100 to 599)"));
+            ctx.at_value(
+                &lp.key("return"),
+                format!("HTTP status {status} is out of range (100 to 599)"),
+            );
         }
     }
-    if location.redirect.is_some() && !location.return_status.is_some_and(|s| (300..=399).contains(&s)) {
-        ctx.at_value(&lp.key("redirect"), "redirect needs a 3xx return status, like return = 302");
+    if location.redirect.is_some()
+        && !location
+            .return_status
+            .is_some_and(|s| (300..=399).contains(&s))
+    {
+        ctx.at_value(
+            &lp.key("redirect"),
+            "redirect needs a 3xx return status, like return = 302",
+        );
     }
 }
 

@@ -30,7 +30,11 @@ impl Recovered {
 }
 
 pub(crate) fn deserialize(root: &Spanned<DeValue<'_>>, report: &mut Report) -> Recovered {
-    let mut recovered = Recovered { config: Config::default(), dropped: Vec::new(), service_names: Vec::new() };
+    let mut recovered = Recovered {
+        config: Config::default(),
+        dropped: Vec::new(),
+        service_names: Vec::new(),
+    };
     let DeValue::Table(table) = root.get_ref() else {
         return recovered;
     };
@@ -38,7 +42,8 @@ pub(crate) fn deserialize(root: &Spanned<DeValue<'_>>, report: &mut Report) -> R
         let path = KeyPath::root().key(key.get_ref());
         match key.get_ref().as_ref() {
             "init" => {
-                if let Some(init) = section::<InitSpec>(root, &path, report, &mut recovered.dropped) {
+                if let Some(init) = section::<InitSpec>(root, &path, report, &mut recovered.dropped)
+                {
                     recovered.config.init = init;
                 }
             }
@@ -53,7 +58,9 @@ pub(crate) fn deserialize(root: &Spanned<DeValue<'_>>, report: &mut Report) -> R
                     for name in services.keys() {
                         let name = name.get_ref().to_string();
                         let path = path.key(&name);
-                        if let Some(spec) = section::<ServiceSpec>(root, &path, report, &mut recovered.dropped) {
+                        if let Some(spec) =
+                            section::<ServiceSpec>(root, &path, report, &mut recovered.dropped)
+                        {
                             recovered.config.service.insert(name.clone(), spec);
                         }
                         recovered.service_names.push(name);
@@ -63,7 +70,10 @@ pub(crate) fn deserialize(root: &Spanned<DeValue<'_>>, report: &mut Report) -> R
                     report.error(
                         value.span().start,
                         &path,
-                        format!("expected a table of services like [service.app], found {}", other.type_str()),
+                        format!(
+                            "expected a table of services like [service.app], found {}",
+                            other.type_str()
+                        ),
                     );
                     recovered.dropped.push(path);
                 }
@@ -99,7 +109,11 @@ fn section<T: DeserializeOwned>(
         let offset = error.span().map_or(value.span().start, |s| s.start);
         let inner = doc::path_at(&value, offset);
         let full = KeyPath([path.0.clone(), inner.0.clone()].concat());
-        report.error(offset, &shown_key(root, &full), friendly_message(error.message()));
+        report.error(
+            offset,
+            &shown_key(root, &full),
+            friendly_message(error.message()),
+        );
         let removable = inner.up_to_last_key();
         if removable.0.is_empty() || !doc::remove(&mut value, &removable) {
             break;
@@ -131,13 +145,19 @@ pub(crate) fn friendly_message(message: &str) -> String {
         return match suggestion(name, &known) {
             Some(best) => format!("unknown key \"{name}\" (did you mean \"{best}\"?)"),
             None if known.is_empty() => format!("unknown key \"{name}\": this table takes no keys"),
-            None if known.len() <= 12 => format!("unknown key \"{name}\" (expected one of: {})", known.join(", ")),
+            None if known.len() <= 12 => format!(
+                "unknown key \"{name}\" (expected one of: {})",
+                known.join(", ")
+            ),
             None => format!("unknown key \"{name}\""),
         };
     }
     if let Some(rest) = message.strip_prefix("unknown variant `") {
         let (name, expected) = rest.split_once('`').unwrap_or((rest, ""));
-        return format!("unknown value \"{name}\" (expected one of: {})", backticked(expected).join(", "));
+        return format!(
+            "unknown value \"{name}\" (expected one of: {})",
+            backticked(expected).join(", ")
+        );
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let name = rest.trim_end_matches('`');
@@ -145,7 +165,11 @@ pub(crate) fn friendly_message(message: &str) -> String {
     }
     if let Some(rest) = message.strip_prefix("invalid type: ") {
         if let Some((found, expected)) = rest.split_once(", expected ") {
-            return format!("expected {}, found {}", toml_words(expected), toml_words(found));
+            return format!(
+                "expected {}, found {}",
+                toml_words(expected),
+                toml_words(found)
+            );
         }
     }
     if message.contains("untagged enum OneOrMany") {
@@ -224,16 +248,27 @@ mod tests {
             "expected an array, found string \"x\""
         );
         assert_eq!(
-            friendly_message("unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"),
+            friendly_message(
+                "unknown variant `sometimes`, expected one of `always`, `on-failure`, `never`"
+            ),
             "unknown value \"sometimes\" (expected one of: always, on-failure, never)"
         );
-        assert_eq!(friendly_message("missing field `cert`"), "missing required key \"cert\"");
+        assert_eq!(
+            friendly_message("missing field `cert`"),
+            "missing required key \"cert\""
+        );
     }
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggestion("comand", &["command", "directory"]), Some("command"));
-        assert_eq!(suggestion("servce", &["init", "service", "proxy"]), Some("service"));
+        assert_eq!(
+            suggestion("comand", &["command", "directory"]),
+            Some("command")
+        );
+        assert_eq!(
+            suggestion("servce", &["init", "service", "proxy"]),
+            Some("service")
+        );
         assert_eq!(suggestion("xyz", &["init", "service", "proxy"]), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
