@@ -4,13 +4,14 @@
 //! 1. parse the TOML into a spanned document (`doc`); syntax errors end the run here;
 //! 2. deserialize `[init]`, each `[service.X]` and `[proxy]` on its own (`sections`), dropping a bad key and
 //!    retrying so one typo hides neither the next one nor the other sections;
-//! 3. check what serde cannot (`checks`, `proxy_checks`, `graph`): references, cycles, clashing addresses,
+//! 3. check what serde cannot (`checks`, `proxy_checks`, `listens`, `graph`): references, cycles, clashing addresses,
 //!    users, signals, modes, ranges.
 #![forbid(unsafe_code)]
 
 mod checks;
 mod doc;
 mod graph;
+mod listens;
 mod proxy_checks;
 mod sections;
 

@@ -2,7 +2,7 @@
 //! cycles, clashing listen addresses, users and groups. Each error points at the offending key or value.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use toml::de::DeValue;
@@ -10,9 +10,9 @@ use toml::Spanned;
 
 use super::doc::KeyPath;
 use super::sections::Recovered;
-use super::{graph, proxy_checks, span_for, Report};
+use super::{graph, listens, proxy_checks, span_for, Report};
 use crate::config::values::{self, ListenAddr};
-use crate::config::{Bytes, OneOrMany, Probe, Secs, ServiceSpec, TcpProbeTarget};
+use crate::config::{Bytes, Probe, Secs, ServiceSpec, TcpProbeTarget};
 
 /// Longest stop grace or drain we accept: anything longer is almost surely a unit mistake.
 pub(super) const MAX_GRACE: Duration = Duration::from_secs(3600);
@@ -72,7 +72,7 @@ pub(super) fn run(root: &Spanned<DeValue<'_>>, rec: &Recovered, report: &mut Rep
     check_service_names(&mut ctx);
     check_after(&mut ctx);
     proxy_checks::check_proxy(&mut ctx);
-    check_listen_clashes(&mut ctx);
+    listens::check_listen_clashes(&mut ctx);
 }
 
 fn check_init(ctx: &mut Ctx) {
@@ -175,8 +175,15 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
     }
     check_max_duration(ctx, &sp.key("stop_grace"), spec.stop_grace);
     if spec.backoff_initial > spec.backoff_max {
+        // Point at whichever of the two the file sets (the initial delay if both).
+        let initial = sp.key("backoff_initial");
+        let key = if span_exists(ctx, &initial) {
+            initial
+        } else {
+            sp.key("backoff_max")
+        };
         ctx.at_value(
-            &sp.key("backoff_initial"),
+            &key,
             format!(
                 "backoff_initial ({}) is longer than backoff_max ({})",
                 spec.backoff_initial, spec.backoff_max
@@ -436,127 +443,5 @@ fn check_after(ctx: &mut Ctx) {
             key,
             format!("dependency cycle: {}", cycle.join(" -> ")),
         );
-    }
-}
-
-/// One socket that init will bind, and the config entry it comes from.
-struct Endpoint {
-    addr: ListenAddr,
-    /// The array element or value the address was written in.
-    at: KeyPath,
-    /// The key shown in messages (`service.app.listen`).
-    key: KeyPath,
-    /// ` (replica app@1)` when the address was derived for one replica of several.
-    replica: String,
-}
-
-/// Parse every listen address (reporting bad syntax), expand replicas, and report addresses bound twice.
-fn check_listen_clashes(ctx: &mut Ctx) {
-    let mut endpoints: Vec<Endpoint> = Vec::new();
-    let rec = ctx.rec;
-    for (name, spec) in &rec.config.service {
-        let key = Ctx::service_path(name).key("listen");
-        let entries: Vec<(KeyPath, String)> = match &spec.listen {
-            None => Vec::new(),
-            Some(OneOrMany::One(addr)) => vec![(key.clone(), addr.clone())],
-            Some(OneOrMany::Many(addrs)) => addrs
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (key.index(i), a.clone()))
-                .collect(),
-        };
-        let replicas = spec.replicas.max(1);
-        for (at, text) in entries {
-            let addr = match ListenAddr::parse(&text) {
-                Ok(addr) => addr,
-                Err(e) => {
-                    ctx.at(&at, &key, e);
-                    continue;
-                }
-            };
-            match addr.for_replicas(replicas) {
-                Ok(expanded) => {
-                    for (i, addr) in expanded.into_iter().enumerate() {
-                        let replica = if replicas > 1 {
-                            format!(" (replica {name}@{i})")
-                        } else {
-                            String::new()
-                        };
-                        endpoints.push(Endpoint {
-                            addr,
-                            at: at.clone(),
-                            key: key.clone(),
-                            replica,
-                        });
-                    }
-                }
-                Err(e) => ctx.at(
-                    &at,
-                    &key,
-                    format!("{text:?} with replicas = {replicas}: {e}"),
-                ),
-            }
-        }
-    }
-    if let Some(proxy) = &rec.config.proxy {
-        let key = KeyPath::root().key("proxy").key("listen");
-        let mut lists = vec![(key, proxy.listen.clone())];
-        if let Some(tls) = &proxy.tls {
-            lists.push((
-                KeyPath::root().key("proxy").key("tls").key("listen"),
-                tls.listen.clone(),
-            ));
-        }
-        for (key, list) in lists {
-            if ctx.dropped(&key) {
-                continue; // a default stands in for a value already reported as wrong
-            }
-            for (i, text) in list.iter().enumerate() {
-                match ListenAddr::parse(text) {
-                    Ok(addr) => endpoints.push(Endpoint {
-                        addr,
-                        at: key.index(i),
-                        key: key.clone(),
-                        replica: String::new(),
-                    }),
-                    Err(e) => ctx.at(&key.index(i), &key, e),
-                }
-            }
-        }
-    }
-    let control = ListenAddr::Unix(rec.config.init.control_socket.clone());
-    let mut reported: BTreeSet<String> = BTreeSet::new();
-    for (j, later) in endpoints.iter().enumerate() {
-        let here = later.at.to_string();
-        if reported.contains(&here) {
-            continue;
-        }
-        if later.addr == control {
-            reported.insert(here);
-            ctx.at(
-                &later.at,
-                &later.key,
-                format!(
-                    "{}{} is the control socket (init.control_socket)",
-                    later.addr, later.replica
-                ),
-            );
-            continue;
-        }
-        if let Some(earlier) = endpoints[..j].iter().find(|e| e.addr.overlaps(&later.addr)) {
-            reported.insert(here);
-            let message = if earlier.addr == later.addr {
-                format!(
-                    "address {}{} is already bound by {}{}",
-                    later.addr, later.replica, earlier.key, earlier.replica
-                )
-            } else {
-                format!(
-                    "address {}{} overlaps {} of {}{}",
-                    later.addr, later.replica, earlier.addr, earlier.key, earlier.replica
-                )
-            };
-            ctx.at(&later.at, &later.key, message);
-        }
     }
 }
