@@ -7,6 +7,7 @@
 mod schema;
 pub mod units;
 mod validate;
+pub mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

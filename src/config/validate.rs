@@ -1,32 +1,194 @@
 //! Parsing with source spans, and the semantic checks serde cannot express.
+//!
+//! The steps, each collecting every error it finds rather than stopping at the first:
+//! 1. parse the TOML into a spanned document (`doc`); syntax errors end the run here;
+//! 2. deserialize `[init]`, each `[service.X]` and `[proxy]` on its own (`sections`), dropping a bad key and
+//!    retrying so one typo hides neither the next one nor the other sections;
+//! 3. check what serde cannot (`checks`, `proxy_checks`, `listens`, `graph`): references, cycles, clashing addresses,
+//!    users, signals, modes, ranges.
 #![forbid(unsafe_code)]
 
-use std::path::Path;
+mod checks;
+mod doc;
+mod graph;
+mod listens;
+mod proxy_checks;
+mod sections;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 use super::{Config, ConfigError};
+use doc::KeyPath;
 
-/// Byte offset -> 1-based (line, column), columns counted in characters.
-pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
+/// Errors found so far, with the text needed to turn byte offsets into lines and columns.
+pub(crate) struct Report<'t> {
+    file: PathBuf,
+    text: &'t str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'t> Report<'t> {
+    fn new(file: &Path, text: &'t str) -> Report<'t> {
+        Report {
+            file: file.to_path_buf(),
+            text,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Record an error at byte `offset`, about the key `key` (may be empty).
+    pub fn error(&mut self, offset: usize, key: &KeyPath, message: impl Into<String>) {
+        let (line, col) = doc::line_col(self.text, offset);
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            col,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// The errors in file order, without exact repeats.
+    fn into_errors(self) -> Vec<ConfigError> {
+        let mut errors = self.errors;
+        // A stable sort keeps errors at the same position in the order the checks found them.
+        errors.sort_by_key(|e| (e.line, e.col));
+        errors.dedup();
+        errors
+    }
+}
+
+/// Where to point for `path`: its value (or key) if present, else the nearest enclosing table that is.
+pub(crate) fn span_for(root: &Spanned<DeValue<'_>>, path: &KeyPath, at_key: bool) -> Range<usize> {
+    let mut path = path.clone();
+    loop {
+        if let Some(found) = doc::lookup(root, &path) {
+            return match (at_key, found.key_span) {
+                (true, Some(key_span)) => key_span,
+                _ => found.value.span(),
+            };
+        }
+        if path.0.pop().is_none() {
+            return 0..0;
+        }
+    }
 }
 
 pub(crate) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
-    match toml::from_str::<Config>(text) {
-        Ok(config) => Ok(config),
-        Err(e) => {
-            let (line, col) = e.span().map_or((1, 1), |s| line_col(text, s.start));
-            Err(vec![ConfigError {
-                file: path.to_path_buf(),
-                line,
-                col,
-                key: String::new(),
-                message: e.message().trim().to_string(),
-            }])
+    let mut report = Report::new(path, text);
+    let (table, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        // Only the first syntax error is reliable: toml's recovery misreads what follows (an unclosed array
+        // swallows the next lines, each then reported as another error). So report it alone and check
+        // nothing else until it is fixed.
+        if let Some(e) = syntax_errors.first() {
+            let span = e.span().unwrap_or(0..0);
+            report.error(
+                span.start,
+                &KeyPath::root(),
+                syntax_message(text, e.message(), span),
+            );
         }
+        return Err(report.into_errors());
+    }
+    let root = Spanned::new(table.span(), DeValue::Table(table.into_inner()));
+    let recovered = sections::deserialize(&root, &mut report);
+    checks::run(&root, &recovered, &mut report);
+    if report.is_empty() {
+        Ok(recovered.config)
+    } else {
+        Err(report.into_errors())
+    }
+}
+
+/// toml's syntax message, naming the key for "duplicate key" (the span covers it).
+fn syntax_message(text: &str, message: &str, span: Range<usize>) -> String {
+    let message = message.trim();
+    match text.get(span) {
+        Some(key) if message == "duplicate key" && !key.trim().is_empty() => {
+            format!(
+                "duplicate key {:?}: it is already defined above",
+                key.trim().trim_matches('"')
+            )
+        }
+        _ => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse_and_validate(Path::new("t.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn one_error(text: &str) -> String {
+        let errors = errors(text);
+        assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+        errors[0].clone()
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e = one_error("[init]\nlogs_dir = \"/logs\n");
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_points_at_the_key() {
+        let e = one_error("[service.app]\ncommand = [\"x\"]\n  comand = 1\n");
+        assert!(
+            e.starts_with("t.toml:3:3: service.app.comand: unknown key \"comand\""),
+            "{e}"
+        );
+        assert!(e.contains("did you mean \"command\""), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let e = one_error("[service.app]\ncommand = [\"x\"]\nstop_grace = \"5 parsecs\"\n");
+        assert!(
+            e.starts_with("t.toml:3:14: service.app.stop_grace: invalid duration"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_in_one_section_do_not_hide_others() {
+        let text = "[init]\nbogus = 1\n[service.a]\ncommand = [\"x\"]\nbad1 = 1\nbad2 = 2\n[service.b]\ncommand = 5\n";
+        let errors = errors(text);
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(errors[0].starts_with("t.toml:2:1: init.bogus:"));
+        assert!(errors[1].starts_with("t.toml:5:1: service.a.bad1:"));
+        assert!(errors[2].starts_with("t.toml:6:1: service.a.bad2:"));
+        assert!(errors[3].starts_with("t.toml:8:11: service.b.command:"));
+    }
+
+    #[test]
+    fn cycle_is_named_and_located() {
+        let text = "[service.a]\ncommand = [\"x\"]\nafter = [\"b\"]\n[service.b]\ncommand = [\"x\"]\nafter = [\"a\"]\n";
+        let e = one_error(text);
+        assert_eq!(
+            e,
+            "t.toml:6:10: service.b.after: dependency cycle: a -> b -> a"
+        );
+    }
+
+    #[test]
+    fn demo_config_is_valid() {
+        let text = crate::config::demo_text();
+        assert_eq!(errors(&text), Vec::<String>::new());
     }
 }

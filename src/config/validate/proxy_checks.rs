@@ -1,0 +1,191 @@
+//! Semantic checks of `[proxy]`: its user, servers and locations, and what its upstreams refer to.
+//! (Its listen addresses are checked with everyone else's in `checks`.)
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+use super::checks::{check_group, check_max_duration, check_min_log_bytes, check_user, Ctx};
+use super::doc::KeyPath;
+use crate::config::values::ListenAddr;
+use crate::config::{LocationSpec, ServerSpec};
+
+pub(super) fn check_proxy(ctx: &mut Ctx) {
+    let rec = ctx.rec;
+    let Some(proxy) = &rec.config.proxy else {
+        return;
+    };
+    let pp = KeyPath::root().key("proxy");
+    if ctx.dropped(&pp) {
+        return;
+    }
+    check_user(ctx, &pp.key("user"), &proxy.user);
+    if let Some(group) = &proxy.group {
+        check_group(ctx, &pp.key("group"), group);
+    }
+    check_min_log_bytes(ctx, &pp.key("log_max_bytes"), proxy.log_max_bytes);
+    check_max_duration(ctx, &pp.key("stop_grace"), proxy.stop_grace);
+    let mut default_server: Option<KeyPath> = None;
+    for (i, server) in proxy.server.iter().enumerate() {
+        let sp = pp.key("server").index(i);
+        if server.default {
+            match &default_server {
+                Some(first) => ctx.at_value(
+                    &sp.key("default"),
+                    format!("{first} is already the default server; only one server can have default = true"),
+                ),
+                None => default_server = Some(sp.clone()),
+            }
+        }
+        check_server(ctx, &sp, server);
+    }
+}
+
+fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
+    let names = sp.key("server_name");
+    for (i, name) in server.server_name.iter().enumerate() {
+        if name.trim().is_empty() {
+            ctx.at(&names.index(i), &names, "server names must not be empty");
+        } else if let Some(pattern) = name.strip_prefix('~') {
+            if let Err(e) = regex::Regex::new(pattern) {
+                // regex's message draws a caret diagram over several lines; its last line is the reason.
+                let text = e.to_string();
+                let reason = text
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ");
+                ctx.at(
+                    &names.index(i),
+                    &names,
+                    format!("invalid regular expression {pattern:?}: {reason}"),
+                );
+            }
+        } else if name.contains(char::is_whitespace) {
+            ctx.at(
+                &names.index(i),
+                &names,
+                format!("server name {name:?} contains whitespace"),
+            );
+        }
+    }
+    // nginx refuses two locations with the same path and kind; a second one here could never match.
+    let mut seen: BTreeMap<(&str, bool), usize> = BTreeMap::new();
+    for (i, location) in server.location.iter().enumerate() {
+        let lp = sp.key("location").index(i);
+        check_location(ctx, &lp, location);
+        if let Some(first) = seen.insert((location.path.as_str(), location.exact), i) {
+            seen.insert((location.path.as_str(), location.exact), first);
+            ctx.at_value(
+                &lp.key("path"),
+                format!(
+                    "duplicate location {:?}: {} has the same path",
+                    location.path,
+                    sp.key("location").index(first)
+                ),
+            );
+        }
+    }
+}
+
+fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
+    let quiet_if_missing = ctx.lost_a_key(lp);
+    let path_missing_after_typo = location.path.is_empty() && quiet_if_missing;
+    if !ctx.dropped(&lp.key("path")) && !location.path.starts_with('/') && !path_missing_after_typo
+    {
+        let message = if location.path.is_empty() {
+            "missing path: every location needs a path starting with '/', like path = \"/\""
+                .to_string()
+        } else {
+            format!("location path {:?} must start with '/'", location.path)
+        };
+        ctx.at_value(&lp.key("path"), message);
+    }
+    let actions: Vec<&str> = [
+        ("upstream", location.upstream.is_some()),
+        ("root", location.root.is_some()),
+        ("alias", location.alias.is_some()),
+        ("return", location.return_status.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, is_set)| is_set.then_some(name))
+    .collect();
+    match actions.len() {
+        0 if quiet_if_missing => {}
+        0 => ctx.at_value(
+            lp,
+            "a location needs one of upstream, root, alias or return",
+        ),
+        1 => {}
+        _ => ctx.at_value(
+            lp,
+            format!(
+                "a location takes exactly one of upstream, root, alias or return, not {}",
+                actions.join(" and ")
+            ),
+        ),
+    }
+    if let Some(upstream) = &location.upstream {
+        check_upstream(ctx, &lp.key("upstream"), upstream);
+    }
+    if let Some(status) = location.return_status {
+        if !(100..=599).contains(&status) {
+            ctx.at_value(
+                &lp.key("return"),
+                format!("HTTP status {status} is out of range (100 to 599)"),
+            );
+        }
+    }
+    if location.redirect.is_some()
+        && !location
+            .return_status
+            .is_some_and(|s| (300..=399).contains(&s))
+    {
+        ctx.at_value(
+            &lp.key("redirect"),
+            "redirect needs a 3xx return status, like return = 302",
+        );
+    }
+}
+
+/// An upstream is an address (`unix:/path`, `IP:PORT`), or the name of a service that has `listen`.
+fn check_upstream(ctx: &mut Ctx, path: &KeyPath, upstream: &str) {
+    if upstream.starts_with("unix:") || upstream.contains(':') {
+        if let Err(e) = ListenAddr::parse(upstream) {
+            ctx.at_value(path, e);
+        }
+        return;
+    }
+    let rec = ctx.rec;
+    let service_path = Ctx::service_path(upstream);
+    match rec.config.service.get(upstream) {
+        Some(spec) => {
+            let listens = spec.listen.as_ref().is_some_and(|l| !l.to_vec().is_empty());
+            if !listens && !ctx.dropped(&service_path.key("listen")) {
+                ctx.at_value(
+                    path,
+                    format!("service {upstream:?} has no listen address to proxy to (set listen in [{service_path}])"),
+                );
+            }
+        }
+        // A service that exists but could not be read has been reported already.
+        None if rec.service_names.iter().any(|n| n == upstream) => {}
+        None => {
+            let known: Vec<&str> = rec
+                .config
+                .service
+                .iter()
+                .filter(|(_, s)| s.listen.is_some())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let hint = if known.is_empty() {
+                "no service has a listen address".to_string()
+            } else {
+                format!("services with a listen address: {}", known.join(", "))
+            };
+            ctx.at_value(
+                path,
+                format!("unknown service {upstream:?}; an upstream is a service name or an address like \"unix:/run/app.sock\" ({hint})"),
+            );
+        }
+    }
+}
