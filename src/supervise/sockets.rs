@@ -8,7 +8,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::sys::socket::{
     self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6, UnixAddr,
@@ -17,68 +17,15 @@ use nix::unistd::{Gid, Uid};
 
 const BACKLOG: i32 = 1024;
 
-/// A parsed `listen` address.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ListenAddr {
-    Unix(PathBuf),
-    Tcp(SocketAddr),
-}
+pub use crate::config::values::ListenAddr;
 
-impl ListenAddr {
-    pub fn parse(text: &str) -> Result<ListenAddr, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if !path.starts_with('/') {
-                return Err(format!("{text:?}: a unix socket path must be absolute"));
-            }
-            return Ok(ListenAddr::Unix(PathBuf::from(path)));
-        }
-        text.parse::<SocketAddr>()
-            .map(ListenAddr::Tcp)
-            .map_err(|_| {
-                format!("{text:?}: expected \"unix:/path\", \"IP:PORT\" or \"[IPv6]:PORT\"")
-            })
-    }
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            ListenAddr::Tcp(a) => write!(f, "{a}"),
-        }
-    }
-}
-
-/// The addresses of each replica: with one replica the address as written; with N, `app.sock` becomes
-/// `app@0.sock` .. and port P becomes P..P+N-1. One socket per replica lets the proxy pick the replica with
-/// the fewest requests in flight, which a shared socket (the kernel picks) cannot.
+/// The address strings of each replica, as `ListenAddr::for_replicas` expands them. One socket per replica
+/// lets the proxy pick the replica with the fewest requests in flight, which a shared socket (where the
+/// kernel picks) cannot. The config checker has already refused addresses that do not expand.
 pub fn replica_addresses(listen: &str, replicas: u32) -> Vec<String> {
-    if replicas <= 1 {
-        return vec![listen.to_string()];
-    }
-    match ListenAddr::parse(listen) {
-        Ok(ListenAddr::Unix(path)) => {
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let ext = path
-                .extension()
-                .map(|e| format!(".{}", e.to_string_lossy()))
-                .unwrap_or_default();
-            (0..replicas)
-                .map(|i| {
-                    format!(
-                        "unix:{}",
-                        path.with_file_name(format!("{stem}@{i}{ext}")).display()
-                    )
-                })
-                .collect()
-        }
-        Ok(ListenAddr::Tcp(addr)) => (0..replicas)
-            .map(|i| SocketAddr::new(addr.ip(), addr.port().saturating_add(i as u16)).to_string())
-            .collect(),
-        Err(_) => vec![listen.to_string(); replicas as usize],
+    match ListenAddr::parse(listen).and_then(|a| a.for_replicas(replicas)) {
+        Ok(addrs) => addrs.iter().map(|a| a.to_string()).collect(),
+        Err(_) => vec![listen.to_string(); replicas.max(1) as usize],
     }
 }
 

@@ -25,7 +25,7 @@ use super::probes::{self, Check, ExecRequest, ProbeKind, ProbeResult, Verdict};
 use super::proxy_link::ProxyFeeds;
 use super::sockets::{self, ListenAddr, Listener};
 use super::state::{Event, ExitStatus, Machine, Policy, State};
-use super::unit::{parse_signal, Unit, UnitKind};
+use super::unit::{Unit, UnitKind};
 use super::{Outcome, RunOptions};
 use crate::config::{Config, ServiceSpec};
 use crate::control::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
@@ -203,7 +203,8 @@ impl Supervisor {
                 replica: (replicas > 1).then_some(i),
                 kind,
                 policy: Policy::from_spec(&spec),
-                stop_signal: parse_signal(&spec.stop_signal).unwrap_or(Signal::SIGTERM),
+                stop_signal: crate::config::values::parse_signal(&spec.stop_signal)
+                    .unwrap_or(Signal::SIGTERM),
                 machine: Machine::default(),
                 want_up: spec.autostart,
                 pid: None,

@@ -165,14 +165,3 @@ impl Unit {
         }
     }
 }
-
-/// Parse "TERM", "SIGTERM", "term" into a signal.
-pub fn parse_signal(name: &str) -> Option<Signal> {
-    let upper = name.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse().ok()
-}
