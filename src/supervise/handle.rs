@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -33,27 +35,63 @@ pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 pub enum Request {
     /// `name`: a service (`app`, all its replicas) or a replica (`app@1`); None for all.
-    Status { name: Option<String>, reply: Reply<Vec<ServiceStatus>> },
-    Control { name: String, action: Action, reply: Reply<ActionReply> },
-    Reload { reply: Reply<ReloadReply> },
-    Shutdown { reboot: bool, reply: Reply<ActionReply> },
-    Logs { name: String, stream: LogStream, reply: Reply<LogSource> },
+    Status {
+        name: Option<String>,
+        reply: Reply<Vec<ServiceStatus>>,
+    },
+    Control {
+        name: String,
+        action: Action,
+        reply: Reply<ActionReply>,
+    },
+    Reload {
+        reply: Reply<ReloadReply>,
+    },
+    Shutdown {
+        reboot: bool,
+        reply: Reply<ActionReply>,
+    },
+    Logs {
+        name: String,
+        stream: LogStream,
+        reply: Reply<LogSource>,
+    },
 }
 
 /// A cheap, cloneable sender to the supervisor.
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Request>,
+    /// Set by whoever runs the shutdown sequence; read by `status` (`"draining": true`).
+    draining: Arc<AtomicBool>,
 }
 
 fn gone() -> ApiError {
-    ApiError { status: 503, message: "supervisor is shutting down".into() }
+    ApiError {
+        status: 503,
+        message: "supervisor is shutting down".into(),
+    }
 }
 
 impl Handle {
     pub fn new() -> (Handle, mpsc::UnboundedReceiver<Request>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Handle { tx }, rx)
+        (
+            Handle {
+                tx,
+                draining: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// Mark the instance as draining for shutdown (seen by every clone of this handle).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, ApiError> {
@@ -67,7 +105,12 @@ impl Handle {
     }
 
     pub async fn control(&self, name: String, action: Action) -> Result<ActionReply, ApiError> {
-        self.ask(|reply| Request::Control { name, action, reply }).await
+        self.ask(|reply| Request::Control {
+            name,
+            action,
+            reply,
+        })
+        .await
     }
 
     pub async fn reload(&self) -> Result<ReloadReply, ApiError> {
@@ -79,6 +122,11 @@ impl Handle {
     }
 
     pub async fn logs(&self, name: String, stream: LogStream) -> Result<LogSource, ApiError> {
-        self.ask(|reply| Request::Logs { name, stream, reply }).await
+        self.ask(|reply| Request::Logs {
+            name,
+            stream,
+            reply,
+        })
+        .await
     }
 }
