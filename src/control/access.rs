@@ -84,7 +84,7 @@ fn listed_member(uid: u32, group: u32) -> bool {
     let Ok(Some(group)) = Group::from_gid(Gid::from_raw(group)) else {
         return false;
     };
-    group.mem.iter().any(|member| *member == user.name)
+    group.mem.contains(&user.name)
 }
 
 #[cfg(test)]
