@@ -138,25 +138,27 @@ impl Drop for FakeStack {
 
 fn service(name: &str, state: State) -> ServiceStatus {
     let (service, replica) = match name.split_once('@') {
-        Some((service, replica)) => (service.to_owned(), replica.parse().ok()),
+        Some((service, replica)) => (service.to_owned(), replica.parse::<u32>().ok()),
         None => (name.to_owned(), None),
     };
     let running = state == State::Running;
-    ServiceStatus {
-        name: name.into(),
-        service: service.clone(),
-        replica,
-        state,
-        ready: running,
-        pid: running.then_some(1000 + name.len() as i32),
-        restarts: 0,
-        uptime_secs: running.then_some(45.0),
-        last_exit: None,
-        reason: None,
-        oneshot: false,
-        stdout: PathBuf::from(format!("/logs/{service}.out.log")),
-        stderr: PathBuf::from(format!("/logs/{service}.err.log")),
-    }
+    // Built from JSON so that fields added to ServiceStatus later (with serde defaults) need no change here.
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "service": service,
+        "replica": replica,
+        "state": state,
+        "ready": running,
+        "pid": running.then_some(1000 + name.len() as i32),
+        "restarts": 0,
+        "uptime_secs": running.then_some(45.0),
+        "last_exit": null,
+        "reason": null,
+        "oneshot": false,
+        "stdout": format!("/logs/{service}.out.log"),
+        "stderr": format!("/logs/{service}.err.log"),
+    }))
+    .expect("a ServiceStatus")
 }
 
 fn canned_services() -> Vec<ServiceStatus> {

@@ -132,24 +132,26 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     fn service(name: &str, state: State) -> ServiceStatus {
-        ServiceStatus {
-            name: name.into(),
-            service: name.split('@').next().unwrap_or(name).into(),
-            replica: None,
-            state,
-            ready: state == State::Running,
-            pid: (state == State::Running).then_some(4242),
-            restarts: 0,
-            uptime_secs: (state == State::Running).then_some(11_532.4),
-            last_exit: None,
-            reason: None,
-            oneshot: false,
-            stdout: PathBuf::from("/logs/x.out.log"),
-            stderr: PathBuf::from("/logs/x.err.log"),
-        }
+        let running = state == State::Running;
+        // From JSON, so fields added later with serde defaults need no change here.
+        serde_json::from_value(serde_json::json!({
+            "name": name,
+            "service": name.split('@').next().unwrap_or(name),
+            "replica": null,
+            "state": state,
+            "ready": running,
+            "pid": running.then_some(4242),
+            "restarts": 0,
+            "uptime_secs": running.then_some(11_532.4),
+            "last_exit": null,
+            "reason": null,
+            "oneshot": false,
+            "stdout": "/logs/x.out.log",
+            "stderr": "/logs/x.err.log",
+        }))
+        .unwrap()
     }
 
     #[test]
