@@ -1,5 +1,8 @@
 //! The control socket: HTTP/1.1 + JSON over a unix socket, served by init and used by the CLI.
 
+mod access;
 pub mod api;
 pub mod client;
 pub mod server;
+mod table;
+mod tail;

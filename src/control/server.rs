@@ -1,16 +1,639 @@
-//! The init side of the control socket.
+//! The init side of the control socket: HTTP/1.1 + JSON over a unix socket.
+//!
+//! Endpoints (every error is `{"error": "..."}` with a 4xx/5xx status):
+//! - `GET  /v1/status`, `GET /v1/status/NAME` -> `StatusReply` (NAME: a service, meaning all its
+//!   replicas, or one replica `app@1`)
+//! - `POST /v1/services/NAME/start|stop|restart` -> `ActionReply`
+//! - `POST /v1/reload` -> `ReloadReply` (400 with the config errors when the new config is invalid)
+//! - `POST /v1/shutdown[?reboot=1]` (or body `{"reboot": true}`) -> `ActionReply`
+//! - `GET  /v1/services/NAME/logs?stream=stdout|stderr&lines=N&follow=1` -> `text/plain`, the last N
+//!   lines, then (follow) every new complete line as a chunked body until the client goes away.
+//!
+//! The server only translates HTTP to `Handle` requests; the supervisor decides everything.
 #![forbid(unsafe_code)]
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::unistd::Gid;
+use serde::{Deserialize, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::Semaphore;
 
-use crate::supervise::handle::Handle;
+use super::access::Policy;
+use super::api::{ApiError, ErrorReply, StatusReply};
+use super::tail::{complete_lines, tail};
+use crate::supervise::handle::{Action, Handle, LogStream};
+
+/// Largest request body accepted (the API's bodies are tiny JSON objects).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request head (hyper's minimum buffer size is 8 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// A client must send its request head (and then its body) within this time.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog, so a flood can't exhaust PID 1's fds.
+const MAX_CONNECTIONS: usize = 64;
+/// After a failed accept (out of fds), wait this long before the next try instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// `lines` when the query doesn't say.
+const DEFAULT_TAIL_LINES: usize = 50;
+
+type ReplyBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Bind the control socket (mode 0660, group `group`) and serve it on the current runtime until the
 /// process exits. Returns once the socket is bound, so clients can connect as soon as it returns.
 pub async fn serve(path: &Path, group: Option<Gid>, handle: Handle) -> io::Result<()> {
-    let _ = (path, group, handle);
+    let listener = bind(path, group)
+        .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
+    let policy = Policy::new(nix::unistd::geteuid().as_raw(), group.map(Gid::as_raw));
+    tracing::info!(socket = %path.display(), "control socket listening");
+    tokio::spawn(accept_loop(listener, policy, handle));
     Ok(())
+}
+
+fn bind(path: &Path, group: Option<Gid>) -> io::Result<UnixListener> {
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)?;
+    }
+    remove_stale_socket(path)?;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = group {
+        // The owner stays who we are: root in production, where that makes it root:group.
+        nix::unistd::chown(path, None, Some(group))?;
+    }
+    Ok(listener)
+}
+
+/// A socket file left by an earlier run is removed; a live one (another stackinit) or a non-socket
+/// file is an error rather than something to delete.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a socket",
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is serving this socket",
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+async fn accept_loop(listener: UnixListener, policy: Policy, handle: Handle) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    serve_connection(stream, policy, handle).await;
+                    drop(slot);
+                });
+            }
+            Err(err) => {
+                tracing::warn!(%err, "control socket: accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Who is on the other end of a connection, decided once when it is accepted.
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    uid: Option<u32>,
+    allowed: bool,
+}
+
+async fn serve_connection(stream: UnixStream, policy: Policy, handle: Handle) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => {
+            let allowed = policy.allows(&cred);
+            if !allowed {
+                tracing::warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "control socket: peer refused");
+            }
+            Peer {
+                uid: Some(cred.uid()),
+                allowed,
+            }
+        }
+        Err(err) => {
+            tracing::warn!(%err, "control socket: no peer credentials; refusing");
+            Peer {
+                uid: None,
+                allowed: false,
+            }
+        }
+    };
+    let service = hyper::service::service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(respond(request, peer, &handle).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    if let Err(err) = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%err, "control socket: connection ended with an error");
+    }
+}
+
+async fn respond(request: Request<Incoming>, peer: Peer, handle: &Handle) -> Response<ReplyBody> {
+    if !peer.allowed {
+        return error_response(&ApiError {
+            status: 403,
+            message: "permission denied: the control socket is for root and the control group"
+                .into(),
+        });
+    }
+    match handle_request(request, peer, handle).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn handle_request(
+    request: Request<Incoming>,
+    peer: Peer,
+    handle: &Handle,
+) -> Result<Response<ReplyBody>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let route = Route::parse(&path)?;
+    let method = route.method();
+    if request.method() != method {
+        return Ok(method_not_allowed(request.method(), &path, &method));
+    }
+    let query = Query::parse(request.uri().query().unwrap_or(""))?;
+    if method == Method::POST {
+        tracing::info!(uid = ?peer.uid, %path, "control request");
+    }
+    match route {
+        Route::Status(name) => {
+            let services = handle.status(name).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &StatusReply {
+                    services,
+                    draining: handle.is_draining(),
+                },
+            ))
+        }
+        Route::Control(name, action) => {
+            read_json_body(request.into_body()).await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &handle.control(name, action).await?,
+            ))
+        }
+        Route::Reload => {
+            read_json_body(request.into_body()).await?;
+            Ok(json_response(StatusCode::OK, &handle.reload().await?))
+        }
+        Route::Shutdown => {
+            let body: ShutdownBody = match read_json_body(request.into_body()).await? {
+                Some(value) => serde_json::from_value(value).map_err(|err| {
+                    ApiError::bad_request(format!("invalid shutdown request: {err}"))
+                })?,
+                None => ShutdownBody::default(),
+            };
+            let reboot = query.flag("reboot")? || body.reboot;
+            Ok(json_response(
+                StatusCode::OK,
+                &handle.shutdown(reboot).await?,
+            ))
+        }
+        Route::Logs(name) => logs(handle, name, &query).await,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Status(Option<String>),
+    Control(String, Action),
+    Logs(String),
+    Reload,
+    Shutdown,
+}
+
+impl Route {
+    fn parse(path: &str) -> Result<Route, ApiError> {
+        let not_found = || ApiError::not_found(format!("no such endpoint: {path}"));
+        let rest = path.strip_prefix("/v1/").ok_or_else(not_found)?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        let name = |raw: &str| -> Result<String, ApiError> {
+            match percent_decode(raw)? {
+                name if name.is_empty() => Err(not_found()),
+                name => Ok(name),
+            }
+        };
+        Ok(match segments.as_slice() {
+            ["status"] => Route::Status(None),
+            ["status", service] => Route::Status(Some(name(service)?)),
+            ["services", service, "start"] => Route::Control(name(service)?, Action::Start),
+            ["services", service, "stop"] => Route::Control(name(service)?, Action::Stop),
+            ["services", service, "restart"] => Route::Control(name(service)?, Action::Restart),
+            ["services", service, "logs"] => Route::Logs(name(service)?),
+            ["reload"] => Route::Reload,
+            ["shutdown"] => Route::Shutdown,
+            _ => return Err(not_found()),
+        })
+    }
+
+    fn method(&self) -> Method {
+        match self {
+            Route::Status(_) | Route::Logs(_) => Method::GET,
+            Route::Control(..) | Route::Reload | Route::Shutdown => Method::POST,
+        }
+    }
+}
+
+/// `%XX` escapes decoded; the result must be UTF-8.
+fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::bad_request(format!("bad percent-encoding in {text:?}"));
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .ok_or_else(bad)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// The query string's parameters; unknown ones are ignored.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(query: &str) -> Result<Query, ApiError> {
+        let mut pairs = Vec::new();
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            pairs.push((
+                percent_decode(key)?,
+                percent_decode(&value.replace('+', " "))?,
+            ));
+        }
+        Ok(Query(pairs))
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `?follow`, `?follow=1`, `=true`, `=yes` are true; absent, `=0`, `=false`, `=no` are false.
+    fn flag(&self, key: &str) -> Result<bool, ApiError> {
+        match self.get(key) {
+            None | Some("0" | "false" | "no") => Ok(false),
+            Some("" | "1" | "true" | "yes") => Ok(true),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "{key} must be 1 or 0, not {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShutdownBody {
+    #[serde(default)]
+    reboot: bool,
+}
+
+/// The request body, bounded in size and time; None when empty, else it must be JSON.
+async fn read_json_body(body: Incoming) -> Result<Option<serde_json::Value>, ApiError> {
+    let collected = match tokio::time::timeout(
+        READ_TIMEOUT,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ApiError {
+                status: 408,
+                message: "timed out reading the request body".into(),
+            })
+        }
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError {
+                status: 413,
+                message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
+            })
+        }
+        Ok(Err(err)) => {
+            return Err(ApiError::bad_request(format!(
+                "cannot read the request body: {err}"
+            )))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    if collected.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&collected)
+        .map(Some)
+        .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
+}
+
+async fn logs(
+    handle: &Handle,
+    name: String,
+    query: &Query,
+) -> Result<Response<ReplyBody>, ApiError> {
+    let stream = match query.get("stream") {
+        None | Some("stdout") => LogStream::Stdout,
+        Some("stderr") => LogStream::Stderr,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "stream must be stdout or stderr, not {other:?}"
+            )))
+        }
+    };
+    let lines = match query.get("lines") {
+        None => DEFAULT_TAIL_LINES,
+        Some(n) => n
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("lines must be a count, not {n:?}")))?,
+    };
+    let follow = query.flag("follow")?;
+    // The supervisor subscribes us to the live feed before it answers and the file is read after,
+    // so no line falls between the two (one written in between may show up twice).
+    let source = handle.logs(name, stream).await?;
+    let path = source.path;
+    let read = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || read_tail(&path, lines)).await
+    };
+    let text = match read {
+        Ok(Ok(text)) => text,
+        Ok(Err(err)) => return Err(internal(format!("cannot read {}: {err}", path.display()))),
+        Err(_) => return Err(internal(format!("reading {} failed", path.display()))),
+    };
+    let body = if follow {
+        FollowBody {
+            first: Some(Bytes::from(complete_lines(text))),
+            next: Some(next_line(source.lines)),
+        }
+        .boxed_unsync()
+    } else {
+        Full::new(Bytes::from(text)).boxed_unsync()
+    };
+    Ok(with_content_type(Response::new(body), "text/plain"))
+}
+
+/// A log file that doesn't exist yet has no lines.
+fn read_tail(path: &Path, lines: usize) -> io::Result<Vec<u8>> {
+    match tail(path, lines) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        other => other,
+    }
+}
+
+type NextLine =
+    Pin<Box<dyn Future<Output = (broadcast::Receiver<Bytes>, Result<Bytes, RecvError>)> + Send>>;
+
+fn next_line(mut lines: broadcast::Receiver<Bytes>) -> NextLine {
+    Box::pin(async move {
+        let line = lines.recv().await;
+        (lines, line)
+    })
+}
+
+/// The tail, then each new line as its own chunk. Dropped (and so unsubscribed) when the client goes
+/// away; ends when the log itself goes away (service removed).
+struct FollowBody {
+    first: Option<Bytes>,
+    next: Option<NextLine>,
+}
+
+impl Body for FollowBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(first) = self.first.take().filter(|first| !first.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        let Some(next) = self.next.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (lines, line) = ready!(next.as_mut().poll(cx));
+        let chunk = match line {
+            Ok(line) => with_newline(line),
+            Err(RecvError::Lagged(skipped)) => Bytes::from(format!(
+                "[stackinit: {skipped} lines skipped: this reader fell behind]\n"
+            )),
+            Err(RecvError::Closed) => {
+                self.next = None;
+                return Poll::Ready(None);
+            }
+        };
+        self.next = Some(next_line(lines));
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
+    }
+}
+
+fn with_newline(line: Bytes) -> Bytes {
+    if line.ends_with(b"\n") {
+        return line;
+    }
+    let mut owned = Vec::with_capacity(line.len() + 1);
+    owned.extend_from_slice(&line);
+    owned.push(b'\n');
+    Bytes::from(owned)
+}
+
+fn internal(message: String) -> ApiError {
+    ApiError {
+        status: 500,
+        message,
+    }
+}
+
+fn with_content_type(
+    mut response: Response<ReplyBody>,
+    content_type: &'static str,
+) -> Response<ReplyBody> {
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ReplyBody> {
+    let mut body = serde_json::to_vec(value).unwrap_or_else(|err| {
+        tracing::error!(%err, "control socket: reply not serializable");
+        br#"{"error": "reply not serializable"}"#.to_vec()
+    });
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *response.status_mut() = status;
+    with_content_type(response, "application/json")
+}
+
+fn error_response(err: &ApiError) -> Response<ReplyBody> {
+    let status = StatusCode::from_u16(err.status)
+        .ok()
+        .filter(|status| status.is_client_error() || status.is_server_error())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(
+        status,
+        &ErrorReply {
+            error: err.message.clone(),
+        },
+    )
+}
+
+fn method_not_allowed(got: &Method, path: &str, allowed: &Method) -> Response<ReplyBody> {
+    let mut response = error_response(&ApiError {
+        status: 405,
+        message: format!("{got} is not allowed on {path}; use {allowed}"),
+    });
+    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+        response.headers_mut().insert(ALLOW, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(Route::parse("/v1/status").unwrap(), Route::Status(None));
+        assert_eq!(
+            Route::parse("/v1/status/app@1").unwrap(),
+            Route::Status(Some("app@1".into()))
+        );
+        assert_eq!(
+            Route::parse("/v1/status/app%401").unwrap(),
+            Route::Status(Some("app@1".into()))
+        );
+        assert_eq!(
+            Route::parse("/v1/services/web/restart").unwrap(),
+            Route::Control("web".into(), Action::Restart)
+        );
+        assert_eq!(
+            Route::parse("/v1/services/web/logs").unwrap(),
+            Route::Logs("web".into())
+        );
+        assert_eq!(Route::parse("/v1/reload").unwrap(), Route::Reload);
+        assert_eq!(Route::parse("/v1/shutdown").unwrap(), Route::Shutdown);
+        for missing in [
+            "/",
+            "/v1",
+            "/v1/",
+            "/v1/status/",
+            "/v1/services/web",
+            "/v1/services/web/kill",
+            "/v2/status",
+        ] {
+            assert_eq!(Route::parse(missing).unwrap_err().status, 404, "{missing}");
+        }
+        assert_eq!(Route::parse("/v1/status/%zz").unwrap_err().status, 400);
+        assert_eq!(Route::parse("/v1/status/%ff").unwrap_err().status, 400);
+        assert_eq!(Route::parse("/v1/status/%4").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn query_flags_and_values() {
+        let query = Query::parse("follow&lines=10&stream=std%65rr&reboot=0").unwrap();
+        assert!(query.flag("follow").unwrap());
+        assert!(!query.flag("reboot").unwrap());
+        assert!(!query.flag("absent").unwrap());
+        assert_eq!(query.get("lines"), Some("10"));
+        assert_eq!(query.get("stream"), Some("stderr"));
+        assert_eq!(
+            Query::parse("follow=maybe")
+                .unwrap()
+                .flag("follow")
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn errors_never_carry_a_success_status() {
+        let response = error_response(&ApiError {
+            status: 200,
+            message: "odd".into(),
+        });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let response = error_response(&ApiError {
+            status: 1000,
+            message: "odd".into(),
+        });
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            error_response(&ApiError::conflict("busy")).status(),
+            StatusCode::CONFLICT
+        );
+    }
+
+    #[test]
+    fn lines_get_a_newline() {
+        assert_eq!(
+            with_newline(Bytes::from_static(b"a")),
+            Bytes::from_static(b"a\n")
+        );
+        assert_eq!(
+            with_newline(Bytes::from_static(b"a\n")),
+            Bytes::from_static(b"a\n")
+        );
+    }
 }

@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -60,6 +62,8 @@ pub enum Request {
 #[derive(Clone)]
 pub struct Handle {
     tx: mpsc::UnboundedSender<Request>,
+    /// Set by whoever runs the shutdown sequence; read by `status` (`"draining": true`).
+    draining: Arc<AtomicBool>,
 }
 
 fn gone() -> ApiError {
@@ -72,7 +76,16 @@ fn gone() -> ApiError {
 impl Handle {
     pub fn new() -> (Handle, mpsc::UnboundedReceiver<Request>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Handle { tx }, rx)
+        (Handle { tx, draining: Arc::default() }, rx)
+    }
+
+    /// Mark the instance as draining for shutdown (seen by every clone of this handle).
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, ApiError> {
