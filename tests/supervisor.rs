@@ -342,3 +342,88 @@ start_secs = "100ms"
         "dependents stop before what they depend on"
     );
 }
+
+#[test]
+fn no_log_line_is_lost_split_or_duplicated_across_rotations_and_restarts() {
+    const TOTAL: usize = 200_000;
+    let stack = Stack::start(&format!(
+        r#"
+[service.chatty]
+command = ["python3", "-c", """
+import os, sys
+counter = '{{dir}}/counter'
+n = int(open(counter).read()) if os.path.exists(counter) else 0
+if n >= {TOTAL}:
+    os.execvp('sleep', ['sleep', '100000'])
+end = min(n + 23000, {TOTAL})
+w = sys.stdout.write
+for i in range(n, end):
+    w('line %06d %s\\n' % (i, 'x' * (i % 61)))
+sys.stdout.flush()
+open(counter, 'w').write(str(end))
+sys.exit(1)
+"""]
+start_secs = "0s"
+start_limit = 1000
+backoff_initial = "10ms"
+backoff_max = "20ms"
+log_max_bytes = "256KB"
+log_backups = 500
+"#
+    ));
+    let counter = stack.path("counter");
+    assert!(
+        wait_until(Duration::from_secs(60), || std::fs::read_to_string(
+            &counter
+        )
+        .is_ok_and(|c| c.trim() == TOTAL.to_string())),
+        "writer never finished: {}",
+        stack.stderr()
+    );
+    stack.wait_state("chatty", "running", Duration::from_secs(10));
+    assert!(
+        stack.unit("chatty")["restarts"].as_u64().unwrap_or(0) >= 8,
+        "{}",
+        stack.unit("chatty")
+    );
+    // Gather the files oldest first: .N .. .1, then the current one.
+    let logs = stack.path("logs");
+    let base = logs.join("chatty.out.log");
+    let mut numbered: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("chatty.out.log.")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    assert!(
+        numbered.len() >= 10,
+        "expected many rotations, got {}",
+        numbered.len()
+    );
+    numbered.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    let mut files: Vec<std::path::PathBuf> = numbered.into_iter().map(|(_, p)| p).collect();
+    files.push(base);
+    let mut expected = 0usize;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends mid-line",
+            file.display()
+        );
+        assert!(
+            text.len() as u64 <= 256 * 1024,
+            "{} is over the limit",
+            file.display()
+        );
+        for line in text.lines() {
+            let want = format!("line {expected:06} {}", "x".repeat(expected % 61));
+            assert_eq!(line, want, "in {}", file.display());
+            expected += 1;
+        }
+    }
+    assert_eq!(expected, TOTAL, "lines missing at the end");
+}

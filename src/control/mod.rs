@@ -5,4 +5,3 @@ pub mod api;
 pub mod client;
 pub mod server;
 mod table;
-mod tail;

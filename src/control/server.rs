@@ -38,7 +38,7 @@ use tokio::sync::Semaphore;
 
 use super::access::Policy;
 use super::api::{ApiError, ErrorReply, StatusReply};
-use super::tail::{complete_lines, tail};
+use crate::logs::tail;
 use crate::supervise::handle::{Action, Handle, LogStream};
 
 /// Largest request body accepted (the API's bodies are tiny JSON objects).
@@ -432,6 +432,13 @@ async fn logs(
 }
 
 /// A log file that doesn't exist yet has no lines.
+/// Drop an unterminated last line: it is still being written, and follow sends it once complete.
+fn complete_lines(mut text: Vec<u8>) -> Vec<u8> {
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    text.truncate(keep);
+    text
+}
+
 fn read_tail(path: &Path, lines: usize) -> io::Result<Vec<u8>> {
     match tail(path, lines) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),

@@ -17,6 +17,8 @@ pub const STATE_FD_NAME: &str = "stackinit-state";
 pub const HTTP_FD_NAME: &str = "http";
 pub const HTTPS_FD_NAME: &str = "https";
 
+// A message is built a few times per proxy lifetime; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum InitMessage {

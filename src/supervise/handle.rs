@@ -76,7 +76,13 @@ fn gone() -> ApiError {
 impl Handle {
     pub fn new() -> (Handle, mpsc::UnboundedReceiver<Request>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Handle { tx, draining: Arc::default() }, rx)
+        (
+            Handle {
+                tx,
+                draining: Arc::default(),
+            },
+            rx,
+        )
     }
 
     /// Mark the instance as draining for shutdown (seen by every clone of this handle).

@@ -63,13 +63,15 @@ pub fn run(opts: RunOptions) -> Outcome {
             .control_group
             .as_deref()
             .and_then(launch::gid_of);
-        if let Err(e) = crate::control::server::serve(&socket, group, handle).await {
+        if let Err(e) = crate::control::server::serve(&socket, group, handle.clone()).await {
             tracing::error!("cannot serve the control socket {}: {e}", socket.display());
             if !opts.pid1 {
                 return Outcome::Exit(1);
             }
         }
-        supervisor::Supervisor::new(opts, requests).run().await
+        supervisor::Supervisor::new(opts, handle, requests)
+            .run()
+            .await
     })
 }
 

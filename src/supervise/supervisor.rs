@@ -73,6 +73,8 @@ pub struct Supervisor {
     notify_rx: mpsc::UnboundedReceiver<Notification>,
     notify_path: Option<PathBuf>,
     facts: crate::facts::Facts,
+    /// Our own mailbox handle, to publish the draining flag that `status` reports.
+    handle: super::handle::Handle,
 }
 
 fn rng_seed() -> u64 {
@@ -83,7 +85,11 @@ fn rng_seed() -> u64 {
 }
 
 impl Supervisor {
-    pub fn new(opts: RunOptions, requests: mpsc::UnboundedReceiver<Request>) -> Supervisor {
+    pub fn new(
+        opts: RunOptions,
+        handle: super::handle::Handle,
+        requests: mpsc::UnboundedReceiver<Request>,
+    ) -> Supervisor {
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
         let (exec_tx, exec_rx) = mpsc::unbounded_channel();
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
@@ -97,6 +103,7 @@ impl Supervisor {
             notify_rx,
             notify_path: None,
             facts: Default::default(),
+            handle,
             opts_pid1: opts.pid1,
             config: opts.config,
             config_path: opts.config_path,
@@ -368,13 +375,12 @@ impl Supervisor {
             }
             self.settle();
             if self.finished() {
-                // Let the log pumps drain what the last processes wrote.
-                tokio::task::yield_now().await;
                 let outcome = self
                     .shutdown
                     .as_ref()
                     .map_or(Outcome::Exit(0), |s| s.outcome);
                 info!("all services stopped");
+                self.close_logs().await;
                 return outcome;
             }
         }
@@ -503,9 +509,9 @@ impl Supervisor {
         let uptime = unit.started_at.map_or(Duration::ZERO, |t| t.elapsed());
         unit.pid = None;
         unit.health.reset();
-        let level_warn = !matches!(unit.machine.state, State::Stopping)
-            && !(unit.spec.oneshot && status == ExitStatus::Code(0));
-        if level_warn {
+        let expected = unit.machine.state == State::Stopping
+            || (unit.spec.oneshot && status == ExitStatus::Code(0));
+        if !expected {
             warn!("{name} (pid {pid}) ended: {}", status.describe());
         } else {
             info!("{name} (pid {pid}) ended: {}", status.describe());
@@ -816,6 +822,7 @@ impl Supervisor {
         let drain = self.config.init.shutdown_drain.0;
         info!("shutting down ({outcome:?}); draining for {drain:?}");
         crate::supervise::hooks::stopping();
+        self.handle.set_draining(true);
         for u in self.units.values_mut() {
             u.want_up = false;
         }
@@ -1234,6 +1241,19 @@ impl Supervisor {
             }
         };
         Ok(ActionReply { ok: true, message })
+    }
+
+    /// Drain every log pipe into its file before the runtime stops, so the last lines are not lost.
+    async fn close_logs(&mut self) {
+        self.units.clear();
+        if let Some(w) = self.proxy_writer.take() {
+            w.abort();
+        }
+        for (_, log) in self.logs.drain() {
+            if let Ok(log) = Rc::try_unwrap(log) {
+                log.close().await;
+            }
+        }
     }
 
     fn reopen_logs(&mut self) {
