@@ -64,6 +64,8 @@ pub struct Handle {
     tx: mpsc::UnboundedSender<Request>,
     /// Set by whoever runs the shutdown sequence; read by `status` (`"draining": true`).
     draining: Arc<AtomicBool>,
+    /// Every change of a unit's status, as the supervisor makes it (the event stream of the API).
+    events: broadcast::Sender<ServiceStatus>,
 }
 
 fn gone() -> ApiError {
@@ -80,6 +82,7 @@ impl Handle {
             Handle {
                 tx,
                 draining: Arc::default(),
+                events: broadcast::channel(1024).0,
             },
             rx,
         )
@@ -92,6 +95,17 @@ impl Handle {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A live feed of status changes: one `ServiceStatus` each time a unit's state, readiness, pid,
+    /// restarts, reason or probe result changes. Subscribers that fall behind get `Lagged`.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<ServiceStatus> {
+        self.events.subscribe()
+    }
+
+    /// Used by the supervisor only.
+    pub(crate) fn publish_event(&self, status: ServiceStatus) {
+        let _ = self.events.send(status);
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, ApiError> {

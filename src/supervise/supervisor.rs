@@ -75,6 +75,8 @@ pub struct Supervisor {
     facts: crate::facts::Facts,
     /// Our own mailbox handle, to publish the draining flag that `status` reports.
     handle: super::handle::Handle,
+    /// What was last published on the event stream per unit, to send only changes.
+    published: HashMap<String, ServiceStatus>,
 }
 
 fn rng_seed() -> u64 {
@@ -104,6 +106,7 @@ impl Supervisor {
             notify_path: None,
             facts: Default::default(),
             handle,
+            published: HashMap::new(),
             opts_pid1: opts.pid1,
             config: opts.config,
             config_path: opts.config_path,
@@ -716,7 +719,24 @@ impl Supervisor {
             self.drop_unused_listeners();
         }
         self.publish_proxy_state();
+        self.publish_events();
         self.report_stack_readiness();
+    }
+
+    /// Send the status of every unit that changed since the last call (uptime does not count).
+    fn publish_events(&mut self) {
+        let now = Instant::now();
+        for unit in self.units.values() {
+            let mut status = unit.status(now);
+            status.uptime_secs = None;
+            if self.published.get(&unit.name) != Some(&status) {
+                self.published.insert(unit.name.clone(), status.clone());
+                status.uptime_secs = unit.status(now).uptime_secs;
+                self.handle.publish_event(status);
+            }
+        }
+        self.published
+            .retain(|name, _| self.units.contains_key(name));
     }
 
     fn deps_waiting(&self, unit: &Unit) -> Option<String> {
