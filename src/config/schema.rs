@@ -151,6 +151,9 @@ pub struct ServiceSpec {
     pub stop_signal: String,
     /// Time between the stop signal and SIGKILL to the whole process group.
     pub stop_grace: Secs,
+    /// In a rolling restart, how long a new replica has to become ready before the rollout halts
+    /// (leaving the remaining old replicas serving).
+    pub ready_timeout: Secs,
     /// A failing critical service makes `/healthz` answer 503.
     pub critical: bool,
     /// The service sends READY=1 on $NOTIFY_SOCKET; it is ready only after that (and its probes).
@@ -194,6 +197,7 @@ impl Default for ServiceSpec {
             backoff_reset: Secs::from_secs(60),
             stop_signal: "TERM".into(),
             stop_grace: Secs::from_secs(10),
+            ready_timeout: Secs::from_secs(60),
             critical: true,
             notify: false,
             watchdog: None,
