@@ -229,7 +229,7 @@ fn answer(
                 .into_iter()
                 .filter(|s| {
                     name.as_deref()
-                        .map_or(true, |name| s.name == name || s.service == name)
+                        .is_none_or(|name| s.name == name || s.service == name)
                 })
                 .collect();
             let answer = match name {

@@ -300,10 +300,7 @@ fn check_probe(ctx: &mut Ctx, pp: &KeyPath, probe: &Probe, service_listens: bool
         _ => {}
     }
     if let Some(exec) = &probe.exec {
-        if exec
-            .first()
-            .map_or(true, |program| program.trim().is_empty())
-        {
+        if exec.first().is_none_or(|program| program.trim().is_empty()) {
             ctx.at_value(&pp.key("exec"), "the exec probe command is empty");
         }
     }
