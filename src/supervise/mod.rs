@@ -117,6 +117,8 @@ async fn supervise(opts: RunOptions) -> Outcome {
         if let Ok(child) = command.spawn() {
             pids.insert(name.clone(), Pid::from_raw(child.id() as i32));
         }
+        // Stand-in for readiness gating.
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     systemd::notify_ready(&format!("{}/{} ready", pids.len(), order.len()));
