@@ -177,7 +177,7 @@ pub fn reap_forever(reason: &str) -> PowerAction {
         "FALLBACK: PID 1 keeps running and only reaps; services are no longer supervised. \
          SIGTERM powers off, SIGINT reboots."
     ));
-    let watch = SignalWatch::new();
+    let watch = SignalWatch::install();
     let action = watch.reap_until_told();
     say(format_args!("fallback: got {action:?}"));
     action

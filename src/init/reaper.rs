@@ -65,7 +65,7 @@ pub struct SignalWatch {
 impl SignalWatch {
     /// Block SIGCHLD/SIGTERM/SIGINT/SIGPWR in this thread and read them from a signalfd. Should that fail,
     /// the watch still works for timed waits; it just cannot wake early.
-    pub fn new() -> SignalWatch {
+    pub fn install() -> SignalWatch {
         let mut mask = SigSet::empty();
         for signal in [
             Signal::SIGCHLD,

@@ -23,7 +23,7 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 /// returns the exit code for `main`.
 pub fn final_shutdown(role: Role, mounted: &Mounted, action: PowerAction) -> ExitCode {
     let steps = Steps::begin("shutdown:");
-    let watch = SignalWatch::new();
+    let watch = SignalWatch::install();
     steps.step(format_args!("final {} sequence", describe(action)));
     if role.is_pid1() {
         terminate_everything(&watch, &steps);
