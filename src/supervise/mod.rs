@@ -86,12 +86,13 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let logs_dir = config.init.logs_dir.clone();
-    if let Err(e) = prepare_logs_dir(&config.init) {
-        eprintln!("stackinit: cannot set up {}: {e}", logs_dir.display());
+    if let Err(e) = prepare_logging(&config.init) {
+        eprintln!(
+            "stackinit: cannot set up {}: {e}",
+            config.init.logs_dir.display()
+        );
         return ExitCode::FAILURE;
     }
-    crate::logs::init_tracing(Some(&logs_dir), &config.init.log_level);
     tracing::info!(
         "stackinit {} starting with {}",
         env!("CARGO_PKG_VERSION"),
@@ -107,6 +108,15 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
         Outcome::Exit(code) => ExitCode::from(code),
         Outcome::PowerOff | Outcome::Reboot => ExitCode::SUCCESS,
     }
+}
+
+/// `/logs` and stackinit's own log (stderr and `<logs_dir>/stackinit.log`). On error the own log still
+/// goes to stderr, so PID 1 can carry on and say what is wrong.
+pub fn prepare_logging(init: &crate::config::InitSpec) -> std::io::Result<()> {
+    let prepared = prepare_logs_dir(init);
+    let dir = prepared.is_ok().then_some(init.logs_dir.as_path());
+    crate::logs::init_tracing(dir, &init.log_level);
+    prepared
 }
 
 /// `/logs` with the owner and mode `[init]` asks for.

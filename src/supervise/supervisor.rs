@@ -84,6 +84,11 @@ pub struct Supervisor {
     handle: super::handle::Handle,
     /// What was last published on the event stream per unit, to send only changes.
     published: HashMap<String, ServiceStatus>,
+    /// The last STATUS= sent to systemd, so it is sent only when it changes.
+    last_summary: String,
+    /// When the next WATCHDOG=1 to systemd is due (half of its WATCHDOG_USEC).
+    systemd_watchdog: Option<(Duration, Instant)>,
+    power_button: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 fn rng_seed() -> u64 {
@@ -114,6 +119,9 @@ impl Supervisor {
             facts: Default::default(),
             handle,
             published: HashMap::new(),
+            last_summary: String::new(),
+            systemd_watchdog: None,
+            power_button: None,
             opts_pid1: opts.pid1,
             config: opts.config,
             config_path: opts.config_path,
@@ -345,9 +353,16 @@ impl Supervisor {
         let mut sigusr1 = unix_signal(SignalKind::user_defined1()).ok();
         let mut sigpwr = unix_signal(SignalKind::from_raw(libc::SIGPWR)).ok();
 
+        if crate::init::power_button::wanted(self.opts_pid1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            crate::init::power_button::spawn_watcher(tx);
+            self.power_button = Some(rx);
+        }
+        self.systemd_watchdog =
+            super::hooks::watchdog_interval().map(|every| (every, Instant::now()));
         let notify_path = self.config.init.control_socket.parent().map_or_else(
-            || PathBuf::from("/run/stackinit/notify.sock"),
-            |d| d.join("notify.sock"),
+            || PathBuf::from("/run/stackinit/service-notify.sock"),
+            |d| d.join("service-notify.sock"),
         );
         match notify::serve(&notify_path, self.notify_tx.clone()) {
             Ok(p) => self.notify_path = Some(p),
@@ -382,6 +397,10 @@ impl Supervisor {
                 Some(result) = self.probe_rx.recv() => self.on_probe_result(result),
                 Some(request) = self.exec_rx.recv() => self.run_exec_probe(request),
                 Some(message) = self.notify_rx.recv() => self.on_notification(message),
+                Some(()) = recv_press(&mut self.power_button) => {
+                    info!("power button pressed");
+                    self.on_stop_signal(Signal::SIGPWR);
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
             }
             self.settle();
@@ -426,12 +445,23 @@ impl Supervisor {
         let drain = self.shutdown.as_ref().and_then(|s| s.drain_until);
         let drains = self.units.values().filter_map(|u| u.drain_until);
         let rollouts = self.rollouts.iter().filter_map(|r| r.deadline);
-        let drain = drain.into_iter().chain(drains).chain(rollouts);
+        let systemd = self.systemd_watchdog.map(|(_, due)| due);
+        let drain = drain
+            .into_iter()
+            .chain(drains)
+            .chain(rollouts)
+            .chain(systemd);
         units.chain(watchdogs).chain(execs).chain(drain).min()
     }
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if let Some((every, due)) = self.systemd_watchdog {
+            if due <= now {
+                super::hooks::watchdog();
+                self.systemd_watchdog = Some((every, now + every));
+            }
+        }
         let drained: Vec<String> = self
             .units
             .values_mut()
@@ -1368,7 +1398,8 @@ impl Supervisor {
     pub fn reload(&mut self) -> Result<ReloadReply, ApiError> {
         crate::supervise::hooks::reloading();
         let result = self.reload_inner();
-        crate::supervise::hooks::reloaded();
+        self.settle();
+        crate::supervise::hooks::reloaded(&self.last_summary);
         result
     }
 
@@ -1581,12 +1612,22 @@ impl Supervisor {
         if self.shutdown.is_some() {
             summary = format!("stopping: {summary}");
         }
-        crate::supervise::hooks::status(&summary);
+        if summary != self.last_summary {
+            crate::supervise::hooks::status(&summary);
+            self.last_summary = summary.clone();
+        }
         if !self.stack_ready_sent && ready + fatal == autostart.len() {
             self.stack_ready_sent = true;
             info!("stack ready: {summary}");
             crate::supervise::hooks::ready(&summary);
         }
+    }
+}
+
+async fn recv_press(rx: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
