@@ -56,6 +56,18 @@ pub enum Request {
         stream: LogStream,
         reply: Reply<LogSource>,
     },
+    /// The instance facts and the units that make `/healthz` fail (for the dashboard).
+    Facts {
+        reply: Reply<InstanceInfo>,
+    },
+}
+
+/// Who this instance is, and what `/healthz` sees (besides the draining flag on the handle).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceInfo {
+    pub facts: crate::facts::Facts,
+    /// Critical services that are not ready, by unit name: the same list the proxy's `/healthz` uses.
+    pub unhealthy: Vec<String>,
 }
 
 /// A cheap, cloneable sender to the supervisor.
@@ -133,6 +145,10 @@ impl Handle {
 
     pub async fn shutdown(&self, reboot: bool) -> Result<ActionReply, ApiError> {
         self.ask(|reply| Request::Shutdown { reboot, reply }).await
+    }
+
+    pub async fn facts(&self) -> Result<InstanceInfo, ApiError> {
+        self.ask(|reply| Request::Facts { reply }).await
     }
 
     pub async fn logs(&self, name: String, stream: LogStream) -> Result<LogSource, ApiError> {
