@@ -24,6 +24,8 @@ fn start_stack(port: u16) -> Stack {
         r#"
 dashboard = "127.0.0.1:{port}"
 dashboard_token = "{TOKEN}"
+dashboard_user = "admin"
+dashboard_password = "s3cret pass"
 
 [service.alpha]
 command = ["sh", "-c", "echo '<img src=x onerror=window.pwned=1> alpha up'; exec sleep 100000"]
@@ -246,22 +248,45 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
     let pid = stack.pid_of("bravo");
 
     // No credentials, wrong ones: 401 with a challenge, on the page and on the API alike.
-    let reply = http(port, "GET", "/", &[], b"");
+    let reply = http(port, "GET", "/", &[("Accept", "text/html")], b"");
     assert_eq!(reply.status, 401, "{}", reply.text());
-    assert!(reply
-        .header("www-authenticate")
-        .is_some_and(|v| v.starts_with("Bearer")));
+    let challenges: Vec<&str> = reply
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic realm=")),
+        "{challenges:?}"
+    );
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Bearer realm=")),
+        "{challenges:?}"
+    );
     for (path, headers) in [
         ("/v1/status", vec![]),
         ("/v1/status", vec![("Authorization", "Bearer wrong")]),
         ("/v1/events", vec![("Cookie", "stackinit_session=guess")]),
         ("/?token=wrong", vec![]),
+        ("/", vec![("Authorization", "Basic YWRtaW46d3Jvbmc=")]), // admin:wrong
     ] {
         let reply = http(port, "GET", path, &headers, b"");
         assert_eq!(reply.status, 401, "{path} {headers:?}: {}", reply.text());
     }
     let reply = http(port, "POST", "/v1/services/bravo/stop", &[], b"");
     assert_eq!(reply.status, 401);
+
+    // Basic auth, as a browser sends it after its prompt.
+    let reply = http(
+        port,
+        "GET",
+        "/v1/status",
+        &[("Authorization", "Basic YWRtaW46czNjcmV0IHBhc3M=")], // admin:s3cret pass
+        b"",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["services"].as_array().map(Vec::len), Some(3));
 
     // With credentials: the page carries the CSRF token.
     let page = http(port, "GET", "/", &[("Authorization", &bearer)], b"");

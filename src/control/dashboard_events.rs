@@ -7,9 +7,9 @@
 //! : keepalive                                                              (every KEEPALIVE)
 //! ```
 //!
-//! One task per open stream, woken by the supervisor's broadcast, by its own keepalive timer, or by the
-//! client going away. Nothing runs when nobody is connected. The keepalive also re-reads the health,
-//! because the draining flag is set without a status change.
+//! One task per open stream, woken by the supervisor's broadcast, by the draining flag (set on
+//! shutdown without any status change), by its own keepalive timer, or by the client going away.
+//! Nothing runs when nobody is connected.
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -57,6 +57,7 @@ pub(super) fn stream(handle: Handle) -> Response<ReplyBody> {
 async fn feed(handle: Handle, tx: mpsc::Sender<Bytes>) {
     // Subscribe before taking the snapshot, so no change falls between the two.
     let mut events = handle.subscribe_events();
+    let mut draining = handle.watch_draining();
     let mut last_health = None;
     if !send_snapshot(&handle, &tx).await || !send_health(&handle, &tx, &mut last_health).await {
         return;
@@ -72,6 +73,7 @@ async fn feed(handle: Handle, tx: mpsc::Sender<Bytes>) {
                 Err(RecvError::Lagged(_)) => send_snapshot(&handle, &tx).await,
                 Err(RecvError::Closed) => return,
             },
+            Ok(()) = draining.changed() => true,
             _ = keepalive.tick() => send(&tx, ": keepalive\n\n").await,
         };
         if !sent || !send_health(&handle, &tx, &mut last_health).await {

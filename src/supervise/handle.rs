@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::control::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
 
@@ -78,6 +78,8 @@ pub struct Handle {
     draining: Arc<AtomicBool>,
     /// Every change of a unit's status, as the supervisor makes it (the event stream of the API).
     events: broadcast::Sender<ServiceStatus>,
+    /// The draining flag again, for those who wait for it to change (the dashboard's event stream).
+    draining_feed: Arc<watch::Sender<bool>>,
 }
 
 fn gone() -> ApiError {
@@ -95,6 +97,7 @@ impl Handle {
                 tx,
                 draining: Arc::default(),
                 events: broadcast::channel(1024).0,
+                draining_feed: Arc::new(watch::channel(false).0),
             },
             rx,
         )
@@ -103,6 +106,12 @@ impl Handle {
     /// Mark the instance as draining for shutdown (seen by every clone of this handle).
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
+        self.draining_feed.send_replace(draining);
+    }
+
+    /// A receiver that wakes whenever the draining flag is set or cleared.
+    pub fn watch_draining(&self) -> watch::Receiver<bool> {
+        self.draining_feed.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {
