@@ -44,6 +44,14 @@ pub struct InitSpec {
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
     pub imds: ImdsSpec,
+    /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
+    /// forwarding). Off when unset. A non-loopback address needs credentials.
+    pub dashboard: Option<String>,
+    /// Basic-auth credentials for the TCP dashboard (both or neither).
+    pub dashboard_user: Option<String>,
+    pub dashboard_password: Option<String>,
+    /// Bearer token for the TCP dashboard (`Authorization: Bearer T`, or open `/?token=T` once).
+    pub dashboard_token: Option<String>,
 }
 
 /// The EC2 instance metadata service (IMDSv2), asked once at boot for the instance's names and IPs.
@@ -80,6 +88,10 @@ impl Default for InitSpec {
             shutdown_drain: Secs::from_secs(0),
             hostname: None,
             imds: ImdsSpec::default(),
+            dashboard: None,
+            dashboard_user: None,
+            dashboard_password: None,
+            dashboard_token: None,
         }
     }
 }

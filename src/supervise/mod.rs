@@ -69,10 +69,30 @@ pub fn run(opts: RunOptions) -> Outcome {
                 return Outcome::Exit(1);
             }
         }
+        serve_dashboard(&opts.config.init, &handle).await;
         supervisor::Supervisor::new(opts, handle, requests)
             .run()
             .await
     })
+}
+
+/// The dashboard's optional TCP listener. A failure to bind is logged, never fatal: the stack matters
+/// more than its web UI.
+async fn serve_dashboard(init: &crate::config::InitSpec, handle: &handle::Handle) {
+    let Some(text) = init.dashboard.as_deref() else {
+        return;
+    };
+    let addr = match text.parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!("dashboard address {text:?}: {e}");
+            return;
+        }
+    };
+    let auth = crate::control::dashboard::Auth::from_init(init);
+    if let Err(e) = crate::control::dashboard::serve_tcp(addr, auth, handle.clone()).await {
+        tracing::error!("cannot serve the dashboard: {e}");
+    }
 }
 
 /// `stackinit run`: the supervisor in the foreground, not PID 1.

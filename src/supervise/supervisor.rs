@@ -1286,6 +1286,12 @@ impl Supervisor {
                     message: format!("shutting down ({outcome:?})"),
                 }));
             }
+            Request::Facts { reply } => {
+                let _ = reply.send(Ok(crate::supervise::handle::InstanceInfo {
+                    facts: self.facts.clone(),
+                    unhealthy: self.unhealthy_units(),
+                }));
+            }
             Request::Logs {
                 name,
                 stream,
@@ -1569,6 +1575,16 @@ impl Supervisor {
         self.proxy_feeds
             .config
             .send_replace(Some(Arc::new(runtime)));
+    }
+
+    /// Critical services that are not ready: what makes `/healthz` answer 503 (the same filter as
+    /// `publish_proxy_state`; the dashboard asks for it).
+    fn unhealthy_units(&self) -> Vec<String> {
+        self.units
+            .values()
+            .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.is_ready())
+            .map(|u| u.name.clone())
+            .collect()
     }
 
     fn publish_proxy_state(&mut self) {
