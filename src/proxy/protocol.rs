@@ -51,3 +51,72 @@ pub struct ProxyState {
     /// Critical services (or replicas) that are not ready; `/healthz` answers 503 while this is not empty.
     pub unhealthy: Vec<String>,
 }
+
+/// The address of every replica of a service listening on `listen`, in replica order.
+///
+/// One replica uses the address as written. With N > 1 each replica gets its own socket, so the proxy can send
+/// each request to the replica with the fewest in flight: `unix:/dir/app.sock` becomes `unix:/dir/app@0.sock` ..
+/// `unix:/dir/app@{N-1}.sock`, and `IP:PORT` becomes ports `PORT` .. `PORT+N-1`. Init binds the same addresses.
+pub fn replica_addresses(listen: &str, replicas: u32) -> Vec<String> {
+    let replicas = replicas.max(1);
+    if replicas == 1 {
+        return vec![listen.to_string()];
+    }
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let (dir, file) = match path.rfind('/') {
+            Some(slash) => path.split_at(slash + 1),
+            None => ("", path),
+        };
+        let (stem, ext) = match file.rfind('.') {
+            Some(dot) if dot > 0 => file.split_at(dot),
+            _ => (file, ""),
+        };
+        return (0..replicas).map(|i| format!("unix:{dir}{stem}@{i}{ext}")).collect();
+    }
+    if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
+        return (0..replicas)
+            .map(|i| {
+                let mut a = addr;
+                a.set_port(addr.port().saturating_add(i as u16));
+                a.to_string()
+            })
+            .collect();
+    }
+    // Not an address we can expand (a validated config never gets here): keep it for every replica.
+    (0..replicas).map(|_| listen.to_string()).collect()
+}
+
+/// Replica names of a service, matching `replica_addresses`: `app` for one replica, else `app@0` .. `app@{N-1}`.
+pub fn replica_names(service: &str, replicas: u32) -> Vec<String> {
+    if replicas <= 1 {
+        return vec![service.to_string()];
+    }
+    (0..replicas).map(|i| format!("{service}@{i}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_addresses_expand_unix_and_tcp() {
+        assert_eq!(replica_addresses("unix:/run/s/app.sock", 1), vec!["unix:/run/s/app.sock"]);
+        assert_eq!(
+            replica_addresses("unix:/run/s/app.sock", 3),
+            vec!["unix:/run/s/app@0.sock", "unix:/run/s/app@1.sock", "unix:/run/s/app@2.sock"]
+        );
+        assert_eq!(replica_addresses("unix:/run/s/app", 2), vec!["unix:/run/s/app@0", "unix:/run/s/app@1"]);
+        assert_eq!(replica_addresses("127.0.0.1:8000", 2), vec!["127.0.0.1:8000", "127.0.0.1:8001"]);
+        assert_eq!(replica_addresses("[::1]:8000", 2), vec!["[::1]:8000", "[::1]:8001"]);
+        assert_eq!(replica_names("app", 2), vec!["app@0", "app@1"]);
+        assert_eq!(replica_names("app", 1), vec!["app"]);
+    }
+
+    #[test]
+    fn init_messages_round_trip_as_json_lines() {
+        let msg = InitMessage::State(ProxyState { draining: true, ready: ["app@0".to_string()].into(), unhealthy: vec![] });
+        let line = serde_json::to_string(&msg).unwrap();
+        assert!(line.contains("\"type\":\"state\""));
+        assert_eq!(serde_json::from_str::<InitMessage>(&line).unwrap(), msg);
+    }
+}
