@@ -19,7 +19,7 @@ pub enum BadHost {
 }
 
 /// Normalize a Host header value as nginx's `ngx_http_validate_host` does: drop the port (`:...`, outside
-/// brackets), drop one trailing dot, lowercase; refuse empty names, `..`, `/`, `\`, NUL, controls and space.
+/// brackets), drop one trailing dot, lowercase; refuse empty names, `..`, `/`, NUL, controls and space.
 pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
     #[derive(PartialEq)]
     enum State {
@@ -55,7 +55,8 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
                     state = State::Rest;
                 }
             }
-            b'/' | b'\\' | 0 => return Err(BadHost::BadByte),
+            // nginx refuses only its path separator, `/`, on Unix; a backslash is a (useless) name byte.
+            b'/' | 0 => return Err(BadHost::BadByte),
             c if c <= 0x20 || c == 0x7f => return Err(BadHost::BadByte),
             _ => {}
         }
@@ -144,7 +145,8 @@ impl ServerNames {
             return index;
         }
         for (suffix, also_bare, index) in &self.leading {
-            if (host.len() > suffix.len() && host.ends_with(suffix.as_str())) || (*also_bare && host == &suffix[1..]) {
+            // nginx matches an empty first label too: ".example.org" is in "*.example.org".
+            if host.ends_with(suffix.as_str()) || (*also_bare && host == &suffix[1..]) {
                 return *index;
             }
         }
@@ -204,6 +206,7 @@ mod tests {
         assert_eq!(pick(&n, "b.a.example.org"), 3);
         assert_eq!(pick(&n, "a.example.org"), 2);
         assert_eq!(pick(&n, "example.org"), 0);
+        assert_eq!(pick(&n, ".example.org"), 2, "nginx: an empty first label matches a leading wildcard");
         assert_eq!(pick(&n, "www.example.com"), 4);
         assert_eq!(pick(&n, "www.example.co.uk"), 4);
         assert_eq!(pick(&n, "www.example"), 6);
