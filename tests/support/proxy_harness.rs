@@ -205,7 +205,16 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(id: &str) -> Echo {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Echo::serve(TcpListener::bind("127.0.0.1:0").unwrap(), id, false)
+    }
+
+    /// On a given address; `serial` serves one connection at a time and closes it after each response, like a
+    /// gunicorn sync worker.
+    pub fn start_on(addr: &str, id: &str, serial: bool) -> Echo {
+        Echo::serve(TcpListener::bind(addr).unwrap(), id, serial)
+    }
+
+    fn serve(listener: TcpListener, id: &str, serial: bool) -> Echo {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -219,9 +228,13 @@ impl Echo {
                 let Ok(stream) = stream else { continue };
                 let id = id.clone();
                 let requests = Arc::clone(&requests);
-                thread::spawn(move || {
-                    let _ = serve_echo(stream, &id, &requests);
-                });
+                if serial {
+                    let _ = serve_echo(stream, &id, &requests, true);
+                } else {
+                    thread::spawn(move || {
+                        let _ = serve_echo(stream, &id, &requests, false);
+                    });
+                }
             }
         });
         echo
@@ -235,7 +248,7 @@ impl Drop for Echo {
     }
 }
 
-fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize) -> std::io::Result<()> {
+fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize, close: bool) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
@@ -326,11 +339,15 @@ fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize) -> std::io::R
             "id": id, "method": method, "target": target, "headers": headers, "body_len": body_len,
         })
         .to_string();
+        let connection = if close { "Connection: close\r\n" } else { "" };
         writer.write_all(
-            format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-                .as_bytes(),
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{connection}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
         )?;
-        if header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+        if close || header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
             return Ok(());
         }
     }
