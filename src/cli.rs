@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "stackinit", version, about = "Boot, supervise and serve a web stack from one binary.")]
+#[command(
+    name = "stackinit",
+    version,
+    about = "Boot, supervise and serve a web stack from one binary."
+)]
 pub struct Cli {
     /// Control socket (default: $STACKINIT_SOCKET, else /run/stackinit/control.sock).
     #[arg(long, global = true, env = "STACKINIT_SOCKET")]

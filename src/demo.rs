@@ -21,7 +21,10 @@ use crate::proxy::server::{stopped, Listener};
 const MAX_SLOW_MS: u64 = 60_000;
 
 pub fn worker_main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stackinit demo-worker: cannot start the runtime: {e}");
@@ -38,7 +41,8 @@ pub fn worker_main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let fds = listen_fds::take_from_env()?.ok_or("no LISTEN_FDS: the demo worker serves sockets init hands it")?;
+    let fds = listen_fds::take_from_env()?
+        .ok_or("no LISTEN_FDS: the demo worker serves sockets init hands it")?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
     let mut serving = 0;
@@ -63,8 +67,10 @@ async fn run() -> Result<(), String> {
     if serving == 0 {
         return Err("none of the LISTEN_FDS is a listening socket".into());
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| e.to_string())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -130,7 +136,10 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
     let replica = std::env::var("STACKINIT_REPLICA").unwrap_or_else(|_| "0".into());
     let pid = std::process::id();
     let (status, text) = match req.uri().path() {
-        "/" => (StatusCode::OK, format!("stackinit demo worker: replica {replica}, pid {pid}\n")),
+        "/" => (
+            StatusCode::OK,
+            format!("stackinit demo worker: replica {replica}, pid {pid}\n"),
+        ),
         "/slow" => {
             let ms = req
                 .uri()
@@ -140,14 +149,18 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
                 .unwrap_or(100)
                 .min(MAX_SLOW_MS);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            (StatusCode::OK, format!("stackinit demo worker: replica {replica}, pid {pid}, slept {ms} ms\n"))
+            (
+                StatusCode::OK,
+                format!("stackinit demo worker: replica {replica}, pid {pid}, slept {ms} ms\n"),
+            )
         }
         _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
     };
     let mut response = Response::new(Full::new(Bytes::from(text)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     Ok(response)
 }

@@ -9,7 +9,10 @@ use stackinit::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = cli.socket.clone().unwrap_or_else(stackinit::paths::default_control_socket);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(stackinit::paths::default_control_socket);
     match cli.command {
         None if std::process::id() == 1 => stackinit::init::main(Default::default()),
         None => {
@@ -19,7 +22,9 @@ fn main() -> ExitCode {
         Some(Command::Init(config)) => stackinit::init::main(config),
         Some(Command::Run(config)) => stackinit::supervise::run_foreground(config),
         Some(Command::Check(config)) => stackinit::config::check_command(config),
-        Some(Command::Config { default, config }) => stackinit::config::print_command(default, config),
+        Some(Command::Config { default, config }) => {
+            stackinit::config::print_command(default, config)
+        }
         Some(Command::Proxy(config)) => stackinit::proxy::main(config),
         Some(Command::DemoWorker) => stackinit::demo::worker_main(),
         Some(command) => stackinit::control::client::main(&socket, command),

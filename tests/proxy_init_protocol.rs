@@ -52,7 +52,15 @@ fn start() -> InitSide {
     let child = command.spawn().expect("start stackinit proxy");
     drop(theirs);
     drop(listener);
-    InitSide { _dir: dir, proxy: Guarded { child, name: "proxy".into() }, channel: ours, addr }
+    InitSide {
+        _dir: dir,
+        proxy: Guarded {
+            child,
+            name: "proxy".into(),
+        },
+        channel: ours,
+        addr,
+    }
 }
 
 impl InitSide {
@@ -72,7 +80,13 @@ impl InitSide {
         loop {
             let reply = get(self.addr, "10.0.0.9", "/healthz").unwrap();
             if reply.status == status || Instant::now() > deadline {
-                assert_eq!(reply.status, status, "healthz: {} / {}", reply.text(), self.stderr());
+                assert_eq!(
+                    reply.status,
+                    status,
+                    "healthz: {} / {}",
+                    reply.text(),
+                    self.stderr()
+                );
                 return reply;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -84,7 +98,13 @@ impl InitSide {
         loop {
             let reply = get(self.addr, "app.test", path).unwrap();
             if reply.status == status || Instant::now() > deadline {
-                assert_eq!(reply.status, status, "{path}: {} / {}", reply.text(), self.stderr());
+                assert_eq!(
+                    reply.status,
+                    status,
+                    "{path}: {} / {}",
+                    reply.text(),
+                    self.stderr()
+                );
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -132,7 +152,11 @@ fn state_messages_drive_healthz_and_routing() {
     init.send(config(&echo.addr.to_string(), &["other.test"]));
     let deadline = Instant::now() + Duration::from_secs(10);
     while get(init.addr, "other.test", "/").unwrap().status != 200 {
-        assert!(Instant::now() < deadline, "reload not applied: {}", init.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied: {}",
+            init.stderr()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Init going away (channel closed) stops the proxy cleanly.
@@ -143,7 +167,10 @@ fn state_messages_drive_healthz_and_routing() {
             assert!(status.success(), "exit {status}");
             break;
         }
-        assert!(Instant::now() < deadline, "proxy did not stop after EOF on its channel");
+        assert!(
+            Instant::now() < deadline,
+            "proxy did not stop after EOF on its channel"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -40,7 +40,10 @@ fn one_gib_each_way_with_flat_rss() {
     // Download: count without keeping.
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
-        .write_all(format!("GET /download?bytes={GIB} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /download?bytes={GIB} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
     let mut reader = BufReader::with_capacity(1 << 20, stream);
     let mut head = Vec::new();
@@ -49,7 +52,11 @@ fn one_gib_each_way_with_flat_rss() {
         reader.read_exact(&mut b).unwrap();
         head.push(b[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -63,5 +70,8 @@ fn one_gib_each_way_with_flat_rss() {
 
     let rss = proxy.peak_rss_kib();
     eprintln!("proxy peak RSS after 2 GiB streamed: {rss} KiB");
-    assert!(rss < RSS_LIMIT_KIB, "peak RSS {rss} KiB >= {RSS_LIMIT_KIB} KiB: something buffered a body");
+    assert!(
+        rss < RSS_LIMIT_KIB,
+        "peak RSS {rss} KiB >= {RSS_LIMIT_KIB} KiB: something buffered a body"
+    );
 }

@@ -21,7 +21,13 @@ fn write_cert(dir: &Path, name: &str) -> std::path::PathBuf {
 }
 
 /// curl over TLS to `name` (resolved to 127.0.0.1); returns (http_version, status, body).
-fn curl(addr: SocketAddr, name: &str, ca: &Path, path: &str, http2: bool) -> (String, String, String) {
+fn curl(
+    addr: SocketAddr,
+    name: &str,
+    ca: &Path,
+    path: &str,
+    http2: bool,
+) -> (String, String, String) {
     let output = Command::new("curl")
         .args(["-sS", "--max-time", "20", "--cacert"])
         .arg(ca)
@@ -33,7 +39,12 @@ fn curl(addr: SocketAddr, name: &str, ca: &Path, path: &str, http2: bool) -> (St
         .output()
         .expect("curl is installed");
     let out = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "curl failed: {} {}", out, String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "curl failed: {} {}",
+        out,
+        String::from_utf8_lossy(&output.stderr)
+    );
     let (body, tail) = out.rsplit_once('\n').unwrap();
     let (version, status) = tail.split_once(' ').unwrap();
     (version.to_string(), status.to_string(), body.to_string())
@@ -62,7 +73,10 @@ fn tls_h2_and_h1_with_certificate_reload() {
     let headers = seen["headers"].as_array().unwrap();
     let has = |k: &str, v: &str| headers.iter().any(|h| h[0] == k && h[1] == v);
     assert!(has("x-forwarded-proto", "https"), "{body}");
-    assert!(has("host", &format!("localhost:{}", tls.port())), "h2 :authority becomes Host: {body}");
+    assert!(
+        has("host", &format!("localhost:{}", tls.port())),
+        "h2 :authority becomes Host: {body}"
+    );
     let (version, status, _) = curl(tls, "localhost", &ca_old, "/h1", false);
     assert_eq!((version.as_str(), status.as_str()), ("1.1", "200"));
     let (version, status, _) = curl(tls, "localhost", &ca_old, "/healthz", true);
@@ -70,10 +84,14 @@ fn tls_h2_and_h1_with_certificate_reload() {
 
     // A request in flight across the reload must finish.
     let ca_for_thread = ca_old.clone();
-    let in_flight = std::thread::spawn(move || curl(tls, "localhost", &ca_for_thread, "/slow?ms=1500", true));
+    let in_flight =
+        std::thread::spawn(move || curl(tls, "localhost", &ca_for_thread, "/slow?ms=1500", true));
     std::thread::sleep(Duration::from_millis(300));
     let ca_new = write_cert(dir.path(), "new.test");
-    let _ = Command::new("kill").arg("-HUP").arg(proxy.process.pid().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(proxy.process.pid().to_string())
+        .status();
     let (_, status, _) = in_flight.join().unwrap();
     assert_eq!(status, "200", "request open during the reload");
     let mut served_new = false;
@@ -93,5 +111,9 @@ fn tls_h2_and_h1_with_certificate_reload() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(served_new, "new certificate not served after reload: {}", proxy.stderr());
+    assert!(
+        served_new,
+        "new certificate not served after reload: {}",
+        proxy.stderr()
+    );
 }

@@ -60,9 +60,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
 /// The demo config with its paths made usable by the current user (root gets `/logs`).
 pub fn demo_text() -> String {
     DEMO_CONFIG
-        .replace("@LOGS_DIR@", &crate::paths::demo_logs_dir().display().to_string())
-        .replace("@CONTROL_SOCKET@", &crate::paths::default_control_socket().display().to_string())
-        .replace("@RUNTIME_DIR@", &crate::paths::runtime_dir().display().to_string())
+        .replace(
+            "@LOGS_DIR@",
+            &crate::paths::demo_logs_dir().display().to_string(),
+        )
+        .replace(
+            "@CONTROL_SOCKET@",
+            &crate::paths::default_control_socket().display().to_string(),
+        )
+        .replace(
+            "@RUNTIME_DIR@",
+            &crate::paths::runtime_dir().display().to_string(),
+        )
 }
 
 /// Which config file a command uses: the one given, else the system one if present.
@@ -76,7 +85,9 @@ pub fn resolve_path(arg: &crate::cli::ConfigArg) -> Option<PathBuf> {
 }
 
 /// Load the config a command names; with no file, the demo stack (named `<built-in demo>` in errors).
-pub fn load_or_demo(arg: &crate::cli::ConfigArg) -> Result<(Option<PathBuf>, Config), Vec<ConfigError>> {
+pub fn load_or_demo(
+    arg: &crate::cli::ConfigArg,
+) -> Result<(Option<PathBuf>, Config), Vec<ConfigError>> {
     match resolve_path(arg) {
         Some(path) => load(&path).map(|c| (Some(path), c)),
         None => parse(Path::new("<built-in demo>"), &demo_text()).map(|c| (None, c)),
@@ -87,12 +98,19 @@ pub fn load_or_demo(arg: &crate::cli::ConfigArg) -> Result<(Option<PathBuf>, Con
 pub fn check_command(arg: crate::cli::ConfigArg) -> std::process::ExitCode {
     match load_or_demo(&arg) {
         Ok((path, config)) => {
-            let name = path.map_or_else(|| "<built-in demo>".to_string(), |p| p.display().to_string());
+            let name = path.map_or_else(
+                || "<built-in demo>".to_string(),
+                |p| p.display().to_string(),
+            );
             let replicas: u32 = config.service.values().map(|s| s.replicas.max(1)).sum();
             println!(
                 "{name}: ok ({} services, {replicas} processes{})",
                 config.service.len(),
-                if config.proxy.is_some() { ", proxy" } else { "" }
+                if config.proxy.is_some() {
+                    ", proxy"
+                } else {
+                    ""
+                }
             );
             std::process::ExitCode::SUCCESS
         }
@@ -100,7 +118,11 @@ pub fn check_command(arg: crate::cli::ConfigArg) -> std::process::ExitCode {
             for e in &errors {
                 eprintln!("{e}");
             }
-            eprintln!("{} error{}", errors.len(), if errors.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{} error{}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
             std::process::ExitCode::FAILURE
         }
     }

@@ -18,10 +18,14 @@ pub struct Bytes(pub u64);
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!("invalid duration {text:?}: expected a number and a unit, like \"500ms\" or \"40s\""));
+        return Err(format!(
+            "invalid duration {text:?}: expected a number and a unit, like \"500ms\" or \"40s\""
+        ));
     }
     let value: f64 = number
         .parse()
@@ -46,10 +50,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
-        return Err(format!("invalid size {text:?}: expected a number and a unit, like \"50MB\""));
+        return Err(format!(
+            "invalid size {text:?}: expected a number and a unit, like \"50MB\""
+        ));
     }
     let value: u64 = number
         .parse()
@@ -59,7 +67,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?} (use B, KB, MB or GB)")),
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (use B, KB, MB or GB)"
+            ))
+        }
     };
     value
         .checked_mul(scale)

@@ -94,12 +94,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn not_found(what: impl Into<String>) -> ApiError {
-        ApiError { status: 404, message: what.into() }
+        ApiError {
+            status: 404,
+            message: what.into(),
+        }
     }
     pub fn bad_request(what: impl Into<String>) -> ApiError {
-        ApiError { status: 400, message: what.into() }
+        ApiError {
+            status: 400,
+            message: what.into(),
+        }
     }
     pub fn conflict(what: impl Into<String>) -> ApiError {
-        ApiError { status: 409, message: what.into() }
+        ApiError {
+            status: 409,
+            message: what.into(),
+        }
     }
 }

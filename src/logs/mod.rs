@@ -24,13 +24,20 @@ impl ServiceLog {
         let _ = (max_bytes, backups);
         let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let (lines, _) = broadcast::channel(1024);
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
         std::thread::spawn(move || {
             let mut r = std::fs::File::from(read_end);
             let mut f = file;
             let _ = io::copy(&mut r, &mut f);
         });
-        Ok(ServiceLog { path: path.to_path_buf(), write_end, lines })
+        Ok(ServiceLog {
+            path: path.to_path_buf(),
+            write_end,
+            lines,
+        })
     }
     pub fn child_fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;
@@ -53,5 +60,8 @@ pub fn init_tracing(logs_dir: Option<&Path>, level: &str) {
     let _ = logs_dir;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
 }

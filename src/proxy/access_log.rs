@@ -82,9 +82,13 @@ pub struct Entry {
 
 impl Entry {
     fn write(&self, bytes_sent: u64) {
-        let remote = self.remote.map_or_else(|| "unix:".to_string(), |ip| ip.to_canonical().to_string());
+        let remote = self
+            .remote
+            .map_or_else(|| "unix:".to_string(), |ip| ip.to_canonical().to_string());
         let request_time = self.started.elapsed().as_secs_f64();
-        let upstream = self.upstream_time.map_or_else(|| "-".to_string(), |t| format!("{:.3}", t.as_secs_f64()));
+        let upstream = self
+            .upstream_time
+            .map_or_else(|| "-".to_string(), |t| format!("{:.3}", t.as_secs_f64()));
         let line = format!(
             "{remote} - - [{}] \"{}\" {} {bytes_sent} \"{}\" \"{}\" {request_time:.3} {upstream}\n",
             time_local(SystemTime::now()),
@@ -115,10 +119,14 @@ fn escape(text: &str) -> String {
 
 /// `$time_local` in UTC: `25/Nov/2026:15:41:09 +0000`.
 pub fn time_local(now: SystemTime) -> String {
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86400, secs % 86400);
     let (y, m, d) = civil_from_days(days as i64);
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{d:02}/{}/{y}:{:02}:{:02}:{:02} +0000",
         MONTHS[(m - 1) as usize],
@@ -153,7 +161,12 @@ pub struct LoggedBody {
 
 impl LoggedBody {
     pub fn new(inner: ProxyBody, entry: Entry, in_flight: Option<InFlight>) -> LoggedBody {
-        LoggedBody { inner, sent: 0, entry: Some(entry), _in_flight: in_flight }
+        LoggedBody {
+            inner,
+            sent: 0,
+            entry: Some(entry),
+            _in_flight: in_flight,
+        }
     }
 }
 
@@ -169,7 +182,10 @@ impl Body for LoggedBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
@@ -196,7 +212,10 @@ mod tests {
     fn formats_time_local_like_nginx() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_621_269);
         assert_eq!(time_local(t), "25/Nov/2026:15:41:09 +0000");
-        assert_eq!(time_local(SystemTime::UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        assert_eq!(
+            time_local(SystemTime::UNIX_EPOCH),
+            "01/Jan/1970:00:00:00 +0000"
+        );
     }
 
     #[test]

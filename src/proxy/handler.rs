@@ -29,7 +29,11 @@ pub struct ConnInfo {
     pub https: bool,
 }
 
-pub async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let entry_base = EntryBase::of(&req, conn);
     let (response, upstream_time, in_flight) = route(req, conn, &shared).await;
@@ -44,7 +48,10 @@ pub async fn handle(req: Request<Incoming>, conn: ConnInfo, shared: Arc<Shared>)
         upstream_time,
     };
     let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(parts, boxed(LoggedBody::new(body, entry, in_flight))))
+    Ok(Response::from_parts(
+        parts,
+        boxed(LoggedBody::new(body, entry, in_flight)),
+    ))
 }
 
 struct EntryBase {
@@ -57,12 +64,18 @@ impl EntryBase {
     fn of(req: &Request<Incoming>, conn: ConnInfo) -> EntryBase {
         let _ = conn;
         let target = if req.version() == Version::HTTP_2 {
-            req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string()
+            req.uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string()
         } else {
             req.uri().to_string()
         };
         let text = |name: header::HeaderName| {
-            req.headers().get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default()
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
         };
         EntryBase {
             request_line: format!("{} {target} {:?}", req.method(), req.version()),
@@ -72,7 +85,11 @@ impl EntryBase {
     }
 }
 
-type Routed = (Response<ProxyBody>, Option<std::time::Duration>, Option<InFlight>);
+type Routed = (
+    Response<ProxyBody>,
+    Option<std::time::Duration>,
+    Option<InFlight>,
+);
 
 async fn route(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
     let version = req.version();
@@ -84,7 +101,11 @@ async fn route(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Route
 
 async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
     if req.uri().path() == healthz::PATH {
-        return (healthz::respond(&shared.health(), req.method() == hyper::Method::HEAD), None, None);
+        return (
+            healthz::respond(&shared.health(), req.method() == hyper::Method::HEAD),
+            None,
+            None,
+        );
     }
     let host_header = match host_header(&req) {
         Ok(h) => h,
@@ -100,7 +121,9 @@ async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -
             Ok(host) => Some(host),
             Err(_) => return (error(StatusCode::BAD_REQUEST), None, None),
         },
-        None if req.version() == Version::HTTP_11 => return (error(StatusCode::BAD_REQUEST), None, None),
+        None if req.version() == Version::HTTP_11 => {
+            return (error(StatusCode::BAD_REQUEST), None, None)
+        }
         None => None,
     };
     let Some(path) = uri_path::normalize(req.uri().path()) else {
@@ -115,9 +138,13 @@ async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -
         return (error(StatusCode::NOT_FOUND), None, None);
     };
     match &server.actions[location] {
-        Action::Return { status, redirect } => (return_response(*status, redirect.as_deref()), None, None),
+        Action::Return { status, redirect } => {
+            (return_response(*status, redirect.as_deref()), None, None)
+        }
         Action::Static(spec) => {
-            let response = static_files::serve(spec, &path, req.uri().query(), req.method(), req.headers()).await;
+            let response =
+                static_files::serve(spec, &path, req.uri().query(), req.method(), req.headers())
+                    .await;
             (response, None, None)
         }
         Action::Proxy(upstream) => {
@@ -126,15 +153,29 @@ async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -
             if declared_length(&req).is_some_and(|len| len > limit) {
                 return (error(StatusCode::PAYLOAD_TOO_LARGE), None, None);
             }
-            let upgrade = (req.version() == Version::HTTP_11).then(|| headers::upgrade_request(req.headers())).flatten();
+            let upgrade = (req.version() == Version::HTTP_11)
+                .then(|| headers::upgrade_request(req.headers()))
+                .flatten();
             let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
             let forward_host = host_header.or_else(|| {
-                req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
             let (parts, body) = req.into_parts();
             let mut up_headers = parts.headers.clone();
-            headers::to_upstream(&mut up_headers, conn.remote.map(|a| a.ip()), conn.https, forward_host, upgrade.clone());
-            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+            headers::to_upstream(
+                &mut up_headers,
+                conn.remote.map(|a| a.ip()),
+                conn.https,
+                forward_host,
+                upgrade.clone(),
+            );
+            let target = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
             let bodyless = body.is_end_stream();
             let exceeded = Arc::new(AtomicBool::new(false));
             let build = |body: ProxyBody| {
@@ -148,14 +189,22 @@ async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -
             let first = build(boxed(LimitedBody::new(body, limit, Arc::clone(&exceeded))));
             let rebuild = || build(empty());
             let retry: Option<&(dyn Fn() -> Request<ProxyBody> + Sync)> =
-                (is_idempotent(&parts.method) && bodyless && upgrade.is_none()).then_some(&rebuild as _);
+                (is_idempotent(&parts.method) && bodyless && upgrade.is_none())
+                    .then_some(&rebuild as _);
             let forward_settings = ForwardSettings {
                 connect_timeout: settings.connect_timeout,
                 response_timeout: settings.upstream_timeout,
             };
             let began = Instant::now();
-            match upstream.forward(first, retry, &forward_settings, &exceeded).await {
-                Ok(Forwarded { mut response, in_flight, replica }) => {
+            match upstream
+                .forward(first, retry, &forward_settings, &exceeded)
+                .await
+            {
+                Ok(Forwarded {
+                    mut response,
+                    in_flight,
+                    replica,
+                }) => {
                     let upstream_time = Some(began.elapsed());
                     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
                     headers::to_client(response.headers_mut(), switching);
@@ -174,7 +223,11 @@ async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -
                         }
                     }
                     let (parts, body) = response.into_parts();
-                    (Response::from_parts(parts, boxed(body)), upstream_time, Some(in_flight))
+                    (
+                        Response::from_parts(parts, boxed(body)),
+                        upstream_time,
+                        Some(in_flight),
+                    )
                 }
                 Err(failure) => {
                     tracing::warn!(upstream = %upstream.name, "{failure}");
@@ -186,7 +239,11 @@ async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -
 }
 
 /// Copy bytes both ways between an upgraded client connection and its upstream until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, in_flight: InFlight) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    in_flight: InFlight,
+) {
     let _in_flight = in_flight;
     match tokio::try_join!(client, upstream) {
         Ok((client, upstream)) => {
@@ -211,7 +268,13 @@ fn host_header<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ()> {
 }
 
 fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn return_response(status: StatusCode, redirect: Option<&str>) -> Response<ProxyBody> {
@@ -226,7 +289,8 @@ fn return_response(status: StatusCode, redirect: Option<&str>) -> Response<Proxy
         // nginx `return CODE TEXT`: the text is the body.
         Some(text) => {
             let mut r = Response::new(full(text.to_string()));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             r
         }
         None => error(status),
@@ -237,9 +301,15 @@ fn return_response(status: StatusCode, redirect: Option<&str>) -> Response<Proxy
 
 /// A short plain-text error page.
 pub fn error(status: StatusCode) -> Response<ProxyBody> {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut response = Response::new(full(text));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }

@@ -42,7 +42,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Rewrite a client request's headers for the upstream. `host` is the Host to send (the client's own, or the
 /// HTTP/2 `:authority`); `upgrade` keeps an `Upgrade` handshake intact for WebSocket pass-through.
-pub fn to_upstream(headers: &mut HeaderMap, client_ip: Option<IpAddr>, https: bool, host: Option<HeaderValue>, upgrade: Option<HeaderValue>) {
+pub fn to_upstream(
+    headers: &mut HeaderMap,
+    client_ip: Option<IpAddr>,
+    https: bool,
+    host: Option<HeaderValue>,
+    upgrade: Option<HeaderValue>,
+) {
     strip_hop_by_hop(headers);
     match host {
         Some(host) => {
@@ -67,7 +73,10 @@ pub fn to_upstream(headers: &mut HeaderMap, client_ip: Option<IpAddr>, https: bo
             headers.insert(X_REAL_IP.clone(), HeaderValue::from_static("unix:"));
         }
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if https { "https" } else { "http" }));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
@@ -89,7 +98,11 @@ fn forwarded_for(headers: &HeaderMap, client: Option<&str>) -> Option<String> {
 
 /// Rewrite an upstream response's headers for the client.
 pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
-    let kept_upgrade = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    let kept_upgrade = if upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     strip_hop_by_hop(headers);
     if let Some(value) = kept_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -119,14 +132,23 @@ mod tests {
     #[test]
     fn proxy_params_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("user-agent", HeaderValue::from_static("t"));
-        to_upstream(&mut h, Some("127.0.0.9".parse().unwrap()), false, Some(HeaderValue::from_static("Ex.com:80")), None);
+        to_upstream(
+            &mut h,
+            Some("127.0.0.9".parse().unwrap()),
+            false,
+            Some(HeaderValue::from_static("Ex.com:80")),
+            None,
+        );
         assert_eq!(h["host"], "Ex.com:80");
         assert_eq!(h["x-real-ip"], "127.0.0.9");
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 127.0.0.9");

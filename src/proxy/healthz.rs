@@ -20,10 +20,22 @@ pub fn respond(state: &ProxyState, head_only: bool) -> Response<ProxyBody> {
     };
     let mut text = body.to_string();
     text.push('\n');
-    let mut response = Response::new(if head_only { super::body::empty() } else { full(text) });
-    *response.status_mut() = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = Response::new(if head_only {
+        super::body::empty()
+    } else {
+        full(text)
+    });
+    *response.status_mut() = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
@@ -33,10 +45,25 @@ mod tests {
 
     #[test]
     fn status_follows_state() {
-        assert_eq!(respond(&ProxyState::default(), false).status(), StatusCode::OK);
-        let draining = ProxyState { draining: true, ..Default::default() };
-        assert_eq!(respond(&draining, false).status(), StatusCode::SERVICE_UNAVAILABLE);
-        let sick = ProxyState { unhealthy: vec!["app".into()], ..Default::default() };
-        assert_eq!(respond(&sick, false).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            respond(&ProxyState::default(), false).status(),
+            StatusCode::OK
+        );
+        let draining = ProxyState {
+            draining: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            respond(&draining, false).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let sick = ProxyState {
+            unhealthy: vec!["app".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            respond(&sick, false).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

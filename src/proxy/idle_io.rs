@@ -23,7 +23,12 @@ pub struct IdleTimeout<S> {
 impl<S> IdleTimeout<S> {
     pub fn new(inner: S, timeout: Duration) -> Self {
         let now = Instant::now();
-        IdleTimeout { inner, timeout, last_progress: now, sleep: Box::pin(tokio::time::sleep_until(now + timeout)) }
+        IdleTimeout {
+            inner,
+            timeout,
+            last_progress: now,
+            sleep: Box::pin(tokio::time::sleep_until(now + timeout)),
+        }
     }
 
     pub fn get_ref(&self) -> &S {
@@ -38,7 +43,10 @@ impl<S> IdleTimeout<S> {
             }
             let deadline = self.last_progress + self.timeout;
             if Instant::now() >= deadline {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "client connection idle timeout"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client connection idle timeout",
+                ));
             }
             self.sleep.as_mut().reset(deadline);
         }
@@ -46,7 +54,11 @@ impl<S> IdleTimeout<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Pending => match this.check(cx) {
@@ -62,7 +74,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => match this.check(cx) {
@@ -76,7 +92,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
         }
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => match this.check(cx) {

@@ -4,7 +4,9 @@
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{
+    getsockname, getsockopt, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage,
+};
 
 /// First inherited fd (sd_listen_fds).
 const FIRST_FD: RawFd = 3;
@@ -39,13 +41,23 @@ pub fn take_from_env() -> Result<Option<Vec<InheritedFd>>, String> {
         std::env::remove_var(var);
     }
     if pid.trim() != std::process::id().to_string() {
-        return Err(format!("LISTEN_PID={pid:?} is not this process ({}): the fds are not for us", std::process::id()));
+        return Err(format!(
+            "LISTEN_PID={pid:?} is not this process ({}): the fds are not for us",
+            std::process::id()
+        ));
     }
-    let count: usize = count.trim().parse().map_err(|_| format!("LISTEN_FDS={count:?} is not a number"))?;
+    let count: usize = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("LISTEN_FDS={count:?} is not a number"))?;
     if count > MAX_FDS {
         return Err(format!("LISTEN_FDS={count} is implausibly large"));
     }
-    let names: Vec<&str> = if names.is_empty() { Vec::new() } else { names.split(':').collect() };
+    let names: Vec<&str> = if names.is_empty() {
+        Vec::new()
+    } else {
+        names.split(':').collect()
+    };
     let mut fds = Vec::with_capacity(count);
     for i in 0..count {
         let raw = FIRST_FD + i as RawFd;
@@ -53,12 +65,17 @@ pub fn take_from_env() -> Result<Option<Vec<InheritedFd>>, String> {
         // SAFETY: F_GETFD only reads the flags of an fd number; no memory is passed or touched.
         if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
             let e = std::io::Error::last_os_error();
-            return Err(format!("inherited fd {raw} (LISTEN_FDS={count}) is not open: {e}"));
+            return Err(format!(
+                "inherited fd {raw} (LISTEN_FDS={count}) is not open: {e}"
+            ));
         }
         // SAFETY: the fd is open (checked above), and LISTEN_PID names this process, so by the socket-activation
         // protocol nothing else in this process owns fds 3..3+LISTEN_FDS; each is taken exactly once here.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let _ = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+        let _ = nix::fcntl::fcntl(
+            &fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
         let name = names.get(i).copied().unwrap_or("unknown").to_string();
         fds.push(InheritedFd { name, fd });
     }
@@ -76,7 +93,9 @@ pub fn socket_kind(fd: &OwnedFd) -> SocketKind {
     };
     let listening = getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
     match (addr.family(), ty, listening) {
-        (Some(AddressFamily::Inet | AddressFamily::Inet6), SockType::Stream, true) => SocketKind::TcpListener,
+        (Some(AddressFamily::Inet | AddressFamily::Inet6), SockType::Stream, true) => {
+            SocketKind::TcpListener
+        }
         (Some(AddressFamily::Unix), SockType::Stream, true) => SocketKind::UnixListener,
         (Some(AddressFamily::Unix), SockType::Stream, false) => SocketKind::UnixStream,
         _ => SocketKind::Other,

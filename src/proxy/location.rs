@@ -22,7 +22,9 @@ impl Locations {
                 compiled.prefixes.push((path.to_string(), index));
             }
         }
-        compiled.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        compiled
+            .prefixes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         compiled
     }
 
@@ -31,7 +33,10 @@ impl Locations {
         if let Some(&index) = self.exact.get(path) {
             return Some(index);
         }
-        self.prefixes.iter().find(|(prefix, _)| path.starts_with(prefix.as_str())).map(|&(_, index)| index)
+        self.prefixes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|&(_, index)| index)
     }
 }
 
@@ -41,7 +46,12 @@ mod tests {
 
     #[test]
     fn exact_then_longest_prefix() {
-        let l = Locations::new([("/", false), ("/static/", false), ("/static/img/", false), ("/api", true)]);
+        let l = Locations::new([
+            ("/", false),
+            ("/static/", false),
+            ("/static/img/", false),
+            ("/api", true),
+        ]);
         assert_eq!(l.select("/"), Some(0));
         assert_eq!(l.select("/x"), Some(0));
         assert_eq!(l.select("/static/a.css"), Some(1));

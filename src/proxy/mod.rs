@@ -40,10 +40,14 @@ pub fn main(config: crate::cli::ConfigArg) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STACKINIT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("STACKINIT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stackinit proxy: cannot start the runtime: {e}");
@@ -69,8 +73,9 @@ async fn run(arg: crate::cli::ConfigArg) -> Result<(), String> {
     let (source, listeners) = match listen_fds::take_from_env()? {
         Some(fds) => from_init(fds)?,
         None => {
-            let path = crate::config::resolve_path(&arg)
-                .ok_or("no LISTEN_FDS from init and no config: use `stackinit proxy --config FILE`")?;
+            let path = crate::config::resolve_path(&arg).ok_or(
+                "no LISTEN_FDS from init and no config: use `stackinit proxy --config FILE`",
+            )?;
             (Source::Standalone { path }, Vec::new())
         }
     };
@@ -94,7 +99,12 @@ async fn run(arg: crate::cli::ConfigArg) -> Result<(), String> {
     let (drain_tx, mut drain_rx) = mpsc::channel::<()>(1);
     for bound in listeners {
         tracing::info!(listener = %bound.label, tls = bound.tls, "serving");
-        tokio::spawn(server::accept_loop(bound, Arc::clone(&shared), stop_rx.clone(), drain_tx.clone()));
+        tokio::spawn(server::accept_loop(
+            bound,
+            Arc::clone(&shared),
+            stop_rx.clone(),
+            drain_tx.clone(),
+        ));
     }
     drop(drain_tx);
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -143,7 +153,9 @@ type Lines = tokio::io::Lines<tokio::io::BufReader<tokio::net::UnixStream>>;
 
 /// The next message from init; `None` at EOF. Without a channel this never resolves. Bad lines are logged.
 async fn next_line(channel: &mut Option<Lines>) -> Option<InitMessage> {
-    let Some(lines) = channel else { return std::future::pending().await };
+    let Some(lines) = channel else {
+        return std::future::pending().await;
+    };
     loop {
         match lines.next_line().await {
             Ok(Some(line)) if line.trim().is_empty() => continue,
@@ -194,13 +206,21 @@ fn from_init(fds: Vec<listen_fds::InheritedFd>) -> Result<(Source, Vec<BoundList
         match inherited.name.as_str() {
             protocol::STATE_FD_NAME => {
                 let std = std::os::unix::net::UnixStream::from(inherited.fd);
-                std.set_nonblocking(true).map_err(|e| format!("{label}: {e}"))?;
-                channel = Some(tokio::net::UnixStream::from_std(std).map_err(|e| format!("{label}: {e}"))?);
+                std.set_nonblocking(true)
+                    .map_err(|e| format!("{label}: {e}"))?;
+                channel = Some(
+                    tokio::net::UnixStream::from_std(std).map_err(|e| format!("{label}: {e}"))?,
+                );
             }
             protocol::HTTP_FD_NAME | protocol::HTTPS_FD_NAME => {
                 let tls = inherited.name == protocol::HTTPS_FD_NAME;
-                let listener = listener_from_fd(inherited.fd).map_err(|e| format!("{label}: {e}"))?;
-                listeners.push(BoundListener { listener, tls, label });
+                let listener =
+                    listener_from_fd(inherited.fd).map_err(|e| format!("{label}: {e}"))?;
+                listeners.push(BoundListener {
+                    listener,
+                    tls,
+                    label,
+                });
             }
             other => tracing::warn!("ignoring inherited fd {} named {other:?}", i + 3),
         }
@@ -214,12 +234,16 @@ fn listener_from_fd(fd: OwnedFd) -> Result<Listener, String> {
         listen_fds::SocketKind::TcpListener => {
             let l = std::net::TcpListener::from(fd);
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok(Listener::Tcp(tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?))
+            Ok(Listener::Tcp(
+                tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?,
+            ))
         }
         listen_fds::SocketKind::UnixListener => {
             let l = std::os::unix::net::UnixListener::from(fd);
             l.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok(Listener::Unix(tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?))
+            Ok(Listener::Unix(
+                tokio::net::UnixListener::from_std(l).map_err(|e| e.to_string())?,
+            ))
         }
         other => Err(format!("not a listening stream socket ({other:?})")),
     }
@@ -227,35 +251,74 @@ fn listener_from_fd(fd: OwnedFd) -> Result<Listener, String> {
 
 /// Standalone: the config file's `[proxy]`, with every service that has `listen` as an upstream.
 fn standalone_config(path: &Path) -> Result<ProxyRuntimeConfig, String> {
-    let config = crate::config::load(path)
-        .map_err(|errors| errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
-    let proxy = config.proxy.clone().ok_or_else(|| format!("{}: no [proxy] section", path.display()))?;
+    let config = crate::config::load(path).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let proxy = config
+        .proxy
+        .clone()
+        .ok_or_else(|| format!("{}: no [proxy] section", path.display()))?;
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, service) in &config.service {
-        let Some(listen) = service.listen.as_ref().and_then(|l| l.to_vec().into_iter().next()) else { continue };
+        let Some(listen) = service
+            .listen
+            .as_ref()
+            .and_then(|l| l.to_vec().into_iter().next())
+        else {
+            continue;
+        };
         let names = protocol::replica_names(name, service.replicas);
         let addresses = protocol::replica_addresses(&listen, service.replicas);
-        let replicas =
-            names.into_iter().zip(addresses).map(|(name, address)| UpstreamReplica { name, address }).collect();
+        let replicas = names
+            .into_iter()
+            .zip(addresses)
+            .map(|(name, address)| UpstreamReplica { name, address })
+            .collect();
         upstreams.insert(name.clone(), replicas);
     }
-    Ok(ProxyRuntimeConfig { proxy, upstreams, extra_server_names: Vec::new(), logs_dir: config.init.logs_dir })
+    Ok(ProxyRuntimeConfig {
+        proxy,
+        upstreams,
+        extra_server_names: Vec::new(),
+        logs_dir: config.init.logs_dir,
+    })
 }
 
 /// Standalone: every replica is ready and nothing drains.
 fn all_ready(config: &ProxyRuntimeConfig) -> ProxyState {
-    let ready = config.upstreams.values().flatten().map(|r| r.name.clone()).collect();
-    ProxyState { draining: false, ready, unhealthy: Vec::new() }
+    let ready = config
+        .upstreams
+        .values()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
+    ProxyState {
+        draining: false,
+        ready,
+        unhealthy: Vec::new(),
+    }
 }
 
 fn bind_all(spec: &crate::config::ProxySpec) -> Result<Vec<BoundListener>, String> {
     let mut out = Vec::new();
     for address in &spec.listen {
-        out.push(BoundListener { listener: bind(address)?, tls: false, label: address.clone() });
+        out.push(BoundListener {
+            listener: bind(address)?,
+            tls: false,
+            label: address.clone(),
+        });
     }
     if let Some(tls) = &spec.tls {
         for address in &tls.listen {
-            out.push(BoundListener { listener: bind(address)?, tls: true, label: format!("{address} (tls)") });
+            out.push(BoundListener {
+                listener: bind(address)?,
+                tls: true,
+                label: format!("{address} (tls)"),
+            });
         }
     }
     Ok(out)
@@ -268,10 +331,24 @@ pub fn bind(address: &str) -> Result<Listener, String> {
         let l = tokio::net::UnixListener::bind(path).map_err(|e| format!("bind {address}: {e}"))?;
         return Ok(Listener::Unix(l));
     }
-    let addr: std::net::SocketAddr = address.parse().map_err(|_| format!("bad listen address {address:?}"))?;
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-        .map_err(|e| format!("socket for {address}: {e}"))?;
-    socket.set_reuseaddr(true).map_err(|e| format!("{address}: {e}"))?;
-    socket.bind(addr).map_err(|e| format!("bind {address}: {e}"))?;
-    Ok(Listener::Tcp(socket.listen(1024).map_err(|e| format!("listen {address}: {e}"))?))
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| format!("bad listen address {address:?}"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket for {address}: {e}"))?;
+    socket
+        .set_reuseaddr(true)
+        .map_err(|e| format!("{address}: {e}"))?;
+    socket
+        .bind(addr)
+        .map_err(|e| format!("bind {address}: {e}"))?;
+    Ok(Listener::Tcp(
+        socket
+            .listen(1024)
+            .map_err(|e| format!("listen {address}: {e}"))?,
+    ))
 }

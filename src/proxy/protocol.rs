@@ -17,6 +17,8 @@ pub const STATE_FD_NAME: &str = "stackinit-state";
 pub const HTTP_FD_NAME: &str = "http";
 pub const HTTPS_FD_NAME: &str = "https";
 
+// A few messages per reload: their size difference does not matter, and boxing would change the contract.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum InitMessage {
@@ -71,7 +73,9 @@ pub fn replica_addresses(listen: &str, replicas: u32) -> Vec<String> {
             Some(dot) if dot > 0 => file.split_at(dot),
             _ => (file, ""),
         };
-        return (0..replicas).map(|i| format!("unix:{dir}{stem}@{i}{ext}")).collect();
+        return (0..replicas)
+            .map(|i| format!("unix:{dir}{stem}@{i}{ext}"))
+            .collect();
     }
     if let Ok(addr) = listen.parse::<std::net::SocketAddr>() {
         return (0..replicas)
@@ -100,21 +104,41 @@ mod tests {
 
     #[test]
     fn replica_addresses_expand_unix_and_tcp() {
-        assert_eq!(replica_addresses("unix:/run/s/app.sock", 1), vec!["unix:/run/s/app.sock"]);
+        assert_eq!(
+            replica_addresses("unix:/run/s/app.sock", 1),
+            vec!["unix:/run/s/app.sock"]
+        );
         assert_eq!(
             replica_addresses("unix:/run/s/app.sock", 3),
-            vec!["unix:/run/s/app@0.sock", "unix:/run/s/app@1.sock", "unix:/run/s/app@2.sock"]
+            vec![
+                "unix:/run/s/app@0.sock",
+                "unix:/run/s/app@1.sock",
+                "unix:/run/s/app@2.sock"
+            ]
         );
-        assert_eq!(replica_addresses("unix:/run/s/app", 2), vec!["unix:/run/s/app@0", "unix:/run/s/app@1"]);
-        assert_eq!(replica_addresses("127.0.0.1:8000", 2), vec!["127.0.0.1:8000", "127.0.0.1:8001"]);
-        assert_eq!(replica_addresses("[::1]:8000", 2), vec!["[::1]:8000", "[::1]:8001"]);
+        assert_eq!(
+            replica_addresses("unix:/run/s/app", 2),
+            vec!["unix:/run/s/app@0", "unix:/run/s/app@1"]
+        );
+        assert_eq!(
+            replica_addresses("127.0.0.1:8000", 2),
+            vec!["127.0.0.1:8000", "127.0.0.1:8001"]
+        );
+        assert_eq!(
+            replica_addresses("[::1]:8000", 2),
+            vec!["[::1]:8000", "[::1]:8001"]
+        );
         assert_eq!(replica_names("app", 2), vec!["app@0", "app@1"]);
         assert_eq!(replica_names("app", 1), vec!["app"]);
     }
 
     #[test]
     fn init_messages_round_trip_as_json_lines() {
-        let msg = InitMessage::State(ProxyState { draining: true, ready: ["app@0".to_string()].into(), unhealthy: vec![] });
+        let msg = InitMessage::State(ProxyState {
+            draining: true,
+            ready: ["app@0".to_string()].into(),
+            unhealthy: vec![],
+        });
         let line = serde_json::to_string(&msg).unwrap();
         assert!(line.contains("\"type\":\"state\""));
         assert_eq!(serde_json::from_str::<InitMessage>(&line).unwrap(), msg);

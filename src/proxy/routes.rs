@@ -19,7 +19,10 @@ use super::upstream::{Address, Replica, Upstream};
 pub enum Action {
     Proxy(Arc<Upstream>),
     Static(StaticSpec),
-    Return { status: StatusCode, redirect: Option<String> },
+    Return {
+        status: StatusCode,
+        redirect: Option<String>,
+    },
 }
 
 pub struct Server {
@@ -51,7 +54,10 @@ pub struct Routes {
 const EC2_SUFFIXES: &[&str] = &["amazonaws.com", "compute.internal", "ec2.internal"];
 
 impl Routes {
-    pub fn build(config: &ProxyRuntimeConfig, previous: Option<&Routes>) -> Result<Routes, Vec<String>> {
+    pub fn build(
+        config: &ProxyRuntimeConfig,
+        previous: Option<&Routes>,
+    ) -> Result<Routes, Vec<String>> {
         let spec = &config.proxy;
         let mut errors = Vec::new();
         let old: HashMap<(String, Address), Arc<Replica>> = previous
@@ -65,17 +71,26 @@ impl Routes {
             let mut compiled = Vec::new();
             for replica in replicas {
                 let Some(address) = Address::parse(&replica.address) else {
-                    errors.push(format!("upstream {service}: bad address {:?}", replica.address));
+                    errors.push(format!(
+                        "upstream {service}: bad address {:?}",
+                        replica.address
+                    ));
                     continue;
                 };
                 let reused = old.get(&(replica.name.clone(), address.clone())).cloned();
-                compiled.push(reused.unwrap_or_else(|| Replica::new(replica.name.clone(), address, false)));
+                compiled.push(
+                    reused.unwrap_or_else(|| Replica::new(replica.name.clone(), address, false)),
+                );
             }
-            services.insert(service.clone(), Arc::new(Upstream::new(service.clone(), compiled)));
+            services.insert(
+                service.clone(),
+                Arc::new(Upstream::new(service.clone(), compiled)),
+            );
         }
         let mut addressed: HashMap<String, Arc<Upstream>> = HashMap::new();
         let default = spec.server.iter().position(|s| s.default).unwrap_or(0);
-        let mut name_lists: Vec<Vec<String>> = spec.server.iter().map(|s| s.server_name.clone()).collect();
+        let mut name_lists: Vec<Vec<String>> =
+            spec.server.iter().map(|s| s.server_name.clone()).collect();
         add_instance_names(&mut name_lists, &config.extra_server_names, default);
         let names = match ServerNames::new(&name_lists, default) {
             Ok(names) => names,
@@ -89,10 +104,19 @@ impl Routes {
             let mut actions = Vec::new();
             for (li, loc) in server.location.iter().enumerate() {
                 let what = format!("proxy.server[{si}].location[{li}] ({})", loc.path);
-                let chosen = [loc.upstream.is_some(), loc.root.is_some() || loc.alias.is_some(), loc.return_status.is_some()];
+                let chosen = [
+                    loc.upstream.is_some(),
+                    loc.root.is_some() || loc.alias.is_some(),
+                    loc.return_status.is_some(),
+                ];
                 if chosen.iter().filter(|c| **c).count() != 1 {
-                    errors.push(format!("{what}: needs exactly one of upstream, root/alias, return"));
-                    actions.push(Action::Return { status: StatusCode::NOT_FOUND, redirect: None });
+                    errors.push(format!(
+                        "{what}: needs exactly one of upstream, root/alias, return"
+                    ));
+                    actions.push(Action::Return {
+                        status: StatusCode::NOT_FOUND,
+                        redirect: None,
+                    });
                     continue;
                 }
                 if let Some(name) = &loc.upstream {
@@ -100,31 +124,48 @@ impl Routes {
                         actions.push(Action::Proxy(Arc::clone(up)));
                     } else if let Some(address) = Address::parse(name) {
                         let up = addressed.entry(name.clone()).or_insert_with(|| {
-                            Arc::new(Upstream::new(name.clone(), vec![Replica::new(name.clone(), address, true)]))
+                            Arc::new(Upstream::new(
+                                name.clone(),
+                                vec![Replica::new(name.clone(), address, true)],
+                            ))
                         });
                         actions.push(Action::Proxy(Arc::clone(up)));
                     } else {
                         errors.push(format!("{what}: upstream {name:?} is neither a service with `listen` nor an address"));
-                        actions.push(Action::Return { status: StatusCode::BAD_GATEWAY, redirect: None });
+                        actions.push(Action::Return {
+                            status: StatusCode::BAD_GATEWAY,
+                            redirect: None,
+                        });
                     }
                 } else if let Some(code) = loc.return_status {
                     match StatusCode::from_u16(code) {
-                        Ok(status) => actions.push(Action::Return { status, redirect: loc.redirect.clone() }),
+                        Ok(status) => actions.push(Action::Return {
+                            status,
+                            redirect: loc.redirect.clone(),
+                        }),
                         Err(_) => {
                             errors.push(format!("{what}: bad return status {code}"));
-                            actions.push(Action::Return { status: StatusCode::NOT_FOUND, redirect: None });
+                            actions.push(Action::Return {
+                                status: StatusCode::NOT_FOUND,
+                                redirect: None,
+                            });
                         }
                     }
                 } else {
                     actions.push(Action::Static(StaticSpec {
                         root: loc.root.clone(),
-                        alias: if loc.root.is_some() { None } else { loc.alias.clone() },
+                        alias: if loc.root.is_some() {
+                            None
+                        } else {
+                            loc.alias.clone()
+                        },
                         prefix: loc.path.clone(),
                         index: loc.index.clone(),
                     }));
                 }
             }
-            let locations = Locations::new(server.location.iter().map(|l| (l.path.as_str(), l.exact)));
+            let locations =
+                Locations::new(server.location.iter().map(|l| (l.path.as_str(), l.exact)));
             servers.push(Server { locations, actions });
         }
         if !errors.is_empty() {
@@ -139,7 +180,12 @@ impl Routes {
             idle_timeout: spec.idle_timeout.0,
             stop_grace: spec.stop_grace.0,
         };
-        Ok(Routes { names, servers, services, settings })
+        Ok(Routes {
+            names,
+            servers,
+            services,
+            settings,
+        })
     }
 
     /// Mark replicas ready or not from init's latest state.
@@ -157,8 +203,18 @@ fn add_instance_names(lists: &mut [Vec<String>], extra: &[String], default: usiz
     if extra.is_empty() || lists.is_empty() {
         return;
     }
-    let ec2 = |name: &String| name.starts_with(['*', '.']) && EC2_SUFFIXES.iter().any(|s| name.to_ascii_lowercase().ends_with(s));
-    let mut targets: Vec<usize> = lists.iter().enumerate().filter(|(_, l)| l.iter().any(ec2)).map(|(i, _)| i).collect();
+    let ec2 = |name: &String| {
+        name.starts_with(['*', '.'])
+            && EC2_SUFFIXES
+                .iter()
+                .any(|s| name.to_ascii_lowercase().ends_with(s))
+    };
+    let mut targets: Vec<usize> = lists
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.iter().any(ec2))
+        .map(|(i, _)| i)
+        .collect();
     if targets.is_empty() {
         targets.push(default.min(lists.len() - 1));
     }
@@ -174,11 +230,19 @@ mod tests {
     use crate::proxy::protocol::UpstreamReplica;
 
     fn config() -> ProxyRuntimeConfig {
-        let loc = |path: &str, upstream: &str| LocationSpec { path: path.into(), upstream: Some(upstream.into()), ..Default::default() };
+        let loc = |path: &str, upstream: &str| LocationSpec {
+            path: path.into(),
+            upstream: Some(upstream.into()),
+            ..Default::default()
+        };
         ProxyRuntimeConfig {
             proxy: ProxySpec {
                 server: vec![
-                    ServerSpec { server_name: vec!["a.test".into()], default: false, location: vec![loc("/", "app")] },
+                    ServerSpec {
+                        server_name: vec!["a.test".into()],
+                        default: false,
+                        location: vec![loc("/", "app")],
+                    },
                     ServerSpec {
                         server_name: vec!["*.compute.internal".into()],
                         default: true,
@@ -189,7 +253,10 @@ mod tests {
             },
             upstreams: [(
                 "app".to_string(),
-                vec![UpstreamReplica { name: "app@0".into(), address: "unix:/r/app@0.sock".into() }],
+                vec![UpstreamReplica {
+                    name: "app@0".into(),
+                    address: "unix:/r/app@0.sock".into(),
+                }],
             )]
             .into(),
             extra_server_names: vec!["10.1.2.3".into()],
@@ -203,10 +270,15 @@ mod tests {
         assert_eq!(routes.names.select(Some("a.test")), 0);
         assert_eq!(routes.names.select(Some("nope")), 1);
         assert_eq!(routes.names.select(Some("10.1.2.3")), 1);
-        let state = ProxyState { ready: ["app@0".to_string()].into(), ..Default::default() };
+        let state = ProxyState {
+            ready: ["app@0".to_string()].into(),
+            ..Default::default()
+        };
         routes.apply_state(&state);
         let again = Routes::build(&config(), Some(&routes)).unwrap();
-        let Action::Proxy(up) = &again.servers[0].actions[0] else { panic!("proxy action expected") };
+        let Action::Proxy(up) = &again.servers[0].actions[0] else {
+            panic!("proxy action expected")
+        };
         assert!(up.replicas[0].is_ready(), "replica state survives a reload");
     }
 

@@ -30,7 +30,12 @@ pub struct BoundListener {
 pub type DrainGuard = mpsc::Sender<()>;
 
 /// Run the accept loop of one listener until `stop` turns true.
-pub async fn accept_loop(bound: BoundListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>, drain: DrainGuard) {
+pub async fn accept_loop(
+    bound: BoundListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain: DrainGuard,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -38,7 +43,10 @@ pub async fn accept_loop(bound: BoundListener, shared: Arc<Shared>, mut stop: wa
         };
         match accepted {
             Ok((stream, remote)) => {
-                let info = ConnInfo { remote, https: bound.tls };
+                let info = ConnInfo {
+                    remote,
+                    https: bound.tls,
+                };
                 let shared = Arc::clone(&shared);
                 let stop = stop.clone();
                 let drain = drain.clone();
@@ -80,8 +88,13 @@ async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<std::net
     }
 }
 
-async fn connection<S>(stream: S, info: ConnInfo, tls: bool, shared: Arc<Shared>, stop: watch::Receiver<bool>)
-where
+async fn connection<S>(
+    stream: S,
+    info: ConnInfo,
+    tls: bool,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = shared.routes().settings.clone();
@@ -94,7 +107,8 @@ where
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
+    let stream = match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await
+    {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!("TLS handshake failed: {e}");
@@ -127,7 +141,9 @@ async fn serve_http1<S>(
         .max_header_size(settings.max_header_size)
         .max_buf_size(settings.max_header_size.max(64 * 1024))
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         result = conn.as_mut() => log_end(result.err()),
@@ -149,7 +165,9 @@ async fn serve_http2<S>(
 {
     let service = service_fn(move |req| handler::handle(req, info, Arc::clone(&shared)));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new()).max_header_list_size(settings.max_header_size as u32);
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_size as u32);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {

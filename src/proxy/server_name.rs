@@ -38,23 +38,16 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
                 }
                 last_dot = Some(i);
             }
-            b':' => {
-                if state == State::Usual {
-                    host_len = i;
-                    state = State::Rest;
-                }
+            b':' if state == State::Usual => {
+                host_len = i;
+                state = State::Rest;
             }
-            b'[' => {
-                if i == 0 {
-                    state = State::Literal;
-                }
+            b'[' if i == 0 => state = State::Literal,
+            b']' if state == State::Literal => {
+                host_len = i + 1;
+                state = State::Rest;
             }
-            b']' => {
-                if state == State::Literal {
-                    host_len = i + 1;
-                    state = State::Rest;
-                }
-            }
+            b':' | b'[' | b']' => {}
             // nginx refuses only its path separator, `/`, on Unix; a backslash is a (useless) name byte.
             b'/' | 0 => return Err(BadHost::BadByte),
             c if c <= 0x20 || c == 0x7f => return Err(BadHost::BadByte),
@@ -92,21 +85,29 @@ impl ServerNames {
     /// Compile the names of every server (outer index = server index). `default` is the server for unmatched
     /// Hosts. The first server to declare a name wins, as in nginx (which warns about the conflict).
     pub fn new(servers: &[Vec<String>], default: usize) -> Result<ServerNames, BadName> {
-        let mut names = ServerNames { default, ..Default::default() };
+        let mut names = ServerNames {
+            default,
+            ..Default::default()
+        };
         for (index, list) in servers.iter().enumerate() {
             for name in list {
                 names.add(name, index)?;
             }
         }
         // Stable sorts keep declaration order among equal lengths (first declared wins).
-        names.leading.sort_by_key(|(suffix, _, _)| std::cmp::Reverse(suffix.len()));
-        names.trailing.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        names
+            .leading
+            .sort_by_key(|(suffix, _, _)| std::cmp::Reverse(suffix.len()));
+        names
+            .trailing
+            .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Ok(names)
     }
 
     fn add(&mut self, name: &str, index: usize) -> Result<(), BadName> {
         if let Some(pattern) = name.strip_prefix('~') {
-            let re = Regex::new(pattern).map_err(|e| BadName(format!("server_name {name:?}: bad regex: {e}")))?;
+            let re = Regex::new(pattern)
+                .map_err(|e| BadName(format!("server_name {name:?}: bad regex: {e}")))?;
             self.regexes.push((re, index));
             return Ok(());
         }
@@ -124,7 +125,11 @@ impl ServerNames {
             }
         } else if let Some(prefix) = name.strip_suffix(".*") {
             check_plain(&name, prefix)?;
-            if !self.trailing.iter().any(|(p, _)| p[..p.len() - 1] == *prefix) {
+            if !self
+                .trailing
+                .iter()
+                .any(|(p, _)| p[..p.len() - 1] == *prefix)
+            {
                 self.trailing.push((format!("{prefix}."), index));
             }
         } else if name.contains('*') {
@@ -140,7 +145,9 @@ impl ServerNames {
 
     /// The server index for a normalized Host (see `normalize_host`); `None` (no Host) gives the default.
     pub fn select(&self, host: Option<&str>) -> usize {
-        let Some(host) = host else { return self.default };
+        let Some(host) = host else {
+            return self.default;
+        };
         if let Some(&index) = self.exact.get(host) {
             return index;
         }
@@ -166,7 +173,9 @@ impl ServerNames {
 
 fn check_plain(name: &str, rest: &str) -> Result<(), BadName> {
     if rest.is_empty() || rest.contains('*') {
-        return Err(BadName(format!("server_name {name:?}: a wildcard needs a name part and only one `*`")));
+        return Err(BadName(format!(
+            "server_name {name:?}: a wildcard needs a name part and only one `*`"
+        )));
     }
     Ok(())
 }
@@ -176,7 +185,10 @@ mod tests {
     use super::*;
 
     fn names(servers: &[&[&str]], default: usize) -> ServerNames {
-        let servers: Vec<Vec<String>> = servers.iter().map(|s| s.iter().map(|n| n.to_string()).collect()).collect();
+        let servers: Vec<Vec<String>> = servers
+            .iter()
+            .map(|s| s.iter().map(|n| n.to_string()).collect())
+            .collect();
         ServerNames::new(&servers, default).unwrap()
     }
 
@@ -206,7 +218,11 @@ mod tests {
         assert_eq!(pick(&n, "b.a.example.org"), 3);
         assert_eq!(pick(&n, "a.example.org"), 2);
         assert_eq!(pick(&n, "example.org"), 0);
-        assert_eq!(pick(&n, ".example.org"), 2, "nginx: an empty first label matches a leading wildcard");
+        assert_eq!(
+            pick(&n, ".example.org"),
+            2,
+            "nginx: an empty first label matches a leading wildcard"
+        );
         assert_eq!(pick(&n, "www.example.com"), 4);
         assert_eq!(pick(&n, "www.example.co.uk"), 4);
         assert_eq!(pick(&n, "www.example"), 6);
@@ -234,7 +250,13 @@ mod tests {
 
     #[test]
     fn longest_wildcard_wins_regardless_of_order() {
-        let n = names(&[&["*.compute.amazonaws.com"], &["*.us-west-2.compute.amazonaws.com"]], 0);
+        let n = names(
+            &[
+                &["*.compute.amazonaws.com"],
+                &["*.us-west-2.compute.amazonaws.com"],
+            ],
+            0,
+        );
         assert_eq!(pick(&n, "ec2-1-2-3-4.us-west-2.compute.amazonaws.com"), 1);
         assert_eq!(pick(&n, "ec2-1-2-3-4.eu-west-1.compute.amazonaws.com"), 0);
     }

@@ -30,22 +30,43 @@ pub struct StaticSpec {
 }
 
 /// Serve `path` (decoded and normalized, see `uri_path`) from this location.
-pub async fn serve(spec: &StaticSpec, path: &str, query: Option<&str>, method: &Method, headers: &HeaderMap) -> Response<ProxyBody> {
+pub async fn serve(
+    spec: &StaticSpec,
+    path: &str,
+    query: Option<&str>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response<ProxyBody> {
     if method != Method::GET && method != Method::HEAD {
         let mut r = simple(StatusCode::METHOD_NOT_ALLOWED);
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
     let spec = spec.clone();
     let path = path.to_string();
     let query = query.map(str::to_string);
-    let resolved = tokio::task::spawn_blocking(move || resolve(&spec, &path, query.as_deref())).await;
+    let resolved =
+        tokio::task::spawn_blocking(move || resolve(&spec, &path, query.as_deref())).await;
     let opened = match resolved {
         Ok(Ok(opened)) => opened,
-        Ok(Err(response)) => return response,
+        Ok(Err(Refusal::Status(status))) => return simple(status),
+        Ok(Err(Refusal::Redirect(location))) => {
+            let mut r = simple(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
         Err(_) => return simple(StatusCode::INTERNAL_SERVER_ERROR),
     };
     respond(opened, method == Method::HEAD, headers)
+}
+
+/// Why a path is not served: a status, or a redirect to the directory with its trailing slash.
+enum Refusal {
+    Status(StatusCode),
+    Redirect(String),
 }
 
 struct Opened {
@@ -56,48 +77,65 @@ struct Opened {
 }
 
 /// Map the request to a file inside the root, refusing anything that resolves outside it.
-fn resolve(spec: &StaticSpec, path: &str, query: Option<&str>) -> Result<Opened, Response<ProxyBody>> {
+fn resolve(
+    spec: &StaticSpec,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Opened, Refusal> {
     let (base, relative) = match (&spec.root, &spec.alias) {
         (Some(root), _) => (root, path),
-        (None, Some(alias)) => (alias, path.strip_prefix(spec.prefix.as_str()).unwrap_or(path)),
-        (None, None) => return Err(simple(StatusCode::NOT_FOUND)),
+        (None, Some(alias)) => (
+            alias,
+            path.strip_prefix(spec.prefix.as_str()).unwrap_or(path),
+        ),
+        (None, None) => return Err(Refusal::Status(StatusCode::NOT_FOUND)),
     };
     let base = base.canonicalize().map_err(|e| {
         tracing::warn!("static root {}: {e}", base.display());
-        simple(StatusCode::NOT_FOUND)
+        Refusal::Status(StatusCode::NOT_FOUND)
     })?;
     let mut candidate = base.join(relative.trim_start_matches('/'));
     if path.ends_with('/') {
         if !candidate.is_dir() {
-            return Err(simple(StatusCode::NOT_FOUND));
+            return Err(Refusal::Status(StatusCode::NOT_FOUND));
         }
-        let index = if spec.index.is_empty() { vec!["index.html".to_string()] } else { spec.index.clone() };
-        match index.iter().map(|name| candidate.join(name)).find(|p| p.is_file()) {
+        let index = if spec.index.is_empty() {
+            vec!["index.html".to_string()]
+        } else {
+            spec.index.clone()
+        };
+        match index
+            .iter()
+            .map(|name| candidate.join(name))
+            .find(|p| p.is_file())
+        {
             Some(found) => candidate = found,
             // nginx without autoindex: a directory with no index is forbidden.
-            None => return Err(simple(StatusCode::FORBIDDEN)),
+            None => return Err(Refusal::Status(StatusCode::FORBIDDEN)),
         }
     }
-    let real = candidate.canonicalize().map_err(|_| simple(StatusCode::NOT_FOUND))?;
+    let real = candidate
+        .canonicalize()
+        .map_err(|_| Refusal::Status(StatusCode::NOT_FOUND))?;
     if !real.starts_with(&base) {
-        tracing::warn!("refusing {}: resolves outside {}", candidate.display(), base.display());
-        return Err(simple(StatusCode::NOT_FOUND));
+        tracing::warn!(
+            "refusing {}: resolves outside {}",
+            candidate.display(),
+            base.display()
+        );
+        return Err(Refusal::Status(StatusCode::NOT_FOUND));
     }
-    let meta = std::fs::metadata(&real).map_err(|_| simple(StatusCode::NOT_FOUND))?;
+    let meta = std::fs::metadata(&real).map_err(|_| Refusal::Status(StatusCode::NOT_FOUND))?;
     if meta.is_dir() {
         let location = match query {
             Some(q) => format!("{path}/?{q}"),
             None => format!("{path}/"),
         };
-        let mut r = simple(StatusCode::MOVED_PERMANENTLY);
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            r.headers_mut().insert(header::LOCATION, v);
-        }
-        return Err(r);
+        return Err(Refusal::Redirect(location));
     }
     let file = std::fs::File::open(&real).map_err(|e| match e.kind() {
-        std::io::ErrorKind::PermissionDenied => simple(StatusCode::FORBIDDEN),
-        _ => simple(StatusCode::NOT_FOUND),
+        std::io::ErrorKind::PermissionDenied => Refusal::Status(StatusCode::FORBIDDEN),
+        _ => Refusal::Status(StatusCode::NOT_FOUND),
     })?;
     Ok(Opened {
         file,
@@ -108,12 +146,18 @@ fn resolve(spec: &StaticSpec, path: &str, query: Option<&str>) -> Result<Opened,
 }
 
 fn respond(mut opened: Opened, head_only: bool, headers: &HeaderMap) -> Response<ProxyBody> {
-    let mtime = opened.modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mtime = opened
+        .modified
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let etag = format!("\"{mtime:x}-{:x}\"", opened.len);
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(mtime));
     let mut response = Response::new(empty());
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(opened.content_type));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(opened.content_type),
+    );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
@@ -150,7 +194,9 @@ fn respond(mut opened: Opened, head_only: bool, headers: &HeaderMap) -> Response
             }
         }
     }
-    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if head_only || len == 0 {
         return response;
     }
@@ -158,15 +204,28 @@ fn respond(mut opened: Opened, head_only: bool, headers: &HeaderMap) -> Response
         return simple(StatusCode::INTERNAL_SERVER_ERROR);
     }
     let file = tokio::fs::File::from_std(opened.file);
-    *response.body_mut() = super::body::boxed(FileBody { file, remaining: len, buf: BytesMut::new() });
+    *response.body_mut() = super::body::boxed(FileBody {
+        file,
+        remaining: len,
+        buf: BytesMut::new(),
+    });
     response
 }
 
 fn not_modified(headers: &HeaderMap, etag: &str, mtime: u64) -> bool {
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm.split(',').map(str::trim).any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag));
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t == etag || t.strip_prefix("W/") == Some(etag));
     }
-    if let Some(ims) = headers.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()) {
+    if let Some(ims) = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+    {
         if let Ok(since) = httpdate::parse_http_date(ims) {
             let since = since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
             return mtime <= since;
@@ -191,21 +250,29 @@ enum RangeResult {
 
 /// One `bytes=` range (first-last, first-, or -suffix). Several ranges get the whole file, which is allowed.
 fn parse_range(value: &str, size: u64) -> RangeResult {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return RangeResult::Full };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeResult::Full;
+    };
     if spec.contains(',') {
         return RangeResult::Full;
     }
-    let Some((first, last)) = spec.trim().split_once('-') else { return RangeResult::Full };
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeResult::Full;
+    };
     let (first, last) = (first.trim(), last.trim());
     let parse = |s: &str| s.parse::<u64>().ok();
     if first.is_empty() {
-        let Some(suffix) = parse(last) else { return RangeResult::Full };
+        let Some(suffix) = parse(last) else {
+            return RangeResult::Full;
+        };
         if suffix == 0 || size == 0 {
             return RangeResult::Unsatisfiable;
         }
         return RangeResult::Partial(size.saturating_sub(suffix), size - 1);
     }
-    let Some(first) = parse(first) else { return RangeResult::Full };
+    let Some(first) = parse(first) else {
+        return RangeResult::Full;
+    };
     if first >= size {
         return RangeResult::Unsatisfiable;
     }
@@ -221,16 +288,25 @@ fn parse_range(value: &str, size: u64) -> RangeResult {
 }
 
 fn simple(status: StatusCode) -> Response<ProxyBody> {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut r = Response::new(full(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 
 /// The MIME types nginx's default `mime.types` gives the files web apps serve most.
 fn content_type(path: &Path) -> &'static str {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
     match ext.as_str() {
         "html" | "htm" | "shtml" => "text/html",
         "css" => "text/css",
@@ -273,7 +349,10 @@ impl Body for FileBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.remaining == 0 {
             return Poll::Ready(None);
@@ -319,7 +398,10 @@ mod tests {
         assert_eq!(parse_range("bytes=90-", 100), RangeResult::Partial(90, 99));
         assert_eq!(parse_range("bytes=-10", 100), RangeResult::Partial(90, 99));
         assert_eq!(parse_range("bytes=-200", 100), RangeResult::Partial(0, 99));
-        assert_eq!(parse_range("bytes=50-500", 100), RangeResult::Partial(50, 99));
+        assert_eq!(
+            parse_range("bytes=50-500", 100),
+            RangeResult::Partial(50, 99)
+        );
         assert_eq!(parse_range("bytes=100-", 100), RangeResult::Unsatisfiable);
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeResult::Full);
         assert_eq!(parse_range("items=0-1", 100), RangeResult::Full);

@@ -27,17 +27,22 @@ pub fn load(spec: &TlsSpec) -> Result<Arc<ServerConfig>, String> {
 }
 
 fn read_certs(spec: &TlsSpec) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(&spec.cert).map_err(|e| format!("TLS cert {}: {e}", spec.cert.display()))?;
+    let pem =
+        std::fs::read(&spec.cert).map_err(|e| format!("TLS cert {}: {e}", spec.cert.display()))?;
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
     let certs = certs.map_err(|e| format!("TLS cert {}: {e}", spec.cert.display()))?;
     if certs.is_empty() {
-        return Err(format!("TLS cert {}: no CERTIFICATE block found", spec.cert.display()));
+        return Err(format!(
+            "TLS cert {}: no CERTIFICATE block found",
+            spec.cert.display()
+        ));
     }
     Ok(certs)
 }
 
 fn read_key(spec: &TlsSpec) -> Result<PrivateKeyDer<'static>, String> {
-    let pem = std::fs::read(&spec.key).map_err(|e| format!("TLS key {}: {e}", spec.key.display()))?;
+    let pem =
+        std::fs::read(&spec.key).map_err(|e| format!("TLS key {}: {e}", spec.key.display()))?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|e| format!("TLS key {}: {e}", spec.key.display()))?
         .ok_or_else(|| format!("TLS key {}: no PRIVATE KEY block found", spec.key.display()))
@@ -51,7 +56,10 @@ pub struct TlsHolder {
 
 impl TlsHolder {
     pub fn get(&self) -> Option<Arc<ServerConfig>> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set(&self, config: Option<Arc<ServerConfig>>) {

@@ -118,13 +118,18 @@ impl Replica {
                     let _ = stream.set_nodelay(true);
                     handshake(stream).await
                 }
-                Address::Unix(path) => handshake(tokio::net::UnixStream::connect(path).await?).await,
+                Address::Unix(path) => {
+                    handshake(tokio::net::UnixStream::connect(path).await?).await
+                }
             }
         };
         match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(sender)) => Ok(sender),
             Ok(Err(e)) => Err(Failure::Connect(format!("{}: {e}", self.address))),
-            Err(_) => Err(Failure::ConnectTimeout(format!("{}: connect timed out", self.address))),
+            Err(_) => Err(Failure::ConnectTimeout(format!(
+                "{}: connect timed out",
+                self.address
+            ))),
         }
     }
 }
@@ -195,7 +200,9 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::NoReadyReplica => f.write_str("no ready replica"),
-            Failure::Connect(e) | Failure::ConnectTimeout(e) | Failure::Upstream(e) => f.write_str(e),
+            Failure::Connect(e) | Failure::ConnectTimeout(e) | Failure::Upstream(e) => {
+                f.write_str(e)
+            }
             Failure::ResponseTimeout => f.write_str("upstream response timed out"),
             Failure::BodyTooLarge => f.write_str("request body too large"),
         }
@@ -217,7 +224,11 @@ pub struct Forwarded {
 
 impl Upstream {
     pub fn new(name: String, replicas: Vec<Arc<Replica>>) -> Upstream {
-        Upstream { name, replicas, next: AtomicUsize::new(0) }
+        Upstream {
+            name,
+            replicas,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// The ready replica with the fewest requests in flight, skipping those already tried.
@@ -235,7 +246,7 @@ impl Upstream {
                 continue;
             }
             let load = replica.in_flight();
-            if best.is_none_or(|(_, b)| load < b) {
+            if best.map_or(true, |(_, b)| load < b) {
                 best = Some((i, load));
             }
         }
@@ -278,20 +289,29 @@ impl Upstream {
                 let Some(request) = pending.take().or_else(|| rebuild.map(|r| r())) else {
                     return Err(last);
                 };
-                let sent = tokio::time::timeout(settings.response_timeout, sender.try_send_request(request)).await;
+                let sent = tokio::time::timeout(
+                    settings.response_timeout,
+                    sender.try_send_request(request),
+                )
+                .await;
                 match sent {
                     Err(_) => return Err(Failure::ResponseTimeout),
                     Ok(Ok(response)) => {
                         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
                             replica.recycle(sender);
                         }
-                        return Ok(Forwarded { response, in_flight, replica: Arc::clone(replica) });
+                        return Ok(Forwarded {
+                            response,
+                            in_flight,
+                            replica: Arc::clone(replica),
+                        });
                     }
                     Ok(Err(mut e)) => {
                         if exceeded.load(Ordering::Relaxed) {
                             return Err(Failure::BodyTooLarge);
                         }
-                        let failure = Failure::Upstream(format!("{}: {}", replica.address, e.error()));
+                        let failure =
+                            Failure::Upstream(format!("{}: {}", replica.address, e.error()));
                         tracing::warn!(upstream = %self.name, replica = %replica.name, "{failure}");
                         last = failure;
                         if let Some(unsent) = e.take_message() {
@@ -323,7 +343,10 @@ impl Upstream {
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
 }
 
 #[cfg(test)]
@@ -332,7 +355,13 @@ mod tests {
 
     fn upstream(n: usize) -> Upstream {
         let replicas = (0..n)
-            .map(|i| Replica::new(format!("app@{i}"), Address::parse(&format!("unix:/x/{i}")).unwrap(), true))
+            .map(|i| {
+                Replica::new(
+                    format!("app@{i}"),
+                    Address::parse(&format!("unix:/x/{i}")).unwrap(),
+                    true,
+                )
+            })
             .collect();
         Upstream::new("app".into(), replicas)
     }
@@ -352,14 +381,21 @@ mod tests {
     #[test]
     fn ties_rotate() {
         let up = upstream(3);
-        let picks: std::collections::BTreeSet<usize> = (0..3).filter_map(|_| up.pick(&[])).collect();
+        let picks: std::collections::BTreeSet<usize> =
+            (0..3).filter_map(|_| up.pick(&[])).collect();
         assert_eq!(picks.len(), 3);
     }
 
     #[test]
     fn addresses_parse() {
-        assert_eq!(Address::parse("unix:/a/b"), Some(Address::Unix("/a/b".into())));
-        assert_eq!(Address::parse("127.0.0.1:80"), Some(Address::Tcp("127.0.0.1:80".parse().unwrap())));
+        assert_eq!(
+            Address::parse("unix:/a/b"),
+            Some(Address::Unix("/a/b".into()))
+        );
+        assert_eq!(
+            Address::parse("127.0.0.1:80"),
+            Some(Address::Tcp("127.0.0.1:80".parse().unwrap()))
+        );
         assert_eq!(Address::parse("app"), None);
         assert_eq!(Address::parse("unix:"), None);
     }

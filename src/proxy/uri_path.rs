@@ -9,7 +9,8 @@ pub fn normalize(raw: &str) -> Option<String> {
     }
     let decoded = percent_decode(raw.as_bytes())?;
     let mut segments: Vec<&[u8]> = Vec::new();
-    let trailing_slash = decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
+    let trailing_slash =
+        decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
     for segment in decoded.split(|&b| b == b'/') {
         match segment {
             b"" | b"." => {}

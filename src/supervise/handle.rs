@@ -33,11 +33,27 @@ pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
 
 pub enum Request {
     /// `name`: a service (`app`, all its replicas) or a replica (`app@1`); None for all.
-    Status { name: Option<String>, reply: Reply<Vec<ServiceStatus>> },
-    Control { name: String, action: Action, reply: Reply<ActionReply> },
-    Reload { reply: Reply<ReloadReply> },
-    Shutdown { reboot: bool, reply: Reply<ActionReply> },
-    Logs { name: String, stream: LogStream, reply: Reply<LogSource> },
+    Status {
+        name: Option<String>,
+        reply: Reply<Vec<ServiceStatus>>,
+    },
+    Control {
+        name: String,
+        action: Action,
+        reply: Reply<ActionReply>,
+    },
+    Reload {
+        reply: Reply<ReloadReply>,
+    },
+    Shutdown {
+        reboot: bool,
+        reply: Reply<ActionReply>,
+    },
+    Logs {
+        name: String,
+        stream: LogStream,
+        reply: Reply<LogSource>,
+    },
 }
 
 /// A cheap, cloneable sender to the supervisor.
@@ -47,7 +63,10 @@ pub struct Handle {
 }
 
 fn gone() -> ApiError {
-    ApiError { status: 503, message: "supervisor is shutting down".into() }
+    ApiError {
+        status: 503,
+        message: "supervisor is shutting down".into(),
+    }
 }
 
 impl Handle {
@@ -67,7 +86,12 @@ impl Handle {
     }
 
     pub async fn control(&self, name: String, action: Action) -> Result<ActionReply, ApiError> {
-        self.ask(|reply| Request::Control { name, action, reply }).await
+        self.ask(|reply| Request::Control {
+            name,
+            action,
+            reply,
+        })
+        .await
     }
 
     pub async fn reload(&self) -> Result<ReloadReply, ApiError> {
@@ -79,6 +103,11 @@ impl Handle {
     }
 
     pub async fn logs(&self, name: String, stream: LogStream) -> Result<LogSource, ApiError> {
-        self.ask(|reply| Request::Logs { name, stream, reply }).await
+        self.ask(|reply| Request::Logs {
+            name,
+            stream,
+            reply,
+        })
+        .await
     }
 }

@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_stackinit");
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Wait until something accepts on `addr` (bounded).
@@ -42,7 +46,10 @@ impl Guarded {
 
     /// SIGTERM and wait up to `limit` for the exit status.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -81,7 +88,13 @@ impl ProxyProcess {
             .stderr(std::fs::File::create(dir.join("proxy.err")).unwrap())
             .spawn()
             .expect("start stackinit proxy");
-        let mut proxy = ProxyProcess { process: Guarded { child, name: "proxy".into() }, dir: dir.to_path_buf() };
+        let mut proxy = ProxyProcess {
+            process: Guarded {
+                child,
+                name: "proxy".into(),
+            },
+            dir: dir.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if TcpStream::connect_timeout(&wait_on, Duration::from_millis(200)).is_ok() {
@@ -105,7 +118,8 @@ impl ProxyProcess {
 
     /// Peak RSS (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
@@ -121,7 +135,10 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -143,7 +160,10 @@ pub fn raw_request(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Reply> {
 }
 
 pub fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<Reply> {
-    raw_request(addr, format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+    raw_request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 pub fn read_reply<R: BufRead>(reader: &mut R, head_only: bool) -> std::io::Result<Reply> {
@@ -166,19 +186,30 @@ pub fn read_reply<R: BufRead>(reader: &mut R, head_only: bool) -> std::io::Resul
             headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
     }
-    let mut reply = Reply { status, headers, body: Vec::new() };
+    let mut reply = Reply {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if head_only || status == 204 || status == 304 || status == 101 {
         return Ok(reply);
     }
-    if let Some(len) = reply.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(len) = reply
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         let mut body = vec![0; len];
         reader.read_exact(&mut body)?;
         reply.body = body;
-    } else if reply.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    } else if reply
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         loop {
             let mut size = String::new();
             reader.read_line(&mut size)?;
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
             let mut chunk = vec![0; n + 2];
             reader.read_exact(&mut chunk)?;
             if n == 0 {
@@ -218,7 +249,12 @@ impl Echo {
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
-        let echo = Echo { addr, id: id.to_string(), stop: Arc::clone(&stop), requests: Arc::clone(&requests) };
+        let echo = Echo {
+            addr,
+            id: id.to_string(),
+            stop: Arc::clone(&stop),
+            requests: Arc::clone(&requests),
+        };
         let id = id.to_string();
         thread::spawn(move || {
             for stream in listener.incoming() {
@@ -248,7 +284,12 @@ impl Drop for Echo {
     }
 }
 
-fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize, close: bool) -> std::io::Result<()> {
+fn serve_echo(
+    stream: TcpStream,
+    id: &str,
+    requests: &AtomicUsize,
+    close: bool,
+) -> std::io::Result<()> {
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
@@ -272,7 +313,12 @@ fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize, close: bool) 
             }
         }
         requests.fetch_add(1, Ordering::Relaxed);
-        let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
         let mut body_len: u64 = 0;
         const BUF: usize = 64 * 1024;
         let mut buf = vec![0u8; BUF];
@@ -290,7 +336,8 @@ fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize, close: bool) 
             loop {
                 let mut size = String::new();
                 reader.read_line(&mut size)?;
-                let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
                 let mut left = n + 2;
                 while left > 0 {
                     let got = reader.read(&mut buf[..left.min(BUF as u64) as usize])?;
@@ -306,7 +353,13 @@ fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize, close: bool) 
             }
         }
         let query = |key: &str| -> Option<u64> {
-            target.split_once('?')?.1.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}=")))?.parse().ok()
+            target
+                .split_once('?')?
+                .1
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))?
+                .parse()
+                .ok()
         };
         let path = target.split('?').next().unwrap_or("");
         if header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
@@ -325,7 +378,9 @@ fn serve_echo(stream: TcpStream, id: &str, requests: &AtomicUsize, close: bool) 
         }
         if path == "/download" {
             let total = query("bytes").unwrap_or(0);
-            writer.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes())?;
+            writer.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes(),
+            )?;
             let chunk = vec![b'x'; 256 * 1024];
             let mut left = total;
             while left > 0 {

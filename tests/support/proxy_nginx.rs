@@ -12,7 +12,10 @@ pub const NGINX: &str = "/usr/sbin/nginx";
 
 /// `http_body` is the inside of the `http {}` block.
 pub fn start_nginx(dir: &Path, http_body: &str, wait_on: SocketAddr) -> Guarded {
-    assert!(Path::new(NGINX).exists(), "{NGINX} is missing: apt-get install nginx-light");
+    assert!(
+        Path::new(NGINX).exists(),
+        "{NGINX} is missing: apt-get install nginx-light"
+    );
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log;\n\
@@ -31,7 +34,10 @@ pub fn start_nginx(dir: &Path, http_body: &str, wait_on: SocketAddr) -> Guarded 
         .stderr(std::fs::File::create(dir.join("nginx.stderr")).unwrap())
         .spawn()
         .expect("start nginx");
-    let guard = Guarded { child, name: "nginx".into() };
+    let guard = Guarded {
+        child,
+        name: "nginx".into(),
+    };
     wait_for_port(wait_on);
     guard
 }
