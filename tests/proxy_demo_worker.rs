@@ -16,8 +16,13 @@ use harness::{get, read_reply, Guarded, BIN};
 /// Start the demo worker with `fd` as its only LISTEN_FDS socket (moved to fd 3).
 fn start_worker(fd: i32, replica: &str) -> Guarded {
     let mut command = Command::new("/bin/sh");
-    command.arg("-c").arg("LISTEN_PID=$$ exec \"$0\" demo-worker").arg(BIN);
-    command.env("LISTEN_FDS", "1").env("STACKINIT_REPLICA", replica);
+    command
+        .arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" demo-worker")
+        .arg(BIN);
+    command
+        .env("LISTEN_FDS", "1")
+        .env("STACKINIT_REPLICA", replica);
     // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -27,7 +32,10 @@ fn start_worker(fd: i32, replica: &str) -> Guarded {
             Ok(())
         });
     }
-    Guarded { child: command.spawn().unwrap(), name: "demo-worker".into() }
+    Guarded {
+        child: command.spawn().unwrap(),
+        name: "demo-worker".into(),
+    }
 }
 
 #[test]
@@ -37,11 +45,17 @@ fn demo_worker_serves_unix_and_tcp_and_stops_on_sigterm() {
     let unix = UnixListener::bind(&sock).unwrap();
     let mut worker = start_worker(unix.as_raw_fd(), "0");
     let mut stream = UnixStream::connect(&sock).unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let reply = read_reply(&mut BufReader::new(stream), false).unwrap();
     assert_eq!(reply.status, 200);
     assert!(reply.text().contains("replica 0"), "{}", reply.text());
-    assert!(reply.text().contains(&format!("pid {}", worker.pid())), "{}", reply.text());
+    assert!(
+        reply.text().contains(&format!("pid {}", worker.pid())),
+        "{}",
+        reply.text()
+    );
 
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = tcp.local_addr().unwrap();
@@ -52,6 +66,8 @@ fn demo_worker_serves_unix_and_tcp_and_stops_on_sigterm() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(slow.text().contains("replica 1"));
 
-    let status = worker.terminate(Duration::from_secs(10)).expect("worker stops on SIGTERM");
+    let status = worker
+        .terminate(Duration::from_secs(10))
+        .expect("worker stops on SIGTERM");
     assert!(status.success(), "{status}");
 }

@@ -77,11 +77,7 @@ struct Opened {
 }
 
 /// Map the request to a file inside the root, refusing anything that resolves outside it.
-fn resolve(
-    spec: &StaticSpec,
-    path: &str,
-    query: Option<&str>,
-) -> Result<Opened, Refusal> {
+fn resolve(spec: &StaticSpec, path: &str, query: Option<&str>) -> Result<Opened, Refusal> {
     let (base, relative) = match (&spec.root, &spec.alias) {
         (Some(root), _) => (root, path),
         (None, Some(alias)) => (
