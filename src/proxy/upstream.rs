@@ -246,7 +246,7 @@ impl Upstream {
                 continue;
             }
             let load = replica.in_flight();
-            if best.map_or(true, |(_, b)| load < b) {
+            if best.is_none_or(|(_, b)| load < b) {
                 best = Some((i, load));
             }
         }
