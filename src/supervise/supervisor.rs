@@ -3,6 +3,8 @@
 //!
 //! The loop sleeps until a signal, a request or the earliest unit timer; an idle stack wakes zero times.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
