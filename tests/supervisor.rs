@@ -550,3 +550,86 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
     );
     stack.stop();
 }
+
+#[test]
+fn a_service_runs_with_the_user_groups_limits_and_capabilities_it_asks_for() {
+    let stack = Stack::start(
+        r#"
+[service.locked]
+command = ["sh", "-c", "until [ -w {dir}/out ]; do sleep 0.05; done; grep -E '^(Uid|Gid|Groups|CapBnd|CapEff|NoNewPrivs):' /proc/self/status > {dir}/out/locked.status; umask > {dir}/out/locked.umask; ulimit -n > {dir}/out/locked.nofile; pwd > {dir}/out/locked.pwd; echo $HOME $USER $STACKINIT_SERVICE $GREETING > {dir}/out/locked.env; exec sleep 100000"]
+user = "nobody"
+group = "nogroup"
+umask = "0027"
+nofile = 512
+directory = "/tmp"
+environment = { GREETING = "hi" }
+start_secs = "100ms"
+
+[service.netadmin]
+command = ["sh", "-c", "until [ -w {dir}/out ]; do sleep 0.05; done; grep -E '^CapBnd:' /proc/self/status > {dir}/out/netadmin.status; exec sleep 100000"]
+capabilities = ["CAP_NET_ADMIN", "net_raw"]
+start_secs = "100ms"
+"#,
+    );
+    // The service runs as nobody: open a world-writable output dir in the (0700) test dir for it.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = stack.dir.path().join("out");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    stack.wait_state("locked", "running", Duration::from_secs(5));
+    stack.wait_state("netadmin", "running", Duration::from_secs(5));
+    let written = |f: &str| std::fs::read_to_string(dir.join(f)).is_ok_and(|t| t.ends_with('\n'));
+    assert!(wait_until(Duration::from_secs(5), || written("locked.env")
+        && written("netadmin.status")));
+    let status = std::fs::read_to_string(dir.join("locked.status")).expect("locked.status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(
+        field("Uid:").as_deref(),
+        Some("65534 65534 65534 65534"),
+        "{status}"
+    );
+    assert_eq!(
+        field("Gid:").as_deref(),
+        Some("65534 65534 65534 65534"),
+        "{status}"
+    );
+    assert_eq!(
+        field("Groups:").as_deref(),
+        Some("65534"),
+        "supplementary groups come from the user: {status}"
+    );
+    assert_eq!(
+        field("CapBnd:").as_deref(),
+        Some("0000000000000000"),
+        "{status}"
+    );
+    assert_eq!(
+        field("CapEff:").as_deref(),
+        Some("0000000000000000"),
+        "{status}"
+    );
+    assert_eq!(field("NoNewPrivs:").as_deref(), Some("1"), "{status}");
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("locked.umask"), "0027");
+    assert_eq!(read("locked.nofile"), "512");
+    assert_eq!(read("locked.pwd"), "/tmp");
+    assert_eq!(read("locked.env"), "/nonexistent nobody locked hi");
+    // Kept capabilities stay in the bounding set: NET_ADMIN is bit 12, NET_RAW bit 13.
+    let bnd = read("netadmin.status");
+    assert_eq!(
+        bnd.split_whitespace().nth(1),
+        Some("0000000000003000"),
+        "{bnd}"
+    );
+}
