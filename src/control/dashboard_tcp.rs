@@ -26,9 +26,7 @@ use hyper::header::{
     HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, LOCATION, SET_COOKIE,
     WWW_AUTHENTICATE,
 };
-use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -38,8 +36,6 @@ use super::server::{error_response, respond_tcp, with_content_type, ReplyBody};
 use crate::config::InitSpec;
 use crate::supervise::handle::Handle;
 
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Browsers hold a few connections each (page, event stream, log tails); this bounds PID 1's fds.
 const MAX_CONNECTIONS: usize = 32;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -164,17 +160,7 @@ async fn serve_connection(stream: TcpStream, auth: Arc<Auth>, handle: Handle) {
         let (auth, handle) = (auth.clone(), handle.clone());
         async move { Ok::<_, Infallible>(respond(request, &auth, &handle, peer).await) }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
-    if let Err(err) = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(%err, "dashboard: connection ended with an error");
-    }
+    super::server::serve_http1(stream, service, "dashboard").await;
 }
 
 async fn respond(

@@ -170,6 +170,17 @@ async fn serve_connection(stream: UnixStream, policy: Policy, handle: Handle) {
         let handle = handle.clone();
         async move { Ok::<_, Infallible>(respond(request, peer, &handle).await) }
     });
+    serve_http1(stream, service, "control socket").await;
+}
+
+/// One HTTP/1.1 connection with the control server's limits (header timeout, head size), for the unix
+/// socket and the dashboard's TCP listener alike.
+pub(super) async fn serve_http1<IO, S>(stream: IO, service: S, what: &str)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ReplyBody>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -179,7 +190,7 @@ async fn serve_connection(stream: UnixStream, policy: Policy, handle: Handle) {
         .serve_connection(TokioIo::new(stream), service)
         .await
     {
-        tracing::debug!(%err, "control socket: connection ended with an error");
+        tracing::debug!(%err, "{what}: connection ended with an error");
     }
 }
 
