@@ -715,7 +715,13 @@ impl Supervisor {
                 unit.spawn_error = None;
                 unit.health.reset();
                 unit.health.watchdog = unit.spec.watchdog.map(|w| w.0);
-                unit.health.watchdog_deadline = unit.health.watchdog.map(|w| now + w);
+                // As systemd: a notify service's watchdog runs from READY=1 (start-up may take longer
+                // than one watchdog period); any other service's from the start.
+                unit.health.watchdog_deadline = unit
+                    .health
+                    .watchdog
+                    .filter(|_| !unit.spec.notify)
+                    .map(|w| now + w);
                 self.pids.insert(pid, name.to_string());
                 let first = if unit.spec.startup.is_some() {
                     ProbeKind::Startup
@@ -1202,6 +1208,9 @@ impl Supervisor {
         if message.get("READY") == Some("1") && !unit.health.notified_ready {
             unit.health.notified_ready = true;
             info!("{}: READY=1", unit.name);
+            if unit.health.watchdog_deadline.is_none() {
+                unit.health.watchdog_deadline = unit.health.watchdog.map(|w| Instant::now() + w);
+            }
         }
         if let Some(status) = message.get("STATUS") {
             unit.health.status_text = Some(status.to_string());
