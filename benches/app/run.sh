@@ -19,7 +19,7 @@
 # Usage: benches/app/run.sh [seconds] [connections] [probe-connections]
 # Needs: wrk, nginx, the venv (STACKINIT_TEST_VENV or .cache/venv, see scripts/test), and a release build
 # of stackinit (built here if missing or older than the sources; that takes minutes on a busy machine).
-# STACKINIT=path picks another binary.
+# STACKINIT=path picks another binary; KEEP=1 keeps the temp dir (logs, wrk outputs).
 set -euo pipefail
 
 DURATION=${1:-15}
@@ -55,7 +55,7 @@ cleanup() {
   for sock in "${SI_SOCKETS[@]}"; do "$BIN" --socket "$sock" shutdown >/dev/null 2>&1 || true; done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$TMP"
+  if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
 
