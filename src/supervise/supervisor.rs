@@ -717,14 +717,20 @@ impl Supervisor {
                 unit.spawn_error = None;
                 unit.health.reset();
                 unit.health.watchdog = unit.spec.watchdog.map(|w| w.0);
-                unit.health.watchdog_deadline = unit.health.watchdog.map(|w| now + w);
+                // As systemd: a notify service's watchdog runs from READY=1 (start-up may take longer
+                // than one watchdog period); any other service's from the start.
+                unit.health.watchdog_deadline = unit
+                    .health
+                    .watchdog
+                    .filter(|_| !unit.spec.notify)
+                    .map(|w| now + w);
                 self.pids.insert(pid, name.to_string());
-                let first = if unit.spec.startup.is_some() {
-                    ProbeKind::Startup
-                } else {
-                    ProbeKind::Readiness
-                };
-                self.start_probes(name, first);
+                // A notify service cannot answer before READY=1: its probes start then (see
+                // on_notification), else a first probe that fails during start-up would delay
+                // readiness by a whole probe period (10 s by default).
+                if let Some(first) = (!unit.spec.notify).then(|| Self::first_probe(&unit.spec)) {
+                    self.start_probes(name, first);
+                }
             }
             Err((Some(pid), e)) => {
                 // The child exists and has exited with 127; the reaper routes its status.
@@ -1058,6 +1064,14 @@ impl Supervisor {
 
     // ------------------------------------------------------------------ probes, notify, watchdog
 
+    fn first_probe(spec: &ServiceSpec) -> ProbeKind {
+        if spec.startup.is_some() {
+            ProbeKind::Startup
+        } else {
+            ProbeKind::Readiness
+        }
+    }
+
     /// Start the probe tasks for the current process: the startup probe alone, or readiness and liveness.
     fn start_probes(&mut self, name: &str, phase: ProbeKind) {
         let Some(unit) = self.units.get_mut(name) else {
@@ -1201,9 +1215,16 @@ impl Supervisor {
             );
             return;
         };
+        let mut probes_from_now = None;
         if message.get("READY") == Some("1") && !unit.health.notified_ready {
             unit.health.notified_ready = true;
             info!("{}: READY=1", unit.name);
+            if unit.health.watchdog_deadline.is_none() {
+                unit.health.watchdog_deadline = unit.health.watchdog.map(|w| Instant::now() + w);
+            }
+            if unit.spec.notify {
+                probes_from_now = Some((unit.name.clone(), Self::first_probe(&unit.spec)));
+            }
         }
         if let Some(status) = message.get("STATUS") {
             unit.health.status_text = Some(status.to_string());
@@ -1219,6 +1240,9 @@ impl Supervisor {
         }
         if message.get("STOPPING") == Some("1") {
             info!("{}: STOPPING=1", unit.name);
+        }
+        if let Some((name, first)) = probes_from_now {
+            self.start_probes(&name, first);
         }
     }
 

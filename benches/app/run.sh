@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The app benchmark of issue 5, all stacks in one run, reported as ratios against the seed stack.
+#
+# Workload: the sample Django app (app/), 3 sync workers/replicas, 1 request in 20 to /slow/?ms=50
+# (sleeps 50 ms), the rest to / (fast). Two wrk clients run at once against each stack:
+#   - "mixed":  wrk -t2 -c$CONNS with benches/app/mixed.lua (the 19:1 mix), the bulk of the load;
+#   - "probe":  wrk -t1 -c$PROBE_CONNS on / only. Its latency is the latency of fast requests under the
+#               mixed load (wrk's own stats mix both kinds, so the fast ones are measured separately).
+# rps is both clients together; the slow share actually sent is printed too.
+#
+# Stacks:
+#   seed        nginx (seed config: proxy_pass http://unix:..., Debian proxy_params, access log on)
+#               -> gunicorn --workers 3 --bind unix:... (one shared socket)
+#   si-gunicorn stackinit run: its proxy -> 3 replicas of `gunicorn --workers 1` (no --bind: LISTEN_FDS),
+#               one socket per replica, fewest-in-flight routing
+#   si-lean     the same with app/stackinit_wsgi.py (one process per replica, no master)
+# Then the RSS (and PSS) per replica of gunicorn-per-replica vs the lean server, after the load.
+#
+# Usage: benches/app/run.sh [seconds] [connections] [probe-connections]
+# Needs: wrk, nginx, the venv (STACKINIT_TEST_VENV or .cache/venv, see scripts/test), and a release build
+# of stackinit (built here if missing or older than the sources; that takes minutes on a busy machine).
+# STACKINIT=path picks another binary; KEEP=1 keeps the temp dir (logs, wrk outputs).
+set -euo pipefail
+
+DURATION=${1:-15}
+CONNS=${2:-16}
+PROBE_CONNS=${3:-2}
+WARMUP=3
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+APP=$ROOT/app
+VENV=${STACKINIT_TEST_VENV:-$ROOT/.cache/venv}
+LUA=$ROOT/benches/app/mixed.lua
+export PATH="$PATH:/usr/sbin:/sbin"
+
+die() { echo "benches/app/run.sh: $*" >&2; exit 1; }
+for tool in wrk nginx curl python3; do command -v "$tool" >/dev/null || die "missing $tool"; done
+[[ -x "$VENV/bin/gunicorn" && -x "$VENV/bin/python" ]] ||
+  die "no venv with gunicorn at $VENV (run scripts/test once, or set STACKINIT_TEST_VENV)"
+
+BIN=${STACKINIT:-$ROOT/target/release/stackinit}
+if [[ -z "${STACKINIT:-}" ]]; then
+  newest_src=$(find "$ROOT/src" "$ROOT/Cargo.toml" "$ROOT/Cargo.lock" -type f -newer "$BIN" 2>/dev/null | head -1 || true)
+  if [[ ! -x "$BIN" || -n "$newest_src" ]]; then
+    echo "building the release binary (cargo build --release; minutes on a busy machine)..." >&2
+    (cd "$ROOT" && cargo build --release --quiet) || die "release build failed"
+  fi
+fi
+[[ -x "$BIN" ]] || die "missing $BIN"
+
+TMP=$(mktemp -d /tmp/stackinit-app-bench.XXXXXX)
+chmod 755 "$TMP" # the stackinit proxy runs as nobody and must reach the app sockets
+PIDS=()
+SI_SOCKETS=()
+cleanup() {
+  for sock in "${SI_SOCKETS[@]}"; do "$BIN" --socket "$sock" shutdown >/dev/null 2>&1 || true; done
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P_SEED=$(port); P_SIG=$(port); P_SIL=$(port)
+
+DJANGO_ENV=(DJANGO_SETTINGS_MODULE=mysite.settings "STACKINIT_DB_PATH=$TMP/db.sqlite3"
+  "STACKINIT_STATIC_ROOT=$TMP/staticfiles" PYTHONDONTWRITEBYTECODE=1)
+
+# ---- the seed stack: nginx -> gunicorn --workers 3 on one unix socket ----------------------------------
+mkdir -p "$TMP/seed/logs"
+(cd "$APP" && exec env "${DJANGO_ENV[@]}" "$VENV/bin/gunicorn" --workers 3 --bind "unix:$TMP/seed/gunicorn.sock" \
+  --pid "$TMP/seed/gunicorn.pid" mysite.wsgi:application) 2> "$TMP/seed/logs/gunicorn.err" &
+SEED_GUNICORN=$!
+PIDS+=("$SEED_GUNICORN")
+NGINX_USER=""
+[[ $(id -u) == 0 ]] && NGINX_USER="user root;" # workers as nobody could not enter the temp dir
+cat > "$TMP/seed/nginx.conf" <<CONF
+daemon off;
+master_process on;
+$NGINX_USER
+worker_processes auto;
+pid $TMP/seed/nginx.pid;
+error_log $TMP/seed/logs/error.log;
+events { worker_connections 4096; }
+http {
+  client_body_temp_path $TMP/seed/cb; proxy_temp_path $TMP/seed/pt; fastcgi_temp_path $TMP/seed/ft;
+  uwsgi_temp_path $TMP/seed/ut; scgi_temp_path $TMP/seed/st;
+  access_log $TMP/seed/logs/access.log;
+  server {
+    listen 127.0.0.1:$P_SEED default_server;
+    server_name *.compute.amazonaws.com;
+    location / {
+      proxy_pass http://unix:$TMP/seed/gunicorn.sock;
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+nginx -p "$TMP/seed" -c "$TMP/seed/nginx.conf" &
+PIDS+=($!)
+
+# ---- stackinit stacks --------------------------------------------------------------------------------
+si_stack() { # name, port, command (TOML array), notify
+  local dir=$TMP/$1
+  mkdir -p "$dir"
+  chmod 755 "$dir"
+  cat > "$dir/stackinit.toml" <<CONF
+[init]
+logs_dir = "$dir/logs"
+control_socket = "$dir/control.sock"
+[init.imds]
+enabled = false
+
+[service.app]
+command = $3
+directory = "$APP"
+environment = { DJANGO_SETTINGS_MODULE = "mysite.settings", STACKINIT_DB_PATH = "$TMP/db.sqlite3", STACKINIT_STATIC_ROOT = "$TMP/staticfiles", PYTHONDONTWRITEBYTECODE = "1" }
+replicas = 3
+listen = "unix:$dir/app.sock"
+notify = $4
+readiness = { http = "/", expect = 200 }
+stop_grace = "10s"
+
+[proxy]
+listen = ["127.0.0.1:$2"]
+
+[[proxy.server]]
+server_name = ["*.compute.amazonaws.com", "*.compute-1.amazonaws.com", "*.compute.internal", "*.ec2.internal"]
+default = true
+  [[proxy.server.location]]
+  path = "/"
+  upstream = "app"
+CONF
+  "$BIN" run --config "$dir/stackinit.toml" > "$dir/stdout" 2> "$dir/stderr" &
+  PIDS+=($!)
+  SI_SOCKETS+=("$dir/control.sock")
+}
+si_stack si-gunicorn "$P_SIG" "[\"$VENV/bin/gunicorn\", \"--workers\", \"1\", \"mysite.wsgi:application\"]" false
+si_stack si-lean "$P_SIL" "[\"$VENV/bin/python\", \"$APP/stackinit_wsgi.py\", \"--no-access-log\", \"mysite.wsgi:application\"]" true
+
+wait_ok() { # port, path
+  for _ in $(seq 600); do
+    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1$2") == 200 ]] && return 0
+    sleep 0.1
+  done
+  die "127.0.0.1:$1$2 never answered 200"
+}
+wait_ok "$P_SEED" /
+wait_ok "$P_SIG" /healthz
+wait_ok "$P_SIL" /healthz
+wait_ok "$P_SIG" /
+wait_ok "$P_SIL" /
+
+# ---- load ---------------------------------------------------------------------------------------------
+declare -A RPS FAST_P50 FAST_P99 MIXED_P99 SLOW_SHARE ERRORS
+to_ms() { # wrk latency like 850.00us, 12.34ms, 1.02s -> ms
+  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)\$', v); f={'us':1e-3,'ms':1,'s':1e3}[m.group(2)]; print(f'{float(m.group(1))*f:.2f}')" "$1"
+}
+run() { # label, port
+  local url=http://127.0.0.1:$2
+  # warm up every replica, then measure both clients over the same window
+  wrk -t2 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$url/" >/dev/null
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$LUA" "$url/" > "$TMP/$1.mixed" &
+  local mixed=$!
+  wrk -t1 -c"$PROBE_CONNS" -d"${DURATION}s" --latency "$url/" > "$TMP/$1.probe"
+  wait "$mixed"
+  local m_req p_req m_rps p_rps
+  m_req=$(awk '/requests in/ {print $1}' "$TMP/$1.mixed")
+  p_req=$(awk '/requests in/ {print $1}' "$TMP/$1.probe")
+  m_rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$1.mixed")
+  p_rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$1.probe")
+  RPS[$1]=$(python3 -c "print(f'{$m_rps + $p_rps:.0f}')")
+  FAST_P50[$1]=$(to_ms "$(awk '$1=="50%" {print $2}' "$TMP/$1.probe")")
+  FAST_P99[$1]=$(to_ms "$(awk '$1=="99%" {print $2}' "$TMP/$1.probe")")
+  MIXED_P99[$1]=$(to_ms "$(awk '$1=="99%" {print $2}' "$TMP/$1.mixed")")
+  SLOW_SHARE[$1]=$(python3 -c "print(f'{($m_req // 20) / ($m_req + $p_req) * 100:.1f}%')")
+  ERRORS[$1]=$(cat "$TMP/$1.mixed" "$TMP/$1.probe" | awk '/Non-2xx|Socket errors/' | tr '\n' ' ')
+}
+echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); mixed: wrk -t2 -c$CONNS -d${DURATION}s -s mixed.lua;" \
+  "probe: wrk -t1 -c$PROBE_CONNS -d${DURATION}s on /; stackinit: $BIN" >&2
+run seed "$P_SEED"
+run si-gunicorn "$P_SIG"
+run si-lean "$P_SIL"
+
+ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
+printf '%-12s %8s %10s %10s %11s %10s %9s %13s\n' stack rps fast-p50 fast-p99 mixed-p99 slow-share "rps/seed" "fast-p99/seed"
+for k in seed si-gunicorn si-lean; do
+  printf '%-12s %8s %8sms %8sms %9sms %10s %9s %13s\n' "$k" "${RPS[$k]}" "${FAST_P50[$k]}" "${FAST_P99[$k]}" \
+    "${MIXED_P99[$k]}" "${SLOW_SHARE[$k]}" "$(ratio "${RPS[$k]}" "${RPS[seed]}")" \
+    "$(ratio "${FAST_P99[$k]}" "${FAST_P99[seed]}")"
+  [[ -n "${ERRORS[$k]}" ]] && echo "  $k errors: ${ERRORS[$k]}"
+done
+
+# ---- memory per replica --------------------------------------------------------------------------------
+mem() { # pids... -> "rss_kib pss_kib" summed
+  local rss=0 pss=0 p
+  for p in "$@"; do
+    rss=$(( rss + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status") ))
+    pss=$(( pss + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") ))
+  done
+  echo "$rss $pss"
+}
+replica_pids() { # control socket -> the pid of each app@N
+  "$BIN" --socket "$1" status --json | python3 -c \
+    'import json,sys; print(" ".join(str(s["pid"]) for s in json.load(sys.stdin)["services"] if s["service"]=="app"))'
+}
+echo
+echo "memory per replica (after the load; MiB):"
+printf '%-12s %8s %8s %s\n' stack rss pss processes
+for k in si-gunicorn si-lean; do
+  tot_rss=0; tot_pss=0; procs=0
+  for pid in $(replica_pids "$TMP/$k/control.sock"); do
+    group=("$pid" $(pgrep -P "$pid" || true))
+    read -r r p < <(mem "${group[@]}")
+    tot_rss=$((tot_rss + r)); tot_pss=$((tot_pss + p)); procs=$((procs + ${#group[@]}))
+  done
+  printf '%-12s %8.1f %8.1f %s\n' "$k" "$(bc -l <<<"$tot_rss/3/1024")" "$(bc -l <<<"$tot_pss/3/1024")" "$procs processes for 3 replicas"
+done
+seed_group=("$SEED_GUNICORN" $(pgrep -P "$SEED_GUNICORN" || true))
+read -r r p < <(mem "${seed_group[@]}")
+printf '%-12s %8.1f %8.1f %s\n' seed "$(bc -l <<<"$r/3/1024")" "$(bc -l <<<"$p/3/1024")" "${#seed_group[@]} processes (1 master + 3 workers), per worker"

@@ -1,0 +1,357 @@
+//! Helpers for the end-to-end tests with the real Django app: the test venv, a fake IMDS, the seed stack's
+//! config, and a bounded load generator that counts every failed request (with its error).
+//! Everything started here is killed by pid when its guard drops, even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn app_dir() -> PathBuf {
+    repo().join("app")
+}
+
+/// The venv with the pinned Django + gunicorn (made by scripts/test). Missing: the test fails, never skips.
+pub fn venv() -> PathBuf {
+    let venv = std::env::var_os("STACKINIT_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".cache/venv"));
+    for tool in ["bin/python", "bin/gunicorn"] {
+        assert!(
+            venv.join(tool).exists(),
+            "{} is missing: the end-to-end tests need the venv with app/requirements.txt \
+             (run scripts/test once, or: python3 -m venv .cache/venv && .cache/venv/bin/pip install -r app/requirements.txt; \
+             or point STACKINIT_TEST_VENV at one)",
+            venv.join(tool).display()
+        );
+    }
+    venv
+}
+
+/// A directory other users can enter (the proxy runs as `nobody` and must reach the app sockets and the
+/// collected static files), removed on drop.
+pub fn shared_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("stackinit-e2e")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// A child killed (SIGTERM, then SIGKILL) and waited for on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The fake IMDSv2 of tests/support/fake_imds.py on a free loopback port, with the given values.
+pub struct FakeImds {
+    pub port: u16,
+    _child: Guard,
+}
+
+impl FakeImds {
+    pub fn start(values: &[(&str, &str)]) -> FakeImds {
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/support/fake_imds.py")).arg("0");
+        for (k, v) in values {
+            cmd.arg("--set").arg(format!("{k}={v}"));
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fake_imds.py (python3)");
+        let stdout = child.stdout.take().expect("stdout");
+        let guard = Guard(child);
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("fake IMDS port");
+        let port = line.trim().parse().expect("fake IMDS prints its port");
+        FakeImds {
+            port,
+            _child: guard,
+        }
+    }
+}
+
+/// Which server runs each replica.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum AppServer {
+    /// `gunicorn --workers 1 mysite.wsgi:application`, no --bind: it takes the LISTEN_FDS socket.
+    Gunicorn,
+    /// app/stackinit_wsgi.py: one process per replica, READY=1 once Django is loaded.
+    Lean,
+}
+
+/// The seed stack as a stackinit config: migrate + collectstatic jobs, `replicas` app replicas, the proxy
+/// with the EC2 wildcard names and /static/ by alias, facts from the fake IMDS. Sockets, db and static
+/// files live in `shared`; `{dir}` (the stack's own dir) holds logs and the control socket.
+pub struct SeedConfig<'a> {
+    pub server: AppServer,
+    pub replicas: u32,
+    pub proxy_port: u16,
+    pub imds_port: u16,
+    pub shared: &'a Path,
+    /// Extra keys for `[service.app]` (TOML lines), e.g. a different readiness probe.
+    pub app_extra: String,
+    /// Replaces the default readiness probe line when set.
+    pub readiness: Option<String>,
+    /// How long a replaced replica has to become ready in a rolling restart.
+    pub ready_timeout: &'a str,
+}
+
+impl SeedConfig<'_> {
+    pub fn render(&self) -> String {
+        let venv = venv();
+        let py = venv.join("bin/python");
+        let app = app_dir();
+        let shared = self.shared.display();
+        let env = format!(
+            "{{ DJANGO_SETTINGS_MODULE = \"mysite.settings\", STACKINIT_DB_PATH = \"{shared}/db.sqlite3\", \
+             STACKINIT_STATIC_ROOT = \"{shared}/staticfiles\", PYTHONDONTWRITEBYTECODE = \"1\" }}"
+        );
+        let (command, notify) = match self.server {
+            AppServer::Gunicorn => (
+                format!(
+                    "[\"{}\", \"--workers\", \"1\", \"--graceful-timeout\", \"5\", \"mysite.wsgi:application\"]",
+                    venv.join("bin/gunicorn").display()
+                ),
+                false,
+            ),
+            AppServer::Lean => (
+                format!(
+                    "[\"{}\", \"{}\", \"--no-access-log\", \"mysite.wsgi:application\"]",
+                    py.display(),
+                    app.join("stackinit_wsgi.py").display()
+                ),
+                true,
+            ),
+        };
+        let readiness = self.readiness.clone().unwrap_or_else(|| {
+            "readiness = { http = \"/\", expect = 200, period = \"1s\", timeout = \"2s\" }".into()
+        });
+        format!(
+            r#"
+[init.imds]
+enabled = true
+endpoint = "http://127.0.0.1:{imds}"
+timeout = "2s"
+
+[service.migrate]
+command = ["{py}", "manage.py", "migrate", "--noinput"]
+directory = "{app}"
+environment = {env}
+oneshot = true
+
+[service.collectstatic]
+command = ["{py}", "manage.py", "collectstatic", "--noinput"]
+directory = "{app}"
+environment = {env}
+oneshot = true
+
+[service.app]
+command = {command}
+directory = "{app}"
+environment = {env}
+replicas = {replicas}
+listen = "unix:{shared}/app.sock"
+after = ["migrate", "collectstatic"]
+restart = "always"
+notify = {notify}
+{readiness}
+stop_signal = "TERM"
+stop_grace = "10s"
+ready_timeout = "{ready_timeout}"
+{extra}
+
+[proxy]
+listen = ["127.0.0.1:{port}"]
+
+[[proxy.server]]
+server_name = ["*.compute.amazonaws.com", "*.compute-1.amazonaws.com", "*.compute.internal", "*.ec2.internal"]
+default = true
+  [[proxy.server.location]]
+  path = "/static/"
+  alias = "{shared}/staticfiles/"
+  [[proxy.server.location]]
+  path = "/"
+  upstream = "app"
+"#,
+            imds = self.imds_port,
+            py = py.display(),
+            app = app.display(),
+            replicas = self.replicas,
+            port = self.proxy_port,
+            extra = self.app_extra,
+            ready_timeout = self.ready_timeout,
+        )
+    }
+}
+
+/// One GET on a fresh connection: (status, body) or the I/O error, as text.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {:?}", truncate(&text, 200)))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// One failed request of a load run: when (since the start), and what.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub at: Duration,
+    pub what: String,
+}
+
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failures: Vec<Failure>,
+}
+
+/// `clients` threads, each doing GET `path` (Host `host`) on fresh connections back to back, with `pause`
+/// between requests so the load stays bounded. A request fails on a non-200, a body without `expect`,
+/// or any connection error.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<(u64, Vec<Failure>)>>,
+    started: Instant,
+}
+
+impl Load {
+    pub fn start(
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        expect: &str,
+        clients: usize,
+        pause: Duration,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let threads = (0..clients)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                let (host, path, expect) = (host.to_string(), path.to_string(), expect.to_string());
+                thread::spawn(move || {
+                    let (mut ok, mut failures) = (0u64, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match get(addr, &host, &path) {
+                            Ok((200, body)) if body.contains(&expect) => ok += 1,
+                            Ok((status, body)) => failures.push(Failure {
+                                at: started.elapsed(),
+                                what: format!("HTTP {status}: {}", truncate(body.trim(), 300)),
+                            }),
+                            Err(e) => failures.push(Failure {
+                                at: started.elapsed(),
+                                what: e,
+                            }),
+                        }
+                        thread::sleep(pause);
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            started,
+        }
+    }
+
+    pub fn finish(mut self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut report = LoadReport::default();
+        for t in self.threads.drain(..) {
+            if let Ok((ok, failures)) = t.join() {
+                report.ok += ok;
+                report.failures.extend(failures);
+            }
+        }
+        report.failures.sort_by_key(|f| f.at);
+        report
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A shared log of timestamped events (kills, state changes) to explain failures next to their times.
+#[derive(Clone, Default)]
+pub struct Events(pub Arc<Mutex<Vec<(Duration, String)>>>);
+
+impl Events {
+    pub fn push(&self, at: Duration, what: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push((at, what));
+        }
+    }
+    pub fn dump(&self) -> String {
+        self.0
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .map(|(t, w)| format!("  {:>8.3}s {w}", t.as_secs_f64()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
