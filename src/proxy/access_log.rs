@@ -172,8 +172,13 @@ fn version_text(version: Version) -> &'static str {
 
 /// nginx's `$request_time` style: seconds with millisecond resolution (truncated, as nginx does).
 fn seconds_into(out: &mut Vec<u8>, t: Duration) {
-    let ms = t.as_millis();
-    let _ = write!(out, "{}.{:03}", ms / 1000, ms % 1000);
+    let ms = t.subsec_millis();
+    let _ = write!(out, "{}.", t.as_secs());
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
 }
 
 /// A header field: `-` when absent or empty.
