@@ -5,12 +5,14 @@
 #   2. nginx, seed config: proxy_pass http://unix:..., no upstream keep-alive
 #   3. nginx tuned: upstream block with keepalive 64, proxy_http_version 1.1, Connection ""
 #   4. the stackinit proxy (standalone mode, same upstream socket)
-# Every proxy writes an access log, as the seed does. Usage: benches/proxy.sh [seconds] [connections]
+# Every proxy writes an access log, as the seed does. Usage: benches/proxy.sh [seconds] [connections] [wrk threads]
+# On 2 cores wrk's own threads compete with the proxies: compare -t1 (wrk leaves a core) with -t2.
 # STACKINIT=path/to/stackinit picks the binary (default: target/release if built, else target/debug).
 set -euo pipefail
 
 DURATION=${1:-10}
 CONNS=${2:-64}
+THREADS=${3:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${STACKINIT:-}
 if [[ -z "$BIN" ]]; then
@@ -100,7 +102,7 @@ ticks() {
 run() { # label, port
   local out before after
   before=$(ticks "${PIDOF[$1]}")
-  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: ec2-1-2-3-4.us-west-2.compute.amazonaws.com' "http://127.0.0.1:$2/")
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -H 'Host: ec2-1-2-3-4.us-west-2.compute.amazonaws.com' "http://127.0.0.1:$2/")
   RPS[$1]=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   P50[$1]=$(awk '$1=="50%" {print $2}' <<<"$out")
   P99[$1]=$(awk '$1=="99%" {print $2}' <<<"$out")
@@ -112,7 +114,7 @@ run() { # label, port
   return 0
 }
 PIDOF[direct]=${PIDS[0]}; PIDOF[seed]=${PIDS[1]}; PIDOF[tuned]=${PIDS[2]}; PIDOF[stackinit]=$SI_PID
-echo "wrk -t2 -c$CONNS -d${DURATION}s on $(nproc) cores; stackinit binary: $BIN" >&2
+echo "wrk -t$THREADS -c$CONNS -d${DURATION}s on $(nproc) cores; stackinit binary: $BIN" >&2
 run direct "$P_UP"
 run seed "$P_SEED"
 run tuned "$P_TUNED"

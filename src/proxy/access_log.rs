@@ -1,19 +1,23 @@
 //! The access log: nginx "combined" format plus request time and upstream time, one line per request on stdout.
 //! Init pipes the proxy's stdout into `<logs_dir>/access.log` with lossless rotation.
 //!
-//! Lines are batched: the first line of a burst schedules one flush task, which runs after the current batch of
-//! ready tasks, so a busy proxy makes one write(2) for many requests and an idle one makes none.
+//! Lines are formatted straight into one shared buffer (no per-request Strings; the date is formatted once a
+//! second) and batched: the first line of a burst wakes one long-lived flush task, which runs after the current
+//! batch of ready tasks, so a busy proxy makes one write(2) for many requests and an idle one makes none.
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::HeaderValue;
+use hyper::{Method, Uri, Version};
+use tokio::sync::Notify;
 
 use super::body::{BoxError, ProxyBody};
 use super::upstream::InFlight;
@@ -23,7 +27,18 @@ const FLUSH_AT: usize = 64 * 1024;
 
 #[derive(Default)]
 pub struct AccessLog {
-    buffer: Mutex<Vec<u8>>,
+    pending: Mutex<Pending>,
+    /// Wakes the flush task when a burst starts.
+    wake: Notify,
+    flusher_started: AtomicBool,
+}
+
+#[derive(Default)]
+struct Pending {
+    buffer: Vec<u8>,
+    /// `$time_local` of the second `date_secs`: formatting it per request would cost more than the rest.
+    date_secs: u64,
+    date: String,
 }
 
 impl AccessLog {
@@ -31,29 +46,42 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn push(self: &Arc<Self>, line: &str) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        let was_empty = buffer.is_empty();
-        buffer.extend_from_slice(line.as_bytes());
-        if buffer.len() >= FLUSH_AT {
-            write_out(&mut buffer);
-        } else if was_empty {
-            let log = Arc::clone(self);
+    fn push(self: &Arc<Self>, entry: &Entry, bytes_sent: u64) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = pending.buffer.is_empty();
+        pending.append(entry, bytes_sent);
+        if pending.buffer.len() >= FLUSH_AT {
+            write_out(&mut pending.buffer);
+        } else if was_empty && !self.schedule_flush() {
             // Outside a runtime (unit tests) there is nothing to batch with: write at once.
-            if tokio::runtime::Handle::try_current().is_ok() {
-                tokio::spawn(async move {
-                    tokio::task::yield_now().await;
-                    log.flush();
-                });
-            } else {
-                write_out(&mut buffer);
-            }
+            write_out(&mut pending.buffer);
         }
     }
 
+    /// Wake (starting it the first time) the task that flushes after the current batch; false without a runtime.
+    fn schedule_flush(self: &Arc<Self>) -> bool {
+        if !self.flusher_started.load(Ordering::Relaxed) {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return false;
+            }
+            self.flusher_started.store(true, Ordering::Relaxed);
+            let log = Arc::clone(self);
+            tokio::spawn(async move {
+                loop {
+                    log.wake.notified().await;
+                    // Let the other ready tasks of this tick log their lines first.
+                    tokio::task::yield_now().await;
+                    log.flush();
+                }
+            });
+        }
+        self.wake.notify_one();
+        true
+    }
+
     pub fn flush(&self) {
-        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
-        write_out(&mut buffer);
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        write_out(&mut pending.buffer);
     }
 }
 
@@ -69,52 +97,113 @@ fn write_out(buffer: &mut Vec<u8>) {
 }
 
 /// What is known about a request when its response starts; completed with byte count and times at the end.
+/// Everything is kept as received (cheap clones of shared bytes) and only formatted into the log buffer.
 pub struct Entry {
     pub log: Arc<AccessLog>,
-    pub remote: Option<IpAddr>,
-    pub request_line: String,
+    /// `$remote_addr`, already formatted (`unix:` for a unix-socket client).
+    pub remote: HeaderValue,
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
     pub status: u16,
-    pub referer: String,
-    pub user_agent: String,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
     pub started: Instant,
     pub upstream_time: Option<Duration>,
 }
 
-impl Entry {
-    fn write(&self, bytes_sent: u64) {
-        let remote = self
-            .remote
-            .map_or_else(|| "unix:".to_string(), |ip| ip.to_canonical().to_string());
-        let request_time = self.started.elapsed().as_secs_f64();
-        let upstream = self
-            .upstream_time
-            .map_or_else(|| "-".to_string(), |t| format!("{:.3}", t.as_secs_f64()));
-        let line = format!(
-            "{remote} - - [{}] \"{}\" {} {bytes_sent} \"{}\" \"{}\" {request_time:.3} {upstream}\n",
-            time_local(SystemTime::now()),
-            escape(&self.request_line),
-            self.status,
-            escape(&self.referer),
-            escape(&self.user_agent),
-        );
-        self.log.push(&line);
+impl Pending {
+    /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
+    /// $request_time $upstream_response_time`
+    fn append(&mut self, entry: &Entry, bytes_sent: u64) {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs != self.date_secs || self.date.is_empty() {
+            self.date_secs = secs;
+            self.date = time_local(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        }
+        let out = &mut self.buffer;
+        // Writes into a Vec cannot fail.
+        out.extend_from_slice(entry.remote.as_bytes());
+        out.extend_from_slice(b" - - [");
+        out.extend_from_slice(self.date.as_bytes());
+        out.extend_from_slice(b"] \"");
+        escape_into(out, entry.method.as_str().as_bytes());
+        out.push(b' ');
+        request_target_into(out, &entry.uri, entry.version);
+        out.push(b' ');
+        escape_into(out, version_text(entry.version).as_bytes());
+        let _ = write!(out, "\" {} {bytes_sent} \"", entry.status);
+        escape_field(out, entry.referer.as_ref().map(HeaderValue::as_bytes));
+        out.extend_from_slice(b"\" \"");
+        escape_field(out, entry.user_agent.as_ref().map(HeaderValue::as_bytes));
+        out.extend_from_slice(b"\" ");
+        seconds_into(out, entry.started.elapsed());
+        out.push(b' ');
+        match entry.upstream_time {
+            Some(t) => seconds_into(out, t),
+            None => out.push(b'-'),
+        }
+        out.push(b'\n');
+    }
+}
+
+/// The request target as nginx logs it: as sent on HTTP/1 (absolute-form included), the path on HTTP/2.
+fn request_target_into(out: &mut Vec<u8>, uri: &Uri, version: Version) {
+    let origin_form = uri.scheme().is_none() && uri.authority().is_none();
+    if version == Version::HTTP_2 || origin_form {
+        let target = uri.path_and_query().map_or("/", |p| p.as_str());
+        escape_into(out, target.as_bytes());
+    } else {
+        escape_into(out, uri.to_string().as_bytes());
+    }
+}
+
+fn version_text(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// nginx's `$request_time` style: seconds with millisecond resolution (truncated, as nginx does).
+fn seconds_into(out: &mut Vec<u8>, t: Duration) {
+    let ms = t.subsec_millis();
+    let _ = write!(out, "{}.", t.as_secs());
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
+}
+
+/// A header field: `-` when absent or empty.
+fn escape_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(v) if !v.is_empty() => escape_into(out, v),
+        _ => out.push(b'-'),
     }
 }
 
 /// nginx escapes `"`, `\` and bytes outside printable ASCII as `\xHH`.
-fn escape(text: &str) -> String {
-    if text.is_empty() {
-        return "-".into();
-    }
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
+fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.push_str(&format!("\\x{b:02X}"));
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
         } else {
-            out.push(b as char);
+            out.push(b);
         }
     }
-    out
 }
 
 /// `$time_local` in UTC: `25/Nov/2026:15:41:09 +0000`.
@@ -150,17 +239,25 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// A response body that counts what it sends, keeps its request counted in flight on the upstream replica, and
-/// writes the access log line when it ends or is dropped (a client that hangs up is logged too).
+/// A response body that counts what it sends, keeps its request counted in flight on the upstream replica (and
+/// its upstream connection leased), and writes the access log line when it ends or is dropped (a client that
+/// hangs up is logged too).
 pub struct LoggedBody {
-    inner: ProxyBody,
+    inner: ResponseBody,
     sent: u64,
     entry: Option<Entry>,
     _in_flight: Option<InFlight>,
 }
 
+/// An upstream's body passed through as is, or one the proxy made itself; an enum rather than a box, so a
+/// proxied response costs no allocation for its body.
+pub enum ResponseBody {
+    Upstream(Incoming),
+    Local(ProxyBody),
+}
+
 impl LoggedBody {
-    pub fn new(inner: ProxyBody, entry: Entry, in_flight: Option<InFlight>) -> LoggedBody {
+    pub fn new(inner: ResponseBody, entry: Entry, in_flight: Option<InFlight>) -> LoggedBody {
         LoggedBody {
             inner,
             sent: 0,
@@ -173,7 +270,7 @@ impl LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
-            entry.write(self.sent);
+            entry.log.push(&entry, self.sent);
         }
     }
 }
@@ -186,7 +283,10 @@ impl Body for LoggedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = match &mut self.inner {
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Local(body) => Pin::new(body).poll_frame(cx),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.sent += data.len() as u64;
@@ -196,11 +296,17 @@ impl Body for LoggedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            ResponseBody::Upstream(body) => body.is_end_stream(),
+            ResponseBody::Local(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            ResponseBody::Upstream(body) => body.size_hint(),
+            ResponseBody::Local(body) => body.size_hint(),
+        }
     }
 }
 
@@ -219,8 +325,41 @@ mod tests {
     }
 
     #[test]
+    fn formats_a_combined_line() {
+        let entry = Entry {
+            log: AccessLog::new(),
+            remote: HeaderValue::from_static("127.0.0.9"),
+            method: Method::GET,
+            uri: Uri::from_static("/a?b=c"),
+            version: Version::HTTP_11,
+            status: 200,
+            referer: None,
+            user_agent: Some(HeaderValue::from_static("w\"rk")),
+            started: Instant::now(),
+            upstream_time: Some(Duration::from_millis(1234)),
+        };
+        let mut pending = Pending::default();
+        pending.append(&entry, 3);
+        let line = String::from_utf8(pending.buffer).unwrap();
+        let (head, rest) = line.split_once(" [").unwrap();
+        assert_eq!(head, "127.0.0.9 - -");
+        let (_, rest) = rest.split_once("] ").unwrap();
+        // The request time depends on the machine; the rest is fixed.
+        let (fixed, times) = rest.split_once("\" \"w\\x22rk\" ").unwrap();
+        assert_eq!(fixed, "\"GET /a?b=c HTTP/1.1\" 200 3 \"-");
+        let (request_time, upstream_time) = times.split_once(' ').unwrap();
+        assert!(request_time.parse::<f64>().is_ok(), "{request_time}");
+        assert_eq!(upstream_time, "1.234\n");
+    }
+
+    #[test]
     fn escapes_like_nginx() {
-        assert_eq!(escape("a\"b\\c\u{7}"), "a\\x22b\\x5Cc\\x07");
-        assert_eq!(escape(""), "-");
+        let mut out = Vec::new();
+        escape_into(&mut out, "a\"b\\c\u{7}".as_bytes());
+        assert_eq!(out, b"a\\x22b\\x5Cc\\x07");
+        out.clear();
+        escape_field(&mut out, Some(b""));
+        escape_field(&mut out, None);
+        assert_eq!(out, b"--");
     }
 }

@@ -10,83 +10,71 @@ use std::time::Instant;
 
 use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::access_log::{Entry, LoggedBody};
+use super::access_log::{Entry, LoggedBody, ResponseBody};
 use super::body::{boxed, empty, full, LimitedBody, ProxyBody};
 use super::headers;
-use super::routes::Action;
+use super::routes::{Action, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
-use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight};
+use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight, Upstream};
 use super::{healthz, static_files, uri_path};
 
 /// Who is on the other end of a client connection.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     pub https: bool,
+    /// `$remote_addr` for X-Real-IP, X-Forwarded-For and the access log, formatted once per connection.
+    pub remote_addr: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: Option<SocketAddr>, https: bool) -> ConnInfo {
+        ConnInfo {
+            remote,
+            https,
+            remote_addr: headers::remote_addr(remote.map(|a| a.ip())),
+        }
+    }
 }
 
 pub async fn handle(
     req: Request<Incoming>,
     conn: ConnInfo,
     shared: Arc<Shared>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
-    let entry_base = EntryBase::of(&req, conn);
+    // Cheap clones (shared bytes) of what the log line needs; it is formatted only when the response ends.
+    let header = |name: header::HeaderName| req.headers().get(name).cloned();
+    let referer = header(header::REFERER);
+    let user_agent = header(header::USER_AGENT);
+    let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
+    let remote = conn.remote_addr.clone();
     let (response, upstream_time, in_flight) = route(req, conn, &shared).await;
     let entry = Entry {
         log: Arc::clone(&shared.log),
-        remote: conn.remote.map(|a| a.ip()),
-        request_line: entry_base.request_line,
+        remote,
+        method,
+        uri,
+        version,
         status: response.status().as_u16(),
-        referer: entry_base.referer,
-        user_agent: entry_base.user_agent,
+        referer,
+        user_agent,
         started,
         upstream_time,
     };
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        boxed(LoggedBody::new(body, entry, in_flight)),
+        LoggedBody::new(body, entry, in_flight),
     ))
 }
 
-struct EntryBase {
-    request_line: String,
-    referer: String,
-    user_agent: String,
-}
-
-impl EntryBase {
-    fn of(req: &Request<Incoming>, conn: ConnInfo) -> EntryBase {
-        let _ = conn;
-        let target = if req.version() == Version::HTTP_2 {
-            req.uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string()
-        } else {
-            req.uri().to_string()
-        };
-        let text = |name: header::HeaderName| {
-            req.headers()
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default()
-        };
-        EntryBase {
-            request_line: format!("{} {target} {:?}", req.method(), req.version()),
-            referer: text(header::REFERER),
-            user_agent: text(header::USER_AGENT),
-        }
-    }
-}
-
 type Routed = (
-    Response<ProxyBody>,
+    Response<ResponseBody>,
     Option<std::time::Duration>,
     Option<InFlight>,
 );
@@ -99,143 +87,195 @@ async fn route(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Route
     (response, upstream_time, in_flight)
 }
 
-async fn dispatch(mut req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
+/// A response the proxy made itself (not an upstream's).
+fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
+    response.map(ResponseBody::Local)
+}
+
+async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
     if req.uri().path() == healthz::PATH {
         return (
-            healthz::respond(&shared.health(), req.method() == hyper::Method::HEAD),
+            local(healthz::respond(
+                &shared.health(),
+                req.method() == hyper::Method::HEAD,
+            )),
             None,
             None,
         );
     }
     let host_header = match host_header(&req) {
         Ok(h) => h,
-        Err(()) => return (error(StatusCode::BAD_REQUEST), None, None),
+        Err(()) => return (local_error(StatusCode::BAD_REQUEST), None, None),
     };
     // The Host used for routing: the request-line authority if any (absolute-form or HTTP/2), else the header.
     let routing_host = match req.uri().authority() {
-        Some(authority) => Some(authority.as_str().as_bytes().to_vec()),
-        None => host_header.as_ref().map(|h| h.as_bytes().to_vec()),
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => host_header.as_ref().map(HeaderValue::as_bytes),
     };
     let host = match routing_host {
-        Some(raw) => match normalize_host(&raw) {
+        Some(raw) => match normalize_host(raw) {
             Ok(host) => Some(host),
-            Err(_) => return (error(StatusCode::BAD_REQUEST), None, None),
+            Err(_) => return (local_error(StatusCode::BAD_REQUEST), None, None),
         },
         None if req.version() == Version::HTTP_11 => {
-            return (error(StatusCode::BAD_REQUEST), None, None)
+            return (local_error(StatusCode::BAD_REQUEST), None, None)
         }
         None => None,
     };
     let Some(path) = uri_path::normalize(req.uri().path()) else {
-        return (error(StatusCode::BAD_REQUEST), None, None);
+        return (local_error(StatusCode::BAD_REQUEST), None, None);
     };
     let routes = shared.routes();
     let server_index = routes.names.select(host.as_deref());
     let Some(server) = routes.servers.get(server_index) else {
-        return (error(StatusCode::NOT_FOUND), None, None);
+        return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     let Some(location) = server.locations.select(&path) else {
-        return (error(StatusCode::NOT_FOUND), None, None);
+        return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     match &server.actions[location] {
-        Action::Return { status, redirect } => {
-            (return_response(*status, redirect.as_deref()), None, None)
-        }
+        Action::Return { status, redirect } => (
+            local(return_response(*status, redirect.as_deref())),
+            None,
+            None,
+        ),
         Action::Static(spec) => {
             let response =
                 static_files::serve(spec, &path, req.uri().query(), req.method(), req.headers())
                     .await;
-            (response, None, None)
+            (local(response), None, None)
         }
         Action::Proxy(upstream) => {
-            let settings = routes.settings.clone();
-            let limit = settings.client_max_body_size;
-            if declared_length(&req).is_some_and(|len| len > limit) {
-                return (error(StatusCode::PAYLOAD_TOO_LARGE), None, None);
-            }
-            let upgrade = (req.version() == Version::HTTP_11)
-                .then(|| headers::upgrade_request(req.headers()))
-                .flatten();
-            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-            let forward_host = host_header.or_else(|| {
-                req.uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
-            let (parts, body) = req.into_parts();
-            let mut up_headers = parts.headers.clone();
-            headers::to_upstream(
-                &mut up_headers,
-                conn.remote.map(|a| a.ip()),
-                conn.https,
-                forward_host,
-                upgrade.clone(),
-            );
-            let target = parts
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            let bodyless = body.is_end_stream();
-            let exceeded = Arc::new(AtomicBool::new(false));
-            let build = |body: ProxyBody| {
-                let mut r = Request::new(body);
-                *r.method_mut() = parts.method.clone();
-                *r.uri_mut() = target.parse().unwrap_or_default();
-                *r.version_mut() = Version::HTTP_11;
-                *r.headers_mut() = up_headers.clone();
-                r
-            };
-            let first = build(boxed(LimitedBody::new(body, limit, Arc::clone(&exceeded))));
-            let rebuild = || build(empty());
-            let retry: Option<&(dyn Fn() -> Request<ProxyBody> + Sync)> =
-                (is_idempotent(&parts.method) && bodyless && upgrade.is_none())
-                    .then_some(&rebuild as _);
-            let forward_settings = ForwardSettings {
-                connect_timeout: settings.connect_timeout,
-                response_timeout: settings.upstream_timeout,
-            };
-            let began = Instant::now();
-            match upstream
-                .forward(first, retry, &forward_settings, &exceeded)
-                .await
-            {
-                Ok(Forwarded {
-                    mut response,
-                    in_flight,
-                    replica,
-                }) => {
-                    let upstream_time = Some(began.elapsed());
-                    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    headers::to_client(response.headers_mut(), switching);
-                    if switching {
-                        match client_upgrade {
-                            Some(client) => {
-                                let upstream_side = hyper::upgrade::on(&mut response);
-                                tokio::spawn(tunnel(client, upstream_side, in_flight));
-                                let (parts, _) = response.into_parts();
-                                return (Response::from_parts(parts, empty()), upstream_time, None);
-                            }
-                            None => {
-                                tracing::warn!(replica = %replica.name, "upstream switched protocols unasked");
-                                return (error(StatusCode::BAD_GATEWAY), upstream_time, None);
-                            }
-                        }
-                    }
-                    let (parts, body) = response.into_parts();
-                    (
-                        Response::from_parts(parts, boxed(body)),
-                        upstream_time,
-                        Some(in_flight),
-                    )
-                }
-                Err(failure) => {
-                    tracing::warn!(upstream = %upstream.name, "{failure}");
-                    (error(failure.status()), Some(began.elapsed()), None)
-                }
-            }
+            // The path may borrow from the request, which the upstream request takes over.
+            drop(path);
+            proxy(req, conn, host_header, upstream, &routes.settings).await
         }
     }
+}
+
+/// Forward a request to an upstream and pass its response back, streaming both bodies.
+async fn proxy(
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    host_header: Option<HeaderValue>,
+    upstream: &Upstream,
+    settings: &Settings,
+) -> Routed {
+    let limit = settings.client_max_body_size;
+    if declared_length(&req).is_some_and(|len| len > limit) {
+        return (local_error(StatusCode::PAYLOAD_TOO_LARGE), None, None);
+    }
+    let upgrade = (req.version() == Version::HTTP_11)
+        .then(|| headers::upgrade_request(req.headers()))
+        .flatten();
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let forward_host = host_header.or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let (parts, body) = req.into_parts();
+    // The client's headers become the upstream's: moved and rewritten in place, not copied.
+    let mut up_headers = parts.headers;
+    headers::to_upstream(
+        &mut up_headers,
+        &conn.remote_addr,
+        conn.https,
+        forward_host,
+        upgrade.clone(),
+    );
+    let uri = origin_form(parts.uri);
+    let method = parts.method;
+    let bodyless = body.is_end_stream();
+    // Only a request that may be sent twice (idempotent, no body, no upgrade) keeps a copy for a retry.
+    let retry_copy = (is_idempotent(&method) && bodyless && upgrade.is_none())
+        .then(|| (method.clone(), uri.clone(), up_headers.clone()));
+    let rebuild = retry_copy.as_ref().map(|(method, uri, headers)| {
+        move || upstream_request(empty(), method.clone(), uri.clone(), headers.clone())
+    });
+    let retry = rebuild
+        .as_ref()
+        .map(|f| f as &(dyn Fn() -> Request<ProxyBody> + Sync));
+    // A bodyless request sends `Empty`, a zero-sized box: no allocation, no size limit to watch.
+    let (first_body, exceeded) = if bodyless {
+        (empty(), None)
+    } else {
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let limited = LimitedBody::new(body, limit, Arc::clone(&exceeded));
+        (boxed(limited), Some(exceeded))
+    };
+    let never_exceeded = AtomicBool::new(false);
+    let exceeded = exceeded.as_deref().unwrap_or(&never_exceeded);
+    let first = upstream_request(first_body, method, uri, up_headers);
+    let forward_settings = ForwardSettings {
+        connect_timeout: settings.connect_timeout,
+        response_timeout: settings.upstream_timeout,
+    };
+    let began = Instant::now();
+    match upstream
+        .forward(first, retry, &forward_settings, exceeded)
+        .await
+    {
+        Ok(Forwarded {
+            mut response,
+            in_flight,
+            replica,
+        }) => {
+            let upstream_time = Some(began.elapsed());
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            headers::to_client(response.headers_mut(), switching);
+            if switching {
+                match client_upgrade {
+                    Some(client) => {
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(client, upstream_side, in_flight));
+                        let (parts, _) = response.into_parts();
+                        let body = ResponseBody::Local(empty());
+                        return (Response::from_parts(parts, body), upstream_time, None);
+                    }
+                    None => {
+                        tracing::warn!(replica = %replica.name, "upstream switched protocols unasked");
+                        return (local_error(StatusCode::BAD_GATEWAY), upstream_time, None);
+                    }
+                }
+            }
+            (
+                response.map(ResponseBody::Upstream),
+                upstream_time,
+                Some(in_flight),
+            )
+        }
+        Err(failure) => {
+            tracing::warn!(upstream = %upstream.name, "{failure}");
+            (local_error(failure.status()), Some(began.elapsed()), None)
+        }
+    }
+}
+
+/// The request an upstream gets: always HTTP/1.1 (keep-alive), with an origin-form target.
+fn upstream_request(
+    body: ProxyBody,
+    method: hyper::Method,
+    uri: Uri,
+    headers: hyper::HeaderMap,
+) -> Request<ProxyBody> {
+    let mut r = Request::new(body);
+    *r.method_mut() = method;
+    *r.uri_mut() = uri;
+    *r.version_mut() = Version::HTTP_11;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// `/path?query` of a request target; an absolute-form target (`http://host/path`) loses its scheme and host,
+/// which travel in the Host header instead.
+fn origin_form(uri: Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri;
+    }
+    uri.path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
 }
 
 /// Copy bytes both ways between an upgraded client connection and its upstream until either side closes.
@@ -297,6 +337,10 @@ fn return_response(status: StatusCode, redirect: Option<&str>) -> Response<Proxy
     };
     *response.status_mut() = status;
     response
+}
+
+fn local_error(status: StatusCode) -> Response<ResponseBody> {
+    local(error(status))
 }
 
 /// A short plain-text error page.

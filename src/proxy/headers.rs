@@ -7,44 +7,59 @@ use std::net::IpAddr;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones nginx also drops). `Expect` is answered by this
-/// proxy, not forwarded, as nginx does.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
+/// proxy, not forwarded, as nginx does. Typed names, not strings: removing by `&str` parses the name first.
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::EXPECT,
 ];
 
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// nginx's `$remote_addr` as a header value: the client's IP, or `unix:` for a unix-socket client. Made once per
+/// client connection and shared by its requests.
+pub fn remote_addr(client_ip: Option<IpAddr>) -> HeaderValue {
+    client_ip
+        .and_then(|ip| HeaderValue::from_str(&ip.to_canonical().to_string()).ok())
+        .unwrap_or_else(|| HeaderValue::from_static("unix:"))
+}
+
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // Most messages carry none: one pass over the few names present beats eight hashed removals.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
-/// Rewrite a client request's headers for the upstream. `host` is the Host to send (the client's own, or the
-/// HTTP/2 `:authority`); `upgrade` keeps an `Upgrade` handshake intact for WebSocket pass-through.
+/// Rewrite a client request's headers for the upstream. `remote_addr` comes from `remote_addr`; `host` is the
+/// Host to send (the client's own, or the HTTP/2 `:authority`); `upgrade` keeps an `Upgrade` handshake intact
+/// for WebSocket pass-through.
 pub fn to_upstream(
     headers: &mut HeaderMap,
-    client_ip: Option<IpAddr>,
+    remote_addr: &HeaderValue,
     https: bool,
     host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
@@ -58,21 +73,10 @@ pub fn to_upstream(
             headers.remove(header::HOST);
         }
     }
-    let ip = client_ip.map(|ip| ip.to_canonical().to_string());
-    let forwarded_for = forwarded_for(headers, ip.as_deref());
-    headers.remove(&X_FORWARDED_FOR);
-    if let Some(value) = forwarded_for.and_then(|v| HeaderValue::from_str(&v).ok()) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
-    }
-    match ip.and_then(|ip| HeaderValue::from_str(&ip).ok()) {
-        Some(ip) => {
-            headers.insert(X_REAL_IP.clone(), ip);
-        }
-        None => {
-            // A unix-socket client has no address; nginx sends "unix:" for both.
-            headers.insert(X_REAL_IP.clone(), HeaderValue::from_static("unix:"));
-        }
-    }
+    let forwarded_for = forwarded_for(headers, remote_addr);
+    // `insert` replaces every incoming X-Forwarded-For value with the joined one.
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    headers.insert(X_REAL_IP.clone(), remote_addr.clone());
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if https { "https" } else { "http" }),
@@ -84,16 +88,24 @@ pub fn to_upstream(
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: every incoming X-Forwarded-For joined with ", ", then the client.
-fn forwarded_for(headers: &HeaderMap, client: Option<&str>) -> Option<String> {
-    let client = client.unwrap_or("unix:");
-    let mut out = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        let Ok(value) = value.to_str() else { continue };
-        out.push_str(value);
-        out.push_str(", ");
+fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
+    let mut incoming = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter(|v| v.to_str().is_ok())
+        .peekable();
+    if incoming.peek().is_none() {
+        // The common case: no proxy in front, the value is the client's address as is.
+        return client.clone();
     }
-    out.push_str(client);
-    Some(out)
+    let mut out = Vec::new();
+    for value in incoming {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.as_bytes());
+    // Joined from valid values with ", ": still valid.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| client.clone())
 }
 
 /// Rewrite an upstream response's headers for the client.
@@ -144,7 +156,7 @@ mod tests {
         h.insert("user-agent", HeaderValue::from_static("t"));
         to_upstream(
             &mut h,
-            Some("127.0.0.9".parse().unwrap()),
+            &remote_addr(Some("127.0.0.9".parse().unwrap())),
             false,
             Some(HeaderValue::from_static("Ex.com:80")),
             None,
@@ -166,7 +178,9 @@ mod tests {
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         let up = upgrade_request(&h);
         assert_eq!(up.as_ref().unwrap(), "websocket");
-        to_upstream(&mut h, None, true, None, up);
+        to_upstream(&mut h, &remote_addr(None), true, None, up);
+        assert_eq!(h["x-real-ip"], "unix:");
+        assert_eq!(h["x-forwarded-for"], "unix:");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -1,4 +1,6 @@
-//! A client connection wrapper that fails reads and writes once nothing has moved for the idle timeout.
+//! A connection wrapper that fails reads and writes once nothing has moved for a timeout: the idle timeout of
+//! client connections, and nginx's `proxy_read_timeout`/`proxy_send_timeout` (between two successive reads or
+//! writes) on upstream connections.
 //!
 //! The timer is lazy: progress only records an Instant, and the sleep is re-armed when it fires early, so a busy
 //! connection costs no timer operations per read or write.
@@ -45,7 +47,7 @@ impl<S> IdleTimeout<S> {
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "client connection idle timeout",
+                    "connection idle past its timeout",
                 ));
             }
             self.sleep.as_mut().reset(deadline);

@@ -43,10 +43,7 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, remote)) => {
-                let info = ConnInfo {
-                    remote,
-                    https: bound.tls,
-                };
+                let info = ConnInfo::new(remote, bound.tls);
                 let shared = Arc::clone(&shared);
                 let stop = stop.clone();
                 let drain = drain.clone();
@@ -133,7 +130,7 @@ async fn serve_http1<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handler::handle(req, info, Arc::clone(&shared)));
+    let service = service_fn(move |req| handler::handle(req, info.clone(), Arc::clone(&shared)));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -163,7 +160,7 @@ async fn serve_http2<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handler::handle(req, info, Arc::clone(&shared)));
+    let service = service_fn(move |req| handler::handle(req, info.clone(), Arc::clone(&shared)));
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

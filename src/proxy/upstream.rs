@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::body::ProxyBody;
+use super::idle_io::IdleTimeout;
 
 /// Idle keep-alive connections kept per replica (nginx tuned: `keepalive 64`).
 const MAX_IDLE_PER_REPLICA: usize = 64;
@@ -87,9 +88,12 @@ impl Replica {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A pooled connection ready for a request, most recently used first. Closed ones are dropped; ones whose
+    /// previous response the connection task has not finished yet stay pooled for a later request.
     fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.lock_idle();
-        while let Some(sender) = idle.pop() {
+        while let Some(i) = idle.iter().rposition(|s| s.is_ready() || s.is_closed()) {
+            let sender = idle.swap_remove(i);
             if sender.is_ready() {
                 return Some(sender);
             }
@@ -97,33 +101,33 @@ impl Replica {
         None
     }
 
-    /// Put a connection back once its response has been read to the end.
-    fn recycle(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
-        let replica = Arc::clone(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() && replica.is_ready() {
-                let mut idle = replica.lock_idle();
-                if idle.len() < MAX_IDLE_PER_REPLICA {
-                    idle.push(sender);
-                }
-            }
-        });
+    /// Put a connection back once its response has ended (no task per request: the lease returns it on drop).
+    fn give_back(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() || !self.is_ready() {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        if idle.len() < MAX_IDLE_PER_REPLICA {
+            idle.push(sender);
+        }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<SendRequest<ProxyBody>, Failure> {
+    async fn connect(&self, settings: &ForwardSettings) -> Result<SendRequest<ProxyBody>, Failure> {
+        let idle = settings.response_timeout;
         let handshake = async {
             match &self.address {
                 Address::Tcp(addr) => {
                     let stream = tokio::net::TcpStream::connect(addr).await?;
                     let _ = stream.set_nodelay(true);
-                    handshake(stream).await
+                    handshake(IdleTimeout::new(stream, idle)).await
                 }
                 Address::Unix(path) => {
-                    handshake(tokio::net::UnixStream::connect(path).await?).await
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    handshake(IdleTimeout::new(stream, idle)).await
                 }
             }
         };
-        match tokio::time::timeout(timeout, handshake).await {
+        match tokio::time::timeout(settings.connect_timeout, handshake).await {
             Ok(Ok(sender)) => Ok(sender),
             Ok(Err(e)) => Err(Failure::Connect(format!("{}: {e}", self.address))),
             Err(_) => Err(Failure::ConnectTimeout(format!(
@@ -150,19 +154,29 @@ where
     Ok(sender)
 }
 
-/// Counts a request as in flight on its replica until dropped (at the end of the response body).
-pub struct InFlight(Arc<Replica>);
+/// Counts a request as in flight on its replica until dropped (at the end of the response body), and holds the
+/// upstream connection the response came on until then, to put it back in the pool.
+pub struct InFlight {
+    replica: Arc<Replica>,
+    connection: Option<SendRequest<ProxyBody>>,
+}
 
 impl InFlight {
     fn new(replica: &Arc<Replica>) -> InFlight {
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(replica))
+        InFlight {
+            replica: Arc::clone(replica),
+            connection: None,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(sender) = self.connection.take() {
+            self.replica.give_back(sender);
+        }
     }
 }
 
@@ -212,7 +226,23 @@ impl std::fmt::Display for Failure {
 /// What forwarding needs besides the request.
 pub struct ForwardSettings {
     pub connect_timeout: Duration,
+    /// Longest wait for the upstream between two successive reads or writes (nginx `proxy_read_timeout`), so
+    /// also for the response to start. It also ends pooled connections idle that long.
     pub response_timeout: Duration,
+}
+
+/// Whether an upstream request failed because its connection's `IdleTimeout` ran out.
+fn timed_out(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A response from a replica, with the guard that keeps it counted as in flight.
@@ -277,7 +307,7 @@ impl Upstream {
                 let was_pooled = pooled.is_some();
                 let mut sender = match pooled.take() {
                     Some(sender) => sender,
-                    None => match replica.connect(settings.connect_timeout).await {
+                    None => match replica.connect(settings).await {
                         Ok(sender) => sender,
                         Err(failure) => {
                             tracing::warn!(upstream = %self.name, replica = %replica.name, "{failure}");
@@ -289,16 +319,14 @@ impl Upstream {
                 let Some(request) = pending.take().or_else(|| rebuild.map(|r| r())) else {
                     return Err(last);
                 };
-                let sent = tokio::time::timeout(
-                    settings.response_timeout,
-                    sender.try_send_request(request),
-                )
-                .await;
-                match sent {
-                    Err(_) => return Err(Failure::ResponseTimeout),
-                    Ok(Ok(response)) => {
+                // The response timeout lives in the connection (`IdleTimeout`): no timer per request.
+                match sender.try_send_request(request).await {
+                    Ok(response) => {
+                        // An upgraded connection belongs to its tunnel; any other goes back to the pool when
+                        // the response ends.
+                        let mut in_flight = in_flight;
                         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-                            replica.recycle(sender);
+                            in_flight.connection = Some(sender);
                         }
                         return Ok(Forwarded {
                             response,
@@ -306,9 +334,12 @@ impl Upstream {
                             replica: Arc::clone(replica),
                         });
                     }
-                    Ok(Err(mut e)) => {
+                    Err(mut e) => {
                         if exceeded.load(Ordering::Relaxed) {
                             return Err(Failure::BodyTooLarge);
+                        }
+                        if timed_out(e.error()) {
+                            return Err(Failure::ResponseTimeout);
                         }
                         let failure =
                             Failure::Upstream(format!("{}: {}", replica.address, e.error()));

@@ -2,10 +2,17 @@
 //! `.` and `..` segments resolved; a `..` above the root or a decoded NUL is a bad request.
 #![forbid(unsafe_code)]
 
-/// The decoded, normalized path, or `None` for a request nginx would answer with 400.
-pub fn normalize(raw: &str) -> Option<String> {
+use std::borrow::Cow;
+
+/// The decoded, normalized path, or `None` for a request nginx would answer with 400. Borrowed when already
+/// normal, as nearly every path is.
+pub fn normalize(raw: &str) -> Option<Cow<'_, str>> {
     if !raw.starts_with('/') {
         return None;
+    }
+    // Without `%` nothing decodes; without `//` and `/.` no segment merges or resolves: the path is its own form.
+    if !raw.contains('%') && !raw.contains("//") && !raw.contains("/.") {
+        return Some(Cow::Borrowed(raw));
     }
     let decoded = percent_decode(raw.as_bytes())?;
     let mut segments: Vec<&[u8]> = Vec::new();
@@ -29,7 +36,7 @@ pub fn normalize(raw: &str) -> Option<String> {
         out.push(b'/');
     }
     // Paths are bytes; lossy UTF-8 only changes names no location or file can be written with in TOML anyway.
-    Some(String::from_utf8_lossy(&out).into_owned())
+    Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
 }
 
 fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
@@ -63,6 +70,7 @@ fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::normalize;
+    use std::borrow::Cow;
 
     #[test]
     fn normalizes_like_nginx() {
@@ -79,5 +87,11 @@ mod tests {
         assert_eq!(normalize("/a%zz"), None);
         assert_eq!(normalize("/a%4"), None);
         assert_eq!(normalize("a"), None);
+        assert!(matches!(
+            normalize("/a/b.c/d"),
+            Some(Cow::Borrowed("/a/b.c/d"))
+        ));
+        assert_eq!(normalize("/a/.b").as_deref(), Some("/a/.b"));
+        assert_eq!(normalize("/a/b/.").as_deref(), Some("/a/b/"));
     }
 }
