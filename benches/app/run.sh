@@ -118,6 +118,7 @@ command = $3
 directory = "$APP"
 environment = { DJANGO_SETTINGS_MODULE = "mysite.settings", STACKINIT_DB_PATH = "$TMP/db.sqlite3", STACKINIT_STATIC_ROOT = "$TMP/staticfiles", PYTHONDONTWRITEBYTECODE = "1" }
 replicas = 3
+max_in_flight = 1
 listen = "unix:$dir/app.sock"
 notify = $4
 readiness = { http = "/", expect = 200 }

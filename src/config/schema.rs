@@ -168,6 +168,10 @@ pub struct ServiceSpec {
     pub ready_timeout: Secs,
     /// A failing critical service makes `/healthz` answer 503.
     pub critical: bool,
+    /// Most requests the proxy sends one replica at a time; more wait in the proxy and go to the first
+    /// replica with room. 1 suits sync workers (gunicorn sync, the lean server): a fast request then never
+    /// queues behind a slow one while another worker is free. Unset: no limit.
+    pub max_in_flight: Option<u32>,
     /// The service sends READY=1 on $NOTIFY_SOCKET; it is ready only after that (and its probes).
     pub notify: bool,
     /// Restart the service when it sends no WATCHDOG=1 for this long (passed to it as WATCHDOG_USEC).
@@ -211,6 +215,7 @@ impl Default for ServiceSpec {
             stop_grace: Secs::from_secs(10),
             ready_timeout: Secs::from_secs(60),
             critical: true,
+            max_in_flight: None,
             notify: false,
             watchdog: None,
             startup: None,

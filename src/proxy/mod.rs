@@ -281,7 +281,11 @@ fn standalone_config(path: &Path) -> Result<ProxyRuntimeConfig, String> {
         let replicas = names
             .into_iter()
             .zip(addresses)
-            .map(|(name, address)| UpstreamReplica { name, address })
+            .map(|(name, address)| UpstreamReplica {
+                name,
+                address,
+                max_in_flight: service.max_in_flight,
+            })
             .collect();
         upstreams.insert(name.clone(), replicas);
     }

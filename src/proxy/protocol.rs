@@ -42,6 +42,9 @@ pub struct UpstreamReplica {
     pub name: String,
     /// `unix:/run/stackinit/app@0.sock` or `127.0.0.1:8000`.
     pub address: String,
+    /// The service's `max_in_flight`: requests beyond it wait in the proxy for a replica with room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,9 +78,10 @@ impl Routes {
                     continue;
                 };
                 let reused = old.get(&(replica.name.clone(), address.clone())).cloned();
-                compiled.push(
-                    reused.unwrap_or_else(|| Replica::new(replica.name.clone(), address, false)),
-                );
+                let compiled_replica =
+                    reused.unwrap_or_else(|| Replica::new(replica.name.clone(), address, false));
+                compiled_replica.set_limit(replica.max_in_flight);
+                compiled.push(compiled_replica);
             }
             services.insert(
                 service.clone(),
@@ -256,6 +257,7 @@ mod tests {
                 vec![UpstreamReplica {
                     name: "app@0".into(),
                     address: "unix:/r/app@0.sock".into(),
+                    max_in_flight: None,
                 }],
             )]
             .into(),

@@ -52,6 +52,8 @@ pub struct Replica {
     pub name: String,
     pub address: Address,
     in_flight: AtomicUsize,
+    /// Most requests in flight at once (`max_in_flight`); 0: no limit.
+    limit: AtomicUsize,
     ready: AtomicBool,
     idle: Mutex<Vec<SendRequest<ProxyBody>>>,
 }
@@ -62,6 +64,7 @@ impl Replica {
             name,
             address,
             in_flight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
             ready: AtomicBool::new(ready),
             idle: Mutex::new(Vec::new()),
         })
@@ -69,10 +72,24 @@ impl Replica {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
-        if !ready {
+        if ready {
+            ROOM.notify_waiters();
+        } else {
             // A replica on its way out should not keep sockets to it open.
             self.lock_idle().clear();
         }
+    }
+
+    pub fn set_limit(&self, limit: Option<u32>) {
+        self.limit
+            .store(limit.map_or(0, |l| l.max(1) as usize), Ordering::Relaxed);
+        ROOM.notify_waiters();
+    }
+
+    /// Below its `max_in_flight`, so it may take another request now.
+    fn has_room(&self) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
+        limit == 0 || self.in_flight() < limit
     }
 
     pub fn is_ready(&self) -> bool {
@@ -174,11 +191,17 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        ROOM.notify_waiters();
         if let Some(sender) = self.connection.take() {
             self.replica.give_back(sender);
         }
     }
 }
+
+/// Rung whenever a replica may have room for another request: one finished, or a replica became ready.
+/// Requests that found no replica wait on it (bounded), instead of failing while a replica restarts or
+/// while every replica is at its `max_in_flight`; init keeps the sockets bound meanwhile.
+static ROOM: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// A named group of replicas that locations proxy to.
 pub struct Upstream {
@@ -272,7 +295,7 @@ impl Upstream {
         for offset in 0..count {
             let i = (start + offset) % count;
             let replica = &self.replicas[i];
-            if !replica.is_ready() || tried.contains(&i) {
+            if !replica.is_ready() || !replica.has_room() || tried.contains(&i) {
                 continue;
             }
             let load = replica.in_flight();
@@ -281,6 +304,26 @@ impl Upstream {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    /// The next replica to try, waiting until `deadline` for one to become ready or have room while an
+    /// untried replica exists. `None`: every replica was tried, or the wait ran out.
+    async fn pick_or_wait(&self, tried: &[usize], deadline: tokio::time::Instant) -> Option<usize> {
+        loop {
+            // Registered before looking, so a finish between the look and the wait is not missed.
+            let room = ROOM.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(index) = self.pick(tried) {
+                return Some(index);
+            }
+            if tried.len() >= self.replicas.len() {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Send `request` to a replica. A failed connect moves on to the next replica whatever the method; a request
@@ -296,8 +339,9 @@ impl Upstream {
         let mut tried: Vec<usize> = Vec::new();
         let mut pending = Some(request);
         let mut last = Failure::NoReadyReplica;
+        let deadline = tokio::time::Instant::now() + settings.connect_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
-        while let Some(index) = self.pick(&tried) {
+        while let Some(index) = self.pick_or_wait(&tried, deadline).await {
             tried.push(index);
             let replica = &self.replicas[index];
             let in_flight = InFlight::new(replica);

@@ -1590,6 +1590,7 @@ impl Supervisor {
                 .push(UpstreamReplica {
                     name: u.name.clone(),
                     address: u.listen[0].clone(),
+                    max_in_flight: u.spec.max_in_flight,
                 });
         }
         let runtime = ProxyRuntimeConfig {

@@ -180,6 +180,7 @@ command = {command}
 directory = "{app}"
 environment = {env}
 replicas = {replicas}
+max_in_flight = 1
 listen = "unix:{shared}/app.sock"
 after = ["migrate", "collectstatic"]
 restart = "always"

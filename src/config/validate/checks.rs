@@ -168,6 +168,12 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
             "a oneshot job runs once: replicas must be 1 when oneshot = true",
         );
     }
+    if spec.max_in_flight == Some(0) {
+        ctx.at_value(
+            &sp.key("max_in_flight"),
+            "max_in_flight must be at least 1 (unset: no limit)",
+        );
+    }
     if spec.nofile == Some(0) {
         ctx.at_value(&sp.key("nofile"), "nofile must be at least 1");
     }
