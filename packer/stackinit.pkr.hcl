@@ -65,7 +65,7 @@ variable "repo_dir" {
 
 variable "output_dir" {
   type        = string
-  default     = "build/image"
+  default     = ".cache/image/out"
   description = "null.local: where vmlinuz, initrd.img and root.ext4 are written."
 }
 
