@@ -171,7 +171,9 @@ render_config() {
     fi
     if [ -n "$IMDS_ENDPOINT" ]; then
         printf '\n# Added by image/install.sh: where instance facts come from on this platform.\n'
-        printf '[init.imds]\nenabled = true\nendpoint = "%s"\n' "$IMDS_ENDPOINT"
+        # A generous timeout: a stand-in IMDS (QEMU guestfwd spawning a program per connection) is much slower
+        # to answer than the real one, and the facts are asked for once, at boot.
+        printf '[init.imds]\nenabled = true\nendpoint = "%s"\ntimeout = "10s"\n' "$IMDS_ENDPOINT"
     fi
 }
 render_config >/etc/stackinit/stackinit.toml.new
