@@ -13,7 +13,7 @@
 #   STACKINIT_APP_DIR, STACKINIT_SYSTEMD_DIR: take app/ or systemd/ from elsewhere (default: $STACKINIT_SRC/...)
 #   STACKINIT_IMDS_ENDPOINT=http://10.0.2.100:80 (where the tests' guestfwd puts a fake IMDS; "" for none)
 #   IMAGE_OUTPUT_DIR=.cache/image/out   IMAGE_CACHE_DIR=.cache/image   IMAGE_MIRROR (default: this host's apt mirror)
-#   STACKINIT_STATUS_AGENT=1 (a `stackinit status` agent on /dev/ttyS1 for the tests; 0 for none)
+#   STACKINIT_STATUS_AGENT=0 (1: a `stackinit status` agent on /dev/ttyS1, for the tests)
 #   IMAGE_SIZE (e.g. 2G; default: the tree plus headroom)   IMAGE_SUITE=bookworm
 set -euo pipefail
 START=$SECONDS
@@ -27,7 +27,7 @@ MIRROR=${IMAGE_MIRROR:-}
 SIZE=${IMAGE_SIZE:-}
 SUITE=${IMAGE_SUITE:-bookworm}
 IMDS_ENDPOINT=${STACKINIT_IMDS_ENDPOINT-http://10.0.2.100:80}
-STATUS_AGENT=${STACKINIT_STATUS_AGENT:-1}
+STATUS_AGENT=${STACKINIT_STATUS_AGENT:-0}
 [ "$STATUS_AGENT" = 1 ] || STATUS_AGENT=""
 
 say() { printf 'build-local: [%4ds] %s\n' $((SECONDS - START)) "$*"; }
@@ -90,13 +90,18 @@ fi
 # ---- a working copy, mounts, install.sh in the chroot ---------------------------------------------------
 WORK=$OUT/work
 ROOT=$WORK/root
-mounted=()
-cleanup() {
+mounted=()   # proc, sys, dev, wheels inside the chroot
+overlay=""   # the image tree's overlay mount, if any
+unmount_inner() {
     local i
     for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
         umount -l "${mounted[$i]}" 2>/dev/null || true
     done
     mounted=()
+}
+cleanup() {
+    unmount_inner
+    if [ -n "$overlay" ]; then umount -l "$overlay" 2>/dev/null || true; overlay=""; fi
 }
 trap cleanup EXIT
 safe_rm_work() {
@@ -107,10 +112,17 @@ safe_rm_work() {
     rm -rf "$WORK"
 }
 safe_rm_work
-mkdir -p "$WORK"
-t0=$SECONDS
-cp -a "$BASE/root" "$ROOT"
-say "copied the base tree in $((SECONDS - t0)) s"
+mkdir -p "$WORK/upper" "$WORK/ovl" "$ROOT"
+# The image's tree: an overlay over the cached base, so nothing is copied and the cleanup removes only what
+# install.sh wrote. Where overlayfs is not available, a plain copy.
+if mount -t overlay overlay -o "lowerdir=$BASE/root,upperdir=$WORK/upper,workdir=$WORK/ovl" "$ROOT" 2>/dev/null; then
+    overlay=$ROOT
+    say "image tree: overlay over the base"
+else
+    t0=$SECONDS
+    cp -a "$BASE/root/." "$ROOT"
+    say "image tree: copied the base in $((SECONDS - t0)) s (no overlayfs)"
+fi
 
 STAGE=$ROOT/tmp/stackinit-src
 STACKINIT_BINARY=$BINARY STACKINIT_SRC=$SRC STAGE=$STAGE bash "$SRC/image/stage.sh" >/dev/null
@@ -157,7 +169,7 @@ say "install.sh took $((SECONDS - t0)) s"
 if [ ! -f "$VENV_CACHE" ]; then
     tar -C "$ROOT/srv/app" -cf "$VENV_CACHE.tmp" venv && mv -f "$VENV_CACHE.tmp" "$VENV_CACHE"
 fi
-cleanup
+unmount_inner
 rm -rf "$STAGE"
 
 # ---- outputs --------------------------------------------------------------------------------------------
@@ -183,6 +195,7 @@ mkfs.ext4 -q -F -L stackinit-root -d "$ROOT" "$OUT/root.ext4.new" "$SIZE" ||
     die "mkfs.ext4 -d failed"
 mv "$OUT/root.ext4.new" "$OUT/root.ext4"
 say "mkfs.ext4 -d took $((SECONDS - t0)) s"
+cleanup
 safe_rm_work
 
 {

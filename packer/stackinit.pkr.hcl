@@ -81,6 +81,18 @@ variable "debian_mirror" {
   description = "null.local: Debian mirror; empty means the one this machine's apt uses."
 }
 
+variable "imds_endpoint" {
+  type        = string
+  default     = "http://10.0.2.100:80"
+  description = "null.local: the IMDS endpoint baked into the local image (QEMU guestfwd puts a fake one there); empty for the default 169.254.169.254. The AMI always uses the real one."
+}
+
+variable "status_agent" {
+  type        = bool
+  default     = false
+  description = "null.local, tests only: a service answering `stackinit status` on the second serial port."
+}
+
 variable "image_size" {
   type        = string
   default     = ""
@@ -180,6 +192,8 @@ build {
       "IMAGE_CACHE_DIR=${var.cache_dir}",
       "IMAGE_MIRROR=${var.debian_mirror}",
       "IMAGE_SIZE=${var.image_size}",
+      "STACKINIT_IMDS_ENDPOINT=${var.imds_endpoint}",
+      "STACKINIT_STATUS_AGENT=${var.status_agent ? "1" : "0"}",
     ]
     command = "bash ${var.repo_dir}/image/build-local.sh"
   }

@@ -101,6 +101,7 @@ fn build_image(out: &Path) -> Image {
         .arg(format!("-var=output_dir={}", out.display()))
         .arg(format!("-var=cache_dir={}", cache.display()))
         .arg("-var=boot_mode=pid1")
+        .arg("-var=status_agent=true")
         .arg("packer/")
         .stdin(Stdio::null())
         .output()
