@@ -7,7 +7,8 @@
 # boot_mode as the only difference). Prints each mode's times, the ratios to the seed, and the image sizes.
 #
 #   benches/boot/run.sh [--runs N] [--binary PATH] [--modes "pid1 systemd seed"]
-# Needs root, packer, qemu-system-x86, qemu-utils, debootstrap. Builds are cached under .cache/image
+# Needs root, packer, qemu-system-x86, qemu-utils, debootstrap, curl, bc. Builds are cached under .cache/image
+# (IMAGE_CACHE_DIR overrides)
 # (the first build of each mode debootstraps: a few minutes). Numbers vary with host load: run it quiet.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -52,7 +53,7 @@ for mode in $MODES; do
     echo "==> build $mode"
     t0=$(now)
     CHECKPOINT_DISABLE=1 packer build -color=false -only=null.local -var "binary=$BINARY" -var "repo_dir=$ROOT" \
-        -var "output_dir=$out" -var "cache_dir=$ROOT/.cache/image" -var "boot_mode=$mode" packer/ \
+        -var "output_dir=$out" -var "cache_dir=${IMAGE_CACHE_DIR:-$ROOT/.cache/image}" -var "boot_mode=$mode" packer/ \
         >"$WORK/build-$mode.log" 2>&1 || { tail -n 30 "$WORK/build-$mode.log"; exit 1; }
     echo "    built in $(printf '%.0f' "$(echo "$(now) - $t0" | bc)") s"
     . "$out/image.env"
