@@ -427,3 +427,126 @@ log_backups = 500
     }
     assert_eq!(expected, TOTAL, "lines missing at the end");
 }
+
+/// A minimal HTTP server on the LISTEN_FDS socket (fd 3), answering `STATUS` to everything.
+fn fd3_server(status: u16) -> String {
+    format!(
+        r#"command = ["python3", "-c", """
+import os, socket
+assert os.environ['LISTEN_PID'] == str(os.getpid()) and os.environ['LISTEN_FDS'] == '1'
+s = socket.socket(fileno=3)
+while True:
+    c, _ = s.accept()
+    try:
+        c.recv(4096)
+        c.sendall(b'HTTP/1.0 {status} X\\r\\nContent-Length: 2\\r\\n\\r\\nok')
+    except OSError:
+        pass  # a probe that gave up (timeout) closed its end
+    c.close()
+"""]"#
+    )
+}
+
+fn ready_pids(stack: &Stack, prefix: &str) -> Vec<(String, Option<i64>, bool)> {
+    stack.status()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"].as_str().unwrap_or("").starts_with(prefix))
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["pid"].as_i64(),
+                s["ready"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rolling_restart_replaces_replicas_one_at_a_time() {
+    let stack = Stack::start(&format!(
+        r#"
+[service.web]
+{}
+replicas = 3
+listen = "unix:{{dir}}/web.sock"
+start_secs = "0s"
+readiness = {{ http = "/", expect = 200, period = "100ms" }}
+"#,
+        fd3_server(200)
+    ));
+    for i in 0..3 {
+        stack.wait_state(&format!("web@{i}"), "running", Duration::from_secs(10));
+    }
+    let before = ready_pids(&stack, "web@");
+    let out = stack.cli(&["restart", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rolling"),
+        "{out:?}"
+    );
+    // Watch the rollout: never more than one replica out of service at a time.
+    let mut worst = 0;
+    let done = wait_until(Duration::from_secs(20), || {
+        let now = ready_pids(&stack, "web@");
+        worst = worst.max(now.iter().filter(|(_, _, ready)| !ready).count());
+        now.iter().zip(&before).all(|(n, b)| n.2 && n.1 != b.1)
+    });
+    assert!(
+        done,
+        "not all replicas were replaced: {:?} -> {}\n{}",
+        before,
+        stack.status(),
+        stack.stderr()
+    );
+    assert_eq!(worst, 1, "more than one replica was out at once");
+}
+
+#[test]
+fn a_release_that_never_becomes_ready_halts_the_rollout() {
+    let mut stack = Stack::start(&format!(
+        r#"
+[service.web]
+{}
+replicas = 3
+listen = "unix:{{dir}}/web.sock"
+start_secs = "0s"
+ready_timeout = "2s"
+readiness = {{ http = "/", expect = 200, period = "100ms" }}
+"#,
+        fd3_server(200)
+    ));
+    for i in 0..3 {
+        stack.wait_state(&format!("web@{i}"), "running", Duration::from_secs(10));
+    }
+    let before = ready_pids(&stack, "web@");
+    // The new release answers 500: its readiness probe never passes.
+    let broken = std::fs::read_to_string(&stack.config)
+        .unwrap()
+        .replace("HTTP/1.0 200", "HTTP/1.0 500");
+    std::fs::write(&stack.config, broken).unwrap();
+    let out = stack.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || stack.unit("web@0")["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rollout halted")),
+        "{}",
+        stack.unit("web@0")
+    );
+    let after = ready_pids(&stack, "web@");
+    assert!(!after[0].2, "the broken replica is not ready");
+    assert_eq!(after[1], before[1], "web@1 still runs the old release");
+    assert_eq!(after[2], before[2], "web@2 still runs the old release");
+    let reason = stack.unit("web@0")["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        reason.contains("500"),
+        "the reason names the failure: {reason}"
+    );
+    stack.stop();
+}

@@ -73,6 +73,15 @@ pub fn demo_text() -> String {
             "@RUNTIME_DIR@",
             &crate::paths::runtime_dir().display().to_string(),
         )
+        // Root runs the workers unprivileged, as the AMI would; anyone else runs them as themselves.
+        .replace(
+            "@WORKER_USER@",
+            if nix::unistd::geteuid().is_root() {
+                "user = \"nobody\"\n"
+            } else {
+                ""
+            },
+        )
 }
 
 /// Which config file a command uses: the one given, else the system one if present.

@@ -44,6 +44,14 @@ pub struct InitSpec {
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
     pub imds: ImdsSpec,
+    /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
+    /// forwarding). Off when unset. A non-loopback address needs credentials.
+    pub dashboard: Option<String>,
+    /// Basic-auth credentials for the TCP dashboard (both or neither).
+    pub dashboard_user: Option<String>,
+    pub dashboard_password: Option<String>,
+    /// Bearer token for the TCP dashboard (`Authorization: Bearer T`, or open `/?token=T` once).
+    pub dashboard_token: Option<String>,
 }
 
 /// The EC2 instance metadata service (IMDSv2), asked once at boot for the instance's names and IPs.
@@ -80,6 +88,10 @@ impl Default for InitSpec {
             shutdown_drain: Secs::from_secs(0),
             hostname: None,
             imds: ImdsSpec::default(),
+            dashboard: None,
+            dashboard_user: None,
+            dashboard_password: None,
+            dashboard_token: None,
         }
     }
 }
@@ -151,6 +163,9 @@ pub struct ServiceSpec {
     pub stop_signal: String,
     /// Time between the stop signal and SIGKILL to the whole process group.
     pub stop_grace: Secs,
+    /// In a rolling restart, how long a new replica has to become ready before the rollout halts
+    /// (leaving the remaining old replicas serving).
+    pub ready_timeout: Secs,
     /// A failing critical service makes `/healthz` answer 503.
     pub critical: bool,
     /// The service sends READY=1 on $NOTIFY_SOCKET; it is ready only after that (and its probes).
@@ -194,6 +209,7 @@ impl Default for ServiceSpec {
             backoff_reset: Secs::from_secs(60),
             stop_signal: "TERM".into(),
             stop_grace: Secs::from_secs(10),
+            ready_timeout: Secs::from_secs(60),
             critical: true,
             notify: false,
             watchdog: None,

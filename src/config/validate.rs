@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod checks;
+mod dashboard_checks;
 mod doc;
 mod graph;
 mod listens;

@@ -114,6 +114,16 @@ impl ListenAddr {
     }
 }
 
+/// The address strings of each replica of a service with `listen` and `replicas`, as init binds them and
+/// the proxy routes to them. The checker refuses addresses that do not expand, so the fallback (the
+/// address as written) is never used for a valid config.
+pub fn replica_addresses(listen: &str, replicas: u32) -> Vec<String> {
+    match ListenAddr::parse(listen).and_then(|a| a.for_replicas(replicas)) {
+        Ok(addrs) => addrs.iter().map(|a| a.to_string()).collect(),
+        Err(_) => vec![listen.to_string(); replicas.max(1) as usize],
+    }
+}
+
 /// `/x/app.sock` -> `/x/app@1.sock`; `/x/app` -> `/x/app@1`.
 pub fn replica_socket_path(path: &Path, index: u32) -> PathBuf {
     let stem = path

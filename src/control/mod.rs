@@ -3,5 +3,8 @@
 mod access;
 pub mod api;
 pub mod client;
+pub mod dashboard;
+mod dashboard_events;
+mod dashboard_tcp;
 pub mod server;
 mod table;

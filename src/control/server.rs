@@ -9,6 +9,9 @@
 //! - `GET  /v1/services/NAME/logs?stream=stdout|stderr&lines=N&follow=1` -> `text/plain`, the last N
 //!   lines, then (follow) every new complete line as a chunked body until the client goes away.
 //!
+//! The dashboard's endpoints (`GET /`, `/v1/events`, `/v1/facts`) and its CSRF rule for POSTs live in
+//! `dashboard`; its optional TCP listener serves through `respond_tcp`.
+//!
 //! The server only translates HTTP to `Handle` requests; the supervisor decides everything.
 #![forbid(unsafe_code)]
 
@@ -54,7 +57,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// `lines` when the query doesn't say.
 const DEFAULT_TAIL_LINES: usize = 50;
 
-type ReplyBody = UnsyncBoxBody<Bytes, Infallible>;
+pub(super) type ReplyBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Bind the control socket (mode 0660, group `group`) and serve it on the current runtime until the
 /// process exits. Returns once the socket is bound, so clients can connect as soon as it returns.
@@ -137,6 +140,8 @@ async fn accept_loop(listener: UnixListener, policy: Policy, handle: Handle) {
 struct Peer {
     uid: Option<u32>,
     allowed: bool,
+    /// Came in over the dashboard's TCP listener (already authenticated there).
+    tcp: bool,
 }
 
 async fn serve_connection(stream: UnixStream, policy: Policy, handle: Handle) {
@@ -149,6 +154,7 @@ async fn serve_connection(stream: UnixStream, policy: Policy, handle: Handle) {
             Peer {
                 uid: Some(cred.uid()),
                 allowed,
+                tcp: false,
             }
         }
         Err(err) => {
@@ -156,6 +162,7 @@ async fn serve_connection(stream: UnixStream, policy: Policy, handle: Handle) {
             Peer {
                 uid: None,
                 allowed: false,
+                tcp: false,
             }
         }
     };
@@ -190,11 +197,27 @@ async fn respond(request: Request<Incoming>, peer: Peer, handle: &Handle) -> Res
     }
 }
 
+/// A request from the dashboard's TCP listener, whose credentials `dashboard_tcp` has checked.
+pub(super) async fn respond_tcp(
+    request: Request<Incoming>,
+    handle: &Handle,
+) -> Response<ReplyBody> {
+    let peer = Peer {
+        uid: None,
+        allowed: true,
+        tcp: true,
+    };
+    respond(request, peer, handle).await
+}
+
 async fn handle_request(
     request: Request<Incoming>,
     peer: Peer,
     handle: &Handle,
 ) -> Result<Response<ReplyBody>, ApiError> {
+    if let Some(response) = super::dashboard::route(&request, peer.tcp, handle).await? {
+        return Ok(response);
+    }
     let path = request.uri().path().to_owned();
     let route = Route::parse(&path)?;
     let method = route.method();
@@ -510,7 +533,7 @@ fn internal(message: String) -> ApiError {
     }
 }
 
-fn with_content_type(
+pub(super) fn with_content_type(
     mut response: Response<ReplyBody>,
     content_type: &'static str,
 ) -> Response<ReplyBody> {
@@ -520,7 +543,7 @@ fn with_content_type(
     response
 }
 
-fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ReplyBody> {
+pub(super) fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ReplyBody> {
     let mut body = serde_json::to_vec(value).unwrap_or_else(|err| {
         tracing::error!(%err, "control socket: reply not serializable");
         br#"{"error": "reply not serializable"}"#.to_vec()
@@ -531,7 +554,7 @@ fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ReplyBo
     with_content_type(response, "application/json")
 }
 
-fn error_response(err: &ApiError) -> Response<ReplyBody> {
+pub(super) fn error_response(err: &ApiError) -> Response<ReplyBody> {
     let status = StatusCode::from_u16(err.status)
         .ok()
         .filter(|status| status.is_client_error() || status.is_server_error())
@@ -544,7 +567,11 @@ fn error_response(err: &ApiError) -> Response<ReplyBody> {
     )
 }
 
-fn method_not_allowed(got: &Method, path: &str, allowed: &Method) -> Response<ReplyBody> {
+pub(super) fn method_not_allowed(
+    got: &Method,
+    path: &str,
+    allowed: &Method,
+) -> Response<ReplyBody> {
     let mut response = error_response(&ApiError {
         status: 405,
         message: format!("{got} is not allowed on {path}; use {allowed}"),

@@ -62,7 +62,10 @@ pub fn format_table(services: &[ServiceStatus]) -> String {
         for (column, cell) in row.iter().enumerate() {
             line.push_str(cell);
             if column + 1 < columns {
-                line.extend(std::iter::repeat(' ').take(widths[column] - cell.chars().count() + 2));
+                line.extend(std::iter::repeat_n(
+                    ' ',
+                    widths[column] - cell.chars().count() + 2,
+                ));
             }
         }
         out.push_str(line.trim_end());

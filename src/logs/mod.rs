@@ -60,7 +60,7 @@ pub struct ServiceLog {
     path: PathBuf,
     /// Held for the ServiceLog's whole life: the pipe never ends while services come and go.
     write_end: OwnedFd,
-    lines: broadcast::Sender<Bytes>,
+    lines: pump::LineFeed,
     file: SharedFile,
     /// Dropping it tells the pump to drain and stop.
     shutdown: oneshot::Sender<()>,
@@ -87,7 +87,9 @@ impl ServiceLog {
             let _guard = runtime.enter();
             pipe::Receiver::from_owned_fd(read_end)?
         };
-        let (lines, _) = broadcast::channel(SUBSCRIBER_BACKLOG);
+        // Made on first subscribe: a channel's slots are allocated up front (tens of KB per log), and
+        // most logs never get a follower.
+        let lines = pump::LineFeed::default();
         let (shutdown, shutdown_rx) = oneshot::channel();
         let pump = Pump {
             pipe: receiver,
@@ -118,7 +120,9 @@ impl ServiceLog {
     /// A live feed of complete lines (each with its `'\n'`), published after they reach the file.
     /// A subscriber that falls more than 1024 lines behind gets `Lagged` and skips ahead.
     pub fn subscribe(&self) -> broadcast::Receiver<Bytes> {
-        self.lines.subscribe()
+        self.lines
+            .get_or_init(|| broadcast::channel(SUBSCRIBER_BACKLOG).0)
+            .subscribe()
     }
 
     /// Reopens the file at the same path (SIGUSR1, after an external logrotate `mv`). Lines the pump has not

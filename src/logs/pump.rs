@@ -18,6 +18,9 @@ const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
 
 pub type SharedFile = Arc<Mutex<RotatingFile>>;
 
+/// The live line feed of a log, created when the first subscriber arrives.
+pub type LineFeed = Arc<std::sync::OnceLock<broadcast::Sender<Bytes>>>;
+
 /// Locks the file, ignoring poisoning: the file state stays usable, and PID 1 must not panic.
 pub fn lock(file: &SharedFile) -> MutexGuard<'_, RotatingFile> {
     file.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -46,7 +49,7 @@ enum Fill {
 pub struct Pump {
     pub pipe: pipe::Receiver,
     pub file: SharedFile,
-    pub lines: broadcast::Sender<Bytes>,
+    pub lines: LineFeed,
     pub shutdown: oneshot::Receiver<()>,
 }
 
@@ -129,10 +132,10 @@ impl Pump {
             }
         };
         report(events);
-        if self.lines.receiver_count() > 0 {
+        if let Some(feed) = self.lines.get().filter(|f| f.receiver_count() > 0) {
             for line in split_lines(&run) {
                 // Only fails when the last subscriber just left.
-                let _ = self.lines.send(line);
+                let _ = feed.send(line);
             }
         }
     }

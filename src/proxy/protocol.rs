@@ -17,7 +17,7 @@ pub const STATE_FD_NAME: &str = "stackinit-state";
 pub const HTTP_FD_NAME: &str = "http";
 pub const HTTPS_FD_NAME: &str = "https";
 
-// A message is built a few times per proxy lifetime; boxing the big variant would buy nothing.
+// A few messages per reload: their size difference does not matter, and boxing would change the contract.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -52,4 +52,62 @@ pub struct ProxyState {
     pub ready: BTreeSet<String>,
     /// Critical services (or replicas) that are not ready; `/healthz` answers 503 while this is not empty.
     pub unhealthy: Vec<String>,
+}
+
+/// The address of each replica, as init binds them (one socket per replica).
+pub use crate::config::values::replica_addresses;
+
+/// Replica names of a service, matching `replica_addresses`: `app` for one replica, else `app@0` .. `app@{N-1}`.
+pub fn replica_names(service: &str, replicas: u32) -> Vec<String> {
+    if replicas <= 1 {
+        return vec![service.to_string()];
+    }
+    (0..replicas).map(|i| format!("{service}@{i}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_addresses_expand_unix_and_tcp() {
+        assert_eq!(
+            replica_addresses("unix:/run/s/app.sock", 1),
+            vec!["unix:/run/s/app.sock"]
+        );
+        assert_eq!(
+            replica_addresses("unix:/run/s/app.sock", 3),
+            vec![
+                "unix:/run/s/app@0.sock",
+                "unix:/run/s/app@1.sock",
+                "unix:/run/s/app@2.sock"
+            ]
+        );
+        assert_eq!(
+            replica_addresses("unix:/run/s/app", 2),
+            vec!["unix:/run/s/app@0", "unix:/run/s/app@1"]
+        );
+        assert_eq!(
+            replica_addresses("127.0.0.1:8000", 2),
+            vec!["127.0.0.1:8000", "127.0.0.1:8001"]
+        );
+        assert_eq!(
+            replica_addresses("[::1]:8000", 2),
+            vec!["[::1]:8000", "[::1]:8001"]
+        );
+        assert_eq!(replica_names("app", 2), vec!["app@0", "app@1"]);
+        assert_eq!(replica_names("app", 1), vec!["app"]);
+    }
+
+    #[test]
+    fn init_messages_round_trip_as_json_lines() {
+        let msg = InitMessage::State(ProxyState {
+            draining: true,
+            ready: ["app@0".to_string()].into(),
+            unhealthy: vec![],
+        });
+        let line = serde_json::to_string(&msg).unwrap();
+        assert!(line.contains("\"type\":\"state\""));
+        assert_eq!(serde_json::from_str::<InitMessage>(&line).unwrap(), msg);
+    }
 }

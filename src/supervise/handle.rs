@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::control::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
 
@@ -56,6 +56,18 @@ pub enum Request {
         stream: LogStream,
         reply: Reply<LogSource>,
     },
+    /// The instance facts and the units that make `/healthz` fail (for the dashboard).
+    Facts {
+        reply: Reply<InstanceInfo>,
+    },
+}
+
+/// Who this instance is, and what `/healthz` sees (besides the draining flag on the handle).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InstanceInfo {
+    pub facts: crate::facts::Facts,
+    /// Critical services that are not ready, by unit name: the same list the proxy's `/healthz` uses.
+    pub unhealthy: Vec<String>,
 }
 
 /// A cheap, cloneable sender to the supervisor.
@@ -66,6 +78,8 @@ pub struct Handle {
     draining: Arc<AtomicBool>,
     /// Every change of a unit's status, as the supervisor makes it (the event stream of the API).
     events: broadcast::Sender<ServiceStatus>,
+    /// The draining flag again, for those who wait for it to change (the dashboard's event stream).
+    draining_feed: Arc<watch::Sender<bool>>,
 }
 
 fn gone() -> ApiError {
@@ -83,6 +97,7 @@ impl Handle {
                 tx,
                 draining: Arc::default(),
                 events: broadcast::channel(1024).0,
+                draining_feed: Arc::new(watch::channel(false).0),
             },
             rx,
         )
@@ -91,6 +106,12 @@ impl Handle {
     /// Mark the instance as draining for shutdown (seen by every clone of this handle).
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
+        self.draining_feed.send_replace(draining);
+    }
+
+    /// A receiver that wakes whenever the draining flag is set or cleared.
+    pub fn watch_draining(&self) -> watch::Receiver<bool> {
+        self.draining_feed.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -133,6 +154,10 @@ impl Handle {
 
     pub async fn shutdown(&self, reboot: bool) -> Result<ActionReply, ApiError> {
         self.ask(|reply| Request::Shutdown { reboot, reply }).await
+    }
+
+    pub async fn facts(&self) -> Result<InstanceInfo, ApiError> {
+        self.ask(|reply| Request::Facts { reply }).await
     }
 
     pub async fn logs(&self, name: String, stream: LogStream) -> Result<LogSource, ApiError> {

@@ -2,16 +2,32 @@
 //! Kept in one place so the event loop does not care whether anyone is listening.
 #![forbid(unsafe_code)]
 
+use crate::init::systemd;
+
 pub fn status(summary: &str) {
-    let _ = summary;
+    systemd::notify_status(summary);
 }
 
 pub fn ready(summary: &str) {
-    let _ = summary;
+    systemd::notify_ready(summary);
 }
 
-pub fn reloading() {}
+pub fn reloading() {
+    systemd::notify_reloading();
+}
 
-pub fn reloaded() {}
+pub fn reloaded(summary: &str) {
+    systemd::notify_ready(summary);
+}
 
-pub fn stopping() {}
+pub fn stopping() {
+    systemd::notify_stopping();
+}
+
+pub fn watchdog() {
+    systemd::notify_watchdog();
+}
+
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    systemd::watchdog_interval()
+}

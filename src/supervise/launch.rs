@@ -120,7 +120,7 @@ pub fn command_for<'a>(
     };
 
     let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !NOT_INHERITED.contains(&k.as_str()) && !k.starts_with("STACKINIT_TEST_"))
+        .filter(|(k, _)| !NOT_INHERITED.contains(&k.as_str()) && k != "STACKINIT_TEST_PANIC")
         .collect();
     let mut set = |k: &str, v: String| {
         env.retain(|(key, _)| key != k);

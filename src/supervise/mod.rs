@@ -69,10 +69,30 @@ pub fn run(opts: RunOptions) -> Outcome {
                 return Outcome::Exit(1);
             }
         }
+        serve_dashboard(&opts.config.init, &handle).await;
         supervisor::Supervisor::new(opts, handle, requests)
             .run()
             .await
     })
+}
+
+/// The dashboard's optional TCP listener. A failure to bind is logged, never fatal: the stack matters
+/// more than its web UI.
+async fn serve_dashboard(init: &crate::config::InitSpec, handle: &handle::Handle) {
+    let Some(text) = init.dashboard.as_deref() else {
+        return;
+    };
+    let addr = match text.parse() {
+        Ok(addr) => addr,
+        Err(e) => {
+            tracing::error!("dashboard address {text:?}: {e}");
+            return;
+        }
+    };
+    let auth = crate::control::dashboard::Auth::from_init(init);
+    if let Err(e) = crate::control::dashboard::serve_tcp(addr, auth, handle.clone()).await {
+        tracing::error!("cannot serve the dashboard: {e}");
+    }
 }
 
 /// `stackinit run`: the supervisor in the foreground, not PID 1.
@@ -86,12 +106,13 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let logs_dir = config.init.logs_dir.clone();
-    if let Err(e) = prepare_logs_dir(&config.init) {
-        eprintln!("stackinit: cannot set up {}: {e}", logs_dir.display());
+    if let Err(e) = prepare_logging(&config.init) {
+        eprintln!(
+            "stackinit: cannot set up {}: {e}",
+            config.init.logs_dir.display()
+        );
         return ExitCode::FAILURE;
     }
-    crate::logs::init_tracing(Some(&logs_dir), &config.init.log_level);
     tracing::info!(
         "stackinit {} starting with {}",
         env!("CARGO_PKG_VERSION"),
@@ -107,6 +128,15 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
         Outcome::Exit(code) => ExitCode::from(code),
         Outcome::PowerOff | Outcome::Reboot => ExitCode::SUCCESS,
     }
+}
+
+/// `/logs` and stackinit's own log (stderr and `<logs_dir>/stackinit.log`). On error the own log still
+/// goes to stderr, so PID 1 can carry on and say what is wrong.
+pub fn prepare_logging(init: &crate::config::InitSpec) -> std::io::Result<()> {
+    let prepared = prepare_logs_dir(init);
+    let dir = prepared.is_ok().then_some(init.logs_dir.as_path());
+    crate::logs::init_tracing(dir, &init.log_level);
+    prepared
 }
 
 /// `/logs` with the owner and mode `[init]` asks for.

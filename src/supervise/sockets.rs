@@ -19,15 +19,7 @@ const BACKLOG: i32 = 1024;
 
 pub use crate::config::values::ListenAddr;
 
-/// The address strings of each replica, as `ListenAddr::for_replicas` expands them. One socket per replica
-/// lets the proxy pick the replica with the fewest requests in flight, which a shared socket (where the
-/// kernel picks) cannot. The config checker has already refused addresses that do not expand.
-pub fn replica_addresses(listen: &str, replicas: u32) -> Vec<String> {
-    match ListenAddr::parse(listen).and_then(|a| a.for_replicas(replicas)) {
-        Ok(addrs) => addrs.iter().map(|a| a.to_string()).collect(),
-        Err(_) => vec![listen.to_string(); replicas.max(1) as usize],
-    }
-}
+pub use crate::config::values::replica_addresses;
 
 /// A bound, listening socket.
 #[derive(Debug)]

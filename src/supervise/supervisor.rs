@@ -3,6 +3,8 @@
 //!
 //! The loop sleeps until a signal, a request or the earliest unit timer; an idle stack wakes zero times.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -44,8 +46,15 @@ struct Shutdown {
 struct Rollout {
     service: String,
     pending: VecDeque<String>,
-    current: Option<String>,
+    /// The replica being replaced, and the pid it had before.
+    current: Option<(String, Option<Pid>)>,
+    /// The current replica must be ready again by then, or the rollout halts.
+    deadline: Option<Instant>,
 }
+
+/// How long a replica is out of routing before a rolling restart stops it: enough for the proxy to hear
+/// it is not ready and stop sending it new requests, so only in-flight ones reach the stopping process.
+const ROLLOUT_DRAIN: Duration = Duration::from_millis(300);
 
 pub struct Supervisor {
     opts_pid1: bool,
@@ -77,6 +86,11 @@ pub struct Supervisor {
     handle: super::handle::Handle,
     /// What was last published on the event stream per unit, to send only changes.
     published: HashMap<String, ServiceStatus>,
+    /// The last STATUS= sent to systemd, so it is sent only when it changes.
+    last_summary: String,
+    /// When the next WATCHDOG=1 to systemd is due (half of its WATCHDOG_USEC).
+    systemd_watchdog: Option<(Duration, Instant)>,
+    power_button: Option<mpsc::UnboundedReceiver<()>>,
 }
 
 fn rng_seed() -> u64 {
@@ -107,6 +121,9 @@ impl Supervisor {
             facts: Default::default(),
             handle,
             published: HashMap::new(),
+            last_summary: String::new(),
+            systemd_watchdog: None,
+            power_button: None,
             opts_pid1: opts.pid1,
             config: opts.config,
             config_path: opts.config_path,
@@ -227,6 +244,7 @@ impl Supervisor {
                 spawn_error: None,
                 waiting_for: None,
                 retired: false,
+                drain_until: None,
                 health: Default::default(),
                 spec: spec.clone(),
             });
@@ -337,9 +355,16 @@ impl Supervisor {
         let mut sigusr1 = unix_signal(SignalKind::user_defined1()).ok();
         let mut sigpwr = unix_signal(SignalKind::from_raw(libc::SIGPWR)).ok();
 
+        if crate::init::power_button::wanted(self.opts_pid1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            crate::init::power_button::spawn_watcher(tx);
+            self.power_button = Some(rx);
+        }
+        self.systemd_watchdog =
+            super::hooks::watchdog_interval().map(|every| (every, Instant::now()));
         let notify_path = self.config.init.control_socket.parent().map_or_else(
-            || PathBuf::from("/run/stackinit/notify.sock"),
-            |d| d.join("notify.sock"),
+            || PathBuf::from("/run/stackinit/service-notify.sock"),
+            |d| d.join("service-notify.sock"),
         );
         match notify::serve(&notify_path, self.notify_tx.clone()) {
             Ok(p) => self.notify_path = Some(p),
@@ -374,6 +399,10 @@ impl Supervisor {
                 Some(result) = self.probe_rx.recv() => self.on_probe_result(result),
                 Some(request) = self.exec_rx.recv() => self.run_exec_probe(request),
                 Some(message) = self.notify_rx.recv() => self.on_notification(message),
+                Some(()) = recv_press(&mut self.power_button) => {
+                    info!("power button pressed");
+                    self.on_stop_signal(Signal::SIGPWR);
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => self.fire_timers(),
             }
             self.settle();
@@ -416,11 +445,38 @@ impl Supervisor {
             .filter_map(|u| u.health.watchdog_deadline);
         let execs = self.exec_waiters.values().map(|(_, t)| *t);
         let drain = self.shutdown.as_ref().and_then(|s| s.drain_until);
+        let drains = self.units.values().filter_map(|u| u.drain_until);
+        let rollouts = self.rollouts.iter().filter_map(|r| r.deadline);
+        let systemd = self.systemd_watchdog.map(|(_, due)| due);
+        let drain = drain
+            .into_iter()
+            .chain(drains)
+            .chain(rollouts)
+            .chain(systemd);
         units.chain(watchdogs).chain(execs).chain(drain).min()
     }
 
     fn fire_timers(&mut self) {
         let now = Instant::now();
+        if let Some((every, due)) = self.systemd_watchdog {
+            if due <= now {
+                super::hooks::watchdog();
+                self.systemd_watchdog = Some((every, now + every));
+            }
+        }
+        let drained: Vec<String> = self
+            .units
+            .values_mut()
+            .filter(|u| u.drain_until.is_some_and(|t| t <= now))
+            .map(|u| {
+                u.drain_until = None;
+                u.name.clone()
+            })
+            .collect();
+        for name in drained {
+            self.restart_unit(&name);
+        }
+        self.halt_overdue_rollouts(now);
         if let Some(s) = &mut self.shutdown {
             if s.drain_until.is_some_and(|t| t <= now) {
                 s.drain_until = None;
@@ -876,41 +932,77 @@ impl Supervisor {
 
     // ------------------------------------------------------------------ rollouts
 
+    /// Move each rolling restart on: when the replica being replaced is ready again (a new process),
+    /// drain the next one out of routing; its restart follows when the drain period is over.
     fn advance_rollouts(&mut self) {
-        let mut finished = Vec::new();
+        let mut done = Vec::new();
         for i in 0..self.rollouts.len() {
-            loop {
-                let current = self.rollouts[i].current.clone();
-                if let Some(cur) = &current {
-                    let Some(u) = self.units.get(cur) else {
-                        self.rollouts[i].current = None;
-                        continue;
-                    };
-                    if u.machine.state == State::Fatal {
-                        warn!(
-                            "rollout of {} halted: {cur} is fatal",
-                            self.rollouts[i].service
-                        );
-                        finished.push(i);
-                        break;
-                    }
-                    if !u.is_ready() {
-                        break;
-                    }
-                    self.rollouts[i].current = None;
+            if let Some((cur, old_pid)) = self.rollouts[i].current.clone() {
+                let replaced = self
+                    .units
+                    .get(&cur)
+                    .is_none_or(|u| u.is_ready() && u.pid.is_some() && u.pid != old_pid);
+                if !replaced {
+                    continue;
                 }
-                let Some(next) = self.rollouts[i].pending.pop_front() else {
-                    finished.push(i);
-                    break;
-                };
-                self.restart_unit(&next);
-                self.rollouts[i].current = Some(next);
-                break;
+                info!(
+                    "rollout of {}: {cur} replaced and ready",
+                    self.rollouts[i].service
+                );
+                self.rollouts[i].current = None;
             }
+            let Some(next) = self.rollouts[i].pending.pop_front() else {
+                done.push(i);
+                continue;
+            };
+            let now = Instant::now();
+            let Some(unit) = self.units.get_mut(&next) else {
+                continue;
+            };
+            let old_pid = unit.pid;
+            if unit.pid.is_some() {
+                unit.drain_until = Some(now + ROLLOUT_DRAIN);
+            } else {
+                self.restart_unit(&next);
+            }
+            let ready_timeout = self
+                .units
+                .get(&next)
+                .map_or(Duration::from_secs(60), |u| u.spec.ready_timeout.0);
+            self.rollouts[i].deadline = Some(now + ROLLOUT_DRAIN + ready_timeout);
+            self.rollouts[i].current = Some((next, old_pid));
         }
-        for i in finished.into_iter().rev() {
+        for i in done.into_iter().rev() {
             let r = self.rollouts.remove(i);
             info!("rollout of {} done", r.service);
+        }
+    }
+
+    /// A replica that does not become ready in time stops its rollout; the replicas not yet replaced keep
+    /// serving, and the reason shows in status.
+    fn halt_overdue_rollouts(&mut self, now: Instant) {
+        let mut halted = Vec::new();
+        for (i, r) in self.rollouts.iter().enumerate() {
+            if r.deadline.is_some_and(|t| t <= now) {
+                halted.push(i);
+            }
+        }
+        for i in halted.into_iter().rev() {
+            let r = self.rollouts.remove(i);
+            let Some((cur, _)) = r.current else { continue };
+            if let Some(u) = self.units.get_mut(&cur) {
+                let why = u
+                    .status(now)
+                    .reason
+                    .unwrap_or_else(|| format!("state {}", u.machine.state.as_str()));
+                let note = format!(
+                    "rollout halted: not ready within {:?} ({why}); {} replicas left on the old version",
+                    u.spec.ready_timeout.0,
+                    r.pending.len()
+                );
+                warn!("{cur}: {note}");
+                u.machine.reason = Some(note);
+            }
         }
     }
 
@@ -920,6 +1012,29 @@ impl Supervisor {
         if let Some(u) = self.units.get_mut(name) {
             u.machine.health_restart = u.machine.restart_after_stop;
         }
+    }
+
+    fn start_rollout(&mut self, service: &str, units: Vec<String>) {
+        self.rollouts.retain(|r| r.service != service);
+        for u in &units {
+            if let Some(unit) = self.units.get_mut(u) {
+                // A halted rollout's note would otherwise outlive the next attempt.
+                if unit
+                    .machine
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("rollout halted"))
+                {
+                    unit.machine.reason = None;
+                }
+            }
+        }
+        self.rollouts.push(Rollout {
+            service: service.to_string(),
+            pending: units.into_iter().collect(),
+            current: None,
+            deadline: None,
+        });
     }
 
     fn restart_unit(&mut self, name: &str) {
@@ -1173,6 +1288,12 @@ impl Supervisor {
                     message: format!("shutting down ({outcome:?})"),
                 }));
             }
+            Request::Facts { reply } => {
+                let _ = reply.send(Ok(crate::supervise::handle::InstanceInfo {
+                    facts: self.facts.clone(),
+                    unhealthy: self.unhealthy_units(),
+                }));
+            }
             Request::Logs {
                 name,
                 stream,
@@ -1251,11 +1372,7 @@ impl Supervisor {
                     self.restart_unit(&names[0]);
                     format!("{name}: restarting")
                 } else {
-                    self.rollouts.push(Rollout {
-                        service: name.to_string(),
-                        pending: names.iter().cloned().collect(),
-                        current: None,
-                    });
+                    self.start_rollout(name, names.clone());
                     format!("{name}: rolling restart of {} replicas", names.len())
                 }
             }
@@ -1289,7 +1406,8 @@ impl Supervisor {
     pub fn reload(&mut self) -> Result<ReloadReply, ApiError> {
         crate::supervise::hooks::reloading();
         let result = self.reload_inner();
-        crate::supervise::hooks::reloaded();
+        self.settle();
+        crate::supervise::hooks::reloaded(&self.last_summary);
         result
     }
 
@@ -1371,6 +1489,9 @@ impl Supervisor {
                         replacement.pid = unit.pid;
                         replacement.pgid = unit.pgid;
                         replacement.started_at = unit.started_at;
+                        // The running process keeps its probes and readiness until it is replaced.
+                        let mut unit = unit;
+                        replacement.health = std::mem::take(&mut unit.health);
                         replacement.want_up = replacement.spec.autostart;
                         fresh.insert(unit_name, replacement);
                     }
@@ -1386,13 +1507,24 @@ impl Supervisor {
         self.units = fresh;
         let failures = self.bind_listeners();
         self.mark_bind_failures(&failures);
+        let mut rolling: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for name in &to_stop {
-            let stays = self.units.get(name).is_some_and(|u| u.want_up);
-            if stays {
-                self.restart_unit(name);
-            } else {
+            let Some(unit) = self.units.get(name) else {
+                continue;
+            };
+            if !unit.want_up {
                 self.dispatch(name, Event::Stop);
+            } else if unit.replica.is_some() {
+                rolling
+                    .entry(unit.service.clone())
+                    .or_default()
+                    .push(name.clone());
+            } else {
+                self.restart_unit(name);
             }
+        }
+        for (service, units) in rolling {
+            self.start_rollout(&service, units);
         }
         if proxy_changed {
             reply.changed.push(PROXY_UNIT.into());
@@ -1447,6 +1579,16 @@ impl Supervisor {
             .send_replace(Some(Arc::new(runtime)));
     }
 
+    /// Critical services that are not ready: what makes `/healthz` answer 503 (the same filter as
+    /// `publish_proxy_state`; the dashboard asks for it).
+    fn unhealthy_units(&self) -> Vec<String> {
+        self.units
+            .values()
+            .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.is_ready())
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
     fn publish_proxy_state(&mut self) {
         let state = ProxyState {
             draining: self.shutdown.is_some(),
@@ -1488,12 +1630,22 @@ impl Supervisor {
         if self.shutdown.is_some() {
             summary = format!("stopping: {summary}");
         }
-        crate::supervise::hooks::status(&summary);
+        if summary != self.last_summary {
+            crate::supervise::hooks::status(&summary);
+            self.last_summary = summary.clone();
+        }
         if !self.stack_ready_sent && ready + fatal == autostart.len() {
             self.stack_ready_sent = true;
             info!("stack ready: {summary}");
             crate::supervise::hooks::ready(&summary);
         }
+    }
+}
+
+async fn recv_press(rx: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

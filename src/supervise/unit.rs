@@ -48,6 +48,8 @@ pub struct Unit {
     pub waiting_for: Option<String>,
     /// Removed by a reload: dropped from the table once it has stopped.
     pub retired: bool,
+    /// Taken out of routing ahead of a rolling restart; the restart happens when this passes.
+    pub drain_until: Option<Instant>,
     /// Per-process readiness signals, reset at every spawn.
     pub health: Health,
 }
@@ -96,7 +98,8 @@ impl Unit {
         if self.spec.oneshot {
             return self.machine.is_up();
         }
-        self.machine.is_up()
+        self.drain_until.is_none()
+            && self.machine.is_up()
             && (!self.spec.notify || self.health.notified_ready)
             && (self.spec.startup.is_none() || self.health.startup.passing)
             && (self.spec.readiness.is_none() || self.health.readiness.passing)

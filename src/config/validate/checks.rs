@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::doc::KeyPath;
 use super::sections::Recovered;
-use super::{graph, listens, proxy_checks, span_for, Report};
+use super::{dashboard_checks, graph, listens, proxy_checks, span_for, Report};
 use crate::config::values::{self, ListenAddr};
 use crate::config::{Bytes, Probe, Secs, ServiceSpec, TcpProbeTarget};
 
@@ -99,6 +99,7 @@ fn check_init(ctx: &mut Ctx) {
         ctx.at_value(&path.key("log_level"), e);
     }
     check_max_duration(ctx, &path.key("shutdown_drain"), init.shutdown_drain);
+    dashboard_checks::check_dashboard(ctx);
     if init.control_socket.as_os_str().len() > values::MAX_UNIX_PATH {
         ctx.at_value(
             &path.key("control_socket"),
@@ -300,10 +301,7 @@ fn check_probe(ctx: &mut Ctx, pp: &KeyPath, probe: &Probe, service_listens: bool
         _ => {}
     }
     if let Some(exec) = &probe.exec {
-        if exec
-            .first()
-            .map_or(true, |program| program.trim().is_empty())
-        {
+        if exec.first().is_none_or(|program| program.trim().is_empty()) {
             ctx.at_value(&pp.key("exec"), "the exec probe command is empty");
         }
     }

@@ -113,7 +113,7 @@ pub(crate) fn path_at(root: &Spanned<DeValue<'_>>, offset: usize) -> KeyPath {
         for span in [key_span, Some(value_span)].into_iter().flatten() {
             let contains = span.start <= offset
                 && (offset < span.end || (span.is_empty() && offset == span.start));
-            let better = best.as_ref().map_or(true, |(len, _)| span.len() <= *len);
+            let better = best.as_ref().is_none_or(|(len, _)| span.len() <= *len);
             if contains && better {
                 best = Some((span.len(), path.clone()));
             }

@@ -1,0 +1,195 @@
+//! Accept loops and client connections: HTTP/1.1 on plain listeners, HTTP/1.1 or HTTP/2 (by ALPN) over TLS.
+//! Slowloris protection is hyper's header read timeout; idle connections end through `IdleTimeout`; a stop
+//! request closes the listeners and lets each connection finish its in-flight requests.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+
+use super::handler::{self, ConnInfo};
+use super::idle_io::IdleTimeout;
+use super::shared::Shared;
+
+pub enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+pub struct BoundListener {
+    pub listener: Listener,
+    pub tls: bool,
+    pub label: String,
+}
+
+/// Held by every connection task; the server is drained when the last clone is dropped.
+pub type DrainGuard = mpsc::Sender<()>;
+
+/// Run the accept loop of one listener until `stop` turns true.
+pub async fn accept_loop(
+    bound: BoundListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain: DrainGuard,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = accept(&bound.listener) => accepted,
+        };
+        match accepted {
+            Ok((stream, remote)) => {
+                let info = ConnInfo {
+                    remote,
+                    https: bound.tls,
+                };
+                let shared = Arc::clone(&shared);
+                let stop = stop.clone();
+                let drain = drain.clone();
+                let tls = bound.tls;
+                tokio::spawn(async move {
+                    match stream {
+                        Stream::Tcp(s) => connection(s, info, tls, shared, stop).await,
+                        Stream::Unix(s) => connection(s, info, tls, shared, stop).await,
+                    }
+                    drop(drain);
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning on a listener that stays readable.
+                tracing::error!(listener = %bound.label, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracing::info!(listener = %bound.label, "stopped accepting");
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<std::net::SocketAddr>)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, addr) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            Ok((Stream::Tcp(s), Some(addr)))
+        }
+        Listener::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), None))
+        }
+    }
+}
+
+async fn connection<S>(
+    stream: S,
+    info: ConnInfo,
+    tls: bool,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = shared.routes().settings.clone();
+    let stream = IdleTimeout::new(stream, settings.idle_timeout);
+    if !tls {
+        return serve_http1(stream, info, shared, stop, &settings).await;
+    }
+    let Some(config) = shared.tls.get() else {
+        tracing::warn!("TLS connection but no certificate loaded");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let stream = match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if h2 {
+        serve_http2(stream, info, shared, stop, &settings).await
+    } else {
+        serve_http1(stream, info, shared, stop, &settings).await
+    }
+}
+
+async fn serve_http1<S>(
+    stream: S,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    settings: &super::routes::Settings,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handler::handle(req, info, Arc::clone(&shared)));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .max_header_size(settings.max_header_size)
+        .max_buf_size(settings.max_header_size.max(64 * 1024))
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => log_end(result.err()),
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            log_end(conn.await.err());
+        }
+    }
+}
+
+async fn serve_http2<S>(
+    stream: S,
+    info: ConnInfo,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    settings: &super::routes::Settings,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| handler::handle(req, info, Arc::clone(&shared)));
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_size as u32);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => log_end(result.err()),
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            log_end(conn.await.err());
+        }
+    }
+}
+
+fn log_end(error: Option<hyper::Error>) {
+    if let Some(e) = error {
+        tracing::debug!("client connection ended: {e}");
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone, which also means stop).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Upstreams: replicas, their keep-alive connection pools, fewest-in-flight choice, and forwarding with retries.
+//!
+//! Each replica has its own socket, so the proxy (not the kernel's accept queue) decides which worker gets a
+//! request: the ready replica with the fewest requests in flight. A sync worker serving a slow request then never
+//! gets a second one while another worker is idle.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+
+use super::body::ProxyBody;
+
+/// Idle keep-alive connections kept per replica (nginx tuned: `keepalive 64`).
+const MAX_IDLE_PER_REPLICA: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// `unix:/path` or `IP:PORT` (`[v6]:PORT`).
+    pub fn parse(text: &str) -> Option<Address> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            return (!path.is_empty()).then(|| Address::Unix(PathBuf::from(path)));
+        }
+        text.parse().ok().map(Address::Tcp)
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One upstream process (or address) and its pool of idle connections.
+pub struct Replica {
+    pub name: String,
+    pub address: Address,
+    in_flight: AtomicUsize,
+    ready: AtomicBool,
+    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+}
+
+impl Replica {
+    pub fn new(name: String, address: Address, ready: bool) -> Arc<Replica> {
+        Arc::new(Replica {
+            name,
+            address,
+            in_flight: AtomicUsize::new(0),
+            ready: AtomicBool::new(ready),
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+        if !ready {
+            // A replica on its way out should not keep sockets to it open.
+            self.lock_idle().clear();
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<ProxyBody>>> {
+        // A poisoned pool only means a panic elsewhere while holding it; the Vec itself is still valid.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.lock_idle();
+        while let Some(sender) = idle.pop() {
+            if sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Put a connection back once its response has been read to the end.
+    fn recycle(self: &Arc<Self>, mut sender: SendRequest<ProxyBody>) {
+        let replica = Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() && replica.is_ready() {
+                let mut idle = replica.lock_idle();
+                if idle.len() < MAX_IDLE_PER_REPLICA {
+                    idle.push(sender);
+                }
+            }
+        });
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<SendRequest<ProxyBody>, Failure> {
+        let handshake = async {
+            match &self.address {
+                Address::Tcp(addr) => {
+                    let stream = tokio::net::TcpStream::connect(addr).await?;
+                    let _ = stream.set_nodelay(true);
+                    handshake(stream).await
+                }
+                Address::Unix(path) => {
+                    handshake(tokio::net::UnixStream::connect(path).await?).await
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(sender)) => Ok(sender),
+            Ok(Err(e)) => Err(Failure::Connect(format!("{}: {e}", self.address))),
+            Err(_) => Err(Failure::ConnectTimeout(format!(
+                "{}: connect timed out",
+                self.address
+            ))),
+        }
+    }
+}
+
+async fn handshake<S>(stream: S) -> std::io::Result<SendRequest<ProxyBody>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!("upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// Counts a request as in flight on its replica until dropped (at the end of the response body).
+pub struct InFlight(Arc<Replica>);
+
+impl InFlight {
+    fn new(replica: &Arc<Replica>) -> InFlight {
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(replica))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A named group of replicas that locations proxy to.
+pub struct Upstream {
+    pub name: String,
+    pub replicas: Vec<Arc<Replica>>,
+    /// Rotates the starting point among equally loaded replicas, so ties spread round-robin.
+    next: AtomicUsize,
+}
+
+/// Why forwarding failed, mapped to the status the client gets.
+#[derive(Debug)]
+pub enum Failure {
+    NoReadyReplica,
+    Connect(String),
+    ConnectTimeout(String),
+    ResponseTimeout,
+    BodyTooLarge,
+    Upstream(String),
+}
+
+impl Failure {
+    pub fn status(&self) -> hyper::StatusCode {
+        use hyper::StatusCode;
+        match self {
+            Failure::ConnectTimeout(_) | Failure::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::NoReadyReplica => f.write_str("no ready replica"),
+            Failure::Connect(e) | Failure::ConnectTimeout(e) | Failure::Upstream(e) => {
+                f.write_str(e)
+            }
+            Failure::ResponseTimeout => f.write_str("upstream response timed out"),
+            Failure::BodyTooLarge => f.write_str("request body too large"),
+        }
+    }
+}
+
+/// What forwarding needs besides the request.
+pub struct ForwardSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+/// A response from a replica, with the guard that keeps it counted as in flight.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    pub in_flight: InFlight,
+    pub replica: Arc<Replica>,
+}
+
+impl Upstream {
+    pub fn new(name: String, replicas: Vec<Arc<Replica>>) -> Upstream {
+        Upstream {
+            name,
+            replicas,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The ready replica with the fewest requests in flight, skipping those already tried.
+    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        let count = self.replicas.len();
+        if count == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
+        let mut best: Option<(usize, usize)> = None;
+        for offset in 0..count {
+            let i = (start + offset) % count;
+            let replica = &self.replicas[i];
+            if !replica.is_ready() || tried.contains(&i) {
+                continue;
+            }
+            let load = replica.in_flight();
+            if best.is_none_or(|(_, b)| load < b) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Send `request` to a replica. A failed connect moves on to the next replica whatever the method; a request
+    /// lost on a connection that broke before any response byte is retried only when `rebuild` can make it again
+    /// (idempotent, no body). `exceeded` reports a request body cut off by `client_max_body_size`.
+    pub async fn forward(
+        &self,
+        request: Request<ProxyBody>,
+        rebuild: Option<&(dyn Fn() -> Request<ProxyBody> + Sync)>,
+        settings: &ForwardSettings,
+        exceeded: &AtomicBool,
+    ) -> Result<Forwarded, Failure> {
+        let mut tried: Vec<usize> = Vec::new();
+        let mut pending = Some(request);
+        let mut last = Failure::NoReadyReplica;
+        // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
+        while let Some(index) = self.pick(&tried) {
+            tried.push(index);
+            let replica = &self.replicas[index];
+            let in_flight = InFlight::new(replica);
+            let mut pooled = replica.take_idle();
+            let mut fresh_tries = 0;
+            loop {
+                let was_pooled = pooled.is_some();
+                let mut sender = match pooled.take() {
+                    Some(sender) => sender,
+                    None => match replica.connect(settings.connect_timeout).await {
+                        Ok(sender) => sender,
+                        Err(failure) => {
+                            tracing::warn!(upstream = %self.name, replica = %replica.name, "{failure}");
+                            last = failure;
+                            break;
+                        }
+                    },
+                };
+                let Some(request) = pending.take().or_else(|| rebuild.map(|r| r())) else {
+                    return Err(last);
+                };
+                let sent = tokio::time::timeout(
+                    settings.response_timeout,
+                    sender.try_send_request(request),
+                )
+                .await;
+                match sent {
+                    Err(_) => return Err(Failure::ResponseTimeout),
+                    Ok(Ok(response)) => {
+                        if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                            replica.recycle(sender);
+                        }
+                        return Ok(Forwarded {
+                            response,
+                            in_flight,
+                            replica: Arc::clone(replica),
+                        });
+                    }
+                    Ok(Err(mut e)) => {
+                        if exceeded.load(Ordering::Relaxed) {
+                            return Err(Failure::BodyTooLarge);
+                        }
+                        let failure =
+                            Failure::Upstream(format!("{}: {}", replica.address, e.error()));
+                        tracing::warn!(upstream = %self.name, replica = %replica.name, "{failure}");
+                        last = failure;
+                        if let Some(unsent) = e.take_message() {
+                            // Never written (the pooled connection had closed): safe to send again, any method.
+                            pending = Some(unsent);
+                            fresh_tries += 1;
+                            if fresh_tries <= 1 {
+                                continue;
+                            }
+                            break;
+                        }
+                        if rebuild.is_none() {
+                            return Err(last);
+                        }
+                        // Idempotent and bodyless: a kept-alive connection the upstream closed under us is
+                        // retried once on a fresh connection, then on the next replica.
+                        fresh_tries += 1;
+                        if was_pooled && fresh_tries <= 1 {
+                            continue;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(n: usize) -> Upstream {
+        let replicas = (0..n)
+            .map(|i| {
+                Replica::new(
+                    format!("app@{i}"),
+                    Address::parse(&format!("unix:/x/{i}")).unwrap(),
+                    true,
+                )
+            })
+            .collect();
+        Upstream::new("app".into(), replicas)
+    }
+
+    #[test]
+    fn picks_fewest_in_flight_among_ready() {
+        let up = upstream(3);
+        let _a = InFlight::new(&up.replicas[0]);
+        let _b = InFlight::new(&up.replicas[1]);
+        assert_eq!(up.pick(&[]), Some(2));
+        up.replicas[2].set_ready(false);
+        let picked = up.pick(&[]).unwrap();
+        assert!(picked == 0 || picked == 1);
+        assert_eq!(up.pick(&[0, 1]), None);
+    }
+
+    #[test]
+    fn ties_rotate() {
+        let up = upstream(3);
+        let picks: std::collections::BTreeSet<usize> =
+            (0..3).filter_map(|_| up.pick(&[])).collect();
+        assert_eq!(picks.len(), 3);
+    }
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            Address::parse("unix:/a/b"),
+            Some(Address::Unix("/a/b".into()))
+        );
+        assert_eq!(
+            Address::parse("127.0.0.1:80"),
+            Some(Address::Tcp("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(Address::parse("app"), None);
+        assert_eq!(Address::parse("unix:"), None);
+    }
+}

@@ -1,0 +1,522 @@
+//! stackinit as PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc stackinit init`):
+//! orphan reaping, ordered shutdown on SIGTERM and on the power button, early boot, and survival of a lost
+//! main loop or a broken config. Needs root and util-linux (`unshare`, `nsenter`), and `ip` for one test.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stackinit");
+
+/// A PID namespace running `stackinit init`; killed (with everything in it) when dropped.
+struct Pid1 {
+    unshare: Child,
+    /// Host pid of the namespace's PID 1.
+    host_pid: i32,
+    dir: tempfile::TempDir,
+}
+
+/// A fresh directory outside /tmp: the early-boot test mounts a tmpfs over /tmp inside its namespace.
+fn test_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+}
+
+impl Pid1 {
+    fn start(
+        dir: tempfile::TempDir,
+        config: &str,
+        extra_unshare: &[&str],
+        env: &[(&str, &str)],
+    ) -> Pid1 {
+        let config_path = dir.path().join("stackinit.toml");
+        fs::write(&config_path, config).unwrap();
+        fs::create_dir_all(dir.path().join("input")).unwrap();
+        let console = fs::File::create(dir.path().join("console.log")).unwrap();
+        let mut command = Command::new("unshare");
+        command
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .args(extra_unshare)
+            .arg(BIN)
+            .args(["init", "--config"])
+            .arg(&config_path)
+            .env("STACKINIT_NO_REBOOT", "1")
+            .env("STACKINIT_INPUT_DIR", dir.path().join("input"))
+            .env("STACKINIT_SOCKET", dir.path().join("control.sock"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console);
+        let unshare = command
+            .spawn()
+            .expect("unshare (util-linux) must be installed");
+        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let mut pid1 = Pid1 {
+            unshare,
+            host_pid: 0,
+            dir,
+        };
+        pid1.host_pid = wait_for(
+            "the namespace's PID 1 to appear",
+            Duration::from_secs(10),
+            || {
+                fs::read_to_string(&children)
+                    .ok()?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            },
+        );
+        pid1
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn console(&self) -> String {
+        fs::read_to_string(self.path("console.log")).unwrap_or_default()
+    }
+
+    fn wait_console(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.console().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} on the console in {timeout:?}:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.host_pid), signal).expect("signal the namespace's PID 1");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.unshare.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stackinit did not exit in {timeout:?}; console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// (processes, zombies) in the namespace, PID 1 included, seen from the host's /proc.
+    fn census(&self) -> (usize, usize) {
+        let Ok(ns) = fs::read_link(format!("/proc/{}/ns/pid", self.host_pid)) else {
+            return (0, 0);
+        };
+        let mut total = 0;
+        let mut zombies = 0;
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if fs::read_link(entry.path().join("ns/pid")).ok().as_ref() != Some(&ns) {
+                continue;
+            }
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            total += 1;
+            if stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            {
+                zombies += 1;
+            }
+        }
+        (total, zombies)
+    }
+
+    fn pid1_alive(&self) -> bool {
+        fs::read_to_string(format!("/proc/{}/stat", self.host_pid)).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    /// Run a shell snippet inside the namespace (a child of nsenter, so its orphans go to PID 1).
+    fn run_inside(&self, script: &str) {
+        let status = Command::new("nsenter")
+            .args([
+                "-t",
+                &self.host_pid.to_string(),
+                "-p",
+                "--",
+                "sh",
+                "-c",
+                script,
+            ])
+            .status()
+            .expect("nsenter (util-linux) must be installed");
+        assert!(status.success(), "nsenter sh -c {script:?}: {status}");
+    }
+}
+
+impl Drop for Pid1 {
+    fn drop(&mut self) {
+        if let Ok(None) = self.unshare.try_wait() {
+            // SIGKILL to a namespace's PID 1 kills every process in it.
+            if self.host_pid > 0 {
+                let _ = kill(Pid::from_raw(self.host_pid), Signal::SIGKILL);
+            }
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
+        }
+    }
+}
+
+fn wait_for<T, F: FnMut() -> Option<T>>(what: &str, timeout: Duration, mut check: F) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `[init]` for a test: logs and control socket inside the test directory.
+fn init_section(dir: &Path, extra: &str) -> String {
+    format!(
+        "[init]\nlogs_dir = \"{logs}\"\ncontrol_socket = \"{sock}\"\n{extra}\n",
+        logs = dir.join("logs").display(),
+        sock = dir.join("control.sock").display()
+    )
+}
+
+/// A service that records its start, and on its stop signal appends its name to `stopped` and exits.
+fn recording_service(dir: &Path, name: &str, after: &[&str]) -> String {
+    let script = format!(
+        "trap 'echo {name} >> {stopped}; exit 0' TERM; echo {name} >> {started}; \
+         while :; do sleep 1 & wait $!; done",
+        stopped = dir.join("stopped").display(),
+        started = dir.join("started").display()
+    );
+    let after: Vec<String> = after.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[service.{name}]\ncommand = [\"sh\", \"-c\", {script:?}]\nafter = [{}]\nstart_secs = \"200ms\"\nstop_grace = \"10s\"\n",
+        after.join(", ")
+    )
+}
+
+/// Three services in a chain: base <- app <- web. Stop order must be web, app, base.
+fn chain_config(dir: &Path) -> String {
+    [
+        init_section(dir, ""),
+        recording_service(dir, "base", &[]),
+        recording_service(dir, "app", &["base"]),
+        recording_service(dir, "web", &["app"]),
+    ]
+    .concat()
+}
+
+fn wait_all_started(pid1: &Pid1, count: usize) {
+    wait_for("every service to start", Duration::from_secs(20), || {
+        (lines(&pid1.path("started")).len() >= count).then_some(())
+    });
+    // Give the last one its start_secs so it counts as running before we stop it.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+#[test]
+fn reaps_a_thousand_orphans_and_leaves_no_zombies() {
+    let dir = test_dir();
+    let done = dir.path().join("orphans-done");
+    // Each `(sleep 0.2 &)` subshell exits at once, so its sleep is orphaned to PID 1 and dies 0.2 s later.
+    let script = format!(
+        "i=0; while [ $i -lt 1000 ]; do (sleep 0.2 &); i=$((i+1)); done; touch {}; exec sleep 1000",
+        done.display()
+    );
+    let config = format!(
+        "{}[service.orphans]\ncommand = [\"sh\", \"-c\", {script:?}]\nstart_secs = \"0s\"\n",
+        init_section(dir.path(), "")
+    );
+    let mut pid1 = Pid1::start(dir, &config, &[], &[]);
+    wait_for(
+        "1000 orphans to be created",
+        Duration::from_secs(60),
+        || done.exists().then_some(()),
+    );
+    let made_at = Instant::now();
+    // Every orphan has died 0.2 s after the last was made; all must be reaped, leaving only PID 1 and the
+    // service's `sleep 1000`.
+    let (processes, zombies) =
+        wait_for("every orphan to be reaped", Duration::from_secs(15), || {
+            let (processes, zombies) = pid1.census();
+            (zombies == 0 && processes <= 3).then_some((processes, zombies))
+        });
+    eprintln!(
+        "1000 orphans: namespace back to {processes} processes, {zombies} zombies, {:?} after the last was made",
+        made_at.elapsed()
+    );
+    assert!(pid1.pid1_alive());
+    pid1.signal(Signal::SIGTERM);
+    let status = pid1.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status}; console:\n{}",
+        pid1.console()
+    );
+}
+
+#[test]
+fn sigterm_stops_services_in_reverse_dependency_order_and_exits_zero() {
+    let dir = test_dir();
+    let config = chain_config(dir.path());
+    let mut pid1 = Pid1::start(dir, &config, &[], &[]);
+    wait_all_started(&pid1, 3);
+    assert_eq!(
+        lines(&pid1.path("started")),
+        ["base", "app", "web"],
+        "start order"
+    );
+    pid1.signal(Signal::SIGTERM);
+    let status = pid1.wait_exit(Duration::from_secs(30));
+    let console = pid1.console();
+    assert!(
+        status.success(),
+        "exit status {status}; console:\n{console}"
+    );
+    assert_eq!(
+        lines(&pid1.path("stopped")),
+        ["web", "app", "base"],
+        "stop order; console:\n{console}"
+    );
+    // One console line per final step, each with its time.
+    for step in [
+        "final power-off sequence",
+        "synced file systems",
+        "exiting instead of power-off",
+    ] {
+        assert!(
+            console.contains(step),
+            "missing {step:?} in console:\n{console}"
+        );
+    }
+    assert!(
+        console.contains("shutdown: [   0."),
+        "steps carry their time:\n{console}"
+    );
+    assert_eq!(pid1.census(), (0, 0), "nothing may survive PID 1");
+}
+
+#[test]
+fn power_button_press_runs_the_same_ordered_shutdown() {
+    let dir = test_dir();
+    let fifo = dir.path().join("input/event0");
+    fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let config = chain_config(dir.path());
+    let mut pid1 = Pid1::start(dir, &config, &[], &[]);
+    wait_all_started(&pid1, 3);
+    // Opening for write without blocking fails (ENXIO) until stackinit has the FIFO open for reading.
+    let mut device = wait_for(
+        "stackinit to open the fake input device",
+        Duration::from_secs(10),
+        || {
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .ok()
+        },
+    );
+    // struct input_event on x86_64: 16-byte timeval, u16 type, u16 code, i32 value.
+    let event = |kind: u16, code: u16, value: i32| {
+        let mut bytes = vec![0u8; 16];
+        bytes.extend_from_slice(&kind.to_ne_bytes());
+        bytes.extend_from_slice(&code.to_ne_bytes());
+        bytes.extend_from_slice(&value.to_ne_bytes());
+        bytes
+    };
+    const EV_SYN: u16 = 0;
+    const EV_KEY: u16 = 1;
+    const KEY_POWER: u16 = 116;
+    let press = [
+        event(EV_KEY, KEY_POWER, 1),
+        event(EV_SYN, 0, 0),
+        event(EV_KEY, KEY_POWER, 0),
+        event(EV_SYN, 0, 0),
+    ];
+    device.write_all(&press.concat()).unwrap();
+    drop(device);
+    let status = pid1.wait_exit(Duration::from_secs(30));
+    let console = pid1.console();
+    assert!(
+        status.success(),
+        "exit status {status}; console:\n{console}"
+    );
+    assert_eq!(
+        lines(&pid1.path("stopped")),
+        ["web", "app", "base"],
+        "stop order; console:\n{console}"
+    );
+    assert!(
+        console.contains("final power-off sequence"),
+        "console:\n{console}"
+    );
+}
+
+#[test]
+fn a_panicking_main_loop_leaves_pid1_running_and_reaping() {
+    let dir = test_dir();
+    let config = [
+        init_section(dir.path(), ""),
+        recording_service(dir.path(), "worker", &[]),
+    ]
+    .concat();
+    let mut pid1 = Pid1::start(dir, &config, &[], &[("STACKINIT_TEST_PANIC", "init-loop")]);
+    pid1.wait_console("FALLBACK", Duration::from_secs(20));
+    assert!(
+        pid1.console().contains("injected failure"),
+        "the panic is on the console:\n{}",
+        pid1.console()
+    );
+    assert!(pid1.pid1_alive(), "PID 1 must survive its main loop");
+    // Orphans created after the panic must still be reaped.
+    pid1.run_inside("i=0; while [ $i -lt 300 ]; do (sleep 0.1 &); i=$((i+1)); done");
+    wait_for(
+        "orphans made after the panic to be reaped",
+        Duration::from_secs(15),
+        || {
+            let (processes, zombies) = pid1.census();
+            // PID 1, plus the still running but unsupervised worker (sh and its sleep).
+            (zombies == 0 && processes <= 4).then_some(())
+        },
+    );
+    assert!(pid1.pid1_alive());
+    // The fallback still honours SIGTERM: everything is stopped and the namespace's PID 1 exits cleanly.
+    pid1.signal(Signal::SIGTERM);
+    let status = pid1.wait_exit(Duration::from_secs(30));
+    let console = pid1.console();
+    assert!(
+        status.success(),
+        "exit status {status}; console:\n{console}"
+    );
+    assert!(
+        console.contains("final power-off sequence"),
+        "console:\n{console}"
+    );
+    assert_eq!(
+        lines(&pid1.path("stopped")),
+        ["worker"],
+        "the worker got its SIGTERM; console:\n{console}"
+    );
+}
+
+#[test]
+fn a_broken_config_leaves_pid1_reaping_and_says_why() {
+    let dir = test_dir();
+    let config = format!(
+        "{}[service.web]\ncommand = [\"true\"]\nbogus_key = 1\n",
+        init_section(dir.path(), "")
+    );
+    let mut pid1 = Pid1::start(dir, &config, &[], &[]);
+    pid1.wait_console("FALLBACK", Duration::from_secs(10));
+    let console = pid1.console();
+    assert!(console.contains("config is invalid"), "console:\n{console}");
+    assert!(
+        console.contains("stackinit.toml:"),
+        "errors name the file:\n{console}"
+    );
+    pid1.run_inside("i=0; while [ $i -lt 100 ]; do (sleep 0.1 &); i=$((i+1)); done");
+    wait_for("orphans to be reaped", Duration::from_secs(15), || {
+        (pid1.census() == (1, 0)).then_some(())
+    });
+    pid1.signal(Signal::SIGTERM);
+    let status = pid1.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status}; console:\n{}",
+        pid1.console()
+    );
+}
+
+#[test]
+fn early_boot_mounts_sets_the_hostname_and_brings_up_lo() {
+    let dir = test_dir();
+    let config = [
+        init_section(dir.path(), "hostname = \"pid1-test.example\""),
+        recording_service(dir.path(), "base", &[]),
+    ]
+    .concat();
+    // Own mount, UTS and network namespaces, so none of this touches the host.
+    let mut pid1 = Pid1::start(
+        dir,
+        &config,
+        &["--mount", "--uts", "--net"],
+        &[("STACKINIT_EARLY_BOOT", "1")],
+    );
+    wait_all_started(&pid1, 1);
+    let target = pid1.host_pid.to_string();
+    let hostname = Command::new("nsenter")
+        .args(["-t", &target, "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&hostname.stdout).trim(),
+        "pid1-test.example"
+    );
+    let lo = Command::new("nsenter")
+        .args(["-t", &target, "-n", "ip", "-o", "link", "show", "lo"])
+        .output()
+        .expect("ip (iproute2) must be installed");
+    let lo = String::from_utf8_lossy(&lo.stdout).into_owned();
+    assert!(lo.contains(",UP") || lo.contains("<UP"), "lo is up: {lo}");
+    let mountinfo = fs::read_to_string(format!("/proc/{}/mountinfo", pid1.host_pid)).unwrap();
+    for (mount_point, fs_type) in [
+        ("/run", "tmpfs"),
+        ("/tmp", "tmpfs"),
+        ("/dev/shm", "tmpfs"),
+        ("/proc", "proc"),
+    ] {
+        let found = mountinfo.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let fs = line
+                .split(" - ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next());
+            fields.get(4) == Some(&mount_point) && fs == Some(fs_type)
+        });
+        assert!(
+            found,
+            "{mount_point} ({fs_type}) in the namespace:\n{mountinfo}"
+        );
+    }
+    pid1.signal(Signal::SIGTERM);
+    let status = pid1.wait_exit(Duration::from_secs(30));
+    assert!(
+        status.success(),
+        "exit status {status}; console:\n{}",
+        pid1.console()
+    );
+}

@@ -1,0 +1,373 @@
+//! Black-box behaviour of the standalone proxy: limits (413, 431), upstream failures (502, 504), slowloris,
+//! retries across replicas, fewest-in-flight, WebSocket, static files and graceful stop.
+
+#[path = "support/proxy_harness.rs"]
+mod harness;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use harness::{free_port, get, raw_request, read_reply, ws_frame, Echo, ProxyProcess};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    proxy: ProxyProcess,
+    addr: SocketAddr,
+}
+
+/// A proxy on a fresh port with `[proxy]` extras, servers and services given as TOML.
+fn setup(proxy_extra: &str, rest: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = format!(
+        "[init]\nlogs_dir = \"{}\"\n[proxy]\nlisten = [\"{addr}\"]\n{proxy_extra}\n{rest}",
+        dir.path().display()
+    );
+    let proxy = ProxyProcess::start(dir.path(), &config, addr);
+    Setup {
+        _dir: dir,
+        proxy,
+        addr,
+    }
+}
+
+fn one_location(upstream: &str) -> String {
+    format!("[[proxy.server]]\nserver_name = [\"t\"]\n  [[proxy.server.location]]\n  path = \"/\"\n  upstream = \"{upstream}\"\n")
+}
+
+#[test]
+fn body_and_header_limits_give_413_and_431() {
+    let echo = Echo::start("e");
+    let s = setup(
+        "client_max_body_size = \"1KB\"\nmax_header_size = \"4KB\"",
+        &one_location(&echo.addr.to_string()),
+    );
+    let small =
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789";
+    let reply = raw_request(s.addr, small.as_bytes()).unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["body_len"], 10);
+    // Declared too large: refused before the body is read.
+    let big = "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_request(s.addr, big.as_bytes()).unwrap().status, 413);
+    // Chunked, so only counting the streamed bytes can catch it.
+    let mut chunked =
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            .to_vec();
+    for _ in 0..4 {
+        chunked.extend_from_slice(b"300\r\n");
+        chunked.extend_from_slice(&[b'x'; 0x300]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(raw_request(s.addr, &chunked).unwrap().status, 413);
+    let huge_header = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    assert_eq!(
+        raw_request(s.addr, huge_header.as_bytes()).unwrap().status,
+        431
+    );
+}
+
+#[test]
+fn upstream_down_gives_502_and_silent_upstream_gives_504() {
+    let dead = free_port();
+    let echo = Echo::start("e");
+    let servers = format!(
+        "[[proxy.server]]\nserver_name = [\"t\"]\n  [[proxy.server.location]]\n  path = \"/\"\n  upstream = \"127.0.0.1:{dead}\"\n\
+           [[proxy.server.location]]\n  path = \"/hang\"\n  upstream = \"{}\"\n",
+        echo.addr
+    );
+    let s = setup("upstream_timeout = \"500ms\"", &servers);
+    let reply = get(s.addr, "t", "/").unwrap();
+    assert_eq!(reply.status, 502);
+    assert!(
+        reply.body.len() < 100,
+        "short body, got {} bytes",
+        reply.body.len()
+    );
+    let started = Instant::now();
+    assert_eq!(get(s.addr, "t", "/hang").unwrap().status, 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn slowloris_connections_are_closed_while_normal_requests_flow() {
+    let echo = Echo::start("e");
+    let s = setup(
+        "header_timeout = \"1s\"",
+        &one_location(&echo.addr.to_string()),
+    );
+    let mut slow: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = TcpStream::connect(s.addr).unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").unwrap();
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    // Normal requests keep working while the slow ones dribble.
+    while started.elapsed() < Duration::from_millis(1800) {
+        for c in &mut slow {
+            let _ = c.write_all(b"X-Slow: 1\r\n");
+        }
+        assert_eq!(get(s.addr, "t", "/").unwrap().status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for mut c in slow {
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 256];
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(
+                    text.starts_with("HTTP/1.1 408"),
+                    "slow connection got {text:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Three replicas on consecutive ports; the first has no server at all.
+fn consecutive_ports(n: u16) -> u16 {
+    loop {
+        let base = free_port();
+        if base < 60000
+            && (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn connect_failures_are_retried_on_another_replica_for_any_method() {
+    let base = consecutive_ports(3);
+    let _b = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", false);
+    let _c = Echo::start_on(&format!("127.0.0.1:{}", base + 2), "r2", false);
+    let services = format!(
+        "[service.app]\ncommand = [\"true\"]\nreplicas = 3\nlisten = \"127.0.0.1:{base}\"\n{}",
+        one_location("app")
+    );
+    let s = setup("", &services);
+    for i in 0..30 {
+        let method = if i % 2 == 0 { "GET" } else { "POST" };
+        let raw = format!(
+            "{method} / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        );
+        let reply = raw_request(s.addr, raw.as_bytes()).unwrap();
+        assert_eq!(reply.status, 200, "{method} #{i}: {}", reply.text());
+    }
+    let _ = s.proxy.stderr();
+}
+
+#[test]
+fn fast_requests_do_not_queue_behind_a_slow_one() {
+    let base = consecutive_ports(2);
+    let _a = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);
+    let _b = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
+    let services = format!(
+        "[service.app]\ncommand = [\"true\"]\nreplicas = 2\nlisten = \"127.0.0.1:{base}\"\n{}",
+        one_location("app")
+    );
+    let s = setup("", &services);
+    let addr = s.addr;
+    let slow = std::thread::spawn(move || get(addr, "t", "/slow?ms=3000").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let reply = get(s.addr, "t", "/fast").unwrap();
+        assert_eq!(reply.status, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "a fast request waited {:?}",
+            started.elapsed()
+        );
+        ids.insert(reply.json()["id"].as_str().unwrap().to_string());
+    }
+    let slow_reply = slow.join().unwrap();
+    assert_eq!(slow_reply.status, 200);
+    let slow_id = slow_reply.json()["id"].as_str().unwrap().to_string();
+    assert!(
+        !ids.contains(&slow_id),
+        "fast requests went to the busy replica {slow_id}"
+    );
+}
+
+#[test]
+fn websocket_echo_through_the_proxy() {
+    let echo = Echo::start("e");
+    let s = setup("", &one_location(&echo.addr.to_string()));
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let reply = read_reply(&mut reader, false).unwrap();
+    assert_eq!(reply.status, 101);
+    assert_eq!(
+        reply
+            .header("upgrade")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(
+        reply.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    for message in ["hello", "second message through the tunnel"] {
+        stream
+            .write_all(&ws_frame(1, message.as_bytes(), Some([1, 2, 3, 4])))
+            .unwrap();
+        let mut head = [0u8; 2];
+        reader.read_exact(&mut head).unwrap();
+        assert_eq!(head[0], 0x81);
+        let mut payload = vec![0u8; (head[1] & 0x7f) as usize];
+        reader.read_exact(&mut payload).unwrap();
+        assert_eq!(payload, message.as_bytes());
+    }
+}
+
+#[test]
+fn static_files_with_index_conditional_and_ranges() {
+    let files = tempfile::tempdir().unwrap();
+    let root = files.path().join("site");
+    std::fs::create_dir_all(root.join("static/sub")).unwrap();
+    std::fs::write(root.join("static/app.css"), "body { color: red }\n").unwrap();
+    std::fs::write(root.join("static/sub/index.html"), "<h1>sub</h1>\n").unwrap();
+    std::fs::write(files.path().join("secret.txt"), "secret\n").unwrap();
+    std::os::unix::fs::symlink(
+        files.path().join("secret.txt"),
+        root.join("static/escape.txt"),
+    )
+    .unwrap();
+    let servers = format!(
+        "[[proxy.server]]\nserver_name = [\"t\"]\n  [[proxy.server.location]]\n  path = \"/static/\"\n  root = \"{}\"\n\
+           [[proxy.server.location]]\n  path = \"/assets/\"\n  alias = \"{}/static/\"\n",
+        root.display(),
+        root.display()
+    );
+    let s = setup("", &servers);
+    let css = get(s.addr, "t", "/static/app.css").unwrap();
+    assert_eq!(css.status, 200);
+    assert_eq!(css.header("content-type"), Some("text/css"));
+    assert_eq!(css.text(), "body { color: red }\n");
+    let etag = css.header("etag").unwrap().to_string();
+    let last_modified = css.header("last-modified").unwrap().to_string();
+    assert_eq!(
+        get(s.addr, "t", "/assets/app.css").unwrap().text(),
+        "body { color: red }\n",
+        "alias"
+    );
+    let conditional = |header: &str| {
+        raw_request(
+            s.addr,
+            format!(
+                "GET /static/app.css HTTP/1.1\r\nHost: t\r\n{header}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    assert_eq!(conditional(&format!("If-None-Match: {etag}")).status, 304);
+    assert_eq!(
+        conditional(&format!("If-Modified-Since: {last_modified}")).status,
+        304
+    );
+    let range = conditional("Range: bytes=0-3");
+    assert_eq!(range.status, 206);
+    assert_eq!(range.text(), "body");
+    assert_eq!(range.header("content-range"), Some("bytes 0-3/20"));
+    let unsatisfiable = conditional("Range: bytes=100-");
+    assert_eq!(unsatisfiable.status, 416);
+    assert_eq!(unsatisfiable.header("content-range"), Some("bytes */20"));
+    assert_eq!(
+        get(s.addr, "t", "/static/sub/").unwrap().text(),
+        "<h1>sub</h1>\n",
+        "index"
+    );
+    let redirect = get(s.addr, "t", "/static/sub").unwrap();
+    assert_eq!(redirect.status, 301);
+    assert_eq!(redirect.header("location"), Some("/static/sub/"));
+    assert_eq!(get(s.addr, "t", "/static/missing.css").unwrap().status, 404);
+    assert_eq!(
+        get(s.addr, "t", "/static/escape.txt").unwrap().status,
+        404,
+        "symlink out of the root"
+    );
+    assert_eq!(
+        get(s.addr, "t", "/static/../../secret.txt").unwrap().status,
+        400,
+        "traversal above the root"
+    );
+    assert_eq!(
+        get(s.addr, "t", "/static/%2e%2e/%2e%2e/secret.txt")
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        get(s.addr, "t", "/assets/../../secret.txt").unwrap().status,
+        400
+    );
+    let head = raw_request(
+        s.addr,
+        b"HEAD /static/app.css HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("20"));
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let echo = Echo::start("e");
+    let mut s = setup(
+        "stop_grace = \"10s\"",
+        &one_location(&echo.addr.to_string()),
+    );
+    let addr = s.addr;
+    let in_flight = std::thread::spawn(move || get(addr, "t", "/slow?ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = s
+        .proxy
+        .process
+        .terminate(Duration::from_secs(10))
+        .expect("proxy exits within the grace");
+    let reply = in_flight.join().unwrap().unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request finished");
+    assert!(status.success(), "exit status {status}");
+    assert!(TcpStream::connect(addr).is_err(), "listener closed");
+    assert!(
+        s.proxy
+            .access_log()
+            .contains("\"GET /slow?ms=1500 HTTP/1.1\" 200"),
+        "access log: {}",
+        s.proxy.access_log()
+    );
+}
+
+#[test]
+fn healthz_answers_for_any_host_before_routing() {
+    let s = setup("", "[[proxy.server]]\nserver_name = [\"only.example\"]\n");
+    for host in ["10.0.3.7", "ip-10-0-3-7.ec2.internal", "anything", "a..b"] {
+        let reply = get(s.addr, host, "/healthz").unwrap();
+        assert_eq!(reply.status, 200, "Host {host}");
+        assert_eq!(reply.json()["status"], "ok");
+    }
+    assert_eq!(get(s.addr, "only.example", "/").unwrap().status, 404);
+}
