@@ -1,7 +1,8 @@
 //! The golden image, built and booted for real (issue 6).
 //!
 //! `packer build -only=null.local` builds the local image with the binary under test (debootstrapped root,
-//! cached under `.cache/image`, `image/install.sh` in a chroot, `mkfs.ext4 -d`). Two VMs are then cloned from
+//! cached under `/var/cache/stackinit-image` or `$STACKINIT_IMAGE_CACHE`, `image/install.sh` in a chroot,
+//! `mkfs.ext4 -d`). Two VMs are then cloned from
 //! that one image (qcow2 overlays over the same raw file) and booted under QEMU TCG with user-mode
 //! networking, `restrict=on`, HTTP forwarded from 127.0.0.1, and each its own fake IMDS reached through
 //! `guestfwd` (tests/support/image_imds.py, spawned per guest connection). Clone A has a writable root,
@@ -90,9 +91,11 @@ struct Image {
 }
 
 fn build_image(out: &Path) -> Image {
+    // Outside the checkout by default: CI runs in a fresh clone each time, and the debootstrapped tree
+    // (keyed by its inputs) is what makes a run take seconds instead of minutes.
     let cache = std::env::var_os("STACKINIT_IMAGE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".cache/image"));
+        .unwrap_or_else(|| PathBuf::from("/var/cache/stackinit-image"));
     let started = Instant::now();
     let output = packer()
         .args(["build", "-color=false", "-only=null.local"])
