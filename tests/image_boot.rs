@@ -262,26 +262,24 @@ impl Vm {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
-    /// Wait for `/healthz` 200; returns the time since QEMU started.
-    fn wait_healthy(&mut self) -> Duration {
-        loop {
-            if let Ok((200, _)) = http(self.http_port, "localhost", "/healthz") {
-                return self.started.elapsed();
-            }
-            assert!(
-                !self.exited(),
-                "{} exited before it was healthy\n{}",
-                self.name,
-                self.console_tail()
-            );
-            assert!(
-                self.started.elapsed() < BOOT_TIMEOUT,
-                "{} not healthy after {BOOT_TIMEOUT:?}\n{}",
-                self.name,
-                self.console_tail()
-            );
-            std::thread::sleep(Duration::from_millis(250));
+    /// `/healthz` 200 yet? Fails the test if the VM died or ran out of time.
+    fn check_healthy(&mut self) -> Option<Duration> {
+        if let Ok((200, _)) = http(self.http_port, "localhost", "/healthz") {
+            return Some(self.started.elapsed());
         }
+        assert!(
+            !self.exited(),
+            "{} exited before it was healthy\n{}",
+            self.name,
+            self.console_tail()
+        );
+        assert!(
+            self.started.elapsed() < BOOT_TIMEOUT,
+            "{} not healthy after {BOOT_TIMEOUT:?}\n{}",
+            self.name,
+            self.console_tail()
+        );
+        None
     }
 
     fn get(&self, host: &str, path: &str) -> (u16, String) {
@@ -359,9 +357,8 @@ impl Vm {
         }
     }
 
-    /// Wait for QEMU to exit on its own; returns how long that took.
-    fn wait_poweroff(&mut self, budget: Duration) -> Duration {
-        let pressed = Instant::now();
+    /// Wait for QEMU to exit on its own; returns how long that took since `pressed`.
+    fn wait_poweroff(&mut self, pressed: Instant, budget: Duration) -> Duration {
         while pressed.elapsed() < budget {
             if self.exited() {
                 return pressed.elapsed();
@@ -374,6 +371,20 @@ impl Vm {
             self.console_tail()
         )
     }
+}
+
+/// Wait until every VM answers `/healthz` 200; each one's time from its QEMU start.
+fn wait_all_healthy<const N: usize>(mut vms: [&mut Vm; N]) -> [Duration; N] {
+    let mut done: [Option<Duration>; N] = [None; N];
+    while done.iter().any(Option::is_none) {
+        for (vm, slot) in vms.iter_mut().zip(done.iter_mut()) {
+            if slot.is_none() {
+                *slot = vm.check_healthy();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    done.map(|d| d.unwrap_or_default())
 }
 
 fn strip_ansi(text: &str) -> String {
@@ -454,8 +465,7 @@ fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
         "ro",
         facts(NAME_B, "203.0.113.20", "i-0bbbbbbbbbbbbbbbb"),
     );
-    let healthy_a = a.wait_healthy();
-    let healthy_b = b.wait_healthy();
+    let [healthy_a, healthy_b] = wait_all_healthy([&mut a, &mut b]);
     eprintln!(
         "QEMU start -> /healthz 200: a (rw) {:.1} s, b (ro) {:.1} s (two TCG guests at once)",
         healthy_a.as_secs_f64(),
@@ -541,10 +551,12 @@ fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
     );
 
     // The power button (EC2 stop/terminate; here QMP system_powerdown): ordered stop, then power-off.
+    let pressed_a = Instant::now();
     a.press_power_button();
+    let pressed_b = Instant::now();
     b.press_power_button();
-    let off_a = a.wait_poweroff(POWEROFF_BUDGET);
-    let off_b = b.wait_poweroff(POWEROFF_BUDGET);
+    let off_a = a.wait_poweroff(pressed_a, POWEROFF_BUDGET);
+    let off_b = b.wait_poweroff(pressed_b, POWEROFF_BUDGET);
     eprintln!(
         "power button -> QEMU exit: a {:.1} s, b {:.1} s",
         off_a.as_secs_f64(),
