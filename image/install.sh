@@ -238,6 +238,12 @@ EOF
         if [ "$MODE" = systemd ]; then
             [ -f "$SRC/systemd/stackinit.service" ] || die "missing $SRC/systemd/stackinit.service"
             install -D -m 0644 "$SRC/systemd/stackinit.service" $unit
+            if [ "$CHROOT" = 1 ]; then
+                # Local images boot under QEMU TCG, where the app alone can take minutes to load: systemd's
+                # start timeout (READY=1 comes once every service is ready) would kill and restart the stack.
+                mkdir -p /etc/systemd/system/stackinit.service.d
+                printf '[Service]\nTimeoutStartSec=30min\n' >/etc/systemd/system/stackinit.service.d/emulated.conf
+            fi
             systemctl enable stackinit.service >/dev/null 2>&1
             [ "$CHROOT" = 1 ] || systemctl restart stackinit.service
         else

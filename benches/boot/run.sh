@@ -53,7 +53,7 @@ for mode in $MODES; do
     echo "==> build $mode"
     t0=$(now)
     CHECKPOINT_DISABLE=1 packer build -color=false -only=null.local -var "binary=$BINARY" -var "repo_dir=$ROOT" \
-        -var "output_dir=$out" -var "cache_dir=${IMAGE_CACHE_DIR:-$ROOT/.cache/image}" -var "boot_mode=$mode" packer/ \
+        -var "output_dir=$out" -var "cache_dir=${IMAGE_CACHE_DIR:-$ROOT/.cache/image}" -var "boot_mode=$mode" -var imds_endpoint= packer/ \
         >"$WORK/build-$mode.log" 2>&1 || { tail -n 30 "$WORK/build-$mode.log"; exit 1; }
     echo "    built in $(printf '%.0f' "$(echo "$(now) - $t0" | bc)") s"
     . "$out/image.env"
