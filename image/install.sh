@@ -64,7 +64,9 @@ APP=/srv/app
 # ---- packages ---------------------------------------------------------------------------------------------
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
-want=(python3 python3-venv busybox iproute2 ca-certificates initramfs-tools kmod)
+want=(python3 python3-venv iproute2 ca-certificates initramfs-tools kmod)
+# udhcpc comes from busybox: the Debian root has `busybox`; a stock Ubuntu AMI gets `busybox-static` (main).
+command -v busybox >/dev/null || want+=(busybox-static)
 case "$MODE" in
     systemd) want+=(systemd-sysv) ;;
     seed) want+=(systemd-sysv nginx-light supervisor) ;;
@@ -216,6 +218,9 @@ case "$MODE" in
             cat >$grub_cfg <<'EOF'
 # stackinit is the init of this image (image/install.sh --mode pid1).
 GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX init=/usr/local/bin/stackinit"
+# Ubuntu cloud images first try to boot without an initramfs (40-force-partuuid.cfg); ours is needed:
+# it loads the NIC, disk and power-button modules and takes the first DHCP lease.
+GRUB_FORCE_PARTUUID=
 EOF
             update-grub
         fi
