@@ -61,8 +61,9 @@ host_mirror() {
 # Everything install.sh would otherwise apt-get goes in here, so a cached build needs no apt network at all.
 packages=(linux-image-cloud-amd64 initramfs-tools busybox iproute2 python3 python3-venv ca-certificates kmod)
 case "$MODE" in
-    systemd) packages+=(systemd-sysv) ;;
-    seed) packages+=(systemd-sysv nginx-light supervisor) ;;
+    # dbus: logind needs it, and logind is what powers off on the ACPI power button under systemd.
+    systemd) packages+=(systemd-sysv dbus) ;;
+    seed) packages+=(systemd-sysv dbus nginx-light supervisor) ;;
 esac
 RECIPE=2 # bump when the debootstrap recipe below changes
 key_input="recipe=$RECIPE suite=$SUITE arch=amd64 mirror=$MIRROR variant=minbase packages=${packages[*]} debootstrap=$(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo unknown)"

@@ -68,8 +68,9 @@ want=(python3 python3-venv iproute2 ca-certificates initramfs-tools kmod)
 # udhcpc comes from busybox: the Debian root has `busybox`; a stock Ubuntu AMI gets `busybox-static` (main).
 command -v busybox >/dev/null || want+=(busybox-static)
 case "$MODE" in
-    systemd) want+=(systemd-sysv) ;;
-    seed) want+=(systemd-sysv nginx-light supervisor) ;;
+    # dbus for logind, which turns the ACPI power button (EC2 stop/terminate) into a clean shutdown.
+    systemd) want+=(systemd-sysv dbus) ;;
+    seed) want+=(systemd-sysv dbus nginx-light supervisor) ;;
 esac
 missing=()
 for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done

@@ -87,6 +87,12 @@ for mode in $MODES; do
         done
         t1=$(now)
         qmp_powerdown "$WORK/qmp.sock"
+        # A guest that ignores the power button is killed after 120 s (and reported so).
+        while kill -0 "$QEMU_PID" 2>/dev/null && [ "$(echo "$(now) - $t1 < 120" | bc)" = 1 ]; do sleep 0.2; done
+        if kill -0 "$QEMU_PID" 2>/dev/null; then
+            echo "    $mode ignored the power button for 120 s: killing QEMU"
+            kill "$QEMU_PID"
+        fi
         wait "$QEMU_PID" || true
         QEMU_PID=""
         off=$(echo "$(now) - $t1" | bc)
