@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# Bake stackinit, its config and the sample app into a machine image. Idempotent: run it again (or with
+# another mode) and it converges. Works on a stock Ubuntu 24.04/22.04 AMI (over SSH from Packer's amazon-ebs,
+# as root) and in a Debian bookworm chroot (image/build-local.sh).
+#
+#   install.sh --src DIR [--binary PATH] [--mode pid1|systemd|seed] [--imds-endpoint URL] [--chroot]
+#
+#   --src DIR      staged tree with image/, app/, systemd/ (and `stackinit` unless --binary is given)
+#   --mode         pid1:    the kernel runs stackinit as init (GRUB `init=` on an AMI; on the local image
+#                           the kernel command line comes from QEMU -append). DHCP is a supervised service.
+#                  systemd: systemd boots; stackinit.service is enabled; no nginx, no supervisor.
+#                  seed:    the stack stackinit replaces (systemd + nginx + supervisor + gunicorn), same app,
+#                           for the boot-time comparison only.
+#   --imds-endpoint URL  bake `[init.imds] enabled = true, endpoint = URL` (local images: the fake IMDS that
+#                  the tests forward into the guest). Unset on AMIs: the real IMDS, asked when DMI says EC2.
+#   --chroot       building a chroot, not a running machine: start nothing, touch no bootloader.
+#   --status-agent test images only: a service answering `stackinit status` on the second serial port
+#                  (/dev/ttyS1), for VMs with no shell and no SSH. Never on an AMI.
+# Environment: STACKINIT_BOOT_MODE, STACKINIT_SRC, STACKINIT_BINARY, STACKINIT_IMDS_ENDPOINT, IMAGE_CHROOT=1,
+# STACKINIT_WHEELS=DIR (install the app's wheels from DIR with --no-index: the local build is offline).
+#
+# Why a venv from PyPI rather than Debian's python3-django: the app pins Django 5.2 LTS (app/requirements.txt),
+# which is what its tests run. Debian bookworm ships Django 3.2, Ubuntu 22.04 3.2 and 24.04 4.2, so the distro
+# packages would give every base a different Django. The venv gives all of them the same, tested versions; the
+# local build downloads the wheels once on the host (cached) and installs them here offline.
+set -euo pipefail
+
+MODE=${STACKINIT_BOOT_MODE:-pid1}
+SRC=${STACKINIT_SRC:-}
+BINARY=${STACKINIT_BINARY:-}
+IMDS_ENDPOINT=${STACKINIT_IMDS_ENDPOINT:-}
+CHROOT=${IMAGE_CHROOT:-0}
+STATUS_AGENT=${STACKINIT_STATUS_AGENT:-0}
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --src) SRC=$2; shift 2 ;;
+        --binary) BINARY=$2; shift 2 ;;
+        --mode) MODE=$2; shift 2 ;;
+        --imds-endpoint) IMDS_ENDPOINT=$2; shift 2 ;;
+        --chroot) CHROOT=1; shift ;;
+        --status-agent) STATUS_AGENT=1; shift ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+done
+
+case "$MODE" in pid1|systemd|seed) ;; *) die "--mode must be pid1, systemd or seed, not '$MODE'" ;; esac
+[ -n "$SRC" ] || die "--src DIR is required"
+[ -n "$BINARY" ] || BINARY=$SRC/stackinit
+[ -x "$BINARY" ] || die "no executable stackinit binary at $BINARY"
+for f in app/stackinit.toml app/requirements.txt app/manage.py image/udhcpc.script; do
+    [ -e "$SRC/$f" ] || die "missing $SRC/$f"
+done
+[ "$(id -u)" -eq 0 ] || die "run as root"
+
+export DEBIAN_FRONTEND=noninteractive
+LIB=/usr/local/lib/stackinit
+APP=/srv/app
+
+# ---- packages ---------------------------------------------------------------------------------------------
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+want=(python3 python3-venv iproute2 ca-certificates initramfs-tools kmod)
+# udhcpc comes from busybox: the Debian root has `busybox`; a stock Ubuntu AMI gets `busybox-static` (main).
+command -v busybox >/dev/null || want+=(busybox-static)
+case "$MODE" in
+    # dbus for logind, which turns the ACPI power button (EC2 stop/terminate) into a clean shutdown.
+    systemd) want+=(systemd-sysv dbus) ;;
+    seed) want+=(systemd-sysv dbus nginx-light supervisor) ;;
+esac
+missing=()
+for p in "${want[@]}"; do installed "$p" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "apt-get install ${missing[*]}"
+    # No daemons started by package scripts while we build.
+    policy=/usr/sbin/policy-rc.d
+    made_policy=0
+    if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy; chmod 755 $policy; made_policy=1; fi
+    apt-get -qq update
+    apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
+    [ $made_policy -eq 1 ] && rm -f $policy
+fi
+if [ "$MODE" != seed ]; then
+    # "nginx and supervisor are not installed": stackinit is the proxy and the supervisor.
+    gone=()
+    for p in nginx nginx-light nginx-core nginx-common supervisor; do installed "$p" && gone+=("$p"); done
+    if [ ${#gone[@]} -gt 0 ]; then
+        say "removing ${gone[*]}"
+        apt-get -qq purge -y "${gone[@]}" >/dev/null
+    fi
+fi
+
+# ---- the binary, its helpers, and the app ------------------------------------------------------------------
+install -D -m 0755 "$BINARY" /usr/local/bin/stackinit
+install -D -m 0755 "$SRC/image/udhcpc.script" $LIB/udhcpc.script
+install -D -m 0755 "$SRC/image/dhcp.sh" $LIB/dhcp
+install -D -m 0755 "$SRC/image/dhcp-ready.sh" $LIB/dhcp-ready
+if [ "$STATUS_AGENT" = 1 ]; then
+    install -D -m 0755 "$SRC/image/status-agent.sh" $LIB/status-agent
+else
+    rm -f $LIB/status-agent
+fi
+
+getent passwd www-data >/dev/null || die "no www-data user on this base"
+mkdir -p $APP
+# The code is root's; only the sqlite file, its journal (hence the directory) and the static files are the app's.
+tar -C "$SRC/app" --exclude=__pycache__ --exclude='*.pyc' --exclude=db.sqlite3 --exclude=staticfiles \
+    --exclude=venv -cf - . | tar -C $APP --no-same-owner -xf -
+chown root:www-data $APP
+chmod 0775 $APP
+
+req_sum=$(sha256sum "$SRC/app/requirements.txt" | cut -d' ' -f1)
+if [ "$(cat $APP/venv/.requirements.sha256 2>/dev/null)" != "$req_sum" ] || ! $APP/venv/bin/python -c 'import django' 2>/dev/null; then
+    say "python venv $APP/venv from app/requirements.txt"
+    rm -rf $APP/venv
+    python3 -m venv $APP/venv
+    pip_from=()
+    [ -n "${STACKINIT_WHEELS:-}" ] && pip_from=(--no-index --find-links "$STACKINIT_WHEELS")
+    $APP/venv/bin/pip install -q --disable-pip-version-check --no-compile "${pip_from[@]}" -r "$SRC/app/requirements.txt"
+    echo "$req_sum" >$APP/venv/.requirements.sha256
+fi
+# Byte-compile now: a read-only root cannot write __pycache__ at boot, and every boot would pay for it.
+$APP/venv/bin/python -m compileall -q $APP/mysite $APP/manage.py $APP/stackinit_wsgi.py >/dev/null 2>&1 || true
+$APP/venv/bin/python -m compileall -q "$($APP/venv/bin/python -c 'import django,os; print(os.path.dirname(django.__file__))')" >/dev/null 2>&1 || true
+
+# Migrate and collect static files at build time too: the boot-time jobs then have nothing to write, which is
+# what lets the image run with a read-only root. (They still run at boot, for images whose app changed.)
+app_env=(env DJANGO_SETTINGS_MODULE=mysite.settings STACKINIT_STATIC_ROOT=$APP/staticfiles)
+mkdir -p $APP/staticfiles
+chown www-data:www-data $APP/staticfiles
+touch $APP/db.sqlite3
+chown www-data:www-data $APP/db.sqlite3
+(cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python manage.py migrate --noinput >/dev/null)
+(cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python manage.py collectstatic --noinput >/dev/null)
+
+# ---- config -----------------------------------------------------------------------------------------------
+mkdir -p /etc/stackinit /logs
+chmod 0755 /logs
+render_config() {
+    # app/stackinit.toml is the AMI's config. As PID 1 nothing else configures the network, so the pid1 mode
+    # adds the DHCP client as a service and makes the proxy wait for it; under systemd, systemd's own
+    # networking does that job.
+    local src=$SRC/app/stackinit.toml
+    if [ "$MODE" = pid1 ]; then
+        awk '
+            /^\[proxy\][[:space:]]*$/ && !done {
+                print "# Added by image/install.sh (pid1 mode): the network, as a supervised service. The lease is"
+                print "# usually already there (the initramfs took one so that instance facts come from IMDS at"
+                print "# boot); this keeps it renewed, and re-acquires it if the link goes away."
+                print "[service.dhcp]"
+                print "command = [\"/usr/local/lib/stackinit/dhcp\"]"
+                print "restart = \"always\""
+                print "# A raw socket and port 68 for DHCP, and the right to set addresses and routes."
+                print "capabilities = [\"CAP_NET_RAW\", \"CAP_NET_ADMIN\", \"CAP_NET_BIND_SERVICE\"]"
+                print "readiness = { exec = [\"/usr/local/lib/stackinit/dhcp-ready\"], period = \"1s\", timeout = \"10s\" }"
+                print ""
+                print
+                print "after = [\"dhcp\"]"
+                done = 1
+                next
+            }
+            { print }
+        ' "$src"
+    else
+        cat "$src"
+    fi
+    if [ "$STATUS_AGENT" = 1 ] && [ "$MODE" = pid1 ]; then
+        printf '\n# Added by image/install.sh --status-agent (test images only): `stackinit status` over /dev/ttyS1.\n'
+        printf '[service.status-agent]\ncommand = ["%s/status-agent", "/dev/ttyS1"]\nrestart = "always"\n' "$LIB"
+    fi
+    if [ -n "$IMDS_ENDPOINT" ]; then
+        printf '\n# Added by image/install.sh: where instance facts come from on this platform.\n'
+        # A generous timeout: a stand-in IMDS (QEMU guestfwd spawning a program per connection) is much slower
+        # to answer than the real one, and the facts are asked for once, at boot.
+        printf '[init.imds]\nenabled = true\nendpoint = "%s"\ntimeout = "10s"\n' "$IMDS_ENDPOINT"
+    fi
+}
+render_config >/etc/stackinit/stackinit.toml.new
+/usr/local/bin/stackinit check --config /etc/stackinit/stackinit.toml.new \
+    || die "the rendered config does not pass 'stackinit check' (kept at /etc/stackinit/stackinit.toml.new)"
+mv /etc/stackinit/stackinit.toml.new /etc/stackinit/stackinit.toml
+
+# ---- kernel modules in the initramfs ----------------------------------------------------------------------
+# As PID 1 there is no udev after boot, so nothing loads modules: the NICs (virtio_net here, ena on EC2), the
+# disks (virtio_blk, nvme) and the power button (button + evdev: EC2 stop/terminate and QMP system_powerdown
+# are an ACPI power-button press) must be loaded by the initramfs.
+modules=(virtio_pci virtio_net virtio_blk virtio_scsi ena nvme button evdev ext4 af_packet)
+conf=/etc/initramfs-tools/modules
+touch $conf
+for m in "${modules[@]}"; do
+    grep -qx "$m" $conf || echo "$m" >>$conf
+done
+if [ "$MODE" = pid1 ]; then
+    install -D -m 0755 "$SRC/image/initramfs-hook.sh" /etc/initramfs-tools/hooks/stackinit-dhcp
+    install -D -m 0755 "$SRC/image/initramfs-dhcp.sh" /etc/initramfs-tools/scripts/init-bottom/stackinit-dhcp
+else
+    rm -f /etc/initramfs-tools/hooks/stackinit-dhcp /etc/initramfs-tools/scripts/init-bottom/stackinit-dhcp
+fi
+say "update-initramfs"
+update-initramfs -u -k all >/dev/null 2>&1 || update-initramfs -c -k all >/dev/null
+
+# ---- boot mode --------------------------------------------------------------------------------------------
+grub_cfg=/etc/default/grub.d/90-stackinit.cfg
+unit=/etc/systemd/system/stackinit.service
+case "$MODE" in
+    pid1)
+        # With a read-only root, /etc/resolv.conf points at the lease's file in /run.
+        if [ "$(readlink /etc/resolv.conf 2>/dev/null)" != /run/resolv.conf ]; then
+            rm -f /etc/resolv.conf
+            ln -s /run/resolv.conf /etc/resolv.conf
+        fi
+        rm -f $unit /etc/systemd/system/multi-user.target.wants/stackinit.service
+        if [ "$CHROOT" != 1 ] && command -v update-grub >/dev/null; then
+            mkdir -p /etc/default/grub.d
+            cat >$grub_cfg <<'EOF'
+# stackinit is the init of this image (image/install.sh --mode pid1).
+GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX init=/usr/local/bin/stackinit"
+# Ubuntu cloud images first try to boot without an initramfs (40-force-partuuid.cfg); ours is needed:
+# it loads the NIC, disk and power-button modules and takes the first DHCP lease.
+GRUB_FORCE_PARTUUID=
+EOF
+            update-grub
+        fi
+        echo "init=/usr/local/bin/stackinit" >/etc/stackinit/kernel-cmdline
+        ;;
+    systemd|seed)
+        if [ -f $grub_cfg ]; then
+            rm -f $grub_cfg
+            [ "$CHROOT" != 1 ] && command -v update-grub >/dev/null && update-grub
+        fi
+        echo "" >/etc/stackinit/kernel-cmdline
+        if [ "$CHROOT" = 1 ]; then
+            # A bare debootstrapped root has no network config: systemd-networkd takes DHCP on any NIC.
+            mkdir -p /etc/systemd/network
+            printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' >/etc/systemd/network/50-dhcp.network
+            systemctl enable systemd-networkd >/dev/null 2>&1
+            # The serial console is the only one a local VM has; no login prompt needed to boot.
+            systemctl mask serial-getty@ttyS0.service getty@tty1.service >/dev/null 2>&1 || true
+        fi
+        if [ "$MODE" = systemd ]; then
+            [ -f "$SRC/systemd/stackinit.service" ] || die "missing $SRC/systemd/stackinit.service"
+            install -D -m 0644 "$SRC/systemd/stackinit.service" $unit
+            if [ "$CHROOT" = 1 ]; then
+                # Local images boot under QEMU TCG, where the app alone can take minutes to load: systemd's
+                # start timeout (READY=1 comes once every service is ready) would kill and restart the stack.
+                mkdir -p /etc/systemd/system/stackinit.service.d
+                printf '[Service]\nTimeoutStartSec=30min\n' >/etc/systemd/system/stackinit.service.d/emulated.conf
+            fi
+            systemctl enable stackinit.service >/dev/null 2>&1
+            [ "$CHROOT" = 1 ] || systemctl restart stackinit.service
+        else
+            rm -f $unit /etc/systemd/system/multi-user.target.wants/stackinit.service
+            install -D -m 0644 "$SRC/image/seed/supervisor.conf" /etc/supervisor/conf.d/app.conf
+            install -D -m 0644 "$SRC/image/seed/nginx.conf" /etc/nginx/sites-available/default
+            ln -sf /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default
+            systemctl enable nginx supervisor >/dev/null 2>&1
+        fi
+        ;;
+esac
+
+if [ "$CHROOT" = 1 ]; then
+    # Nothing per host: no machine id, no host keys, no apt lists in the image.
+    : >/etc/machine-id
+    rm -f /var/lib/dbus/machine-id
+    apt-get clean
+    rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*
+fi
+say "done: mode $MODE, $(/usr/local/bin/stackinit --version 2>/dev/null || echo stackinit)"

@@ -1,0 +1,217 @@
+# The golden image: one template, two sources, one install script.
+#
+#   amazon-ebs.ubuntu  the AMI: a stock Ubuntu AMI (ENA, IMDSv2 required), the binary and the app uploaded,
+#                      image/install.sh run over SSH.
+#   null.local         the same image built offline on this machine: image/build-local.sh debootstraps a
+#                      minimal Debian root (cached by its inputs), runs image/install.sh in a chroot, and writes
+#                      a kernel, an initramfs and an ext4 root into var.output_dir, ready for QEMU.
+#
+# AWS:   packer build -only=amazon-ebs.ubuntu -var binary=target/x86_64-unknown-linux-musl/release/stackinit packer/
+# Local: packer build -only=null.local -var binary=target/debug/stackinit -var output_dir=/tmp/img packer/
+# Check: packer validate packer/   (needs no AWS credentials)
+
+variable "region" {
+  type        = string
+  default     = "us-east-1"
+  description = "AWS region the AMI is built in."
+}
+
+variable "instance_type" {
+  type        = string
+  default     = "t3.small"
+  description = "Builder instance type (any Nitro type: ENA and NVMe)."
+}
+
+variable "base_ami_name" {
+  type        = string
+  default     = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*"
+  description = "Name filter of the base AMI (22.04: ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*)."
+}
+
+variable "base_ami_owners" {
+  type        = list(string)
+  default     = ["099720109477"]
+  description = "Owners of the base AMI (Canonical)."
+}
+
+variable "ssh_username" {
+  type    = string
+  default = "ubuntu"
+}
+
+variable "ami_name" {
+  type        = string
+  default     = "stackinit-{{timestamp}}"
+  description = "Name of the AMI produced."
+}
+
+variable "boot_mode" {
+  type        = string
+  default     = "pid1"
+  description = "pid1 (kernel init= is stackinit), systemd (stackinit.service under systemd), or seed (systemd + nginx + supervisor + gunicorn, for comparison only)."
+}
+
+variable "binary" {
+  type        = string
+  default     = "target/x86_64-unknown-linux-musl/release/stackinit"
+  description = "The stackinit binary to bake in (a static musl build runs on every base)."
+}
+
+variable "repo_dir" {
+  type        = string
+  default     = "."
+  description = "The stackinit checkout (image/, app/, systemd/ come from here). Relative to where packer runs."
+}
+
+variable "output_dir" {
+  type        = string
+  default     = ".cache/image/out"
+  description = "null.local: where vmlinuz, initrd.img and root.ext4 are written."
+}
+
+variable "cache_dir" {
+  type        = string
+  default     = ".cache/image"
+  description = "null.local: debootstrapped trees and pip downloads, reused while their inputs are unchanged."
+}
+
+variable "debian_mirror" {
+  type        = string
+  default     = ""
+  description = "null.local: Debian mirror; empty means the one this machine's apt uses."
+}
+
+variable "imds_endpoint" {
+  type        = string
+  default     = "http://10.0.2.100:80"
+  description = "null.local: the IMDS endpoint baked into the local image (QEMU guestfwd puts a fake one there); empty for the default 169.254.169.254. The AMI always uses the real one."
+}
+
+variable "status_agent" {
+  type        = bool
+  default     = false
+  description = "null.local, tests only: a service answering `stackinit status` on the second serial port."
+}
+
+variable "image_size" {
+  type        = string
+  default     = ""
+  description = "null.local: ext4 size (e.g. 2G); empty means the tree's size plus headroom."
+}
+
+source "amazon-ebs" "ubuntu" {
+  region        = var.region
+  instance_type = var.instance_type
+  ami_name      = var.ami_name
+  ssh_username  = var.ssh_username
+
+  source_ami_filter {
+    filters = {
+      name                = var.base_ami_name
+      root-device-type    = "ebs"
+      virtualization-type = "hvm"
+      architecture        = "x86_64"
+    }
+    owners      = var.base_ami_owners
+    most_recent = true
+  }
+
+  # Instances launched from the AMI get the ENA NIC (ens5) and NVMe disks; install.sh puts ena and nvme
+  # into the initramfs because nothing loads modules after boot when stackinit is PID 1.
+  ena_support = true
+
+  # IMDSv2: Debian's packer 1.6.6 predates amazon-ebs `metadata_options` / `imds_support`, so the template
+  # requires tokens with the AWS CLI instead: on the builder right after launch (below), and on the AMI
+  # itself after it is registered (the post-processors), so every instance launched from it is IMDSv2-only.
+  # With packer >= 1.7 and the amazon plugin, the equivalent is
+  #   metadata_options { http_endpoint = "enabled"  http_tokens = "required"  http_put_response_hop_limit = 1 }
+  #   imds_support = "v2.0"
+
+  tags = {
+    Name      = var.ami_name
+    boot_mode = var.boot_mode
+    built_by  = "stackinit packer template"
+  }
+}
+
+source "null" "local" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.amazon-ebs.ubuntu", "source.null.local"]
+
+  # ---- AMI: IMDSv2 on the builder, upload, then install over SSH ----------------------------------------
+  provisioner "shell-local" {
+    only = ["amazon-ebs.ubuntu"]
+    inline = [
+      "aws ec2 modify-instance-metadata-options --region ${var.region} --instance-id ${build.ID} --http-endpoint enabled --http-tokens required --http-put-response-hop-limit 1",
+    ]
+  }
+
+  # Stage what the image needs (binary, image/, app/, systemd/) in one directory, checked here so a missing
+  # binary fails before anything is uploaded; `generated` lets `packer validate` pass before it exists.
+  provisioner "shell-local" {
+    only = ["amazon-ebs.ubuntu"]
+    environment_vars = [
+      "STACKINIT_BINARY=${var.binary}",
+      "STACKINIT_SRC=${var.repo_dir}",
+      "STAGE=${var.output_dir}/stage",
+    ]
+    command = "bash ${var.repo_dir}/image/stage.sh"
+  }
+
+  provisioner "file" {
+    only        = ["amazon-ebs.ubuntu"]
+    generated   = true
+    source      = "${var.output_dir}/stage/"
+    destination = "/tmp/stackinit-src"
+  }
+
+  provisioner "shell" {
+    only            = ["amazon-ebs.ubuntu"]
+    execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
+    environment_vars = [
+      "STACKINIT_BOOT_MODE=${var.boot_mode}",
+      "STACKINIT_SRC=/tmp/stackinit-src",
+    ]
+    inline = [
+      "bash /tmp/stackinit-src/image/install.sh --src /tmp/stackinit-src --binary /tmp/stackinit-src/stackinit --mode ${var.boot_mode}",
+      "rm -rf /tmp/stackinit-src",
+    ]
+  }
+
+  # ---- Local: debootstrap + chroot install + ext4, offline once cached ---------------------------------
+  provisioner "shell-local" {
+    only = ["null.local"]
+    environment_vars = [
+      "STACKINIT_BOOT_MODE=${var.boot_mode}",
+      "STACKINIT_BINARY=${var.binary}",
+      "STACKINIT_SRC=${var.repo_dir}",
+      "IMAGE_OUTPUT_DIR=${var.output_dir}",
+      "IMAGE_CACHE_DIR=${var.cache_dir}",
+      "IMAGE_MIRROR=${var.debian_mirror}",
+      "IMAGE_SIZE=${var.image_size}",
+      "STACKINIT_IMDS_ENDPOINT=${var.imds_endpoint}",
+      "STACKINIT_STATUS_AGENT=${var.status_agent ? "1" : "0"}",
+    ]
+    command = "bash ${var.repo_dir}/image/build-local.sh"
+  }
+
+  # ---- AMI: IMDSv2 required for every instance launched from it -----------------------------------------
+  post-processors {
+    post-processor "manifest" {
+      only       = ["amazon-ebs.ubuntu"]
+      output     = "${var.output_dir}/manifest.json"
+      strip_path = true
+    }
+    post-processor "shell-local" {
+      only = ["amazon-ebs.ubuntu"]
+      environment_vars = [
+        "AWS_REGION=${var.region}",
+        "MANIFEST=${var.output_dir}/manifest.json",
+      ]
+      command = "bash ${var.repo_dir}/packer/require-imdsv2.sh"
+    }
+  }
+}
