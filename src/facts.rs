@@ -114,7 +114,8 @@ fn local_facts() -> Facts {
     let hostname = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty());
+        // "(none)" is the kernel's placeholder before anyone sets a hostname: not a name to serve.
+        .filter(|h| !h.is_empty() && h != "(none)");
     let mut local_ips = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for ifa in addrs {

@@ -117,6 +117,8 @@ fn config(upstream_address: &str, names: &[&str]) -> serde_json::Value {
         "type": "config",
         "proxy": {
             "listen": ["127.0.0.1:1"],
+            // A request for a replica that is not ready waits this long before its 502.
+            "queue_timeout": "1s",
             "server": [{"server_name": names, "location": [{"path": "/", "upstream": "app"}]}],
         },
         "upstreams": {"app": [{"name": "app@0", "address": upstream_address}]},

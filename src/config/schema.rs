@@ -285,6 +285,9 @@ pub struct ProxySpec {
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_size: Bytes,
     pub connect_timeout: Secs,
+    /// How long a request may wait in the proxy for a replica that is ready and has room (replicas
+    /// restarting, or all at `max_in_flight`) before it gets 502.
+    pub queue_timeout: Secs,
     /// Time allowed to receive a request's headers; kills slowloris connections.
     pub header_timeout: Secs,
     /// Time allowed for an upstream to start its response.
@@ -311,6 +314,7 @@ impl Default for ProxySpec {
             client_max_body_size: Bytes(1 << 20),
             max_header_size: Bytes(32 << 10),
             connect_timeout: Secs::from_secs(5),
+            queue_timeout: Secs::from_secs(30),
             header_timeout: Secs::from_secs(60),
             upstream_timeout: Secs::from_secs(60),
             idle_timeout: Secs::from_secs(75),

@@ -209,6 +209,7 @@ async fn proxy(
     let first = upstream_request(first_body, method, uri, up_headers);
     let forward_settings = ForwardSettings {
         connect_timeout: settings.connect_timeout,
+        queue_timeout: settings.queue_timeout,
         response_timeout: settings.upstream_timeout,
     };
     let began = Instant::now();

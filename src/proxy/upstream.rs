@@ -249,6 +249,8 @@ impl std::fmt::Display for Failure {
 /// What forwarding needs besides the request.
 pub struct ForwardSettings {
     pub connect_timeout: Duration,
+    /// Longest wait for a replica that is ready and has room.
+    pub queue_timeout: Duration,
     /// Longest wait for the upstream between two successive reads or writes (nginx `proxy_read_timeout`), so
     /// also for the response to start. It also ends pooled connections idle that long.
     pub response_timeout: Duration,
@@ -339,7 +341,7 @@ impl Upstream {
         let mut tried: Vec<usize> = Vec::new();
         let mut pending = Some(request);
         let mut last = Failure::NoReadyReplica;
-        let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+        let deadline = tokio::time::Instant::now() + settings.queue_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
         while let Some(index) = self.pick_or_wait(&tried, deadline).await {
             tried.push(index);
