@@ -161,17 +161,13 @@ impl Supervisor {
             Ok(log) => Rc::new(log),
             Err(e) => {
                 error!("cannot open log {}: {e}; using /dev/null", path.display());
-                Rc::new(
-                    ServiceLog::open(Path::new("/dev/null"), max_bytes, 0).unwrap_or_else(|_| {
-                        // /dev/null always opens; if even that failed the machine is beyond help, but PID 1 must not
-                        // panic, so retry on a path under /run.
-                        ServiceLog::open(Path::new("/run/stackinit-lost.log"), max_bytes, 0)
-                            .unwrap_or_else(|e| {
-                                error!("cannot open any log: {e}");
-                                std::process::abort()
-                            })
-                    }),
-                )
+                // No size limit: /dev/null must never be rotated. If even this fails (no fds, no runtime),
+                // supervision cannot go on; the panic ends in init's reap-only fallback, which is the designed
+                // way out (an abort would skip it and, as PID 1, panic the kernel).
+                match ServiceLog::open(Path::new("/dev/null"), 0, 0) {
+                    Ok(log) => Rc::new(log),
+                    Err(e) => panic!("cannot open any log pipe, not even for /dev/null: {e}"),
+                }
             }
         };
         self.logs.insert(path, log.clone());
@@ -790,10 +786,10 @@ impl Supervisor {
         let now = Instant::now();
         for unit in self.units.values() {
             let mut status = unit.status(now);
-            status.uptime_secs = None;
+            let uptime = status.uptime_secs.take();
             if self.published.get(&unit.name) != Some(&status) {
                 self.published.insert(unit.name.clone(), status.clone());
-                status.uptime_secs = unit.status(now).uptime_secs;
+                status.uptime_secs = uptime;
                 self.handle.publish_event(status);
             }
         }
