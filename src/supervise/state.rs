@@ -33,13 +33,12 @@ pub enum Event {
     Start,
     /// Someone wants it down (`stackinit stop`, shutdown, removed by reload).
     Stop,
-    /// The process ended; `uptime` is how long it ran.
+    /// The process ended; `uptime` is how long it ran. A process that could not be started at all
+    /// (command not found, setuid failed) arrives here too, as exit 127.
     Exited {
         status: ExitStatus,
         uptime: Duration,
     },
-    /// The process could not be started at all (command not found, setuid failed...).
-    SpawnFailed,
     /// It has stayed up for `start_secs`.
     StartSecsElapsed,
     /// The backoff delay is over.
@@ -257,11 +256,6 @@ impl Machine {
                 actions.extend(self.schedule_restart(policy, jitter));
                 actions
             }
-            (Starting, Event::SpawnFailed) => {
-                // The failed child still exits and is reaped; count the failure when its exit arrives.
-                vec![]
-            }
-            (_, Event::SpawnFailed) => vec![],
             (Stopped | Exited | Fatal | Backoff, Event::Exited { .. }) => vec![],
         }
     }
