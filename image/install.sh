@@ -123,19 +123,24 @@ if [ "$(cat $APP/venv/.requirements.sha256 2>/dev/null)" != "$req_sum" ] || ! $A
     $APP/venv/bin/pip install -q --disable-pip-version-check --no-compile "${pip_from[@]}" -r "$SRC/app/requirements.txt"
     echo "$req_sum" >$APP/venv/.requirements.sha256
 fi
-# Byte-compile now: a read-only root cannot write __pycache__ at boot, and every boot would pay for it.
+# Byte-compile now, the app and every installed package (Django imports asgiref and sqlparse too): a read-only
+# root cannot write __pycache__ at boot, and every boot would pay for compiling them.
 $APP/venv/bin/python -m compileall -q $APP/mysite $APP/manage.py $APP/stackinit_wsgi.py >/dev/null 2>&1 || true
-$APP/venv/bin/python -m compileall -q "$($APP/venv/bin/python -c 'import django,os; print(os.path.dirname(django.__file__))')" >/dev/null 2>&1 || true
+$APP/venv/bin/python -m compileall -q "$($APP/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
 
-# Migrate and collect static files at build time too: the boot-time jobs then have nothing to write, which is
-# what lets the image run with a read-only root. (They still run at boot, for images whose app changed.)
+# Migrate and collect static files at build time: the image then boots with nothing to write (a read-only root
+# works). Each success leaves the stamp that app/stackinit.toml's `condition_path_exists` looks for, so boots
+# skip the jobs; a failure stops the build before any stamp is written.
 app_env=(env DJANGO_SETTINGS_MODULE=mysite.settings STACKINIT_STATIC_ROOT=$APP/staticfiles)
 mkdir -p $APP/staticfiles
 chown www-data:www-data $APP/staticfiles
 touch $APP/db.sqlite3
 chown www-data:www-data $APP/db.sqlite3
+rm -f $APP/.migrated-at-build $APP/.collected-at-build
 (cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python manage.py migrate --noinput >/dev/null)
+touch $APP/.migrated-at-build
 (cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python manage.py collectstatic --noinput >/dev/null)
+touch $APP/.collected-at-build
 
 # ---- config -----------------------------------------------------------------------------------------------
 mkdir -p /etc/stackinit /logs

@@ -242,6 +242,18 @@ listen = "unix:run/app.sock"
 "#,
     ),
     case(
+        "condition_relative_path",
+        4,
+        34,
+        "service.job.condition_path_exists",
+        "\"!done.stamp\" is not an absolute path",
+        r#"[service.job]
+command = ["a"]
+oneshot = true
+condition_path_exists = ["/etc", "!done.stamp"]
+"#,
+    ),
+    case(
         "unknown_user",
         3,
         8,

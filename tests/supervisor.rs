@@ -135,6 +135,63 @@ after = ["badjob"]
 }
 
 #[test]
+fn a_job_whose_condition_does_not_hold_is_skipped_and_its_dependents_start() {
+    // The config file stands in for the stamp an image build leaves after running the job.
+    let stack = Stack::start(
+        r#"
+[service.migrate]
+command = ["sh", "-c", "echo migrate-ran >> {dir}/order"]
+oneshot = true
+condition_path_exists = "!{dir}/stackinit.toml"
+
+[service.collect]
+command = ["sh", "-c", "echo collect-ran >> {dir}/order"]
+oneshot = true
+condition_path_exists = ["{dir}/stackinit.toml", "!{dir}/collected"]
+
+[service.app]
+command = ["sh", "-c", "echo app-start >> {dir}/order; exec sleep 100000"]
+after = ["migrate", "collect"]
+start_secs = "100ms"
+"#,
+    );
+    stack.wait_state("app", "running", Duration::from_secs(10));
+    let order = std::fs::read_to_string(stack.path("order")).unwrap();
+    assert_eq!(order, "collect-ran\napp-start\n", "migrate must be skipped");
+    let job = stack.unit("migrate");
+    assert_eq!(job["state"], "exited", "{job}");
+    assert_eq!(job["ready"], true, "a skipped job counts as done: {job}");
+    assert_eq!(job["pid"], serde_json::Value::Null, "{job}");
+    let reason = job["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("skipped") && reason.contains("stackinit.toml exists"),
+        "{job}"
+    );
+    // Conditions are checked again at every start: the stamp is gone, so the job runs now.
+    std::fs::write(stack.path("collected"), "").unwrap();
+    let renamed = stack.path("stackinit.toml.moved");
+    std::fs::rename(stack.path("stackinit.toml"), &renamed).unwrap();
+    let out = stack.cli(&["start", "migrate"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(stack.path("order")).is_ok_and(|o| o.contains("migrate-ran"))
+    }));
+    std::fs::rename(&renamed, stack.path("stackinit.toml")).unwrap();
+    let out = stack.cli(&["start", "collect"]);
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let collect = stack.unit("collect");
+    assert!(
+        collect["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("collected exists")),
+        "{collect}"
+    );
+    let order = std::fs::read_to_string(stack.path("order")).unwrap();
+    assert_eq!(order.matches("collect-ran").count(), 1, "{order}");
+}
+
+#[test]
 fn stop_kills_the_whole_process_group_after_the_grace_period() {
     let stack = Stack::start(
         r#"

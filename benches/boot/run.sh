@@ -6,7 +6,8 @@
 # all with the same kernel, app and build script (image/build-local.sh via `packer build -only=null.local`,
 # boot_mode as the only difference). Prints each mode's times, the ratios to the seed, and the image sizes.
 #
-#   benches/boot/run.sh [--runs N] [--binary PATH] [--modes "pid1 systemd seed"]
+#   benches/boot/run.sh [--runs N] [--binary PATH] [--modes "pid1 systemd seed"] [--keep]
+# (--keep leaves the work directory, with each boot's serial console log, for a timeline)
 # Needs root, packer, qemu-system-x86, qemu-utils, debootstrap, curl, bc. Builds are cached under .cache/image
 # (IMAGE_CACHE_DIR overrides)
 # (the first build of each mode debootstraps: a few minutes). Numbers vary with host load: run it quiet.
@@ -16,12 +17,14 @@ ROOT=$PWD
 RUNS=1
 BINARY=${STACKINIT_BINARY:-$ROOT/target/debug/stackinit}
 MODES="pid1 systemd seed"
+KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
         --binary) BINARY=$2; shift 2 ;;
         --modes) MODES=$2; shift 2 ;;
-        *) echo "usage: $0 [--runs N] [--binary PATH] [--modes LIST]" >&2; exit 2 ;;
+        --keep) KEEP=1; shift ;;
+        *) echo "usage: $0 [--runs N] [--binary PATH] [--modes LIST] [--keep]" >&2; exit 2 ;;
     esac
 done
 [ -x "$BINARY" ] || { echo "no stackinit binary at $BINARY (cargo build first)" >&2; exit 1; }
@@ -29,7 +32,7 @@ WORK=$(mktemp -d /tmp/stackinit-bootbench.XXXXXX)
 QEMU_PID=""
 cleanup() {
     [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null && wait "$QEMU_PID" 2>/dev/null
-    rm -rf "$WORK"
+    if [ "$KEEP" = 1 ]; then echo "kept $WORK (console logs, images)"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 

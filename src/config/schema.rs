@@ -148,6 +148,10 @@ pub struct ServiceSpec {
     pub after: Vec<String>,
     pub autostart: bool,
     pub oneshot: bool,
+    /// systemd's `ConditionPathExists=`: start only if each path exists (`!/path`: does not exist). When one
+    /// does not hold, the start is skipped, not failed: the unit shows `exited` with the reason and counts as
+    /// done for the services `after` it.
+    pub condition_path_exists: Option<OneOrMany>,
     pub restart: RestartPolicy,
     /// Exit codes that count as success (for `restart = "on-failure"` and oneshots).
     pub success_exit_codes: Vec<i32>,
@@ -204,6 +208,7 @@ impl Default for ServiceSpec {
             after: Vec::new(),
             autostart: true,
             oneshot: false,
+            condition_path_exists: None,
             restart: RestartPolicy::Always,
             success_exit_codes: vec![0],
             start_secs: Secs::from_secs(1),

@@ -39,6 +39,9 @@ pub enum Event {
         status: ExitStatus,
         uptime: Duration,
     },
+    /// A start condition (`condition_path_exists`) did not hold, so nothing was spawned. As in systemd this
+    /// is a skip, not a failure: the unit counts as done for its dependents.
+    ConditionFailed,
     /// It has stayed up for `start_secs`.
     StartSecsElapsed,
     /// The backoff delay is over.
@@ -189,6 +192,12 @@ impl Machine {
                 vec![]
             }
             (Stopped | Exited | Fatal, Event::Stop) => vec![],
+            (Starting, Event::ConditionFailed) => {
+                self.state = Exited;
+                self.succeeded = true;
+                vec![CancelTimer]
+            }
+            (_, Event::ConditionFailed) => vec![],
             // ---- timers ----
             (Starting, Event::StartSecsElapsed) if !policy.oneshot => {
                 self.state = Running;
@@ -392,6 +401,26 @@ mod tests {
         m.on(Event::StartSecsElapsed, &p, 0.0);
         m.on(exit(0, 5), &p, 0.0);
         assert_eq!(m.state, State::Exited);
+    }
+
+    #[test]
+    fn failed_condition_skips_and_counts_as_done() {
+        for oneshot in [true, false] {
+            let mut p = policy();
+            p.oneshot = oneshot;
+            let mut m = Machine::default();
+            assert!(m.on(Event::Start, &p, 0.0).contains(&Action::Spawn));
+            assert_eq!(
+                m.on(Event::ConditionFailed, &p, 0.0),
+                vec![Action::CancelTimer]
+            );
+            assert_eq!(m.state, State::Exited);
+            assert!(m.is_up(), "a skipped unit must not block its dependents");
+            assert_eq!(m.restarts, 0);
+            // A later start evaluates the condition again.
+            assert!(m.on(Event::Start, &p, 0.0).contains(&Action::Spawn));
+            assert!(!m.is_up());
+        }
     }
 
     #[test]

@@ -632,6 +632,16 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, name: &str) {
+        let Some(unit) = self.units.get_mut(name) else {
+            return;
+        };
+        if let Some(unmet) = unmet_condition(&unit.spec) {
+            info!("skipped {name}: {unmet}");
+            unit.machine.reason = Some(format!("skipped: {unmet}"));
+            self.pending
+                .push_back((name.to_string(), Event::ConditionFailed));
+            return;
+        }
         let Some(unit) = self.units.get(name) else {
             return;
         };
@@ -1682,4 +1692,25 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
     }
+}
+
+/// The first `condition_path_exists` entry that does not hold, described for status and the log.
+/// Checked at each start (boot, `stackinit start`, restarts), like systemd's conditions.
+fn unmet_condition(spec: &ServiceSpec) -> Option<String> {
+    let conditions = spec.condition_path_exists.as_ref()?.to_vec();
+    conditions.into_iter().find_map(|condition| {
+        let (must_exist, path) = match condition.strip_prefix('!') {
+            Some(path) => (false, path.to_string()),
+            None => (true, condition.clone()),
+        };
+        // symlink_metadata: a dangling symlink exists as far as a stamp file is concerned.
+        let exists = std::fs::symlink_metadata(&path).is_ok();
+        match (must_exist, exists) {
+            (true, false) => Some(format!("{path} does not exist (condition_path_exists)")),
+            (false, true) => Some(format!(
+                "{path} exists (condition_path_exists = \"!{path}\")"
+            )),
+            _ => None,
+        }
+    })
 }

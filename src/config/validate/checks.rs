@@ -12,7 +12,7 @@ use super::doc::KeyPath;
 use super::sections::Recovered;
 use super::{dashboard_checks, graph, listens, proxy_checks, span_for, Report};
 use crate::config::values::{self, ListenAddr};
-use crate::config::{Bytes, Probe, Secs, ServiceSpec, TcpProbeTarget};
+use crate::config::{Bytes, OneOrMany, Probe, Secs, ServiceSpec, TcpProbeTarget};
 
 /// Longest stop grace or drain we accept: anything longer is almost surely a unit mistake.
 pub(super) const MAX_GRACE: Duration = Duration::from_secs(3600);
@@ -196,6 +196,21 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
                 spec.backoff_initial, spec.backoff_max
             ),
         );
+    }
+    if let Some(conditions) = &spec.condition_path_exists {
+        let key = sp.key("condition_path_exists");
+        for (i, condition) in conditions.to_vec().iter().enumerate() {
+            let path = condition.strip_prefix('!').unwrap_or(condition);
+            if !path.starts_with('/') {
+                let message = format!(
+                    "{condition:?} is not an absolute path (\"/path\" must exist, \"!/path\" must not)"
+                );
+                match conditions {
+                    OneOrMany::One(_) => ctx.at_value(&key, message),
+                    OneOrMany::Many(_) => ctx.at(&key.index(i), &key, message),
+                }
+            }
+        }
     }
     for (i, code) in spec.success_exit_codes.iter().enumerate() {
         if !(0..=255).contains(code) {
