@@ -6,6 +6,7 @@
 //! routes by nginx's server_name rules, and stops gracefully on SIGTERM.
 
 pub mod access_log;
+pub mod admission;
 pub mod body;
 pub mod handler;
 pub mod headers;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
+use super::admission::Gate;
 use super::location::Locations;
 use super::protocol::{ProxyRuntimeConfig, ProxyState};
 use super::server_name::ServerNames;
@@ -67,8 +68,17 @@ impl Routes {
             .flat_map(|u| u.replicas.iter())
             .map(|r| ((r.name.clone(), r.address.clone()), Arc::clone(r)))
             .collect();
+        // Each service's gate (its queue and learned costs) carries over too, shared by old and new replicas.
+        let old_gates: HashMap<&str, &Arc<Gate>> = previous
+            .into_iter()
+            .flat_map(|p| p.services.iter())
+            .map(|(name, u)| (name.as_str(), u.gate()))
+            .collect();
         let mut services = HashMap::new();
         for (service, replicas) in &config.upstreams {
+            let gate = old_gates
+                .get(service.as_str())
+                .map_or_else(Gate::new, |g| Arc::clone(g));
             let mut compiled = Vec::new();
             for replica in replicas {
                 let Some(address) = Address::parse(&replica.address) else {
@@ -78,15 +88,19 @@ impl Routes {
                     ));
                     continue;
                 };
-                let reused = old.get(&(replica.name.clone(), address.clone())).cloned();
-                let compiled_replica =
-                    reused.unwrap_or_else(|| Replica::new(replica.name.clone(), address, false));
+                let reused = old
+                    .get(&(replica.name.clone(), address.clone()))
+                    .filter(|r| Arc::ptr_eq(r.gate(), &gate))
+                    .cloned();
+                let compiled_replica = reused.unwrap_or_else(|| {
+                    Replica::new(replica.name.clone(), address, false, Arc::clone(&gate))
+                });
                 compiled_replica.set_limit(replica.max_in_flight);
                 compiled.push(compiled_replica);
             }
             services.insert(
                 service.clone(),
-                Arc::new(Upstream::new(service.clone(), compiled)),
+                Arc::new(Upstream::new(service.clone(), compiled, gate)),
             );
         }
         let mut addressed: HashMap<String, Arc<Upstream>> = HashMap::new();
@@ -126,10 +140,10 @@ impl Routes {
                         actions.push(Action::Proxy(Arc::clone(up)));
                     } else if let Some(address) = Address::parse(name) {
                         let up = addressed.entry(name.clone()).or_insert_with(|| {
-                            Arc::new(Upstream::new(
-                                name.clone(),
-                                vec![Replica::new(name.clone(), address, true)],
-                            ))
+                            let gate = Gate::new();
+                            let replica =
+                                Replica::new(name.clone(), address, true, Arc::clone(&gate));
+                            Arc::new(Upstream::new(name.clone(), vec![replica], gate))
                         });
                         actions.push(Action::Proxy(Arc::clone(up)));
                     } else {
@@ -197,6 +211,7 @@ impl Routes {
             for replica in &upstream.replicas {
                 replica.set_ready(state.ready.contains(&replica.name));
             }
+            upstream.update_slow_cap();
         }
     }
 }

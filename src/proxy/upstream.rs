@@ -2,20 +2,22 @@
 //!
 //! Each replica has its own socket, so the proxy (not the kernel's accept queue) decides which worker gets a
 //! request: the ready replica with the fewest requests in flight. A sync worker serving a slow request then never
-//! gets a second one while another worker is idle.
+//! gets a second one while another worker is idle. When every replica is at its `max_in_flight`, requests wait
+//! at the upstream's gate (admission.rs), fast paths first.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
+use super::admission::{Cost, Gate};
 use super::body::ProxyBody;
 use super::idle_io::IdleTimeout;
 
@@ -56,10 +58,12 @@ pub struct Replica {
     limit: AtomicUsize,
     ready: AtomicBool,
     idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// The service's gate: told when this replica frees a slot or becomes ready.
+    gate: Arc<Gate>,
 }
 
 impl Replica {
-    pub fn new(name: String, address: Address, ready: bool) -> Arc<Replica> {
+    pub fn new(name: String, address: Address, ready: bool, gate: Arc<Gate>) -> Arc<Replica> {
         Arc::new(Replica {
             name,
             address,
@@ -67,13 +71,20 @@ impl Replica {
             limit: AtomicUsize::new(0),
             ready: AtomicBool::new(ready),
             idle: Mutex::new(Vec::new()),
+            gate,
         })
     }
 
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        let was = self.ready.swap(ready, Ordering::Relaxed);
         if ready {
-            ROOM.notify_waiters();
+            if !was {
+                self.gate.wake_all();
+            }
         } else {
             // A replica on its way out should not keep sockets to it open.
             self.lock_idle().clear();
@@ -83,7 +94,7 @@ impl Replica {
     pub fn set_limit(&self, limit: Option<u32>) {
         self.limit
             .store(limit.map_or(0, |l| l.max(1) as usize), Ordering::Relaxed);
-        ROOM.notify_waiters();
+        self.gate.wake_all();
     }
 
     /// Below its `max_in_flight`, so it may take another request now.
@@ -176,14 +187,19 @@ where
 pub struct InFlight {
     replica: Arc<Replica>,
     connection: Option<SendRequest<ProxyBody>>,
+    cost: Cost,
+    since: Instant,
 }
 
 impl InFlight {
-    fn new(replica: &Arc<Replica>) -> InFlight {
+    fn new(replica: &Arc<Replica>, cost: Cost) -> InFlight {
         replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        replica.gate.started(cost);
         InFlight {
             replica: Arc::clone(replica),
             connection: None,
+            cost,
+            since: Instant::now(),
         }
     }
 }
@@ -191,22 +207,21 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-        ROOM.notify_waiters();
+        let gate = &self.replica.gate;
+        gate.finished(self.cost, self.since.elapsed());
+        gate.wake_one();
         if let Some(sender) = self.connection.take() {
             self.replica.give_back(sender);
         }
     }
 }
 
-/// Rung whenever a replica may have room for another request: one finished, or a replica became ready.
-/// Requests that found no replica wait on it (bounded), instead of failing while a replica restarts or
-/// while every replica is at its `max_in_flight`; init keeps the sockets bound meanwhile.
-static ROOM: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
 /// A named group of replicas that locations proxy to.
 pub struct Upstream {
     pub name: String,
     pub replicas: Vec<Arc<Replica>>,
+    /// Where requests wait while no replica is ready or has room; shared with the replicas.
+    gate: Arc<Gate>,
     /// Rotates the starting point among equally loaded replicas, so ties spread round-robin.
     next: AtomicUsize,
 }
@@ -278,18 +293,25 @@ pub struct Forwarded {
 }
 
 impl Upstream {
-    pub fn new(name: String, replicas: Vec<Arc<Replica>>) -> Upstream {
+    /// `gate` must be the one the replicas were made with.
+    pub fn new(name: String, replicas: Vec<Arc<Replica>>, gate: Arc<Gate>) -> Upstream {
         Upstream {
             name,
             replicas,
+            gate,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// The ready replica with the fewest requests in flight, skipping those already tried.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    pub fn gate(&self) -> &Arc<Gate> {
+        &self.gate
+    }
+
+    /// The ready replica with the fewest requests in flight, skipping those already tried. `None` too for a slow
+    /// request while slow ones hold all but one replica (see admission.rs).
+    pub fn pick(&self, tried: &[usize], cost: Cost) -> Option<usize> {
         let count = self.replicas.len();
-        if count == 0 {
+        if count == 0 || !self.gate.admits(cost) {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % count;
@@ -308,22 +330,60 @@ impl Upstream {
         best.map(|(i, _)| i)
     }
 
-    /// The next replica to try, waiting until `deadline` for one to become ready or have room while an
-    /// untried replica exists. `None`: every replica was tried, or the wait ran out.
-    async fn pick_or_wait(&self, tried: &[usize], deadline: tokio::time::Instant) -> Option<usize> {
-        loop {
-            // Registered before looking, so a finish between the look and the wait is not missed.
-            let room = ROOM.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if let Some(index) = self.pick(tried) {
+    /// Whether some ready replica has room (for a fast request, which any slot admits).
+    fn has_room(&self) -> bool {
+        self.replicas.iter().any(|r| r.is_ready() && r.has_room())
+    }
+
+    /// The slow-request cap for the gate: every ready replica's `max_in_flight` but one replica's.
+    pub fn update_slow_cap(&self) {
+        let limits: Vec<usize> = self
+            .replicas
+            .iter()
+            .filter(|r| r.is_ready())
+            .map(|r| r.limit.load(Ordering::Relaxed))
+            .collect();
+        let cap = (limits.len() >= 2 && !limits.contains(&0))
+            .then(|| limits.iter().sum::<usize>() - limits.iter().max().copied().unwrap_or(0));
+        self.gate.set_slow_cap(cap);
+    }
+
+    /// The next replica to try, waiting at the gate until `deadline` for one to become ready or have room
+    /// while an untried replica exists. `None`: every replica was tried, or the wait ran out.
+    async fn pick_or_wait(
+        &self,
+        tried: &[usize],
+        cost: Cost,
+        deadline: tokio::time::Instant,
+    ) -> Option<usize> {
+        if self.gate.may_pass(cost) {
+            if let Some(index) = self.pick(tried, cost) {
                 return Some(index);
             }
-            if tried.len() >= self.replicas.len() {
+        }
+        if tried.len() >= self.replicas.len() {
+            return None;
+        }
+        let ticket = self.gate.enqueue(cost);
+        // Room may be free already (held for a waiter that has since left, or unusable to the one told).
+        if self.has_room() {
+            self.gate.wake_one();
+        }
+        loop {
+            if tokio::time::timeout_at(deadline, ticket.woken())
+                .await
+                .is_err()
+            {
                 return None;
             }
-            if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return None;
+            if let Some(index) = self.pick(tried, cost) {
+                ticket.served();
+                return Some(index);
+            }
+            ticket.not_served();
+            // The slot was one this request already tried: the next waiter may use it.
+            if self.has_room() {
+                self.gate.wake_one();
             }
         }
     }
@@ -339,14 +399,15 @@ impl Upstream {
         exceeded: &AtomicBool,
     ) -> Result<Forwarded, Failure> {
         let mut tried: Vec<usize> = Vec::new();
+        let cost = self.gate.classify(request.uri().path());
         let mut pending = Some(request);
         let mut last = Failure::NoReadyReplica;
         let deadline = tokio::time::Instant::now() + settings.queue_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
-        while let Some(index) = self.pick_or_wait(&tried, deadline).await {
+        while let Some(index) = self.pick_or_wait(&tried, cost, deadline).await {
             tried.push(index);
             let replica = &self.replicas[index];
-            let in_flight = InFlight::new(replica);
+            let in_flight = InFlight::new(replica, cost);
             let mut pooled = replica.take_idle();
             let mut fresh_tries = 0;
             loop {
@@ -431,35 +492,39 @@ mod tests {
     use super::*;
 
     fn upstream(n: usize) -> Upstream {
+        let gate = Gate::new();
         let replicas = (0..n)
             .map(|i| {
                 Replica::new(
                     format!("app@{i}"),
                     Address::parse(&format!("unix:/x/{i}")).unwrap(),
                     true,
+                    Arc::clone(&gate),
                 )
             })
             .collect();
-        Upstream::new("app".into(), replicas)
+        Upstream::new("app".into(), replicas, gate)
     }
 
     #[test]
     fn picks_fewest_in_flight_among_ready() {
         let up = upstream(3);
-        let _a = InFlight::new(&up.replicas[0]);
-        let _b = InFlight::new(&up.replicas[1]);
-        assert_eq!(up.pick(&[]), Some(2));
+        let cost = up.gate().classify("/");
+        let _a = InFlight::new(&up.replicas[0], cost);
+        let _b = InFlight::new(&up.replicas[1], cost);
+        assert_eq!(up.pick(&[], cost), Some(2));
         up.replicas[2].set_ready(false);
-        let picked = up.pick(&[]).unwrap();
+        let picked = up.pick(&[], cost).unwrap();
         assert!(picked == 0 || picked == 1);
-        assert_eq!(up.pick(&[0, 1]), None);
+        assert_eq!(up.pick(&[0, 1], cost), None);
     }
 
     #[test]
     fn ties_rotate() {
         let up = upstream(3);
+        let cost = up.gate().classify("/");
         let picks: std::collections::BTreeSet<usize> =
-            (0..3).filter_map(|_| up.pick(&[])).collect();
+            (0..3).filter_map(|_| up.pick(&[], cost)).collect();
         assert_eq!(picks.len(), 3);
     }
 
