@@ -254,6 +254,17 @@ condition_path_exists = ["/etc", "!done.stamp"]
 "#,
     ),
     case(
+        "nice_out_of_range",
+        3,
+        8,
+        "service.app.nice",
+        "nice 25 is out of range: -20 (first) to 19 (last)",
+        r#"[service.app]
+command = ["a"]
+nice = 25
+"#,
+    ),
+    case(
         "unknown_user",
         3,
         8,

@@ -217,6 +217,15 @@ fn seed_stack_serves(server: AppServer, own: &Region, other: &Region) {
         assert_eq!(u["last_exit"], "exit 0", "{job}: {u}");
     }
     assert!(seed.shared.path().join("db.sqlite3").exists(), "no db");
+    // The proxy outranks the CPU-bound workers (init is root here): nice -5 against their 0.
+    let nice_of = |unit: &str| {
+        let pid = seed.stack.pid_of(unit).expect("pid");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
+    };
+    assert_eq!(nice_of("proxy"), -5);
+    assert_eq!(nice_of("app@0"), 0);
 
     for host in [
         own.public_hostname,

@@ -618,6 +618,7 @@ user = "nobody"
 group = "nogroup"
 umask = "0027"
 nofile = 512
+nice = -3
 directory = "/tmp"
 environment = { GREETING = "hi" }
 start_secs = "100ms"
@@ -636,6 +637,19 @@ start_secs = "100ms"
     std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     stack.wait_state("locked", "running", Duration::from_secs(5));
     stack.wait_state("netadmin", "running", Duration::from_secs(5));
+    let nice_of = |name: &str| {
+        let pid = stack.pid_of(name).expect("pid");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the parenthesised command; nice is field 19 overall.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
+    };
+    assert_eq!(
+        nice_of("locked"),
+        -3,
+        "nice = -3 (set before dropping root)"
+    );
+    assert_eq!(nice_of("netadmin"), 0);
     let written = |f: &str| std::fs::read_to_string(dir.join(f)).is_ok_and(|t| t.ends_with('\n'));
     assert!(wait_until(Duration::from_secs(5), || written("locked.env")
         && written("netadmin.status")));

@@ -14,6 +14,9 @@
 #   si-gunicorn stackinit run: its proxy -> 3 replicas of `gunicorn --workers 1` (no --bind: LISTEN_FDS),
 #               one socket per replica, fewest-in-flight routing
 #   si-lean     the same with app/stackinit_wsgi.py (one process per replica, no master)
+#   seed-nice   the seed with nginx at `worker_priority -5`, the priority stackinit's proxy gets as root:
+#               what CPU priority alone buys the seed (the fast requests' tail on a saturated 2-core box is
+#               mostly time slices lost to the CPU-bound workers)
 # Then the RSS (and PSS) per replica of gunicorn-per-replica vs the lean server, after the load.
 #
 # Usage: benches/app/run.sh [seconds] [connections] [probe-connections]
@@ -60,7 +63,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P_SEED=$(port); P_SIG=$(port); P_SIL=$(port)
+P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port)
 
 DJANGO_ENV=(DJANGO_SETTINGS_MODULE=mysite.settings "STACKINIT_DB_PATH=$TMP/db.sqlite3"
   "STACKINIT_STATIC_ROOT=$TMP/staticfiles" PYTHONDONTWRITEBYTECODE=1)
@@ -99,6 +102,12 @@ http {
 }
 CONF
 nginx -p "$TMP/seed" -c "$TMP/seed/nginx.conf" &
+PIDS+=($!)
+# The same nginx at stackinit's proxy priority (nice -5 as root), to show what priority alone buys the seed.
+mkdir -p "$TMP/seedp/logs"
+sed -e "s|listen 127.0.0.1:$P_SEED |listen 127.0.0.1:$P_SEEDP |" -e "s|pid $TMP/seed/nginx.pid;|pid $TMP/seedp/nginx.pid;\nworker_priority -5;|" \
+  -e "s|$TMP/seed/logs/|$TMP/seedp/logs/|g" "$TMP/seed/nginx.conf" > "$TMP/seedp/nginx.conf"
+nginx -p "$TMP/seedp" -c "$TMP/seedp/nginx.conf" &
 PIDS+=($!)
 
 # ---- stackinit stacks --------------------------------------------------------------------------------
@@ -149,6 +158,7 @@ wait_ok() { # port, path
   die "127.0.0.1:$1$2 never answered 200"
 }
 wait_ok "$P_SEED" /
+wait_ok "$P_SEEDP" /
 wait_ok "$P_SIG" /healthz
 wait_ok "$P_SIL" /healthz
 wait_ok "$P_SIG" /
@@ -182,12 +192,13 @@ run() { # label, port
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); mixed: wrk -t2 -c$CONNS -d${DURATION}s -s mixed.lua;" \
   "probe: wrk -t1 -c$PROBE_CONNS -d${DURATION}s on /; stackinit: $BIN" >&2
 run seed "$P_SEED"
+run seed-nice "$P_SEEDP"
 run si-gunicorn "$P_SIG"
 run si-lean "$P_SIL"
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 printf '%-12s %8s %10s %10s %11s %10s %9s %13s\n' stack rps fast-p50 fast-p99 mixed-p99 slow-share "rps/seed" "fast-p99/seed"
-for k in seed si-gunicorn si-lean; do
+for k in seed seed-nice si-gunicorn si-lean; do
   printf '%-12s %8s %8sms %8sms %9sms %10s %9s %13s\n' "$k" "${RPS[$k]}" "${FAST_P50[$k]}" "${FAST_P99[$k]}" \
     "${MIXED_P99[$k]}" "${SLOW_SHARE[$k]}" "$(ratio "${RPS[$k]}" "${RPS[seed]}")" \
     "$(ratio "${FAST_P99[$k]}" "${FAST_P99[seed]}")"

@@ -59,12 +59,16 @@ pub fn proxy_service_spec(proxy: &ProxySpec) -> ServiceSpec {
         capabilities: Vec::new(),
         start_secs: Secs::from_millis(300),
         stop_grace: Secs(proxy.stop_grace.0 + std::time::Duration::from_secs(1)),
+        nice: proxy.nice.or(is_root().then_some(PROXY_NICE_AS_ROOT)),
         log_max_bytes: proxy.log_max_bytes,
         log_backups: proxy.log_backups,
         stdout: proxy.access_log.clone(),
         ..ServiceSpec::default()
     }
 }
+
+/// See `ProxySpec::nice`.
+pub const PROXY_NICE_AS_ROOT: i32 = -5;
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -175,6 +179,7 @@ pub fn command_for<'a>(
         credentials,
         umask,
         nofile: spec.nofile,
+        nice: spec.nice,
         no_new_privs: spec.no_new_privs,
         drop_bounding_caps: if is_root() {
             caps_to_drop(&spec.capabilities)?

@@ -33,6 +33,7 @@ pub struct Command<'a> {
     pub credentials: Option<Credentials>,
     pub umask: Option<u32>,
     pub nofile: Option<u64>,
+    pub nice: Option<i32>,
     pub no_new_privs: bool,
     /// Capability numbers to drop from the bounding set.
     pub drop_bounding_caps: Vec<u32>,
@@ -43,7 +44,7 @@ pub struct Command<'a> {
 }
 
 /// Which step failed in the child, reported through the exec-error pipe.
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 13] = [
     "reset signals",
     "setsid",
     "set up file descriptors",
@@ -56,6 +57,7 @@ const STEPS: [&str; 12] = [
     "setuid",
     "set no_new_privs",
     "exec",
+    "setpriority",
 ];
 
 #[derive(Debug)]
@@ -197,6 +199,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                     fd_count,
                     umask: cmd.umask,
                     nofile: cmd.nofile,
+                    nice: cmd.nice,
                     drop_caps: &cmd.drop_bounding_caps,
                     credentials: cmd
                         .credentials
@@ -257,6 +260,7 @@ struct ChildPlan<'a> {
     fd_count: RawFd,
     umask: Option<u32>,
     nofile: Option<u64>,
+    nice: Option<i32>,
     drop_caps: &'a [u32],
     credentials: Option<(libc::uid_t, libc::gid_t)>,
     groups: &'a [libc::gid_t],
@@ -331,6 +335,12 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
             fail(err, 4);
+        }
+    }
+    // 12: before dropping privileges, which a negative nice needs.
+    if let Some(nice) = plan.nice {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+            fail(err, 12);
         }
     }
     if !plan.directory.is_null() && libc::chdir(plan.directory) != 0 {

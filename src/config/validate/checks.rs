@@ -174,6 +174,7 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
             "max_in_flight must be at least 1 (unset: no limit)",
         );
     }
+    check_nice(ctx, &sp.key("nice"), spec.nice);
     if spec.nofile == Some(0) {
         ctx.at_value(&sp.key("nofile"), "nofile must be at least 1");
     }
@@ -343,6 +344,18 @@ fn check_probe(ctx: &mut Ctx, pp: &KeyPath, probe: &Probe, service_listens: bool
     ] {
         if value == 0 {
             ctx.at_value(&pp.key(key), format!("{key} must be at least 1"));
+        }
+    }
+}
+
+/// `nice` (services and the proxy): -20 to 19, as setpriority(2) takes it.
+pub(super) fn check_nice(ctx: &mut Ctx, key: &KeyPath, nice: Option<i32>) {
+    if let Some(n) = nice {
+        if !(-20..=19).contains(&n) {
+            ctx.at_value(
+                key,
+                format!("nice {n} is out of range: -20 (first) to 19 (last)"),
+            );
         }
     }
 }

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::checks::{check_group, check_max_duration, check_min_log_bytes, check_user, Ctx};
+use super::checks::{
+    check_group, check_max_duration, check_min_log_bytes, check_nice, check_user, Ctx,
+};
 use super::doc::KeyPath;
 use crate::config::values::ListenAddr;
 use crate::config::{LocationSpec, ServerSpec};
@@ -24,6 +26,7 @@ pub(super) fn check_proxy(ctx: &mut Ctx) {
     }
     check_min_log_bytes(ctx, &pp.key("log_max_bytes"), proxy.log_max_bytes);
     check_max_duration(ctx, &pp.key("stop_grace"), proxy.stop_grace);
+    check_nice(ctx, &pp.key("nice"), proxy.nice);
     let mut default_server: Option<KeyPath> = None;
     for (i, server) in proxy.server.iter().enumerate() {
         let sp = pp.key("server").index(i);
