@@ -602,6 +602,14 @@ fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
             vm.name,
             vm.console_tail()
         );
+        // Nothing left open for writing (stackinit.log closes last): the root is clean at power-off.
+        assert!(
+            console.contains("remounted / read-only")
+                && !console.contains("could not remount / read-only"),
+            "{}: / was not remounted read-only at shutdown\n{}",
+            vm.name,
+            vm.console_tail()
+        );
         assert!(
             console.contains("reboot: Power down"),
             "{}: no power-off\n{}",

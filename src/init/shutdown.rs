@@ -37,6 +37,11 @@ pub fn final_shutdown(role: Role, mounted: &Mounted, action: PowerAction) -> Exi
         ));
         return ExitCode::SUCCESS;
     }
+    // stackinit.log is the last file we hold open for writing: a root with a file open for writing cannot
+    // be remounted read-only (EBUSY), and the next boot would replay the journal.
+    if crate::logs::close_own_log() {
+        steps.step(format_args!("closed stackinit's own log"));
+    }
     mounts::unmount_and_remount_read_only(mounted, &steps);
     nix::unistd::sync();
     steps.step(format_args!("{} now", describe(action)));

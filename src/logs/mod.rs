@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 pub use dir::prepare_logs_dir;
 pub use rotating::{backup_path, FileStats};
 pub use tail::tail;
-pub use tracing_setup::init_tracing;
+pub use tracing_setup::{close_own_log, init_tracing};
 
 use pump::{lock, Pump, SharedFile};
 

@@ -90,6 +90,8 @@ pub struct RotatingFile {
     dropped_since_ok: u64,
     rotate_failing: bool,
     events: Vec<FileEvent>,
+    /// Closed for good (shutdown): writes are dropped, nothing reopens the file.
+    closed: bool,
 }
 
 /// `path.N`.
@@ -123,7 +125,15 @@ impl RotatingFile {
             dropped_since_ok: 0,
             rotate_failing: false,
             events: Vec::new(),
+            closed: false,
         })
+    }
+
+    /// Close the file for good; later writes are dropped. For the last steps of a shutdown, which must
+    /// leave no file open for writing.
+    pub fn close(&mut self) {
+        self.closed = true;
+        self.file = None;
     }
 
     pub fn path(&self) -> &Path {
@@ -147,6 +157,9 @@ impl RotatingFile {
     /// Reopens `path` (after an external `mv`, or on SIGUSR1). On failure the old file is closed anyway, an
     /// event is queued, and the next write retries the open.
     pub fn reopen(&mut self) {
+        if self.closed {
+            return;
+        }
         self.file = None;
         if let Err(error) = self.ensure_open() {
             self.events.push(FileEvent::ReopenFailed {
@@ -169,6 +182,9 @@ impl RotatingFile {
     /// between lines whenever the next line would push a non-empty file past `max_bytes`. A line longer than
     /// `max_bytes` gets a file of its own. As few `write(2)` calls as possible: one per rotation segment.
     pub fn write_lines(&mut self, mut run: &[u8]) {
+        if self.closed {
+            return;
+        }
         while !run.is_empty() {
             let take = match self.room() {
                 Some(room) if (run.len() as u64) <= room => run.len(),
@@ -206,6 +222,9 @@ impl RotatingFile {
     }
 
     fn ensure_open(&mut self) -> io::Result<&mut File> {
+        if self.closed {
+            return Err(io::Error::other("log file closed"));
+        }
         if self.file.is_none() {
             let file = open_append(&self.path)?;
             self.size = file.metadata()?.len();
@@ -336,6 +355,24 @@ mod tests {
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_closed_file_is_not_held_or_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("own.log");
+        let mut f = RotatingFile::open(&path, 0, 1).unwrap();
+        f.write_lines(b"before\n");
+        f.close();
+        let fd_open = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .any(|e| std::fs::read_link(e.unwrap().path()).is_ok_and(|target| target == path));
+        assert!(!fd_open, "closed, the file must not stay open for writing");
+        f.write_lines(b"after\n");
+        f.reopen();
+        f.write_lines(b"after reopen\n");
+        assert_eq!(read(&path), "before\n");
+        assert!(!f.has_events(), "writes after close are dropped quietly");
     }
 
     #[test]

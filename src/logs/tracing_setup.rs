@@ -5,7 +5,7 @@
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
@@ -60,6 +60,19 @@ impl Write for OwnLogWriter<'_> {
 }
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// The file behind the log, so shutdown can close it (`close_own_log`).
+static OWN_LOG_FILE: OnceLock<SharedFile> = OnceLock::new();
+
+/// Close `<logs_dir>/stackinit.log` for good (from here on the own log goes to stderr only). True if it was open.
+pub fn close_own_log() -> bool {
+    match OWN_LOG_FILE.get() {
+        Some(file) => {
+            lock(file).close();
+            true
+        }
+        None => false,
+    }
+}
 
 /// Sets up stackinit's own log: stderr, plus `<logs_dir>/stackinit.log` when given. `level` is an
 /// `EnvFilter` directive (`info`, `stackinit=debug,hyper=warn`); a bad one falls back to `info` and says so.
@@ -76,13 +89,15 @@ pub fn init_tracing(logs_dir: Option<&Path>, level: &str) {
     let file_layer = logs_dir.and_then(|dir| {
         let path = dir.join(OWN_LOG_NAME);
         match RotatingFile::open(&path, OWN_LOG_MAX_BYTES, OWN_LOG_BACKUPS) {
-            Ok(file) => Some(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(OwnLog {
-                        file: Arc::new(Mutex::new(file)),
-                    }),
-            ),
+            Ok(file) => {
+                let file: SharedFile = Arc::new(Mutex::new(file));
+                let _ = OWN_LOG_FILE.set(Arc::clone(&file));
+                Some(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(OwnLog { file }),
+                )
+            }
             Err(e) => {
                 file_problem = Some(format!(
                     "cannot open {}: {e}; logging to stderr only",
