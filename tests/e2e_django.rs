@@ -616,6 +616,16 @@ backoff_initial = "100ms"
         "no second start: {:?}",
         std::fs::read_to_string(&starts)
     );
+    // Once the replacement runs, `reason` is clear again, but `last_restart` still says why it restarted.
+    let last_restart = stack.unit("pinger")["last_restart"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last_restart.starts_with("watchdog timeout"),
+        "last_restart should keep the watchdog reason: {}",
+        stack.unit("pinger")
+    );
     // The hung process itself is gone (killed, not left behind).
     let old = first_pid.unwrap_or(0) as i32;
     assert!(

@@ -53,6 +53,7 @@ start_limit = 100
     let u = stack.unit("worker");
     assert_eq!(u["restarts"], 4, "{u}");
     assert_eq!(u["last_exit"], "signal KILL", "{u}");
+    assert_eq!(u["last_restart"], "exited: signal KILL", "{u}");
 }
 
 #[test]

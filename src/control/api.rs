@@ -67,6 +67,10 @@ pub struct ServiceStatus {
     /// The service's own STATUS= line from the notify socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_text: Option<String>,
+    /// Why stackinit last restarted it on its own: "exited: signal KILL", "watchdog timeout: ...",
+    /// "liveness: ...". Stays after the new process runs, unlike `reason` (systemd's `Result=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restart: Option<String>,
 }
 
 /// Body of every error answer: `{"error": "..."}` with a 4xx/5xx status.

@@ -126,6 +126,8 @@ pub struct Machine {
     pub succeeded: bool,
     pub reason: Option<String>,
     pub last_exit: Option<ExitStatus>,
+    /// Why the machine itself last restarted it (a crash, or the health failure in `reason` at the time).
+    pub last_restart: Option<String>,
 }
 
 impl Default for Machine {
@@ -140,6 +142,7 @@ impl Default for Machine {
             succeeded: false,
             reason: None,
             last_exit: None,
+            last_restart: None,
         }
     }
 }
@@ -221,6 +224,8 @@ impl Machine {
                     self.restart_after_stop = false;
                     let mut actions = vec![KillGroup, CancelTimer];
                     if std::mem::take(&mut self.health_restart) {
+                        // The supervisor put the health failure (watchdog, liveness) in `reason`.
+                        self.last_restart = self.reason.clone();
                         actions.extend(self.schedule_restart(policy, jitter));
                     } else {
                         self.restarts += 1;
@@ -262,6 +267,7 @@ impl Machine {
                 } else if uptime >= policy.backoff_reset {
                     self.backoff_step = 0;
                 }
+                self.last_restart = Some(format!("exited: {}", status.describe()));
                 actions.extend(self.schedule_restart(policy, jitter));
                 actions
             }

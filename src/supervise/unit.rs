@@ -165,6 +165,7 @@ impl Unit {
             stderr: self.stderr.path().to_path_buf(),
             probe: self.health.last_probe.clone(),
             status_text: self.health.status_text.clone(),
+            last_restart: self.machine.last_restart.clone(),
         }
     }
 }
