@@ -21,9 +21,20 @@ What it does:
 - SIGTERM: stop accepting, finish the request in progress (and any already received), close, exit 0.
   Connections still queued on the socket wait there for the next replica, since stackinit holds it.
 - Logs one line per request to stderr (`--no-access-log` turns that off).
+
+Template mode (`--template`): load the app once, then fork ready workers on request. The template serves
+no HTTP; its one inherited socket is where `stackinit fork-from SOCKET` (each replica's command) sends its
+stdio, its LISTEN_FDS sockets and its environment. The template double-forks a worker that takes them
+over and serves, and answers with the worker's pid; stackinit then supervises the worker as the replica
+(MAINPID=). Replicas start, and restart, in milliseconds instead of re-importing the app, and share its
+memory copy-on-write. The template must be restarted to load new code (`stackinit restart TEMPLATE`, then
+`stackinit restart APP`).
 """
 import argparse
+import array
+import fcntl
 import importlib
+import json
 import os
 import selectors
 import signal
@@ -722,13 +733,163 @@ class Server:
         sys.stderr.write(f'{peer} - - [{stamp}] "{request_line}" {status} {size} {elapsed:.6f}\n')
 
 
+# ---------------------------------------------------------------------------------------------------
+# template mode
+
+
+def receive_request(conn):
+    """The fds (SCM_RIGHTS on the first bytes) and the one-line JSON request that `stackinit fork-from` sends."""
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(64 * fds.itemsize))
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - (len(payload) % fds.itemsize)])
+    data = bytearray(data)
+    while b"\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ValueError("request cut short")
+        data += chunk
+    return list(fds), json.loads(data.split(b"\n", 1)[0])
+
+
+def become_worker(app, fds, request, access_log, close_first, handover):
+    """In the forked worker: take over the replica's fds, environment and directory, then serve. Never returns."""
+    global NOTIFY_SOCKET
+    code = 1
+    try:
+        os.setsid()  # its own process group, which stackinit signals on stop
+        for sock in close_first:
+            sock.close()
+        # Move the received fds above the target range first, so no dup2 clobbers a later source.
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(fds) + 3) for fd in fds]
+        for fd in fds:
+            os.close(fd)
+        for target, fd in enumerate(high):
+            os.dup2(fd, target, inheritable=target < 3)
+            os.close(fd)
+        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        env = request.get("env") or {}
+        os.environ.clear()
+        os.environ.update(env)
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        NOTIFY_SOCKET = os.environ.pop("NOTIFY_SOCKET", None)
+        if request.get("cwd"):
+            os.chdir(request["cwd"])
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        stop_requested = []
+        signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+        listeners = inherited_listeners()
+        if not listeners:
+            log("forked worker: no LISTEN_FDS socket came with the request")
+            os._exit(2)
+        server = Server(app, listeners, access_log=access_log)
+        signal.signal(signal.SIGTERM, server.stop)
+        if stop_requested:
+            os._exit(0)
+        # `stackinit fork-from` reports MAINPID= and READY=1, then says "go" on the connection. If it dies
+        # before that, stackinit never learnt this pid: serving would leave an untracked worker behind.
+        handover.settimeout(30.0)
+        try:
+            go = handover.recv(16)
+        except OSError:
+            go = b""
+        handover.close()
+        if not go.startswith(b"go"):
+            log("the replica's fork-from exited before handing over; not serving")
+            os._exit(0)
+        log(f"forked worker for replica {os.environ.get('STACKINIT_REPLICA', '?')}; serving "
+            + ", ".join(describe(s) for s in listeners))
+        server.run()
+        code = 0
+    except BaseException:  # noqa: BLE001 - the worker must never fall back into the template's loop
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        os._exit(code)
+
+
+def fork_worker(app, fds, request, access_log, control, conn):
+    """Double fork, so the worker is re-parented to stackinit; returns the worker's pid."""
+    r, w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(r)
+            worker = os.fork()
+            if worker == 0:
+                os.close(w)
+                become_worker(app, fds, request, access_log, [control], conn)
+            os.write(w, str(worker).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        answer = pipe.read()
+    os.waitpid(middle, 0)  # once the middle process is gone, the worker is stackinit's child
+    return int(answer)
+
+
+def exit_now(*_):
+    """SIGTERM in the template: raising from the handler ends the blocking accept() at once."""
+    raise SystemExit(0)
+
+
+def template_main(args):
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    listeners = inherited_listeners()
+    if len(listeners) != 1 or listeners[0].family != socket.AF_UNIX:
+        log("--template needs exactly one unix socket from stackinit (listen = \"unix:/run/...\")")
+        return 2
+    control = listeners[0]
+    sys.path.insert(0, os.getcwd())
+    app = load_app(args.app)
+    if stop:
+        return 0
+    control.settimeout(None)
+    signal.signal(signal.SIGTERM, exit_now)
+    log(f"loaded {args.app}; forking workers on {describe(control)}")
+    notify(f"READY=1\nSTATUS=template: {args.app} loaded")
+    forked = 0
+    while True:
+        conn, _ = control.accept()
+        fds = []
+        try:
+            conn.settimeout(10.0)
+            fds, request = receive_request(conn)
+            if len(fds) < 4:
+                raise ValueError(f"expected stdio and at least one socket, got {len(fds)} fds")
+            pid = fork_worker(app, fds, request, not args.no_access_log, control, conn)
+            forked += 1
+            conn.sendall(f"{pid}\n".encode())
+            notify(f"STATUS=template: {args.app} loaded; {forked} workers forked")
+        except Exception as err:  # noqa: BLE001 - a bad request must not end the template
+            log(f"fork request failed: {err}")
+            try:
+                conn.sendall(f"error: {err}\n".encode())
+            except OSError:
+                pass
+        finally:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            conn.close()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("app", help="MODULE:CALLABLE, e.g. mysite.wsgi:application")
     parser.add_argument("--bind", action="append", default=[],
                         help="also listen on unix:/path or HOST:PORT (for runs without a supervisor)")
     parser.add_argument("--no-access-log", action="store_true", help="do not log each request to stderr")
+    parser.add_argument("--template", action="store_true",
+                        help="load the app once and fork workers for `stackinit fork-from` on the inherited socket")
     args = parser.parse_args(argv)
+    if args.template:
+        return template_main(args)
 
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))

@@ -80,4 +80,11 @@ pub enum Command {
     /// A tiny pre-forked demo worker serving its LISTEN_FDS socket, for the built-in demo stack.
     #[command(hide = true)]
     DemoWorker,
+    /// Start this replica by forking it from a template process listening on SOCKET (see stackinit_wsgi.py
+    /// --template): its stdio, LISTEN_FDS sockets and environment go to the forked worker, which becomes
+    /// the replica's main process.
+    ForkFrom {
+        /// The template's socket.
+        socket: std::path::PathBuf,
+    },
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod facts;
+pub mod fork_from;
 pub mod init;
 pub mod logs;
 pub mod paths;

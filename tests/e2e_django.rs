@@ -381,6 +381,11 @@ fn kill9_every_500ms_under_load_lean() {
     kill9_under_load(AppServer::Lean);
 }
 
+#[test]
+fn kill9_every_500ms_under_load_forked_from_a_template() {
+    kill9_under_load(AppServer::Forked);
+}
+
 /// Test 2b: `stackinit restart app` under steady load replaces every replica with no failed request.
 fn rolling_restart_under_load(server: AppServer) {
     let seed = Seed::start(server, &US_EAST_1);
@@ -437,6 +442,11 @@ fn rolling_restart_under_load_gunicorn() {
 #[test]
 fn rolling_restart_under_load_lean() {
     rolling_restart_under_load(AppServer::Lean);
+}
+
+#[test]
+fn rolling_restart_under_load_forked_from_a_template() {
+    rolling_restart_under_load(AppServer::Forked);
 }
 
 /// Test 3: a release whose readiness probe can never pass halts the rollout at its first replica; the old

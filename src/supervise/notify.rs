@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::{self, IoSliceMut};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -40,8 +40,11 @@ pub fn parse_fields(text: &str) -> Vec<(String, String)> {
 }
 
 /// Bind the socket at `path` (world-writable: services run as other users; the pid check is what guards
-/// it) and forward every message to `tx`.
-pub fn serve(path: &Path, tx: mpsc::UnboundedSender<Notification>) -> io::Result<PathBuf> {
+/// it) and forward every message to `tx`. Also returns a second handle on the socket for `drain`.
+pub fn serve(
+    path: &Path,
+    tx: mpsc::UnboundedSender<Notification>,
+) -> io::Result<(PathBuf, OwnedFd)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -55,9 +58,33 @@ pub fn serve(path: &Path, tx: mpsc::UnboundedSender<Notification>) -> io::Result
     socket::setsockopt(&fd, socket::sockopt::PassCred, &true)?;
     socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    let drain_handle = fd.try_clone()?;
     let socket = UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(fd))?;
     tokio::task::spawn_local(receive(socket, tx));
-    Ok(path.to_path_buf())
+    Ok((path.to_path_buf(), drain_handle))
+}
+
+/// Every message already queued on the socket, without waiting. The reaper takes these before it handles an
+/// exit: a process that said MAINPID= and then exited must be seen to hand over before it is seen to end.
+pub fn drain(fd: &OwnedFd) -> Vec<Notification> {
+    let mut buf = vec![0u8; 4096];
+    let mut messages = Vec::new();
+    // Bounded: a sender flooding the socket cannot keep the reaper here.
+    for _ in 0..256 {
+        match recv_one(fd.as_raw_fd(), &mut buf) {
+            Ok(Some(n)) => messages.push(n),
+            Ok(None) => {}
+            Err(_) => break, // EAGAIN: empty
+        }
+    }
+    messages
+}
+
+/// The parent pid of `pid`, from /proc.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
 }
 
 async fn receive(socket: UnixDatagram, tx: mpsc::UnboundedSender<Notification>) {

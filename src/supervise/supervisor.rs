@@ -81,6 +81,8 @@ pub struct Supervisor {
     notify_tx: mpsc::UnboundedSender<Notification>,
     notify_rx: mpsc::UnboundedReceiver<Notification>,
     notify_path: Option<PathBuf>,
+    /// A second handle on the notify socket, read by the reaper (`notify::drain`).
+    notify_drain: Option<OwnedFd>,
     facts: crate::facts::Facts,
     /// Our own mailbox handle, to publish the draining flag that `status` reports.
     handle: super::handle::Handle,
@@ -118,6 +120,7 @@ impl Supervisor {
             notify_tx,
             notify_rx,
             notify_path: None,
+            notify_drain: None,
             facts: Default::default(),
             handle,
             published: HashMap::new(),
@@ -363,7 +366,10 @@ impl Supervisor {
             |d| d.join("service-notify.sock"),
         );
         match notify::serve(&notify_path, self.notify_tx.clone()) {
-            Ok(p) => self.notify_path = Some(p),
+            Ok((p, drain)) => {
+                self.notify_path = Some(p);
+                self.notify_drain = Some(drain);
+            }
             Err(e) => warn!(
                 "no notify socket at {}: {e}; `notify = true` services will never be ready",
                 notify_path.display()
@@ -531,6 +537,15 @@ impl Supervisor {
 
     /// The one reaper: every exited child of this process (services and adopted orphans) ends here.
     fn reap(&mut self) {
+        // Notifications sent before these exits come first (MAINPID= from a process that then exits).
+        while let Ok(message) = self.notify_rx.try_recv() {
+            self.on_notification(message);
+        }
+        if let Some(fd) = &self.notify_drain {
+            for message in notify::drain(fd) {
+                self.on_notification(message);
+            }
+        }
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.on_exit(pid, ExitStatus::Code(code)),
@@ -1222,6 +1237,31 @@ impl Supervisor {
             return;
         };
         let mut probes_from_now = None;
+        // MAINPID=: only the main process may name its successor, and only a child of ours (so the one
+        // reaper sees it end): a forking server's launcher, or `stackinit fork-from`.
+        if let Some(new) = message
+            .get("MAINPID")
+            .and_then(|v| v.trim().parse::<i32>().ok())
+        {
+            let from_main = unit.pid.is_some_and(|p| p.as_raw() == message.pid);
+            if from_main && new != message.pid {
+                if new > 1 && notify::parent_of(new) == Some(std::process::id() as i32) {
+                    info!(
+                        "{}: main pid is now {new} (MAINPID, was {})",
+                        unit.name, message.pid
+                    );
+                    self.pids.remove(&Pid::from_raw(message.pid));
+                    self.pids.insert(Pid::from_raw(new), unit.name.clone());
+                    unit.pid = Some(Pid::from_raw(new));
+                    unit.pgid = notify::process_group_of(new).map(Pid::from_raw);
+                } else {
+                    warn!(
+                        "{}: MAINPID={new} ignored: not a child of stackinit",
+                        unit.name
+                    );
+                }
+            }
+        }
         if message.get("READY") == Some("1") && !unit.health.notified_ready {
             unit.health.notified_ready = true;
             info!("{}: READY=1", unit.name);

@@ -107,6 +107,9 @@ pub enum AppServer {
     Gunicorn,
     /// app/stackinit_wsgi.py: one process per replica, READY=1 once Django is loaded.
     Lean,
+    /// app/stackinit_wsgi.py --template loads Django once (`app-template`); each replica is
+    /// `stackinit fork-from`, which hands over to a worker forked from it (MAINPID=).
+    Forked,
 }
 
 /// The seed stack as a stackinit config: migrate + collectstatic jobs, `replicas` app replicas, the proxy
@@ -136,6 +139,7 @@ impl SeedConfig<'_> {
             "{{ DJANGO_SETTINGS_MODULE = \"mysite.settings\", STACKINIT_DB_PATH = \"{shared}/db.sqlite3\", \
              STACKINIT_STATIC_ROOT = \"{shared}/staticfiles\", PYTHONDONTWRITEBYTECODE = \"1\" }}"
         );
+        let template_socket = format!("{shared}/app-template.sock");
         let (command, notify) = match self.server {
             AppServer::Gunicorn => (
                 format!(
@@ -152,6 +156,32 @@ impl SeedConfig<'_> {
                 ),
                 true,
             ),
+            AppServer::Forked => (
+                format!("[\"stackinit\", \"fork-from\", \"{template_socket}\"]"),
+                true,
+            ),
+        };
+        let (template, app_after) = if self.server == AppServer::Forked {
+            (
+                format!(
+                    r#"
+[service.app-template]
+command = ["{py}", "{wsgi}", "--template", "--no-access-log", "mysite.wsgi:application"]
+directory = "{app}"
+environment = {env}
+listen = "unix:{template_socket}"
+after = ["migrate", "collectstatic"]
+notify = true
+start_secs = "100ms"
+"#,
+                    py = py.display(),
+                    wsgi = app.join("stackinit_wsgi.py").display(),
+                    app = app.display(),
+                ),
+                r#"["app-template"]"#,
+            )
+        } else {
+            (String::new(), r#"["migrate", "collectstatic"]"#)
         };
         let readiness = self.readiness.clone().unwrap_or_else(|| {
             "readiness = { http = \"/\", expect = 200, period = \"1s\", timeout = \"2s\" }".into()
@@ -175,6 +205,7 @@ directory = "{app}"
 environment = {env}
 oneshot = true
 
+{template}
 [service.app]
 command = {command}
 directory = "{app}"
@@ -182,7 +213,7 @@ environment = {env}
 replicas = {replicas}
 max_in_flight = 1
 listen = "unix:{shared}/app.sock"
-after = ["migrate", "collectstatic"]
+after = {app_after}
 restart = "always"
 notify = {notify}
 {readiness}
