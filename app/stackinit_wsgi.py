@@ -758,7 +758,7 @@ def become_worker(app, fds, request, access_log, close_first, handover):
     global NOTIFY_SOCKET
     code = 1
     try:
-        os.setsid()  # its own process group, which stackinit signals on stop
+        # Its process group is the middle process's new one (see fork_worker), which stackinit signals on stop.
         for sock in close_first:
             sock.close()
         # Move the received fds above the target range first, so no dup2 clobbers a later source.
@@ -816,6 +816,9 @@ def fork_worker(app, fds, request, access_log, control, conn):
     if middle == 0:
         try:
             os.close(r)
+            # A new session before the worker exists: the worker is never in the template's process group,
+            # which stackinit would otherwise signal (SIGKILL to the group) when the worker's replica stops.
+            os.setsid()
             worker = os.fork()
             if worker == 0:
                 os.close(w)

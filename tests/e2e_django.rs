@@ -369,6 +369,27 @@ fn kill9_under_load(server: AppServer) {
     assert!(back, "replicas not all ready again: {}", seed.context());
     assert!(kills >= 25, "only {kills} kills");
     assert!(report.ok > 200, "too little load: {} ok", report.ok);
+    if server == AppServer::Forked {
+        // Every restart was a fork from the one template, which none of the kills touched.
+        let template = seed.stack.unit("app-template");
+        assert_eq!(template["restarts"], 0, "{template}");
+        assert_eq!(template["state"], "running", "{template}");
+        for unit in seed.app_units() {
+            let pid = seed.stack.pid_of(&unit).expect("pid");
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            assert_eq!(
+                fields[1].parse::<u32>().unwrap(),
+                seed.stack.pid(),
+                "{unit}'s worker must be stackinit's child (one reaper)"
+            );
+            assert_ne!(
+                fields[2].parse::<i64>().ok(),
+                template["pid"].as_i64(),
+                "{unit}'s worker must not share the template's process group"
+            );
+        }
+    }
 }
 
 #[test]

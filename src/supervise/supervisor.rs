@@ -1253,7 +1253,22 @@ impl Supervisor {
                     self.pids.remove(&Pid::from_raw(message.pid));
                     self.pids.insert(Pid::from_raw(new), unit.name.clone());
                     unit.pid = Some(Pid::from_raw(new));
-                    unit.pgid = notify::process_group_of(new).map(Pid::from_raw);
+                    // Its group is what stop and exit SIGKILL; never a group another unit's process leads
+                    // (a worker still in its template's group would take the template down with it).
+                    let group = notify::process_group_of(new);
+                    let shared = group
+                        .is_some_and(|g| g != new && self.pids.keys().any(|p| p.as_raw() == g));
+                    if shared {
+                        warn!(
+                            "{}: new main pid {new} is in another service's process group; only it will be signalled",
+                            unit.name
+                        );
+                    }
+                    unit.pgid = if shared {
+                        None
+                    } else {
+                        group.map(Pid::from_raw)
+                    };
                 } else {
                     warn!(
                         "{}: MAINPID={new} ignored: not a child of stackinit",
