@@ -87,4 +87,10 @@ pub enum Command {
         /// The template's socket.
         socket: std::path::PathBuf,
     },
+    /// Start reading the files listed in LIST (one path per line) into the page cache, and exit: a boot-time
+    /// job that warms a cold disk for the app (see image/install.sh, which records the list).
+    Readahead {
+        /// The file list.
+        list: std::path::PathBuf,
+    },
 }

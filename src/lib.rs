@@ -12,4 +12,5 @@ pub mod init;
 pub mod logs;
 pub mod paths;
 pub mod proxy;
+pub mod readahead;
 pub mod supervise;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Some(Command::Proxy(config)) => stackinit::proxy::main(config),
         Some(Command::DemoWorker) => stackinit::demo::worker_main(),
         Some(Command::ForkFrom { socket }) => stackinit::fork_from::main(&socket),
+        Some(Command::Readahead { list }) => stackinit::readahead::main(&list),
         Some(command) => stackinit::control::client::main(&socket, command),
     }
 }
