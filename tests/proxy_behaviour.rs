@@ -168,6 +168,42 @@ fn connect_failures_are_retried_on_another_replica_for_any_method() {
 }
 
 #[test]
+fn a_request_whose_free_replica_refuses_waits_for_the_busy_one_and_the_proxy_stays_responsive() {
+    // Replica 0 refuses connections (nothing listens); replica 1 serves one request at a time and is busy.
+    // The second request fails on replica 0 and must wait for replica 1, not spin on replica 0's room.
+    let base = consecutive_ports(2);
+    let _r1 = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
+    let services = format!(
+        "[service.app]\ncommand = [\"true\"]\nreplicas = 2\nmax_in_flight = 1\nlisten = \"127.0.0.1:{base}\"\n{}",
+        one_location("app")
+    );
+    let s = setup("queue_timeout = \"20s\"", &services);
+    let addr = s.addr;
+    let slow = std::thread::spawn(move || get(addr, "t", "/slow?ms=1500").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let waiting = std::thread::spawn(move || get(addr, "t", "/fast").unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let health_started = Instant::now();
+    let health = get(s.addr, "any", "/healthz").unwrap();
+    assert_eq!(health.status, 200);
+    assert!(
+        health_started.elapsed() < Duration::from_millis(500),
+        "the proxy stalled while a request waited: /healthz took {:?}",
+        health_started.elapsed()
+    );
+    let reply = waiting.join().unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["id"], "r1");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(5),
+        "it should have waited for the slow request on r1 to end, not {waited:?}"
+    );
+    assert_eq!(slow.join().unwrap().status, 200);
+}
+
+#[test]
 fn fast_requests_do_not_queue_behind_a_slow_one() {
     let base = consecutive_ports(2);
     let _a = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);

@@ -70,6 +70,9 @@ struct Waiter {
     slow: bool,
     /// Told a slot may be free and not yet back: the next free slot goes to someone else.
     woken: bool,
+    /// Told by another waiter that could not use the slot: if it cannot either, it does not pass it on
+    /// again (so two waiters that both tried the only free replica do not hand it back and forth).
+    passed_on: bool,
     wake: Arc<Notify>,
 }
 
@@ -160,6 +163,7 @@ impl Gate {
             arrived: Instant::now(),
             slow: cost.slow,
             woken: false,
+            passed_on: false,
             wake: Arc::clone(&wake),
         });
         Ticket {
@@ -172,16 +176,21 @@ impl Gate {
 
     /// A slot was freed: tell the best-ranked waiter not already told (that may take it).
     pub fn wake_one(&self) {
+        self.wake_best(None);
+    }
+
+    fn wake_best(&self, passed_from: Option<u64>) {
         let mut inner = self.lock();
         let now = Instant::now();
         let slow_ok = inner.admits(true);
         if let Some(w) = inner
             .waiters
             .iter_mut()
-            .filter(|w| !w.woken && (slow_ok || !w.slow))
+            .filter(|w| !w.woken && Some(w.id) != passed_from && (slow_ok || !w.slow))
             .min_by_key(|w| w.rank(now))
         {
             w.woken = true;
+            w.passed_on = passed_from.is_some();
             w.wake.notify_one();
         }
     }
@@ -217,15 +226,19 @@ impl Ticket {
     }
 
     /// Told, but there was no slot for this request: wait for the next one, keeping the place.
-    pub fn not_served(&self) {
-        if let Some(w) = self
-            .gate
-            .lock()
-            .waiters
-            .iter_mut()
-            .find(|w| w.id == self.id)
-        {
+    /// `room_left`: a slot is free that this request cannot use (it already tried that replica); it goes to
+    /// the next waiter, unless this request was itself handed it by another that could not use it.
+    pub fn not_served(&self, room_left: bool) {
+        let pass = {
+            let mut inner = self.gate.lock();
+            let Some(w) = inner.waiters.iter_mut().find(|w| w.id == self.id) else {
+                return;
+            };
             w.woken = false;
+            !std::mem::take(&mut w.passed_on)
+        };
+        if room_left && pass {
+            self.gate.wake_best(Some(self.id));
         }
     }
 
@@ -379,13 +392,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slot_nobody_can_use_is_passed_on_once_not_back_and_forth() {
+        // Both waiters already tried the one replica with room (its connect failed): the first passes the
+        // slot to the second, which keeps it to itself; neither spins.
+        let gate = Gate::new();
+        let a = gate.enqueue(gate.classify("/"));
+        let b = gate.enqueue(gate.classify("/"));
+        gate.wake_one();
+        a.woken().await;
+        a.not_served(true);
+        tokio::time::timeout(Duration::from_millis(100), b.woken())
+            .await
+            .expect("passed on to the next waiter");
+        b.not_served(true);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), a.woken())
+                .await
+                .is_err(),
+            "not handed back"
+        );
+        // The next real event still reaches the first in line.
+        gate.wake_one();
+        tokio::time::timeout(Duration::from_millis(100), a.woken())
+            .await
+            .expect("a new slot goes to the first waiter");
+    }
+
+    #[tokio::test]
     async fn a_waiter_told_in_vain_keeps_its_place() {
         let gate = Gate::new();
         let first = gate.enqueue(gate.classify("/"));
         let second = gate.enqueue(gate.classify("/"));
         gate.wake_one();
         first.woken().await;
-        first.not_served();
+        first.not_served(false);
         gate.wake_one();
         tokio::time::timeout(Duration::from_millis(100), first.woken())
             .await

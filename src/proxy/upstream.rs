@@ -370,9 +370,12 @@ impl Upstream {
             self.gate.wake_one();
         }
         loop {
-            if tokio::time::timeout_at(deadline, ticket.woken())
-                .await
-                .is_err()
+            // Checked here too: a stored wake-up makes `woken` ready at once, and no path may loop without
+            // ever reaching the deadline.
+            if tokio::time::Instant::now() >= deadline
+                || tokio::time::timeout_at(deadline, ticket.woken())
+                    .await
+                    .is_err()
             {
                 return None;
             }
@@ -380,11 +383,8 @@ impl Upstream {
                 ticket.served();
                 return Some(index);
             }
-            ticket.not_served();
-            // The slot was one this request already tried: the next waiter may use it.
-            if self.has_room() {
-                self.gate.wake_one();
-            }
+            // The free slot (if any) is on a replica this request already tried: the next waiter may use it.
+            ticket.not_served(self.has_room());
         }
     }
 
