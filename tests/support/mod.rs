@@ -156,7 +156,16 @@ impl Stack {
                 return Some(status);
             }
             if Instant::now() > deadline {
+                // stackinit did not stop in time (the failure under test, maybe): take its whole tree with
+                // it, or its services would outlive the test as orphans.
+                let tree = descendants_of(child.id());
                 let _ = child.kill();
+                for pid in tree {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
                 return child.wait().ok();
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -168,6 +177,19 @@ impl Drop for Stack {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Every process below `pid` (children, their children, ...).
+pub fn descendants_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for (child, _) in children_of(parent) {
+            found.push(child);
+            frontier.push(child);
+        }
+    }
+    found
 }
 
 /// Processes whose parent is `ppid`, with their state letter (from /proc).
