@@ -14,6 +14,7 @@
 #   si-gunicorn stackinit run: its proxy -> 3 replicas of `gunicorn --workers 1` (no --bind: LISTEN_FDS),
 #               one socket per replica, fewest-in-flight routing
 #   si-lean     the same with app/stackinit_wsgi.py (one process per replica, no master)
+#   si-forked   3 replicas forked from one `stackinit_wsgi.py --template` (`stackinit fork-from`), as the AMI runs
 #   seed-nice   the seed with nginx at `worker_priority -5`, the priority stackinit's proxy gets as root:
 #               what CPU priority alone buys the seed (the fast requests' tail on a saturated 2-core box is
 #               mostly time slices lost to the CPU-bound workers)
@@ -63,7 +64,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port)
+P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port); P_SIF=$(port)
 
 DJANGO_ENV=(DJANGO_SETTINGS_MODULE=mysite.settings "STACKINIT_DB_PATH=$TMP/db.sqlite3"
   "STACKINIT_STATIC_ROOT=$TMP/staticfiles" PYTHONDONTWRITEBYTECODE=1)
@@ -111,7 +112,7 @@ nginx -p "$TMP/seedp" -c "$TMP/seedp/nginx.conf" &
 PIDS+=($!)
 
 # ---- stackinit stacks --------------------------------------------------------------------------------
-si_stack() { # name, port, command (TOML array), notify
+si_stack() { # name, port, command (TOML array), notify, [extra TOML before [service.app]]
   local dir=$TMP/$1
   mkdir -p "$dir"
   chmod 755 "$dir"
@@ -121,7 +122,7 @@ logs_dir = "$dir/logs"
 control_socket = "$dir/control.sock"
 [init.imds]
 enabled = false
-
+${5:-}
 [service.app]
 command = $3
 directory = "$APP"
@@ -132,6 +133,7 @@ listen = "unix:$dir/app.sock"
 notify = $4
 readiness = { http = "/", expect = 200 }
 stop_grace = "10s"
+$([[ -n "${5:-}" ]] && echo 'after = ["app-template"]')
 
 [proxy]
 listen = ["127.0.0.1:$2"]
@@ -149,6 +151,15 @@ CONF
 }
 si_stack si-gunicorn "$P_SIG" "[\"$VENV/bin/gunicorn\", \"--workers\", \"1\", \"mysite.wsgi:application\"]" false
 si_stack si-lean "$P_SIL" "[\"$VENV/bin/python\", \"$APP/stackinit_wsgi.py\", \"--no-access-log\", \"mysite.wsgi:application\"]" true
+si_stack si-forked "$P_SIF" "[\"$BIN\", \"fork-from\", \"$TMP/si-forked/app-template.sock\"]" true "
+[service.app-template]
+command = [\"$VENV/bin/python\", \"$APP/stackinit_wsgi.py\", \"--template\", \"--no-access-log\", \"mysite.wsgi:application\"]
+directory = \"$APP\"
+environment = { DJANGO_SETTINGS_MODULE = \"mysite.settings\", STACKINIT_DB_PATH = \"$TMP/db.sqlite3\", STACKINIT_STATIC_ROOT = \"$TMP/staticfiles\", PYTHONDONTWRITEBYTECODE = \"1\" }
+listen = \"unix:$TMP/si-forked/app-template.sock\"
+notify = true
+critical = false
+"
 
 wait_ok() { # port, path
   for _ in $(seq 600); do
@@ -161,8 +172,10 @@ wait_ok "$P_SEED" /
 wait_ok "$P_SEEDP" /
 wait_ok "$P_SIG" /healthz
 wait_ok "$P_SIL" /healthz
+wait_ok "$P_SIF" /healthz
 wait_ok "$P_SIG" /
 wait_ok "$P_SIL" /
+wait_ok "$P_SIF" /
 
 # ---- load ---------------------------------------------------------------------------------------------
 declare -A RPS FAST_P50 FAST_P99 MIXED_P99 SLOW_SHARE ERRORS
@@ -195,10 +208,11 @@ run seed "$P_SEED"
 run seed-nice "$P_SEEDP"
 run si-gunicorn "$P_SIG"
 run si-lean "$P_SIL"
+run si-forked "$P_SIF"
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 printf '%-12s %8s %10s %10s %11s %10s %9s %13s\n' stack rps fast-p50 fast-p99 mixed-p99 slow-share "rps/seed" "fast-p99/seed"
-for k in seed seed-nice si-gunicorn si-lean; do
+for k in seed seed-nice si-gunicorn si-lean si-forked; do
   printf '%-12s %8s %8sms %8sms %9sms %10s %9s %13s\n' "$k" "${RPS[$k]}" "${FAST_P50[$k]}" "${FAST_P99[$k]}" \
     "${MIXED_P99[$k]}" "${SLOW_SHARE[$k]}" "$(ratio "${RPS[$k]}" "${RPS[seed]}")" \
     "$(ratio "${FAST_P99[$k]}" "${FAST_P99[seed]}")"
@@ -221,7 +235,7 @@ replica_pids() { # control socket -> the pid of each app@N
 echo
 echo "memory per replica (after the load; MiB):"
 printf '%-12s %8s %8s %s\n' stack rss pss processes
-for k in si-gunicorn si-lean; do
+for k in si-gunicorn si-lean si-forked; do
   tot_rss=0; tot_pss=0; procs=0
   for pid in $(replica_pids "$TMP/$k/control.sock"); do
     group=("$pid" $(pgrep -P "$pid" || true))
