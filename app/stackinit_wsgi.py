@@ -34,6 +34,7 @@ import argparse
 import array
 import fcntl
 import importlib
+import io
 import json
 import os
 import selectors
@@ -833,6 +834,28 @@ def fork_worker(app, fds, request, access_log, control, conn):
     return int(answer)
 
 
+def warm_up(app, path):
+    """Serve one GET in-process before forking, so what the first request loads lazily (templates, URL
+    resolvers, more modules) is loaded once in the template and shared, not paid by every new worker."""
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "localhost",
+               "REMOTE_ADDR": "127.0.0.1", "wsgi.version": (1, 0), "wsgi.input": io.BytesIO(),
+               "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http", "wsgi.multithread": False,
+               "wsgi.multiprocess": True, "wsgi.run_once": False}
+    status = []
+    try:
+        result = app(environ, lambda s, headers, exc_info=None: status.append(s))
+        try:
+            for _ in result:
+                pass
+        finally:
+            if hasattr(result, "close"):
+                result.close()  # Django closes its database connections here: none may cross the fork
+        log(f"warm-up GET {path}: {status[0] if status else 'no status'}")
+    except Exception as err:  # noqa: BLE001 - a failed warm-up only costs the first request its head start
+        log(f"warm-up GET {path} failed: {err}")
+
+
 def exit_now(*_):
     """SIGTERM in the template: raising from the handler ends the blocking accept() at once."""
     raise SystemExit(0)
@@ -848,6 +871,8 @@ def template_main(args):
     control = listeners[0]
     sys.path.insert(0, os.getcwd())
     app = load_app(args.app)
+    if args.warm_up:
+        warm_up(app, args.warm_up)
     if stop:
         return 0
     control.settimeout(None)
@@ -890,6 +915,8 @@ def main(argv=None):
     parser.add_argument("--no-access-log", action="store_true", help="do not log each request to stderr")
     parser.add_argument("--template", action="store_true",
                         help="load the app once and fork workers for `stackinit fork-from` on the inherited socket")
+    parser.add_argument("--warm-up", metavar="PATH",
+                        help="with --template: serve one GET PATH in-process before forking (e.g. /)")
     args = parser.parse_args(argv)
     if args.template:
         return template_main(args)

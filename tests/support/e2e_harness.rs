@@ -166,7 +166,7 @@ impl SeedConfig<'_> {
                 format!(
                     r#"
 [service.app-template]
-command = ["{py}", "{wsgi}", "--template", "--no-access-log", "mysite.wsgi:application"]
+command = ["{py}", "{wsgi}", "--template", "--warm-up", "/", "--no-access-log", "mysite.wsgi:application"]
 directory = "{app}"
 environment = {env}
 listen = "unix:{template_socket}"
