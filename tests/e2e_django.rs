@@ -218,14 +218,9 @@ fn seed_stack_serves(server: AppServer, own: &Region, other: &Region) {
     }
     assert!(seed.shared.path().join("db.sqlite3").exists(), "no db");
     // The proxy outranks the CPU-bound workers (init is root here): nice -5 against their 0.
-    let nice_of = |unit: &str| {
-        let pid = seed.stack.pid_of(unit).expect("pid");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
-    };
-    assert_eq!(nice_of("proxy"), -5);
-    assert_eq!(nice_of("app@0"), 0);
+    let nice = |unit: &str| support::nice_of(seed.stack.pid_of(unit).expect("pid"));
+    assert_eq!(nice("proxy"), -5);
+    assert_eq!(nice("app@0"), 0);
 
     for host in [
         own.public_hostname,
@@ -376,8 +371,7 @@ fn kill9_under_load(server: AppServer) {
         assert_eq!(template["state"], "running", "{template}");
         for unit in seed.app_units() {
             let pid = seed.stack.pid_of(&unit).expect("pid");
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            let fields = support::stat_fields(pid as u32).expect("worker alive");
             assert_eq!(
                 fields[1].parse::<u32>().unwrap(),
                 seed.stack.pid(),

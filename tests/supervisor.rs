@@ -638,19 +638,9 @@ start_secs = "100ms"
     std::fs::set_permissions(stack.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     stack.wait_state("locked", "running", Duration::from_secs(5));
     stack.wait_state("netadmin", "running", Duration::from_secs(5));
-    let nice_of = |name: &str| {
-        let pid = stack.pid_of(name).expect("pid");
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the parenthesised command; nice is field 19 overall.
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        after.split(' ').nth(16).unwrap().parse::<i32>().unwrap()
-    };
-    assert_eq!(
-        nice_of("locked"),
-        -3,
-        "nice = -3 (set before dropping root)"
-    );
-    assert_eq!(nice_of("netadmin"), 0);
+    let nice = |name: &str| nice_of(stack.pid_of(name).expect("pid"));
+    assert_eq!(nice("locked"), -3, "nice = -3 (set before dropping root)");
+    assert_eq!(nice("netadmin"), 0);
     let written = |f: &str| std::fs::read_to_string(dir.join(f)).is_ok_and(|t| t.ends_with('\n'));
     assert!(wait_until(Duration::from_secs(5), || written("locked.env")
         && written("netadmin.status")));

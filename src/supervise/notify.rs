@@ -82,9 +82,15 @@ pub fn drain(fd: &OwnedFd) -> Vec<Notification> {
 
 /// The parent pid of `pid`, from /proc.
 pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)
+}
+
+/// Field `index` of /proc/PID/stat, counted after the command (which may contain spaces): 0 is the state,
+/// 1 the parent pid, 2 the process group.
+fn stat_field(pid: i32, index: usize) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
+    rest.split(' ').nth(index)?.parse().ok()
 }
 
 async fn receive(socket: UnixDatagram, tx: mpsc::UnboundedSender<Notification>) {
@@ -134,9 +140,7 @@ fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<Notific
 
 /// The process group of `pid`, to attribute messages from a service's children (gunicorn workers).
 pub fn process_group_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(2)?.parse().ok()
+    stat_field(pid, 2)
 }
 
 #[cfg(test)]

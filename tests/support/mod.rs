@@ -202,21 +202,30 @@ pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Some(fields) = stat_fields(pid) else {
             continue;
         };
-        // comm may contain spaces: fields after the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let mut fields = rest.split(' ');
-        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let parent: u32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let state = fields.first().and_then(|s| s.chars().next()).unwrap_or('?');
+        let parent: u32 = fields.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if parent == ppid {
             out.push((pid, state));
         }
     }
     out
+}
+
+/// The fields of /proc/PID/stat after the command (which may contain spaces): [0] state, [1] parent pid,
+/// [2] process group, ... [16] nice.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split(' ').map(String::from).collect())
+}
+
+/// The nice value of a running process.
+pub fn nice_of(pid: i32) -> i32 {
+    let fields = stat_fields(pid as u32).expect("process gone");
+    fields[16].parse().expect("nice field")
 }
 
 pub fn process_exists(pid: i32) -> bool {
