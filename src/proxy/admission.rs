@@ -62,6 +62,22 @@ impl Inner {
     fn admits(&self, slow: bool) -> bool {
         !slow || self.slow_in_flight < self.slow_cap
     }
+
+    /// Tell the best-ranked waiter not already told (and not `passed_from`) that may take a slot.
+    fn wake_best(&mut self, passed_from: Option<u64>) {
+        let now = Instant::now();
+        let slow_ok = self.admits(true);
+        if let Some(w) = self
+            .waiters
+            .iter_mut()
+            .filter(|w| !w.woken && Some(w.id) != passed_from && (slow_ok || !w.slow))
+            .min_by_key(|w| w.rank(now))
+        {
+            w.woken = true;
+            w.passed_on = passed_from.is_some();
+            w.wake.notify_one();
+        }
+    }
 }
 
 struct Waiter {
@@ -119,13 +135,15 @@ impl Gate {
         }
     }
 
-    /// It ended, having held its replica this long (request sent to response body ended).
+    /// It ended, having held its replica this long (request sent to response body ended): learn its cost
+    /// and hand the freed slot to the next waiter, under one lock.
     pub fn finished(&self, cost: Cost, held: Duration) {
         let mut inner = self.lock();
         if cost.slow {
             inner.slow_in_flight = inner.slow_in_flight.saturating_sub(1);
         }
         inner.costs.record(cost.key, held);
+        inner.wake_best(None);
     }
 
     /// Whether a request of this cost may take a slot now (a slow one only below `slow_cap`).
@@ -180,19 +198,7 @@ impl Gate {
     }
 
     fn wake_best(&self, passed_from: Option<u64>) {
-        let mut inner = self.lock();
-        let now = Instant::now();
-        let slow_ok = inner.admits(true);
-        if let Some(w) = inner
-            .waiters
-            .iter_mut()
-            .filter(|w| !w.woken && Some(w.id) != passed_from && (slow_ok || !w.slow))
-            .min_by_key(|w| w.rank(now))
-        {
-            w.woken = true;
-            w.passed_on = passed_from.is_some();
-            w.wake.notify_one();
-        }
+        self.lock().wake_best(passed_from);
     }
 
     /// Room of unknown size appeared (a replica became ready, a limit changed): every waiter looks, best first.
@@ -340,7 +346,6 @@ mod tests {
             "a slow waiter is not told of a slot it may not take"
         );
         gate.finished(slow, Duration::from_millis(50));
-        gate.wake_one();
         tokio::time::timeout(Duration::from_millis(100), waiting_slow.woken())
             .await
             .expect("told once a slow request ended");

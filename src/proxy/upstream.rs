@@ -207,9 +207,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let gate = &self.replica.gate;
-        gate.finished(self.cost, self.since.elapsed());
-        gate.wake_one();
+        // Learns the cost and hands the slot to the next waiter.
+        self.replica.gate.finished(self.cost, self.since.elapsed());
         if let Some(sender) = self.connection.take() {
             self.replica.give_back(sender);
         }
