@@ -232,6 +232,64 @@ start_secs = "100ms"
 }
 
 #[test]
+fn a_crashed_main_process_leaves_its_workers_the_grace_period_to_finish() {
+    // A forking server in miniature: a master with one worker that finishes its work on TERM (as a
+    // gunicorn worker finishes its request) and one that ignores TERM.
+    let stack = Stack::start(
+        r#"
+[service.forking]
+command = ["sh", "-c", '''
+sh -c 'trap "sleep 0.4; touch {dir}/finished-$$; exit 0" TERM; echo $$ >> {dir}/polite; while :; do sleep 0.05; done' &
+sh -c 'trap "" TERM; echo $$ >> {dir}/stubborn; exec sleep 100000' &
+echo $$ >> {dir}/main
+wait
+''']
+start_secs = "100ms"
+stop_grace = "1500ms"
+"#,
+    );
+    stack.wait_state("forking", "running", Duration::from_secs(5));
+    let first = |file: &str| -> i32 {
+        assert!(wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(stack.path(file)).is_ok_and(|s| s.ends_with('\n'))
+        }));
+        let text = std::fs::read_to_string(stack.path(file)).unwrap();
+        text.lines().next().unwrap().trim().parse().unwrap()
+    };
+    let (main, polite, stubborn) = (first("main"), first("polite"), first("stubborn"));
+    kill9(main);
+    let t0 = Instant::now();
+    // The polite worker is told to stop and given the time it needs: its work is not cut off.
+    assert!(
+        wait_until(Duration::from_secs(5), || stack
+            .path(&format!("finished-{polite}"))
+            .exists()),
+        "the worker was killed before it could finish"
+    );
+    assert!(wait_until(Duration::from_secs(2), || !process_exists(
+        polite
+    )));
+    // The service itself restarts at once; it does not wait for the old group.
+    assert!(wait_until(Duration::from_secs(2), || stack
+        .pid_of("forking")
+        .is_some_and(|p| p != main)));
+    // The stubborn one is SIGKILLed when the grace period ends, not before and not never.
+    assert!(
+        process_exists(stubborn) || t0.elapsed() >= Duration::from_millis(1400),
+        "killed before its grace period"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_exists(stubborn)),
+        "a worker that ignores TERM outlived the grace period"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "killed after {:?}, before its grace period",
+        t0.elapsed()
+    );
+}
+
+#[test]
 fn orphans_of_services_are_reaped_when_not_pid_1() {
     let stack = Stack::start(
         r#"

@@ -60,6 +60,11 @@ pub enum Action {
     SignalStop,
     /// SIGKILL the whole process group (grandchildren included).
     KillGroup,
+    /// The main process died on its own: ask what is left of its group (a forking server's workers,
+    /// perhaps mid-request) to stop with the stop signal, and SIGKILL it after the grace period. As
+    /// systemd does for a service whose main process exits; an immediate SIGKILL would cut off the
+    /// responses those workers are still writing.
+    StopLeftovers,
 }
 
 /// The policy knobs the machine needs, taken from the service spec.
@@ -239,7 +244,7 @@ impl Machine {
             }
             (Starting | Running, Event::Exited { status, uptime }) => {
                 self.last_exit = Some(status);
-                let mut actions = vec![KillGroup, CancelTimer];
+                let mut actions = vec![StopLeftovers, CancelTimer];
                 if policy.oneshot && policy.is_success(status) {
                     self.state = Exited;
                     self.succeeded = true;
@@ -396,6 +401,24 @@ mod tests {
         m.on(Event::Start, &p, 0.0);
         assert_eq!(m.state, State::Starting);
         assert_eq!(m.failed_starts, 0);
+    }
+
+    #[test]
+    fn a_crash_lets_the_rest_of_the_group_finish_but_a_stop_does_not_wait() {
+        let p = policy();
+        let mut m = Machine::default();
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        // The main process died on its own: its workers get the stop signal and the grace period.
+        let actions = m.on(exit(1, 5), &p, 0.0);
+        assert_eq!(actions[0], Action::StopLeftovers);
+        assert!(!actions.contains(&Action::KillGroup));
+        // After a stop the main process has had its grace period already: what is left is killed.
+        m.on(Event::Start, &p, 0.0);
+        m.on(Event::BackoffElapsed, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        m.on(Event::Stop, &p, 0.0);
+        assert_eq!(m.on(exit(0, 5), &p, 0.0)[0], Action::KillGroup);
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub struct Supervisor {
     proxy_writer: Option<JoinHandle<()>>,
     shutdown: Option<Shutdown>,
     rollouts: Vec<Rollout>,
+    /// Process groups whose main process died on its own, told to stop and SIGKILLed when their grace
+    /// period ends (`Action::StopLeftovers`).
+    leftovers: Vec<Leftover>,
     pending: VecDeque<(String, Event)>,
     rng: u64,
     requests: mpsc::UnboundedReceiver<Request>,
@@ -93,6 +96,13 @@ pub struct Supervisor {
     /// When the next WATCHDOG=1 to systemd is due (half of its WATCHDOG_USEC).
     systemd_watchdog: Option<(Duration, Instant)>,
     power_button: Option<mpsc::UnboundedReceiver<()>>,
+}
+
+/// What is left of a unit's process group after its main process died on its own.
+struct Leftover {
+    unit: String,
+    pgid: Pid,
+    kill_at: Instant,
 }
 
 fn rng_seed() -> u64 {
@@ -138,6 +148,7 @@ impl Supervisor {
             proxy_writer: None,
             shutdown: None,
             rollouts: Vec::new(),
+            leftovers: Vec::new(),
             pending: VecDeque::new(),
             rng: rng_seed(),
             requests,
@@ -450,11 +461,13 @@ impl Supervisor {
         let drains = self.units.values().filter_map(|u| u.drain_until);
         let rollouts = self.rollouts.iter().filter_map(|r| r.deadline);
         let systemd = self.systemd_watchdog.map(|(_, due)| due);
+        let leftovers = self.leftovers.iter().map(|l| l.kill_at);
         let drain = drain
             .into_iter()
             .chain(drains)
             .chain(rollouts)
-            .chain(systemd);
+            .chain(systemd)
+            .chain(leftovers);
         units.chain(watchdogs).chain(execs).chain(drain).min()
     }
 
@@ -479,6 +492,7 @@ impl Supervisor {
             self.restart_unit(&name);
         }
         self.halt_overdue_rollouts(now);
+        self.kill_overdue_leftovers(now);
         if let Some(s) = &mut self.shutdown {
             if s.drain_until.is_some_and(|t| t <= now) {
                 s.drain_until = None;
@@ -556,6 +570,32 @@ impl Supervisor {
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => break, // ECHILD: nothing left
+            }
+        }
+        // A group whose last process has just been reaped needs no SIGKILL later.
+        self.leftovers
+            .retain(|l| signal::killpg(l.pgid, None).is_ok());
+    }
+
+    fn kill_overdue_leftovers(&mut self, now: Instant) {
+        let (overdue, waiting) = std::mem::take(&mut self.leftovers)
+            .into_iter()
+            .partition(|l| l.kill_at <= now);
+        self.leftovers = waiting;
+        for l in overdue {
+            // Once empty, a group's number may be taken by a unit started since; never kill that one.
+            if self
+                .units
+                .values()
+                .any(|u| u.pid.is_some() && u.pgid == Some(l.pgid))
+            {
+                continue;
+            }
+            if signal::killpg(l.pgid, Signal::SIGKILL).is_ok() {
+                warn!(
+                    "{}: processes left in group {} did not stop within the grace period; killed",
+                    l.unit, l.pgid
+                );
             }
         }
     }
@@ -641,6 +681,26 @@ impl Supervisor {
                         // ESRCH just means the group is already empty.
                         let _ = signal::killpg(pgid, Signal::SIGKILL);
                     }
+                }
+            }
+            A::StopLeftovers => {
+                let Some(u) = self.units.get(name) else {
+                    return;
+                };
+                let Some(pgid) = u.pgid else {
+                    return;
+                };
+                // ESRCH: the main process was alone; nothing is left to stop.
+                if signal::killpg(pgid, u.stop_signal).is_ok() {
+                    info!(
+                        "{name}: main process gone; stopping what is left of group {pgid} with {}",
+                        u.stop_signal.as_str()
+                    );
+                    self.leftovers.push(Leftover {
+                        unit: name.to_string(),
+                        pgid,
+                        kill_at: Instant::now() + u.policy.stop_grace,
+                    });
                 }
             }
         }
@@ -916,6 +976,7 @@ impl Supervisor {
             .as_ref()
             .is_some_and(|s| s.drain_until.is_none())
             && self.units.values().all(|u| u.is_down())
+            && self.leftovers.is_empty()
     }
 
     fn begin_shutdown(&mut self, outcome: Outcome) {
