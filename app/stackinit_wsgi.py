@@ -33,6 +33,7 @@ memory copy-on-write. The template must be restarted to load new code (`stackini
 import argparse
 import array
 import fcntl
+import gc
 import importlib
 import io
 import json
@@ -157,6 +158,14 @@ def watchdog_interval():
     except ValueError:
         log(f"ignoring bad WATCHDOG_USEC={usec!r}")
         return None
+
+
+def freeze_heap():
+    """Once the app is loaded: collect, then move what is left to the permanent generation, which no collection
+    scans. Else the first full collections traverse Django's whole import-time heap, 30-40 ms each (measured),
+    while requests wait. gunicorn gets the same from gunicorn.conf.py."""
+    gc.collect()
+    gc.freeze()
 
 
 def load_app(spec):
@@ -873,6 +882,9 @@ def template_main(args):
     app = load_app(args.app)
     if args.warm_up:
         warm_up(app, args.warm_up)
+    # Forked workers inherit a frozen heap: no collection in them scans it (no 30-40 ms pauses) or touches
+    # its pages (they stay shared with the template).
+    freeze_heap()
     if stop:
         return 0
     control.settimeout(None)
@@ -931,6 +943,7 @@ def main(argv=None):
     # Like gunicorn: the working directory is importable, so `mysite.wsgi` resolves from /srv/app.
     sys.path.insert(0, os.getcwd())
     app = load_app(args.app)
+    freeze_heap()
 
     server = Server(app, listeners, access_log=not args.no_access_log)
     signal.signal(signal.SIGTERM, server.stop)
