@@ -23,7 +23,8 @@
 # Usage: benches/app/run.sh [seconds] [connections] [probe-connections]
 # Needs: wrk, nginx, the venv (STACKINIT_TEST_VENV or .cache/venv, see scripts/test), and a release build
 # of stackinit (built here if missing or older than the sources; that takes minutes on a busy machine).
-# STACKINIT=path picks another binary; KEEP=1 keeps the temp dir (logs, wrk outputs).
+# STACKINIT=path picks another binary; KEEP=1 keeps the temp dir (logs, wrk outputs); STACKS="si-forked" runs
+# only those stackinit stacks (the seed always runs: every ratio is to it).
 set -euo pipefail
 
 DURATION=${1:-15}
@@ -65,6 +66,10 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port); P_SIF=$(port)
+ALL_STACKS="seed seed-nice si-gunicorn si-lean si-forked"
+SELECTED="seed ${STACKS:-$ALL_STACKS}"
+wanted() { [[ " $SELECTED " == *" $1 "* ]]; }
+for k in $SELECTED; do [[ " $ALL_STACKS " == *" $k "* ]] || die "unknown stack $k (have: $ALL_STACKS)"; done
 
 DJANGO_ENV=(DJANGO_SETTINGS_MODULE=mysite.settings "STACKINIT_DB_PATH=$TMP/db.sqlite3"
   "STACKINIT_STATIC_ROOT=$TMP/staticfiles" PYTHONDONTWRITEBYTECODE=1)
@@ -113,6 +118,7 @@ PIDS+=($!)
 
 # ---- stackinit stacks --------------------------------------------------------------------------------
 si_stack() { # name, port, command (TOML array), notify, [extra TOML before [service.app]]
+  wanted "$1" || return 0
   local dir=$TMP/$1
   mkdir -p "$dir"
   chmod 755 "$dir"
@@ -168,14 +174,9 @@ wait_ok() { # port, path
   done
   die "127.0.0.1:$1$2 never answered 200"
 }
-wait_ok "$P_SEED" /
-wait_ok "$P_SEEDP" /
-wait_ok "$P_SIG" /healthz
-wait_ok "$P_SIL" /healthz
-wait_ok "$P_SIF" /healthz
-wait_ok "$P_SIG" /
-wait_ok "$P_SIL" /
-wait_ok "$P_SIF" /
+declare -A PORT=([seed]=$P_SEED [seed-nice]=$P_SEEDP [si-gunicorn]=$P_SIG [si-lean]=$P_SIL [si-forked]=$P_SIF)
+for k in $SELECTED; do if [[ $k == si-* ]]; then wait_ok "${PORT[$k]}" /healthz; fi; done
+for k in $SELECTED; do wait_ok "${PORT[$k]}" /; done
 
 # ---- load ---------------------------------------------------------------------------------------------
 declare -A RPS FAST_P50 FAST_P99 MIXED_P99 SLOW_SHARE ERRORS
@@ -204,15 +205,11 @@ run() { # label, port
 }
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); mixed: wrk -t2 -c$CONNS -d${DURATION}s -s mixed.lua;" \
   "probe: wrk -t1 -c$PROBE_CONNS -d${DURATION}s on /; stackinit: $BIN" >&2
-run seed "$P_SEED"
-run seed-nice "$P_SEEDP"
-run si-gunicorn "$P_SIG"
-run si-lean "$P_SIL"
-run si-forked "$P_SIF"
+for k in $SELECTED; do run "$k" "${PORT[$k]}"; done
 
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 printf '%-12s %8s %10s %10s %11s %10s %9s %13s\n' stack rps fast-p50 fast-p99 mixed-p99 slow-share "rps/seed" "fast-p99/seed"
-for k in seed seed-nice si-gunicorn si-lean si-forked; do
+for k in $SELECTED; do
   printf '%-12s %8s %8sms %8sms %9sms %10s %9s %13s\n' "$k" "${RPS[$k]}" "${FAST_P50[$k]}" "${FAST_P99[$k]}" \
     "${MIXED_P99[$k]}" "${SLOW_SHARE[$k]}" "$(ratio "${RPS[$k]}" "${RPS[seed]}")" \
     "$(ratio "${FAST_P99[$k]}" "${FAST_P99[seed]}")"
@@ -235,7 +232,8 @@ replica_pids() { # control socket -> the pid of each app@N
 echo
 echo "memory per replica (after the load; MiB):"
 printf '%-12s %8s %8s %s\n' stack rss pss processes
-for k in si-gunicorn si-lean si-forked; do
+for k in $SELECTED; do
+  [[ $k == si-* ]] || continue
   tot_rss=0; tot_pss=0; procs=0
   for pid in $(replica_pids "$TMP/$k/control.sock"); do
     group=("$pid" $(pgrep -P "$pid" || true))
