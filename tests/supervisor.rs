@@ -580,7 +580,7 @@ fn ready_pids(stack: &Stack, prefix: &str) -> Vec<(String, Option<i64>, bool)> {
 }
 
 #[test]
-fn rolling_restart_replaces_replicas_one_at_a_time() {
+fn rolling_restart_starts_each_new_replica_before_stopping_the_old_one() {
     let stack = Stack::start(&format!(
         r#"
 [service.web]
@@ -595,6 +595,11 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
     for i in 0..3 {
         stack.wait_state(&format!("web@{i}"), "running", Duration::from_secs(10));
     }
+    assert!(wait_until(Duration::from_secs(10), || ready_pids(
+        &stack, "web@"
+    )
+    .iter()
+    .all(|(_, _, ready)| *ready)));
     let before = ready_pids(&stack, "web@");
     let out = stack.cli(&["restart", "web"]);
     assert!(out.status.success(), "{out:?}");
@@ -602,12 +607,23 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
         String::from_utf8_lossy(&out.stdout).contains("rolling"),
         "{out:?}"
     );
-    // Watch the rollout: never more than one replica out of service at a time.
-    let mut worst = 0;
+    // Watch the rollout: a successor `web@N.next` starts beside each replica, and at every moment at
+    // least three processes are ready (capacity never drops).
+    let mut fewest_ready = usize::MAX;
+    let mut successors = std::collections::BTreeSet::new();
     let done = wait_until(Duration::from_secs(20), || {
         let now = ready_pids(&stack, "web@");
-        worst = worst.max(now.iter().filter(|(_, _, ready)| !ready).count());
-        now.iter().zip(&before).all(|(n, b)| n.2 && n.1 != b.1)
+        fewest_ready = fewest_ready.min(now.iter().filter(|(_, _, ready)| *ready).count());
+        successors.extend(
+            now.iter()
+                .filter(|(name, _, _)| name.ends_with(".next"))
+                .map(|(name, _, _)| name.clone()),
+        );
+        now.len() == 3
+            && now
+                .iter()
+                .zip(&before)
+                .all(|(n, b)| n.0 == b.0 && n.2 && n.1 != b.1)
     });
     assert!(
         done,
@@ -616,7 +632,87 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
         stack.status(),
         stack.stderr()
     );
-    assert_eq!(worst, 1, "more than one replica was out at once");
+    assert_eq!(
+        fewest_ready, 3,
+        "a replica was out of service during the rollout"
+    );
+    assert!(
+        !successors.is_empty(),
+        "no successor was ever seen beside its replica"
+    );
+    for (name, pid, _) in &before {
+        let pid = pid.expect("pid") as i32;
+        assert!(
+            wait_until(Duration::from_secs(5), || !process_exists(pid)),
+            "{name}'s old process {pid} is still running"
+        );
+    }
+}
+
+/// The socket inode a replica serves (its fd 3, from LISTEN_FDS).
+fn socket_of(pid: i64) -> String {
+    std::fs::read_link(format!("/proc/{pid}/fd/3"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn after_rollouts_move_sockets_around_a_new_replica_still_gets_its_own() {
+    let stack = Stack::start(&format!(
+        r#"
+[service.web]
+{}
+replicas = 3
+listen = "unix:{{dir}}/web.sock"
+start_secs = "0s"
+readiness = {{ http = "/", expect = 200, period = "100ms" }}
+"#,
+        fd3_server(200)
+    ));
+    let all_ready = |stack: &Stack, n: usize| {
+        wait_until(Duration::from_secs(20), || {
+            let now = ready_pids(stack, "web@");
+            now.len() == n && now.iter().all(|(_, _, ready)| *ready)
+        })
+    };
+    assert!(all_ready(&stack, 3), "{}", stack.status());
+    // Two rollouts: each successor takes the free socket, so the replicas no longer sit on web@N.sock.
+    for _ in 0..2 {
+        let before = ready_pids(&stack, "web@");
+        assert!(stack.cli(&["restart", "web"]).status.success());
+        assert!(wait_until(Duration::from_secs(20), || {
+            let now = ready_pids(&stack, "web@");
+            now.len() == 3 && now.iter().zip(&before).all(|(n, b)| n.2 && n.1 != b.1)
+        }));
+    }
+    // One replica more, and a release that never gets ready: the rollout halts at once, so the three old
+    // processes stay on the sockets the rollouts left them, beside the new fourth replica.
+    let four = std::fs::read_to_string(&stack.config)
+        .unwrap()
+        .replace("replicas = 3", "replicas = 4")
+        .replace("HTTP/1.0 200", "HTTP/1.0 500");
+    std::fs::write(&stack.config, four).unwrap();
+    let out = stack.cli(&["reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let replicas = || -> Vec<i64> {
+        ready_pids(&stack, "web@")
+            .into_iter()
+            .filter(|(name, _, _)| !name.ends_with(".next"))
+            .filter_map(|(_, pid, _)| pid)
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || replicas().len() == 4),
+        "{}",
+        stack.status()
+    );
+    let sockets: std::collections::BTreeSet<String> =
+        replicas().into_iter().map(socket_of).collect();
+    assert_eq!(sockets.len(), 4, "two replicas share a socket: {sockets:?}");
+    assert!(
+        sockets.iter().all(|s| s.starts_with("socket:")),
+        "{sockets:?}"
+    );
 }
 
 #[test]
@@ -652,10 +748,14 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
         "{}",
         stack.unit("web@0")
     );
-    let after = ready_pids(&stack, "web@");
-    assert!(!after[0].2, "the broken replica is not ready");
-    assert_eq!(after[1], before[1], "web@1 still runs the old release");
-    assert_eq!(after[2], before[2], "web@2 still runs the old release");
+    // The new process never took a replica's place: all three old ones still run and serve, and the
+    // failed successor is stopped and gone from the table.
+    assert!(
+        wait_until(Duration::from_secs(10), || ready_pids(&stack, "web@")
+            == before),
+        "{} (before: {before:?})",
+        stack.status()
+    );
     let reason = stack.unit("web@0")["reason"]
         .as_str()
         .unwrap_or("")

@@ -48,9 +48,14 @@ struct Rollout {
     pending: VecDeque<String>,
     /// The replica being replaced, and the pid it had before.
     current: Option<(String, Option<Pid>)>,
-    /// The current replica must be ready again by then, or the rollout halts.
+    /// Its successor, started beside it on the service's free socket (`NAME@N.next`), if there is one.
+    successor: Option<String>,
+    /// The new process must be ready by then, or the rollout halts.
     deadline: Option<Instant>,
 }
+
+/// The suffix of a surge successor's name while the replica it replaces still runs.
+const SUCCESSOR_SUFFIX: &str = ".next";
 
 /// How long a replica is out of routing before a rolling restart stops it: enough for the proxy to hear
 /// it is not ready and stop sending it new requests, so only in-flight ones reach the stopping process.
@@ -254,6 +259,7 @@ impl Supervisor {
                 spawn_error: None,
                 waiting_for: None,
                 retired: false,
+                surge: false,
                 drain_until: None,
                 health: Default::default(),
                 spec: spec.clone(),
@@ -318,6 +324,50 @@ impl Supervisor {
                         mode: 0o666,
                     },
                 ));
+            }
+        }
+        // The spare socket of each replicated service, for rolling restarts that start the new process
+        // before stopping the old. Optional: one that collides with another address or cannot be bound
+        // only means that service's rollouts stop each replica before starting its successor.
+        let mut spares: Vec<(String, sockets::UnixPerms)> = Vec::new();
+        for (service, pool) in self.replica_address_pools() {
+            let Some(spec) = self.config.service.get(&service) else {
+                continue;
+            };
+            let mode =
+                u32::from_str_radix(spec.listen_mode.trim_start_matches("0o"), 8).unwrap_or(0o660);
+            let owner = spec.user.as_deref().and_then(launch::uid_of);
+            let group = proxy_group.or_else(|| spec.group.as_deref().and_then(launch::gid_of));
+            for addr in pool {
+                if !wanted.iter().any(|(a, _)| *a == addr) {
+                    spares.push((addr, sockets::UnixPerms { owner, group, mode }));
+                }
+            }
+        }
+        let claimed_elsewhere = |addr: &str| {
+            let mut others = self.config.service.values().flat_map(|s| {
+                s.listen
+                    .iter()
+                    .flat_map(|l| l.to_vec())
+                    .flat_map(move |a| sockets::replica_addresses(&a, s.replicas.max(1)))
+            });
+            others.any(|a| a == addr)
+        };
+        for (addr, perms) in spares {
+            if self.listeners.contains_key(&addr) || claimed_elsewhere(&addr) {
+                continue;
+            }
+            let bound = ListenAddr::parse(&addr)
+                .map_err(|e| e.to_string())
+                .and_then(|parsed| sockets::bind(&parsed, perms).map_err(|e| e.to_string()));
+            match bound {
+                Ok(listener) => {
+                    debug!("bound spare {addr}");
+                    self.listeners.insert(addr, Rc::new(listener));
+                }
+                Err(e) => warn!(
+                    "cannot bind the spare socket {addr} ({e}); rolling restarts will stop each replica before starting the new one"
+                ),
             }
         }
         for (addr, perms) in wanted {
@@ -489,7 +539,12 @@ impl Supervisor {
             })
             .collect();
         for name in drained {
-            self.restart_unit(&name);
+            // A replica whose successor is ready stops for good; any other drained one restarts.
+            if self.units.get(&name).is_some_and(|u| u.retired) {
+                self.dispatch(&name, Event::Stop);
+            } else {
+                self.restart_unit(&name);
+            }
         }
         self.halt_overdue_rollouts(now);
         self.kill_overdue_leftovers(now);
@@ -891,7 +946,7 @@ impl Supervisor {
                 let mut replicas = self
                     .units
                     .values()
-                    .filter(|u| &u.service == *dep)
+                    .filter(|u| &u.service == *dep && !u.surge && !u.retired)
                     .peekable();
                 replicas.peek().is_none() || !replicas.all(|u| u.is_ready())
             })
@@ -1022,14 +1077,20 @@ impl Supervisor {
 
     /// Move each rolling restart on: when the replica being replaced is ready again (a new process),
     /// drain the next one out of routing; its restart follows when the drain period is over.
+    /// One replica at a time. With a free socket (the service binds one more than it has replicas) the
+    /// new process starts beside the old one on it, and the old one is drained and stopped only once the new
+    /// one is ready: capacity never drops. Without one, the replica is drained, stopped and started again.
     fn advance_rollouts(&mut self) {
         let mut done = Vec::new();
         for i in 0..self.rollouts.len() {
             if let Some((cur, old_pid)) = self.rollouts[i].current.clone() {
-                let replaced = self
-                    .units
-                    .get(&cur)
-                    .is_none_or(|u| u.is_ready() && u.pid.is_some() && u.pid != old_pid);
+                let replaced = match self.rollouts[i].successor.clone() {
+                    Some(successor) => self.advance_surge(i, &cur, &successor),
+                    None => self
+                        .units
+                        .get(&cur)
+                        .is_none_or(|u| u.is_ready() && u.pid.is_some() && u.pid != old_pid),
+                };
                 if !replaced {
                     continue;
                 }
@@ -1038,32 +1099,190 @@ impl Supervisor {
                     self.rollouts[i].service
                 );
                 self.rollouts[i].current = None;
+                self.rollouts[i].successor = None;
             }
             let Some(next) = self.rollouts[i].pending.pop_front() else {
                 done.push(i);
                 continue;
             };
             let now = Instant::now();
-            let Some(unit) = self.units.get_mut(&next) else {
+            let Some(unit) = self.units.get(&next) else {
                 continue;
             };
             let old_pid = unit.pid;
-            if unit.pid.is_some() {
-                unit.drain_until = Some(now + ROLLOUT_DRAIN);
+            let ready_timeout = unit.spec.ready_timeout.0;
+            let service = unit.service.clone();
+            let free = self.free_replica_addresses(&service);
+            if let (Some(_), Some(addresses)) = (old_pid, free) {
+                let successor = self.start_successor(&next, addresses);
+                self.rollouts[i].successor = successor;
+                self.rollouts[i].deadline = Some(now + ready_timeout);
             } else {
-                self.restart_unit(&next);
+                if old_pid.is_some() {
+                    if let Some(u) = self.units.get_mut(&next) {
+                        u.drain_until = Some(now + ROLLOUT_DRAIN);
+                    }
+                } else {
+                    self.restart_unit(&next);
+                }
+                self.rollouts[i].deadline = Some(now + ROLLOUT_DRAIN + ready_timeout);
             }
-            let ready_timeout = self
-                .units
-                .get(&next)
-                .map_or(Duration::from_secs(60), |u| u.spec.ready_timeout.0);
-            self.rollouts[i].deadline = Some(now + ROLLOUT_DRAIN + ready_timeout);
             self.rollouts[i].current = Some((next, old_pid));
         }
         for i in done.into_iter().rev() {
             let r = self.rollouts.remove(i);
             info!("rollout of {} done", r.service);
         }
+    }
+
+    /// One step of a surge replacement; true once the successor has taken the replica's place.
+    fn advance_surge(&mut self, rollout: usize, current: &str, successor: &str) -> bool {
+        let old_down = self.units.get(current).is_none_or(|u| u.is_down());
+        let retiring = self.units.get(current).is_none_or(|u| u.retired);
+        if retiring && old_down {
+            // The old process is gone: the successor takes the replica's name (and keeps its socket).
+            self.units.remove(current);
+            if let Some(mut unit) = self.units.remove(successor) {
+                unit.name = current.to_string();
+                unit.surge = false;
+                if let Some(pid) = unit.pid {
+                    self.pids.insert(pid, current.to_string());
+                }
+                self.units.insert(current.to_string(), unit);
+            }
+            self.publish_proxy_config();
+            return true;
+        }
+        let successor_ready = self.units.get(successor).is_some_and(|u| u.is_ready());
+        if successor_ready && !retiring {
+            info!("{successor} is ready; draining and stopping {current}");
+            if let Some(u) = self.units.get_mut(current) {
+                u.want_up = false;
+                u.retired = true;
+                if u.pid.is_some() {
+                    u.drain_until = Some(Instant::now() + ROLLOUT_DRAIN);
+                }
+            }
+            if self.units.get(current).is_some_and(|u| u.pid.is_none()) {
+                self.dispatch(current, Event::Stop);
+            }
+            // From here the old process only has to stop, which its grace period bounds.
+            self.rollouts[rollout].deadline = None;
+        }
+        false
+    }
+
+    /// Start `NAME@N.next` on `addresses`: the same spec, replica index and logs as `name`.
+    fn start_successor(&mut self, name: &str, addresses: Vec<String>) -> Option<String> {
+        let (service, spec, kind) = {
+            let u = self.units.get(name)?;
+            (u.service.clone(), u.spec.clone(), u.kind)
+        };
+        let mut unit = self
+            .make_units(&service, spec, kind)
+            .into_iter()
+            .find(|u| u.name == name)?;
+        let successor = format!("{name}{SUCCESSOR_SUFFIX}");
+        info!(
+            "rolling {name}: starting {successor} beside it on {}",
+            addresses.join(", ")
+        );
+        unit.name = successor.clone();
+        unit.listen = addresses;
+        unit.surge = true;
+        unit.want_up = true;
+        self.units.insert(successor.clone(), unit);
+        self.publish_proxy_config();
+        self.dispatch(&successor, Event::Start);
+        Some(successor)
+    }
+
+    /// The service's free socket(s): of the addresses for one replica more than it has, those no unit of it
+    /// holds (which one is free moves as rollouts go). None without `listen`, with one replica, or when
+    /// the spare address could not be bound.
+    fn free_replica_addresses(&self, service: &str) -> Option<Vec<String>> {
+        let spec = self.config.service.get(service)?;
+        let replicas = spec.replicas;
+        if replicas < 2 {
+            return None;
+        }
+        let used: std::collections::HashSet<&String> = self
+            .units
+            .values()
+            .filter(|u| u.service == service)
+            .flat_map(|u| u.listen.iter())
+            .collect();
+        let mut free = Vec::new();
+        for address in spec.listen.as_ref()?.to_vec() {
+            free.push(
+                sockets::replica_addresses(&address, replicas + 1)
+                    .into_iter()
+                    .find(|a| !used.contains(a) && self.listeners.contains_key(a))?,
+            );
+        }
+        Some(free)
+    }
+
+    /// After a reload: a replica made fresh gets its configured address, which a rollout may have moved to
+    /// another replica that still runs; it takes a free one from its service's pool instead.
+    fn reassign_replica_addresses(&mut self) {
+        let services: Vec<(String, Vec<Vec<String>>)> = self
+            .config
+            .service
+            .iter()
+            .filter(|(_, spec)| spec.replicas >= 2)
+            .map(|(name, spec)| {
+                let pools = spec
+                    .listen
+                    .iter()
+                    .flat_map(|l| l.to_vec())
+                    .map(|a| sockets::replica_addresses(&a, spec.replicas + 1))
+                    .collect();
+                (name.clone(), pools)
+            })
+            .collect();
+        for (service, pools) in services {
+            for (j, pool) in pools.iter().enumerate() {
+                let mut taken: Vec<String> = self
+                    .units
+                    .values()
+                    .filter(|u| u.service == service && (u.pid.is_some() || u.retired || u.surge))
+                    .filter_map(|u| u.listen.get(j).cloned())
+                    .collect();
+                for unit in self
+                    .units
+                    .values_mut()
+                    .filter(|u| u.service == service && u.pid.is_none() && !u.retired && !u.surge)
+                {
+                    let Some(mine) = unit.listen.get(j).cloned() else {
+                        continue;
+                    };
+                    if taken.contains(&mine) {
+                        if let Some(free) = pool.iter().find(|a| !taken.contains(a)) {
+                            unit.listen[j] = free.clone();
+                        }
+                    }
+                    taken.push(unit.listen[j].clone());
+                }
+            }
+        }
+    }
+
+    /// Every address a replicated service may use: one per replica plus the spare a surge needs.
+    fn replica_address_pools(&self) -> Vec<(String, Vec<String>)> {
+        let mut pools = Vec::new();
+        for (name, spec) in &self.config.service {
+            if spec.replicas < 2 {
+                continue;
+            }
+            for address in spec.listen.iter().flat_map(|l| l.to_vec()) {
+                pools.push((
+                    name.clone(),
+                    sockets::replica_addresses(&address, spec.replicas + 1),
+                ));
+            }
+        }
+        pools
     }
 
     /// A replica that does not become ready in time stops its rollout; the replicas not yet replaced keep
@@ -1078,17 +1297,31 @@ impl Supervisor {
         for i in halted.into_iter().rev() {
             let r = self.rollouts.remove(i);
             let Some((cur, _)) = r.current else { continue };
-            if let Some(u) = self.units.get_mut(&cur) {
-                let why = u
-                    .status(now)
-                    .reason
-                    .unwrap_or_else(|| format!("state {}", u.machine.state.as_str()));
-                let note = format!(
-                    "rollout halted: not ready within {:?} ({why}); {} replicas left on the old version",
-                    u.spec.ready_timeout.0,
+            // With a successor, it is the one that failed; the replica it was to replace still serves.
+            let failed = r.successor.clone().unwrap_or_else(|| cur.clone());
+            let Some(u) = self.units.get(&failed) else {
+                continue;
+            };
+            let why = u
+                .status(now)
+                .reason
+                .unwrap_or_else(|| format!("state {}", u.machine.state.as_str()));
+            let timeout = u.spec.ready_timeout.0;
+            let note = match &r.successor {
+                Some(successor) => format!(
+                    "rollout halted: {successor} not ready within {timeout:?} ({why}); {} replicas left on the old version, this one included",
+                    r.pending.len() + 1
+                ),
+                None => format!(
+                    "rollout halted: not ready within {timeout:?} ({why}); {} replicas left on the old version",
                     r.pending.len()
-                );
-                warn!("{cur}: {note}");
+                ),
+            };
+            warn!("{cur}: {note}");
+            if let Some(successor) = &r.successor {
+                self.retire(successor);
+            }
+            if let Some(u) = self.units.get_mut(&cur) {
                 u.machine.reason = Some(note);
             }
         }
@@ -1102,8 +1335,29 @@ impl Supervisor {
         }
     }
 
+    /// End a service's rollout: a successor not yet in its place is stopped and dropped; the replica it
+    /// would have replaced keeps running.
+    fn cancel_rollouts(&mut self, service: &str) {
+        let (cancelled, kept): (Vec<Rollout>, Vec<Rollout>) = std::mem::take(&mut self.rollouts)
+            .into_iter()
+            .partition(|r| r.service == service);
+        self.rollouts = kept;
+        for successor in cancelled.into_iter().filter_map(|r| r.successor) {
+            self.retire(&successor);
+        }
+    }
+
+    /// Stop a unit for good and drop it from the table once it is down.
+    fn retire(&mut self, name: &str) {
+        if let Some(u) = self.units.get_mut(name) {
+            u.want_up = false;
+            u.retired = true;
+        }
+        self.dispatch(name, Event::Stop);
+    }
+
     fn start_rollout(&mut self, service: &str, units: Vec<String>) {
-        self.rollouts.retain(|r| r.service != service);
+        self.cancel_rollouts(service);
         for u in &units {
             if let Some(unit) = self.units.get_mut(u) {
                 // A halted rollout's note would otherwise outlive the next attempt.
@@ -1121,6 +1375,7 @@ impl Supervisor {
             service: service.to_string(),
             pending: units.into_iter().collect(),
             current: None,
+            successor: None,
             deadline: None,
         });
     }
@@ -1195,7 +1450,11 @@ impl Supervisor {
         }
     }
 
-    fn on_probe_result(&mut self, result: ProbeResult) {
+    fn on_probe_result(&mut self, mut result: ProbeResult) {
+        // By pid: a surge successor's probes keep reporting under its `.next` name after it is renamed.
+        if let Some(name) = self.pids.get(&Pid::from_raw(result.generation)) {
+            result.unit = name.clone();
+        }
         let Some(unit) = self.units.get_mut(&result.unit) else {
             return;
         };
@@ -1374,7 +1633,7 @@ impl Supervisor {
         let names: Vec<String> = self
             .units
             .values()
-            .filter(|u| u.name == name || u.service == name)
+            .filter(|u| u.name == name || (u.service == name && !u.surge))
             .map(|u| u.name.clone())
             .collect();
         if names.is_empty() {
@@ -1503,7 +1762,7 @@ impl Supervisor {
                 }
             }
             ControlAction::Stop => {
-                self.rollouts.retain(|r| r.service != name);
+                self.cancel_rollouts(name);
                 for n in &names {
                     if let Some(u) = self.units.get_mut(n) {
                         u.want_up = false;
@@ -1513,7 +1772,7 @@ impl Supervisor {
                 format!("{name}: stopping")
             }
             ControlAction::Restart => {
-                self.rollouts.retain(|r| r.service != name);
+                self.cancel_rollouts(name);
                 if names.len() == 1 {
                     self.restart_unit(&names[0]);
                     format!("{name}: restarting")
@@ -1632,6 +1891,8 @@ impl Supervisor {
                 match fresh.remove(&unit_name) {
                     Some(mut replacement) => {
                         replacement.machine = unit.machine.clone();
+                        // The running process serves the sockets it has (rollouts move replicas around).
+                        replacement.listen = unit.listen.clone();
                         replacement.pid = unit.pid;
                         replacement.pgid = unit.pgid;
                         replacement.started_at = unit.started_at;
@@ -1651,6 +1912,7 @@ impl Supervisor {
             }
         }
         self.units = fresh;
+        self.reassign_replica_addresses();
         let failures = self.bind_listeners();
         self.mark_bind_failures(&failures);
         let mut rolling: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -1691,6 +1953,11 @@ impl Supervisor {
             used.extend(p.listen.iter().cloned());
             used.extend(p.tls.iter().flat_map(|t| t.listen.iter().cloned()));
         }
+        used.extend(
+            self.replica_address_pools()
+                .into_iter()
+                .flat_map(|(_, pool)| pool),
+        );
         self.listeners.retain(|addr, _| used.contains(addr));
     }
 
@@ -1731,7 +1998,7 @@ impl Supervisor {
     fn unhealthy_units(&self) -> Vec<String> {
         self.units
             .values()
-            .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.is_ready())
+            .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.surge && !u.is_ready())
             .map(|u| u.name.clone())
             .collect()
     }
@@ -1748,7 +2015,9 @@ impl Supervisor {
             unhealthy: self
                 .units
                 .values()
-                .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.is_ready())
+                .filter(|u| {
+                    u.kind == UnitKind::Service && u.spec.critical && !u.surge && !u.is_ready()
+                })
                 .map(|u| u.name.clone())
                 .collect(),
         };
@@ -1764,7 +2033,11 @@ impl Supervisor {
 
     /// READY=1 to systemd once every autostart unit is up (or has settled as fatal), with a summary.
     fn report_stack_readiness(&mut self) {
-        let autostart: Vec<&Unit> = self.units.values().filter(|u| u.spec.autostart).collect();
+        let autostart: Vec<&Unit> = self
+            .units
+            .values()
+            .filter(|u| u.spec.autostart && !u.surge)
+            .collect();
         let ready = autostart.iter().filter(|u| u.is_ready()).count();
         let fatal = autostart
             .iter()

@@ -46,8 +46,12 @@ pub struct Unit {
     pub spawn_error: Option<String>,
     /// Why it waits instead of starting (dependencies).
     pub waiting_for: Option<String>,
-    /// Removed by a reload: dropped from the table once it has stopped.
+    /// Removed by a reload, or replaced by its surge successor: dropped from the table once it has stopped.
     pub retired: bool,
+    /// Started beside a running replica by a rolling restart (`NAME@N.next`, on the service's free socket):
+    /// it takes the replica's name once it is ready and the old process has stopped. Not counted for
+    /// `/healthz` or readiness of the stack while it starts.
+    pub surge: bool,
     /// Taken out of routing ahead of a rolling restart; the restart happens when this passes.
     pub drain_until: Option<Instant>,
     /// Per-process readiness signals, reset at every spawn.
