@@ -1877,7 +1877,12 @@ impl Supervisor {
             let service_changed = changed_services.contains(&unit.service);
             let keep = match unit.kind {
                 UnitKind::Proxy => self.config.proxy.is_some() && !proxy_listen_changed,
-                UnitKind::Service => fresh.contains_key(&unit_name) && !service_changed,
+                // A successor is no config entry of its own: it lives while its service is unchanged.
+                UnitKind::Service => {
+                    let successor_kept =
+                        unit.surge && self.config.service.contains_key(&unit.service);
+                    (fresh.contains_key(&unit_name) || successor_kept) && !service_changed
+                }
             };
             if keep {
                 fresh.insert(unit_name, unit);
