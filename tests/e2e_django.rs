@@ -118,6 +118,14 @@ impl Seed {
             self.stack.status(),
             self.stack.stderr()
         );
+        // /healthz 200 means every replica is ready (never earlier: a load balancer would send traffic).
+        for unit in self.app_units() {
+            let u = self.stack.unit(&unit);
+            assert_eq!(
+                u["ready"], true,
+                "/healthz said 200 before {unit} was ready: {u}"
+            );
+        }
         self.healthz_before_ready = seen;
     }
 

@@ -137,6 +137,31 @@ fn state_messages_drive_healthz_and_routing() {
     let mut init = start();
     init.send(config(&echo.addr.to_string(), &["app.test"]));
     harness::wait_for_port(init.addr);
+    // A config but no state yet: the proxy does not answer, so a load balancer never sees a 200 from
+    // /healthz before init has said what is ready. The request waits in the backlog and is answered once
+    // the state is in.
+    let mut early = std::net::TcpStream::connect(init.addr).unwrap();
+    early
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    early
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let waited = std::io::Read::read_to_end(&mut early, &mut answer);
+    assert!(
+        waited.is_err() && answer.is_empty(),
+        "answered before any state: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    init.send(state(&[], &["app"], false));
+    early
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = std::io::Read::read_to_end(&mut early, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    init.send(state(&[], &[], false));
     init.wait_health(200);
     // Not ready yet: no traffic to the replica.
     init.wait_status("/", 502);

@@ -179,14 +179,24 @@ async fn next_line(channel: &mut Option<Lines>) -> Option<InitMessage> {
 }
 
 /// Wait for init's first Config, keeping the latest State that may come before it.
+/// Init sends its config and then its state. Both must be in before the first request: a proxy that served
+/// with no state yet would answer `/healthz` 200 while the app is still starting (fail open).
 async fn first_config(lines: &mut Lines) -> Result<(ProxyRuntimeConfig, ProxyState), String> {
-    let mut state = ProxyState::default();
+    let mut config = None;
+    let mut state = None;
     let mut channel = Some(std::mem::replace(lines, empty_lines()?));
     let result = loop {
         match next_line(&mut channel).await {
-            Some(InitMessage::Config(config)) => break Ok((config, state)),
-            Some(InitMessage::State(s)) => state = s,
-            None => break Err("init closed the state channel before sending a config".to_string()),
+            Some(InitMessage::Config(c)) => config = Some(c),
+            Some(InitMessage::State(s)) => state = Some(s),
+            None => {
+                break Err(
+                    "init closed the state channel before sending its config and state".to_string(),
+                )
+            }
+        }
+        if let (Some(c), Some(s)) = (&config, &state) {
+            break Ok((c.clone(), s.clone()));
         }
     };
     if let Some(taken) = channel {
