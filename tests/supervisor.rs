@@ -716,6 +716,68 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
 }
 
 #[test]
+fn stopping_a_service_mid_rollout_stops_its_successor_too() {
+    let stack = Stack::start(&format!(
+        r#"
+[service.web]
+{}
+replicas = 3
+listen = "unix:{{dir}}/web.sock"
+start_secs = "0s"
+readiness = {{ http = "/", expect = 200, period = "100ms" }}
+"#,
+        fd3_server(200)
+    ));
+    assert!(wait_until(Duration::from_secs(10), || {
+        let now = ready_pids(&stack, "web@");
+        now.len() == 3 && now.iter().all(|(_, _, ready)| *ready)
+    }));
+    // The new release takes 3 s to become ready, so its first successor is caught mid-rollout.
+    let slow = std::fs::read_to_string(&stack.config).unwrap().replace(
+        "period = \"100ms\" }",
+        "period = \"100ms\", initial_delay = \"3s\" }",
+    );
+    std::fs::write(&stack.config, slow).unwrap();
+    assert!(stack.cli(&["reload"]).status.success());
+    let successor = || {
+        ready_pids(&stack, "web@")
+            .into_iter()
+            .find(|(name, _, _)| name.ends_with(".next"))
+            .and_then(|(_, pid, _)| pid)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || successor().is_some()),
+        "{}",
+        stack.status()
+    );
+    let successor_pid = successor().unwrap() as i32;
+    let out = stack.cli(&["stop", "web"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = ready_pids(&stack, "web@");
+            now.len() == 3 && now.iter().all(|(_, pid, _)| pid.is_none())
+        }),
+        "{}",
+        stack.status()
+    );
+    assert!(
+        !process_exists(successor_pid),
+        "the successor outlived the stop"
+    );
+    // And it comes back as three replicas, with no rollout left over.
+    assert!(stack.cli(&["start", "web"]).status.success());
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let now = ready_pids(&stack, "web@");
+            now.len() == 3 && now.iter().all(|(_, _, ready)| *ready)
+        }),
+        "{}",
+        stack.status()
+    );
+}
+
+#[test]
 fn a_release_that_never_becomes_ready_halts_the_rollout() {
     let mut stack = Stack::start(&format!(
         r#"
