@@ -426,7 +426,13 @@ fn rolling_restart_under_load(server: AppServer) {
         ),
     );
     assert!(out.status.success(), "restart app failed: {out:?}");
+    // A deploy is not an outage: /healthz stays 200 throughout, so a load balancer keeps the instance.
+    let mut health_during = Vec::new();
     let replaced = wait_until(Duration::from_secs(120), || {
+        match get(seed.addr, "10.9.9.9", "/healthz") {
+            Ok((200, _)) => {}
+            other => health_during.push(format!("{:.3}s {other:?}", load.elapsed().as_secs_f64())),
+        }
         let now = seed.pids();
         let all_new = now.iter().zip(&before).all(|(n, b)| n.is_some() && n != b);
         all_new
@@ -455,6 +461,10 @@ fn rolling_restart_under_load(server: AppServer) {
         seed.context()
     );
     assert!(report.ok > 100, "too little load: {} ok", report.ok);
+    assert!(
+        health_during.is_empty(),
+        "/healthz was not 200 during the rolling restart: {health_during:?}"
+    );
 }
 
 #[test]

@@ -1998,12 +1998,20 @@ impl Supervisor {
             .send_replace(Some(Arc::new(runtime)));
     }
 
-    /// Critical services that are not ready: what makes `/healthz` answer 503 (the same filter as
-    /// `publish_proxy_state`; the dashboard asks for it).
+    /// Critical services that are not ready: what makes `/healthz` answer 503 (the proxy's state and the
+    /// dashboard both use it). A replica a rolling restart is replacing, and its successor, do not count:
+    /// a deploy is not an outage, and a load balancer must not pull the instance for one. A halted rollout
+    /// ends that: a replica left down counts again.
     fn unhealthy_units(&self) -> Vec<String> {
+        let rolling: Vec<&str> = self
+            .rollouts
+            .iter()
+            .filter_map(|r| r.current.as_ref().map(|(name, _)| name.as_str()))
+            .collect();
         self.units
             .values()
-            .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.surge && !u.is_ready())
+            .filter(|u| u.kind == UnitKind::Service && u.spec.critical && !u.is_ready())
+            .filter(|u| !u.surge && !u.retired && !rolling.contains(&u.name.as_str()))
             .map(|u| u.name.clone())
             .collect()
     }
@@ -2017,14 +2025,7 @@ impl Supervisor {
                 .filter(|u| u.is_ready())
                 .map(|u| u.name.clone())
                 .collect(),
-            unhealthy: self
-                .units
-                .values()
-                .filter(|u| {
-                    u.kind == UnitKind::Service && u.spec.critical && !u.surge && !u.is_ready()
-                })
-                .map(|u| u.name.clone())
-                .collect(),
+            unhealthy: self.unhealthy_units(),
         };
         self.proxy_feeds.state.send_if_modified(|s| {
             if *s == state {
