@@ -82,9 +82,73 @@ async fn feed(
                 return;
             }
         }
+        // Biased: when both changed, the config goes first (and the state after it). Readiness is by name,
+        // and a rolling restart gives a replica's name to its successor on another socket: a state sent
+        // ahead of its config would mark the old process's socket ready again, and requests would wait in
+        // the backlog of a socket nobody serves.
         tokio::select! {
+            biased;
             changed = config.changed() => { if changed.is_err() { return; } send_config = true; send_state = false; }
             changed = state.changed() => { if changed.is_err() { return; } send_config = false; send_state = true; }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    fn runtime(logs: &str) -> Arc<ProxyRuntimeConfig> {
+        Arc::new(ProxyRuntimeConfig {
+            proxy: Default::default(),
+            upstreams: Default::default(),
+            extra_server_names: vec![],
+            logs_dir: logs.into(),
+        })
+    }
+
+    /// Reads one line of the proxy's end and names its message kind.
+    async fn next_kind(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::UnixStream>>,
+    ) -> String {
+        let line = lines.next_line().await.unwrap().unwrap();
+        match serde_json::from_str::<InitMessage>(&line).unwrap() {
+            InitMessage::Config(c) => format!("config {}", c.logs_dir.display()),
+            InitMessage::State(s) => format!("state {:?}", Vec::from_iter(s.ready)),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_config_and_a_state_published_together_arrive_config_first() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let feeds = ProxyFeeds::new();
+                feeds.config.send_replace(Some(runtime("/one")));
+                let (theirs, _task) = feeds.connect().unwrap();
+                let std = std::os::unix::net::UnixStream::from(theirs);
+                std.set_nonblocking(true).unwrap();
+                let mut lines =
+                    tokio::io::BufReader::new(tokio::net::UnixStream::from_std(std).unwrap())
+                        .lines();
+                assert_eq!(next_kind(&mut lines).await, "config /one");
+                assert_eq!(next_kind(&mut lines).await, "state []");
+                // A rollout's swap: the config (the name now on another socket) and the state naming it
+                // ready change in the same tick. Many times, since an unbiased select picks at random.
+                for round in 0..50 {
+                    let logs = format!("/r{round}");
+                    feeds.config.send_replace(Some(runtime(&logs)));
+                    feeds.state.send_replace(ProxyState {
+                        ready: [format!("app@{round}")].into(),
+                        ..Default::default()
+                    });
+                    assert_eq!(next_kind(&mut lines).await, format!("config {logs}"));
+                    assert_eq!(
+                        next_kind(&mut lines).await,
+                        format!("state [\"app@{round}\"]")
+                    );
+                }
+            })
+            .await;
     }
 }
