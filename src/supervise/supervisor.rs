@@ -330,7 +330,7 @@ impl Supervisor {
         // before stopping the old. Optional: one that collides with another address or cannot be bound
         // only means that service's rollouts stop each replica before starting its successor.
         let mut spares: Vec<(String, sockets::UnixPerms)> = Vec::new();
-        for (service, pool) in self.replica_address_pools() {
+        for (service, pools) in self.replica_address_pools() {
             let Some(spec) = self.config.service.get(&service) else {
                 continue;
             };
@@ -338,7 +338,7 @@ impl Supervisor {
                 u32::from_str_radix(spec.listen_mode.trim_start_matches("0o"), 8).unwrap_or(0o660);
             let owner = spec.user.as_deref().and_then(launch::uid_of);
             let group = proxy_group.or_else(|| spec.group.as_deref().and_then(launch::gid_of));
-            for addr in pool {
+            for addr in pools.into_iter().flatten() {
                 if !wanted.iter().any(|(a, _)| *a == addr) {
                     spares.push((addr, sockets::UnixPerms { owner, group, mode }));
                 }
@@ -1201,47 +1201,30 @@ impl Supervisor {
     /// holds (which one is free moves as rollouts go). None without `listen`, with one replica, or when
     /// the spare address could not be bound.
     fn free_replica_addresses(&self, service: &str) -> Option<Vec<String>> {
-        let spec = self.config.service.get(service)?;
-        let replicas = spec.replicas;
-        if replicas < 2 {
-            return None;
-        }
+        // No `listen`: nothing to start a successor on.
+        let pools = self
+            .replica_address_pools()
+            .remove(service)
+            .filter(|pools| !pools.is_empty())?;
         let used: std::collections::HashSet<&String> = self
             .units
             .values()
             .filter(|u| u.service == service)
             .flat_map(|u| u.listen.iter())
             .collect();
-        let mut free = Vec::new();
-        for address in spec.listen.as_ref()?.to_vec() {
-            free.push(
-                sockets::replica_addresses(&address, replicas + 1)
-                    .into_iter()
-                    .find(|a| !used.contains(a) && self.listeners.contains_key(a))?,
-            );
-        }
-        Some(free)
+        pools
+            .into_iter()
+            .map(|pool| {
+                pool.into_iter()
+                    .find(|a| !used.contains(a) && self.listeners.contains_key(a))
+            })
+            .collect()
     }
 
     /// After a reload: a replica made fresh gets its configured address, which a rollout may have moved to
     /// another replica that still runs; it takes a free one from its service's pool instead.
     fn reassign_replica_addresses(&mut self) {
-        let services: Vec<(String, Vec<Vec<String>>)> = self
-            .config
-            .service
-            .iter()
-            .filter(|(_, spec)| spec.replicas >= 2)
-            .map(|(name, spec)| {
-                let pools = spec
-                    .listen
-                    .iter()
-                    .flat_map(|l| l.to_vec())
-                    .map(|a| sockets::replica_addresses(&a, spec.replicas + 1))
-                    .collect();
-                (name.clone(), pools)
-            })
-            .collect();
-        for (service, pools) in services {
+        for (service, pools) in self.replica_address_pools() {
             for (j, pool) in pools.iter().enumerate() {
                 let mut taken: Vec<String> = self
                     .units
@@ -1268,21 +1251,23 @@ impl Supervisor {
         }
     }
 
-    /// Every address a replicated service may use: one per replica plus the spare a surge needs.
-    fn replica_address_pools(&self) -> Vec<(String, Vec<String>)> {
-        let mut pools = Vec::new();
-        for (name, spec) in &self.config.service {
-            if spec.replicas < 2 {
-                continue;
-            }
-            for address in spec.listen.iter().flat_map(|l| l.to_vec()) {
-                pools.push((
-                    name.clone(),
-                    sockets::replica_addresses(&address, spec.replicas + 1),
-                ));
-            }
-        }
-        pools
+    /// Every address a replicated service may use, per service and per `listen` entry (in order): one per
+    /// replica plus the spare a surge needs.
+    fn replica_address_pools(&self) -> BTreeMap<String, Vec<Vec<String>>> {
+        self.config
+            .service
+            .iter()
+            .filter(|(_, spec)| spec.replicas >= 2)
+            .map(|(name, spec)| {
+                let pools = spec
+                    .listen
+                    .iter()
+                    .flat_map(|l| l.to_vec())
+                    .map(|a| sockets::replica_addresses(&a, spec.replicas + 1))
+                    .collect();
+                (name.clone(), pools)
+            })
+            .collect()
     }
 
     /// A replica that does not become ready in time stops its rollout; the replicas not yet replaced keep
@@ -1960,8 +1945,9 @@ impl Supervisor {
         }
         used.extend(
             self.replica_address_pools()
-                .into_iter()
-                .flat_map(|(_, pool)| pool),
+                .into_values()
+                .flatten()
+                .flatten(),
         );
         self.listeners.retain(|addr, _| used.contains(addr));
     }
