@@ -579,9 +579,10 @@ fn ready_pids(stack: &Stack, prefix: &str) -> Vec<(String, Option<i64>, bool)> {
         .collect()
 }
 
-#[test]
-fn rolling_restart_starts_each_new_replica_before_stopping_the_old_one() {
-    let stack = Stack::start(&format!(
+/// `[service.web]`: 3 replicas of `fd3_server(200)` on `web@N.sock`, readiness probed every 100 ms, plus
+/// the `extra` keys.
+fn web_replicas(extra: &str) -> Stack {
+    Stack::start(&format!(
         r#"
 [service.web]
 {}
@@ -589,17 +590,27 @@ replicas = 3
 listen = "unix:{{dir}}/web.sock"
 start_secs = "0s"
 readiness = {{ http = "/", expect = 200, period = "100ms" }}
+{extra}
 "#,
         fd3_server(200)
-    ));
+    ))
+}
+
+/// Within `timeout`: exactly `n` units `web@...` listed (successors included), all ready.
+fn all_web_ready(stack: &Stack, n: usize, timeout: Duration) -> bool {
+    wait_until(timeout, || {
+        let now = ready_pids(stack, "web@");
+        now.len() == n && now.iter().all(|(_, _, ready)| *ready)
+    })
+}
+
+#[test]
+fn rolling_restart_starts_each_new_replica_before_stopping_the_old_one() {
+    let stack = web_replicas("");
     for i in 0..3 {
         stack.wait_state(&format!("web@{i}"), "running", Duration::from_secs(10));
     }
-    assert!(wait_until(Duration::from_secs(10), || ready_pids(
-        &stack, "web@"
-    )
-    .iter()
-    .all(|(_, _, ready)| *ready)));
+    assert!(all_web_ready(&stack, 3, Duration::from_secs(10)));
     let before = ready_pids(&stack, "web@");
     let out = stack.cli(&["restart", "web"]);
     assert!(out.status.success(), "{out:?}");
@@ -658,24 +669,12 @@ fn socket_of(pid: i64) -> String {
 
 #[test]
 fn after_rollouts_move_sockets_around_a_new_replica_still_gets_its_own() {
-    let stack = Stack::start(&format!(
-        r#"
-[service.web]
-{}
-replicas = 3
-listen = "unix:{{dir}}/web.sock"
-start_secs = "0s"
-readiness = {{ http = "/", expect = 200, period = "100ms" }}
-"#,
-        fd3_server(200)
-    ));
-    let all_ready = |stack: &Stack, n: usize| {
-        wait_until(Duration::from_secs(20), || {
-            let now = ready_pids(stack, "web@");
-            now.len() == n && now.iter().all(|(_, _, ready)| *ready)
-        })
-    };
-    assert!(all_ready(&stack, 3), "{}", stack.status());
+    let stack = web_replicas("");
+    assert!(
+        all_web_ready(&stack, 3, Duration::from_secs(20)),
+        "{}",
+        stack.status()
+    );
     // Two rollouts: each successor takes the free socket, so the replicas no longer sit on web@N.sock.
     for _ in 0..2 {
         let before = ready_pids(&stack, "web@");
@@ -717,21 +716,8 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
 
 #[test]
 fn stopping_a_service_mid_rollout_stops_its_successor_too() {
-    let stack = Stack::start(&format!(
-        r#"
-[service.web]
-{}
-replicas = 3
-listen = "unix:{{dir}}/web.sock"
-start_secs = "0s"
-readiness = {{ http = "/", expect = 200, period = "100ms" }}
-"#,
-        fd3_server(200)
-    ));
-    assert!(wait_until(Duration::from_secs(10), || {
-        let now = ready_pids(&stack, "web@");
-        now.len() == 3 && now.iter().all(|(_, _, ready)| *ready)
-    }));
+    let stack = web_replicas("");
+    assert!(all_web_ready(&stack, 3, Duration::from_secs(10)));
     // The new release takes 3 s to become ready, so its first successor is caught mid-rollout.
     let slow = std::fs::read_to_string(&stack.config).unwrap().replace(
         "period = \"100ms\" }",
@@ -768,10 +754,7 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
     // And it comes back as three replicas, with no rollout left over.
     assert!(stack.cli(&["start", "web"]).status.success());
     assert!(
-        wait_until(Duration::from_secs(15), || {
-            let now = ready_pids(&stack, "web@");
-            now.len() == 3 && now.iter().all(|(_, _, ready)| *ready)
-        }),
+        all_web_ready(&stack, 3, Duration::from_secs(15)),
         "{}",
         stack.status()
     );
@@ -779,18 +762,7 @@ readiness = {{ http = "/", expect = 200, period = "100ms" }}
 
 #[test]
 fn a_release_that_never_becomes_ready_halts_the_rollout() {
-    let mut stack = Stack::start(&format!(
-        r#"
-[service.web]
-{}
-replicas = 3
-listen = "unix:{{dir}}/web.sock"
-start_secs = "0s"
-ready_timeout = "2s"
-readiness = {{ http = "/", expect = 200, period = "100ms" }}
-"#,
-        fd3_server(200)
-    ));
+    let mut stack = web_replicas("ready_timeout = \"2s\"");
     for i in 0..3 {
         stack.wait_state(&format!("web@{i}"), "running", Duration::from_secs(10));
     }
