@@ -43,7 +43,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/app/common.sh
+source "$ROOT/benches/app/common.sh"
 P_SEED=$(port); P_SI=$(port)
 ENV_TOML="{ DJANGO_SETTINGS_MODULE = \"mysite.settings\", STACKINIT_DB_PATH = \"$TMP/db.sqlite3\", STACKINIT_STATIC_ROOT = \"$TMP/static\", PYTHONDONTWRITEBYTECODE = \"1\" }"
 (cd "$APP" && env DJANGO_SETTINGS_MODULE=mysite.settings STACKINIT_DB_PATH="$TMP/db.sqlite3" \
@@ -124,13 +125,6 @@ CONF
 "$BIN" run --config "$TMP/si/stackinit.toml" > "$TMP/si/stdout" 2> "$TMP/si/stderr" &
 PIDS+=($!)
 
-wait_ok() { # port path
-  for _ in $(seq 600); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1$2") == 200 ]] && return 0
-    sleep 0.1
-  done
-  die "127.0.0.1:$1$2 never answered 200"
-}
 wait_ok "$P_SEED" /
 wait_ok "$P_SI" /healthz
 wait_ok "$P_SI" /

@@ -66,7 +66,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/app/common.sh
+source "$ROOT/benches/app/common.sh"
 P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port); P_SIF=$(port); P_SIS=$(port)
 ALL_STACKS="seed-nice si-shared si-gunicorn si-lean si-forked"
 SELECTED="seed $(for k in ${STACKS:-$ALL_STACKS}; do [[ $k == seed ]] || echo "$k"; done)"
@@ -172,13 +173,6 @@ notify = true
 critical = false
 "
 
-wait_ok() { # port, path
-  for _ in $(seq 600); do
-    [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1$2") == 200 ]] && return 0
-    sleep 0.1
-  done
-  die "127.0.0.1:$1$2 never answered 200"
-}
 declare -A PORT=([seed]=$P_SEED [seed-nice]=$P_SEEDP [si-shared]=$P_SIS [si-gunicorn]=$P_SIG [si-lean]=$P_SIL [si-forked]=$P_SIF)
 for k in $SELECTED; do if [[ $k == si-* ]]; then wait_ok "${PORT[$k]}" /healthz; fi; done
 for k in $SELECTED; do wait_ok "${PORT[$k]}" /; done
