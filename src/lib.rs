@@ -2,15 +2,19 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the invariants.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod facts;
+pub mod fault;
 pub mod fork_from;
 pub mod init;
 pub mod logs;
 pub mod paths;
+pub mod power_button;
 pub mod proxy;
 pub mod readahead;
+pub mod stack;
 pub mod supervise;

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Some(Command::Init(config)) => stackinit::init::main(config),
-        Some(Command::Run(config)) => stackinit::supervise::run_foreground(config),
+        Some(Command::Run(config)) => stackinit::stack::run_foreground(config),
         Some(Command::Check(config)) => stackinit::config::check_command(config),
         Some(Command::Config { default, config }) => {
             stackinit::config::print_command(default, config)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::unistd::Gid;
 use serde_json::Value;
-use stackinit::control::api::{ActionReply, ApiError, ReloadReply, ServiceStatus, State};
+use stackinit::api::{ActionReply, ApiError, ReloadReply, ServiceStatus, State};
 use stackinit::control::server::serve;
 use stackinit::supervise::handle::{Action, Handle, LogSource, LogStream, Request};
 use tokio::sync::{broadcast, mpsc, oneshot};

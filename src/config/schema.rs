@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Bytes, Secs};
+use super::units::{Bytes, Mode, Secs};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,7 +31,7 @@ pub struct InitSpec {
     /// Owner and mode of `logs_dir` when stackinit creates or fixes it.
     pub logs_user: Option<String>,
     pub logs_group: Option<String>,
-    pub logs_mode: String,
+    pub logs_mode: Mode,
     pub control_socket: PathBuf,
     /// Group allowed to use the control socket (mode 0660). Root always is.
     pub control_group: Option<String>,
@@ -81,7 +81,7 @@ impl Default for InitSpec {
             logs_dir: PathBuf::from("/logs"),
             logs_user: None,
             logs_group: None,
-            logs_mode: "0755".into(),
+            logs_mode: Mode(0o755),
             control_socket: PathBuf::from(crate::paths::DEFAULT_CONTROL_SOCKET),
             control_group: None,
             log_level: "info".into(),
@@ -132,7 +132,7 @@ pub struct ServiceSpec {
     pub group: Option<String>,
     pub environment: BTreeMap<String, String>,
     /// Octal, like "0022".
-    pub umask: Option<String>,
+    pub umask: Option<Mode>,
     /// RLIMIT_NOFILE soft and hard limit.
     pub nofile: Option<u64>,
     /// CPU scheduling priority, -20 (first) to 19 (last), like systemd's `Nice=`. Below 0 needs root.
@@ -145,7 +145,7 @@ pub struct ServiceSpec {
     /// Sockets bound by stackinit and passed in via LISTEN_FDS: "unix:/path", "127.0.0.1:8000", "[::1]:8000".
     pub listen: Option<OneOrMany>,
     /// Mode of unix listen sockets, octal.
-    pub listen_mode: String,
+    pub listen_mode: Mode,
     /// Services that must be ready (oneshots: exited 0) before this one starts.
     pub after: Vec<String>,
     pub autostart: bool,
@@ -207,7 +207,7 @@ impl Default for ServiceSpec {
             capabilities: Vec::new(),
             replicas: 1,
             listen: None,
-            listen_mode: "0660".into(),
+            listen_mode: Mode(0o660),
             after: Vec::new(),
             autostart: true,
             oneshot: false,

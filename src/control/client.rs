@@ -24,8 +24,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::api::{ActionReply, ErrorReply, ReloadReply, StatusReply};
 use super::table::{format_reload, format_table, is_fine};
+use crate::api::{ActionReply, ErrorReply, ReloadReply, StatusReply};
 use crate::cli::Command;
 
 pub const EXIT_OK: u8 = 0;

@@ -26,8 +26,8 @@ use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, HOST, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::api::ApiError;
 use super::server::{json_response, method_not_allowed, with_content_type, ReplyBody};
+use crate::api::ApiError;
 use crate::facts::Facts;
 use crate::supervise::handle::Handle;
 

@@ -26,9 +26,9 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::api::StatusReply;
 use super::dashboard::{health, Health};
 use super::server::{with_content_type, ReplyBody};
+use crate::api::StatusReply;
 use crate::supervise::handle::Handle;
 
 /// Often enough that proxies and load balancers don't time an idle stream out.

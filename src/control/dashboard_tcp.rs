@@ -30,9 +30,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::api::ApiError;
 use super::dashboard::{constant_time_eq, random_hex};
 use super::server::{error_response, respond_tcp, with_content_type, ReplyBody};
+use crate::api::ApiError;
 use crate::config::InitSpec;
 use crate::supervise::handle::Handle;
 

@@ -1,7 +1,6 @@
 //! The control socket: HTTP/1.1 + JSON over a unix socket, served by init and used by the CLI.
 
 mod access;
-pub mod api;
 pub mod client;
 pub mod dashboard;
 mod dashboard_events;

@@ -40,7 +40,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Semaphore;
 
 use super::access::Policy;
-use super::api::{ApiError, ErrorReply, StatusReply};
+use crate::api::{ApiError, ErrorReply, StatusReply};
 use crate::logs::tail;
 use crate::supervise::handle::{Action, Handle, LogStream};
 

@@ -1,7 +1,7 @@
 //! How the CLI shows status and reload answers to people.
 #![forbid(unsafe_code)]
 
-use super::api::{ReloadReply, ServiceStatus, State};
+use crate::api::{ReloadReply, ServiceStatus, State};
 
 /// `status` as a table: NAME STATE READY PID UPTIME RESTARTS LAST-EXIT, plus REASON when any
 /// service has one. Columns are padded to their widest cell; lines carry no trailing blanks.

@@ -1,24 +1,20 @@
 //! PID 1 duties: early boot, the fallback when the supervisor is lost, and the final shutdown.
 //!
 //! `main` is what runs as PID 1 (`stackinit` with no arguments, or `stackinit init` in a PID namespace). The
-//! supervisor (`crate::supervise::run`) does the real work: services, the one `waitpid(-1)` reaper, signals,
+//! stack (`crate::stack::run`: the supervisor and its control server) does the real work: services, the one `waitpid(-1)` reaper, signals,
 //! the power button and the ordered stop. Init wraps it so that PID 1 never exits or panics out: whatever
 //! happens, it ends in `reboot(2)` on a machine, or in a clean exit in a namespace, and until then it reaps.
 //!
 //! Modules, one job each: `role` (what kind of PID 1), `console`, `mounts`, `net` (lo, hostname), `reaper`
-//! (reaping while no supervisor runs), `shutdown`, `systemd` (sd_notify hooks), `power_button` with
-//! `input_event`, and `fault` (test-only failure injection).
+//! (reaping while no supervisor runs) and `shutdown`. The power button (`crate::power_button`) and sd_notify
+//! (`crate::supervise::systemd_notify`) live with what uses them.
 
 pub mod console;
-pub mod fault;
-pub mod input_event;
 pub mod mounts;
 pub mod net;
-pub mod power_button;
 pub mod reaper;
 pub mod role;
 pub mod shutdown;
-pub mod systemd;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::ExitCode;
@@ -82,18 +78,18 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
         set_hostname(config.init.hostname.as_deref(), &steps);
         mounts::ensure_writable_dir(&config.init.logs_dir, mounted, &steps);
     }
-    if let Err(e) = crate::supervise::prepare_logging(&config.init) {
+    if let Err(e) = crate::stack::prepare_logging(&config.init) {
         shout(format_args!(
             "cannot set up {}: {e}; logging to the console only",
             config.init.logs_dir.display()
         ));
     }
-    let options = crate::supervise::RunOptions {
+    let options = crate::stack::StackOptions {
         config_path,
         config,
         pid1: role.is_pid1(),
     };
-    match catch_unwind(AssertUnwindSafe(|| crate::supervise::run(options))) {
+    match catch_unwind(AssertUnwindSafe(|| crate::stack::run(options))) {
         Ok(crate::supervise::Outcome::PowerOff) => Next::Shutdown(PowerAction::PowerOff),
         Ok(crate::supervise::Outcome::Reboot) => Next::Shutdown(PowerAction::Reboot),
         Ok(crate::supervise::Outcome::Exit(code)) if !role.is_pid1() => Next::Exit(code),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::control::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
+use crate::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {

@@ -100,6 +100,60 @@ fn caps_to_drop(keep: &[String]) -> Result<Vec<u32>, String> {
         .collect())
 }
 
+/// What every service gets from the supervisor besides its own spec.
+#[derive(Clone, Debug, Default)]
+pub struct Surroundings {
+    /// Instance facts (`STACKINIT_*`), unless the service's own `environment` sets the same variable.
+    pub facts: Vec<(String, String)>,
+    /// The notify socket's path, for NOTIFY_SOCKET.
+    pub notify_socket: Option<PathBuf>,
+}
+
+/// The command for a service's main process: `command_for` plus the instance facts, NOTIFY_SOCKET and
+/// WATCHDOG_USEC.
+pub fn service_command<'a>(
+    unit: &'a Unit,
+    fds: Vec<(BorrowedFd<'a>, String)>,
+    around: &Surroundings,
+) -> Result<spawn::Command<'a>, String> {
+    let mut cmd = command_for(unit, fds)?;
+    let own = &unit.spec.environment;
+    let from_facts = |k: &String| !own.contains_key(k) && around.facts.iter().any(|(f, _)| f == k);
+    cmd.env.retain(|(k, _)| !from_facts(k));
+    cmd.env.extend(
+        around
+            .facts
+            .iter()
+            .filter(|(k, _)| !own.contains_key(k))
+            .cloned(),
+    );
+    if let Some(p) = &around.notify_socket {
+        cmd.env
+            .push(("NOTIFY_SOCKET".into(), p.display().to_string()));
+    }
+    if let Some(w) = unit.spec.watchdog {
+        cmd.env
+            .push(("WATCHDOG_USEC".into(), w.0.as_micros().to_string()));
+    }
+    Ok(cmd)
+}
+
+/// An exec probe's command: the service's user, directory and environment, running `argv`.
+pub fn probe_command<'a>(unit: &'a Unit, argv: &[String]) -> Result<spawn::Command<'a>, String> {
+    let mut cmd = command_for(unit, Vec::new())?;
+    let first = argv.first().ok_or("empty exec probe")?;
+    let path = cmd
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    cmd.program = spawn::resolve_program(first, &path, unit.spec.directory.as_deref())
+        .ok_or_else(|| format!("command not found: {first}"))?;
+    cmd.argv = argv.to_vec();
+    Ok(cmd)
+}
+
 /// Everything `spawn` needs for this unit, resolved now (in the parent) so the child does no lookups.
 pub fn command_for<'a>(
     unit: &'a Unit,
@@ -164,20 +218,13 @@ pub fn command_for<'a>(
             .ok_or_else(|| format!("command not found: {first} (PATH={path_var})"))?
     };
 
-    let umask = match &spec.umask {
-        Some(m) => Some(
-            u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                .map_err(|_| format!("bad umask {m:?}"))?,
-        ),
-        None => None,
-    };
     Ok(spawn::Command {
         program,
         argv: spec.command.clone(),
         env,
         directory: spec.directory.clone(),
         credentials,
-        umask,
+        umask: spec.umask.map(|m| m.0),
         nofile: spec.nofile,
         nice: spec.nice,
         no_new_privs: spec.no_new_privs,
@@ -189,5 +236,26 @@ pub fn command_for<'a>(
         stdout: unit.stdout.child_fd(),
         stderr: unit.stderr.child_fd(),
         listen_fds: fds,
+    })
+}
+
+/// The first `condition_path_exists` entry that does not hold, described for status and the log.
+/// Checked at each start (boot, `stackinit start`, restarts), like systemd's conditions.
+pub fn unmet_condition(spec: &ServiceSpec) -> Option<String> {
+    let conditions = spec.condition_path_exists.as_ref()?.to_vec();
+    conditions.into_iter().find_map(|condition| {
+        let (must_exist, path) = match condition.strip_prefix('!') {
+            Some(path) => (false, path.to_string()),
+            None => (true, condition.clone()),
+        };
+        // symlink_metadata: a dangling symlink exists as far as a stamp file is concerned.
+        let exists = std::fs::symlink_metadata(&path).is_ok();
+        match (must_exist, exists) {
+            (true, false) => Some(format!("{path} does not exist (condition_path_exists)")),
+            (false, true) => Some(format!(
+                "{path} exists (condition_path_exists = \"!{path}\")"
+            )),
+            _ => None,
+        }
     })
 }

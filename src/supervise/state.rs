@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-pub use crate::control::api::State;
+pub use crate::api::State;
 
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,12 +27,21 @@ impl ExitStatus {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Someone wants it up (autostart with dependencies met, or `stackinit start`).
     Start,
     /// Someone wants it down (`stackinit stop`, shutdown, removed by reload).
     Stop,
+    /// Stop it if it runs, then start it again (`stackinit restart`, a changed spec, a rollout).
+    Restart,
+    /// A liveness or startup probe or the watchdog says it is broken: restart it through the backoff
+    /// series, like a crash, with the reason in status.
+    HealthFailed { reason: String },
+    /// `stackinit start` of a unit that gave up or waits: forget the failure, so it starts afresh.
+    Reset,
+    /// Its listening socket cannot be bound: it cannot run until a reload fixes that.
+    BindFailed { reason: String },
     /// The process ended; `uptime` is how long it ran. A process that could not be started at all
     /// (command not found, setuid failed) arrives here too, as exit 127.
     Exited {
@@ -41,7 +50,7 @@ pub enum Event {
     },
     /// A start condition (`condition_path_exists`) did not hold, so nothing was spawned. As in systemd this
     /// is a skip, not a failure: the unit counts as done for its dependents.
-    ConditionFailed,
+    ConditionFailed { reason: String },
     /// It has stayed up for `start_secs`.
     StartSecsElapsed,
     /// The backoff delay is over.
@@ -200,12 +209,45 @@ impl Machine {
                 vec![]
             }
             (Stopped | Exited | Fatal, Event::Stop) => vec![],
-            (Starting, Event::ConditionFailed) => {
+            (Starting, Event::ConditionFailed { reason }) => {
                 self.state = Exited;
                 self.succeeded = true;
+                self.reason = Some(reason);
                 vec![CancelTimer]
             }
-            (_, Event::ConditionFailed) => vec![],
+            (_, Event::ConditionFailed { .. }) => vec![],
+            // ---- restarts ----
+            (Starting | Running, Event::Restart) => {
+                self.state = Stopping;
+                self.restart_after_stop = true;
+                vec![SignalStop, ArmTimer(policy.stop_grace)]
+            }
+            (Stopping, Event::Restart) => {
+                self.restart_after_stop = true;
+                vec![]
+            }
+            (Stopped | Exited | Fatal | Backoff, Event::Restart) => {
+                self.on(Event::Start, policy, jitter)
+            }
+            (Starting | Running | Stopping, Event::HealthFailed { reason }) => {
+                self.reason = Some(reason);
+                let actions = self.on(Event::Restart, policy, jitter);
+                self.health_restart = true;
+                actions
+            }
+            // No process to be unhealthy: nothing to restart.
+            (Stopped | Exited | Fatal | Backoff, Event::HealthFailed { .. }) => vec![],
+            (Exited | Fatal | Backoff, Event::Reset) => {
+                self.state = Stopped;
+                self.reason = None;
+                vec![CancelTimer]
+            }
+            (Stopped | Starting | Running | Stopping, Event::Reset) => vec![],
+            (_, Event::BindFailed { reason }) => {
+                self.state = Fatal;
+                self.reason = Some(reason);
+                vec![CancelTimer]
+            }
             // ---- timers ----
             (Starting, Event::StartSecsElapsed) if !policy.oneshot => {
                 self.state = Running;
@@ -439,17 +481,97 @@ mod tests {
             p.oneshot = oneshot;
             let mut m = Machine::default();
             assert!(m.on(Event::Start, &p, 0.0).contains(&Action::Spawn));
+            let reason = "skipped: /x does not exist".to_string();
             assert_eq!(
-                m.on(Event::ConditionFailed, &p, 0.0),
+                m.on(Event::ConditionFailed { reason }, &p, 0.0),
                 vec![Action::CancelTimer]
             );
             assert_eq!(m.state, State::Exited);
+            assert_eq!(m.reason.as_deref(), Some("skipped: /x does not exist"));
             assert!(m.is_up(), "a skipped unit must not block its dependents");
             assert_eq!(m.restarts, 0);
             // A later start evaluates the condition again.
             assert!(m.on(Event::Start, &p, 0.0).contains(&Action::Spawn));
             assert!(!m.is_up());
         }
+    }
+
+    fn running(p: &Policy) -> Machine {
+        let mut m = Machine::default();
+        m.on(Event::Start, p, 0.0);
+        m.on(Event::StartSecsElapsed, p, 0.0);
+        m
+    }
+
+    #[test]
+    fn restart_stops_then_starts_at_once() {
+        let p = policy();
+        let mut m = running(&p);
+        assert_eq!(
+            m.on(Event::Restart, &p, 0.0),
+            vec![Action::SignalStop, Action::ArmTimer(p.stop_grace)]
+        );
+        assert_eq!(m.state, State::Stopping);
+        let a = m.on(exit(0, 5), &p, 0.0);
+        assert!(a.contains(&Action::Spawn), "{a:?}");
+        assert_eq!(m.state, State::Starting);
+        assert_eq!(m.restarts, 1);
+        assert_eq!(
+            m.last_restart, None,
+            "an asked-for restart is not a failure"
+        );
+        // A stopped unit just starts.
+        let mut stopped = Machine::default();
+        assert!(stopped.on(Event::Restart, &p, 0.0).contains(&Action::Spawn));
+    }
+
+    #[test]
+    fn a_health_failure_restarts_through_the_backoff_series() {
+        let p = policy();
+        let mut m = running(&p);
+        let reason = "liveness probe failed: GET /: 500".to_string();
+        assert_eq!(
+            m.on(Event::HealthFailed { reason }, &p, 0.0),
+            vec![Action::SignalStop, Action::ArmTimer(p.stop_grace)]
+        );
+        m.on(exit(0, 5), &p, 0.0);
+        assert_eq!(
+            m.last_restart.as_deref(),
+            Some("liveness probe failed: GET /: 500")
+        );
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        let reason = "watchdog timeout".to_string();
+        m.on(Event::HealthFailed { reason }, &p, 0.0);
+        let a = m.on(exit(0, 5), &p, 0.0);
+        assert_eq!(m.state, State::Backoff, "the second one waits: {a:?}");
+        assert!(a.contains(&Action::ArmTimer(p.backoff_initial)), "{a:?}");
+        // Without a process there is nothing to restart.
+        let mut stopped = Machine::default();
+        let reason = "late".to_string();
+        assert_eq!(stopped.on(Event::HealthFailed { reason }, &p, 0.0), vec![]);
+    }
+
+    #[test]
+    fn reset_forgets_a_failure_and_bind_failed_is_fatal() {
+        let p = policy();
+        let mut m = Machine::default();
+        let reason = "cannot bind 127.0.0.1:80: in use".to_string();
+        assert_eq!(
+            m.on(Event::BindFailed { reason }, &p, 0.0),
+            vec![Action::CancelTimer]
+        );
+        assert_eq!(m.state, State::Fatal);
+        assert_eq!(
+            m.reason.as_deref(),
+            Some("cannot bind 127.0.0.1:80: in use")
+        );
+        assert_eq!(m.on(Event::Reset, &p, 0.0), vec![Action::CancelTimer]);
+        assert_eq!(m.state, State::Stopped);
+        assert_eq!(m.reason, None);
+        // A running unit is left alone.
+        let mut r = running(&p);
+        assert_eq!(r.on(Event::Reset, &p, 0.0), vec![]);
+        assert_eq!(r.state, State::Running);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 
 use super::probes::Track;
 use super::state::{Machine, Policy};
+use crate::api::ServiceStatus;
 use crate::config::ServiceSpec;
-use crate::control::api::ServiceStatus;
 use crate::logs::ServiceLog;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,18 @@ pub enum UnitKind {
     Service,
     /// The built-in proxy: gets the proxy listeners and the state channel as extra fds.
     Proxy,
+}
+
+/// Where a unit stands in the table: an ordinary member, a rollout's successor, or on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    Member,
+    /// Started beside a running replica by a rolling restart (`NAME@N.next`, on the service's free
+    /// socket): it takes the replica's name once the old process has stopped. Not counted for `/healthz`
+    /// or the stack's readiness while it starts.
+    Successor,
+    /// Removed by a reload, or replaced by its successor: dropped from the table once it has stopped.
+    Retiring,
 }
 
 pub struct Unit {
@@ -37,7 +49,6 @@ pub struct Unit {
     /// Process group of the last process; it outlives the process when grandchildren linger.
     pub pgid: Option<Pid>,
     pub started_at: Option<Instant>,
-    pub timer: Option<Instant>,
     /// This replica's listen addresses (keys into the supervisor's listener table).
     pub listen: Vec<String>,
     pub stdout: Rc<ServiceLog>,
@@ -46,14 +57,11 @@ pub struct Unit {
     pub spawn_error: Option<String>,
     /// Why it waits instead of starting (dependencies).
     pub waiting_for: Option<String>,
-    /// Removed by a reload, or replaced by its surge successor: dropped from the table once it has stopped.
-    pub retired: bool,
-    /// Started beside a running replica by a rolling restart (`NAME@N.next`, on the service's free socket):
-    /// it takes the replica's name once it is ready and the old process has stopped. Not counted for
-    /// `/healthz` or readiness of the stack while it starts.
-    pub surge: bool,
-    /// Taken out of routing ahead of a rolling restart; the restart happens when this passes.
-    pub drain_until: Option<Instant>,
+    pub place: Place,
+    /// Out of routing while a rolling restart drains it.
+    pub draining: bool,
+    /// Why the last rolling restart of this replica halted, until the next one.
+    pub rollout_note: Option<String>,
     /// Per-process readiness signals, reset at every spawn.
     pub health: Health,
 }
@@ -68,8 +76,8 @@ pub struct Health {
     pub notified_ready: bool,
     pub status_text: Option<String>,
     pub last_probe: Option<String>,
+    /// The watchdog interval (its deadline is the supervisor's `Due::Watchdog` timer).
     pub watchdog: Option<std::time::Duration>,
-    pub watchdog_deadline: Option<Instant>,
 }
 
 impl Health {
@@ -84,7 +92,6 @@ impl Health {
         self.notified_ready = false;
         self.status_text = None;
         self.watchdog = None;
-        self.watchdog_deadline = None;
     }
 }
 
@@ -102,7 +109,7 @@ impl Unit {
         if self.spec.oneshot {
             return self.machine.is_up();
         }
-        self.drain_until.is_none()
+        !self.draining
             && self.machine.is_up()
             && (!self.spec.notify || self.health.notified_ready)
             && (self.spec.startup.is_none() || self.health.startup.passing)
@@ -138,11 +145,40 @@ impl Unit {
             )
     }
 
+    /// Its new process `pid` started at `now`: forget the old one's health. Returns the watchdog interval
+    /// that runs from now: as systemd, a notify service's runs from READY=1 instead (start-up may take
+    /// longer than one watchdog period).
+    pub fn started(&mut self, pid: nix::unistd::Pid, now: Instant) -> Option<std::time::Duration> {
+        self.pid = Some(pid);
+        self.pgid = Some(pid);
+        self.started_at = Some(now);
+        self.spawn_error = None;
+        self.draining = false;
+        self.health.reset();
+        self.health.watchdog = self.spec.watchdog.map(|w| w.0);
+        self.health.watchdog.filter(|_| !self.spec.notify)
+    }
+
+    /// A reload made this unit afresh for a changed spec while `old`'s process still runs: that process
+    /// becomes this unit's, with its sockets, probes and readiness, until it is replaced.
+    pub fn take_over(&mut self, old: &mut Unit) {
+        self.machine = old.machine.clone();
+        self.listen = old.listen.clone();
+        self.pid = old.pid;
+        self.pgid = old.pgid;
+        self.started_at = old.started_at;
+        self.health = std::mem::take(&mut old.health);
+    }
+
+    pub fn is_member(&self) -> bool {
+        self.place == Place::Member
+    }
+
     pub fn status(&self, now: Instant) -> ServiceStatus {
         let reason = self
-            .machine
-            .reason
+            .rollout_note
             .clone()
+            .or_else(|| self.machine.reason.clone())
             .or_else(|| self.spawn_error.clone())
             .or_else(|| self.not_ready_reason())
             .or_else(|| {

@@ -92,9 +92,6 @@ fn check_init(ctx: &mut Ctx) {
             check_group(ctx, &path.key(key), group);
         }
     }
-    if let Err(e) = values::parse_octal(&init.logs_mode, 0o7777) {
-        ctx.at_value(&path.key("logs_mode"), e);
-    }
     if let Err(e) = values::check_log_level(&init.log_level) {
         ctx.at_value(&path.key("log_level"), e);
     }
@@ -149,13 +146,11 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
     if let Some(group) = &spec.group {
         check_group(ctx, &sp.key("group"), group);
     }
-    if let Some(umask) = &spec.umask {
-        if let Err(e) = values::parse_octal(umask, 0o777) {
-            ctx.at_value(&sp.key("umask"), e);
-        }
-    }
-    if let Err(e) = values::parse_octal(&spec.listen_mode, 0o7777) {
-        ctx.at_value(&sp.key("listen_mode"), e);
+    if let Some(umask) = spec.umask.filter(|m| m.0 > 0o777) {
+        ctx.at_value(
+            &sp.key("umask"),
+            format!("invalid umask \"{umask}\": at most 0777"),
+        );
     }
     if spec.replicas == 0 {
         ctx.at_value(

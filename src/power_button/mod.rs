@@ -5,6 +5,8 @@
 //! no blocking threads), and every press is sent to the supervisor, which shuts down exactly as on SIGTERM.
 //! The directory can be moved with `STACKINIT_INPUT_DIR` so tests can put a FIFO named `event0` there.
 
+pub mod input_event;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::input_event::{Decoder, EV_KEY, KEY_POWER};
+use input_event::{Decoder, EV_KEY, KEY_POWER};
 
 const DEFAULT_INPUT_DIR: &str = "/dev/input";
 /// `KEY_MAX` is 0x2ff, so the EV_KEY capability bitmap is 96 bytes.
@@ -118,7 +120,7 @@ async fn watch_device(path: PathBuf, file: File, on_press: UnboundedSender<()>) 
     };
     tracing::info!("power button: watching {}", path.display());
     let mut decoder = Decoder::default();
-    let mut buf = [0u8; 64 * super::input_event::EVENT_SIZE];
+    let mut buf = [0u8; 64 * input_event::EVENT_SIZE];
     loop {
         let mut guard = match fd.readable().await {
             Ok(guard) => guard,
@@ -156,7 +158,7 @@ async fn watch_device(path: PathBuf, file: File, on_press: UnboundedSender<()>) 
 
 #[cfg(test)]
 mod tests {
-    use super::super::input_event::InputEvent;
+    use super::input_event::InputEvent;
     use super::*;
     use std::io::Write;
 

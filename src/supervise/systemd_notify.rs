@@ -27,7 +27,6 @@ fn one_line(status: &str) -> String {
 /// Every autostart service is ready: `STATUS=<status>` then `READY=1`, e.g. `notify_ready("3/3 ready")`.
 /// Also used to end a reload (after [`notify_reloading`]).
 pub fn notify_ready(status: &str) {
-    super::fault::inject(super::fault::INIT_LOOP);
     let status = one_line(status);
     send(&[NotifyState::Status(&status), NotifyState::Ready]);
 }

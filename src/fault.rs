@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Panic points: `init-loop` fires in the supervisor's main loop once its services are up (the first
-/// `notify_ready`), so the panic unwinds out of `supervise::run` into init's fallback.
+/// stack-ready report), so the panic unwinds out of `stack::run` into init's fallback.
 pub const INIT_LOOP: &str = "init-loop";
 
 static FIRED: AtomicBool = AtomicBool::new(false);
