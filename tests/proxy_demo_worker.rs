@@ -24,6 +24,7 @@ fn start_worker(fd: i32, replica: &str) -> Guarded {
         .env("LISTEN_FDS", "1")
         .env("STACKINIT_REPLICA", replica);
     // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
+    #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(move || {
             if libc::dup2(fd, 100) < 0 || libc::dup2(100, 3) < 0 {

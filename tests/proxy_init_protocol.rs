@@ -39,6 +39,7 @@ fn start() -> InitSide {
         .stderr(std::fs::File::create(dir.path().join("proxy.err")).unwrap());
     // SAFETY: only dup2 (async-signal-safe) runs between fork and exec. Going through fds 100/101 first keeps
     // the moves from clobbering each other whatever numbers the sources have.
+    #[allow(unsafe_code)]
     unsafe {
         command.pre_exec(move || {
             for (from, to) in [(listen_fd, 100), (channel_fd, 101), (100, 3), (101, 4)] {

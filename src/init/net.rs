@@ -1,5 +1,6 @@
 //! The only network setup init does: bring up `lo` (everything else is a supervised DHCP service), and set
 //! the hostname.
+#![allow(unsafe_code)] // audited: see the SAFETY comments
 
 use std::os::fd::AsRawFd;
 

@@ -4,6 +4,7 @@
 //! Each `/dev/input/event*` that can report KEY_POWER is read through tokio's `AsyncFd` (epoll, no polling,
 //! no blocking threads), and every press is sent to the supervisor, which shuts down exactly as on SIGTERM.
 //! The directory can be moved with `STACKINIT_INPUT_DIR` so tests can put a FIFO named `event0` there.
+#![allow(unsafe_code)] // audited: see the SAFETY comments
 
 pub mod input_event;
 

@@ -1,6 +1,7 @@
 //! Sockets handed in by the parent through systemd-style socket activation (LISTEN_FDS from fd 3).
 //!
 //! This is the one place of the proxy that turns raw fd numbers into owned sockets.
+#![allow(unsafe_code)] // audited: see the SAFETY comments
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 

@@ -3,12 +3,13 @@
 //! STATUS=, WATCHDOG=1, MAINPID=). Each function updates one unit and returns what the loop must do.
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, info, warn};
 
-use super::notify::Notification;
+use super::notify::{self, Notification};
 use super::probes::{self, Check, ExecRequest, ProbeKind, ProbeResult, Verdict};
 use super::unit::Unit;
 use crate::config::{Probe, ServiceSpec};
@@ -186,4 +187,29 @@ pub fn on_notification(
         info!("{}: STOPPING=1", unit.name);
     }
     outcome
+}
+
+/// The unit a notify message comes from: the one whose main process sent it, or whose process group
+/// the sender is in (a forking server's worker).
+pub fn sender_unit(units: &BTreeMap<String, Unit>, sender: i32) -> Option<String> {
+    let group = notify::process_group_of(sender);
+    units
+        .values()
+        .find(|u| {
+            u.pid.is_some_and(|p| p.as_raw() == sender)
+                || (u.pid.is_some() && u.pgid.map(|g| g.as_raw()) == group)
+        })
+        .map(|u| u.name.clone())
+}
+
+/// The process group a new main pid's unit may signal as a whole: its own, unless another unit's
+/// process leads it (`leads_a_unit`): a worker still in its template's group would take the template
+/// down with it. Then only the process itself is signalled.
+pub fn own_group(new_main: i32, leads_a_unit: impl Fn(i32) -> bool) -> Option<i32> {
+    let group = notify::process_group_of(new_main)?;
+    if group != new_main && leads_a_unit(group) {
+        warn!("main pid {new_main} is in another service's process group {group}; only it will be signalled");
+        return None;
+    }
+    Some(group)
 }

@@ -27,6 +27,7 @@ mod reload;
 mod requests;
 mod rollout;
 mod rollout_view;
+mod rollouts;
 mod schedule;
 pub mod sockets;
 pub mod spawn;
@@ -57,6 +58,17 @@ pub enum Outcome {
     PowerOff,
     Reboot,
     Exit(u8),
+}
+
+impl Outcome {
+    /// What a request to shut down means: as PID 1 power-off or reboot, otherwise just exit.
+    pub fn of_shutdown(pid1: bool, reboot: bool) -> Outcome {
+        match (pid1, reboot) {
+            (true, true) => Outcome::Reboot,
+            (true, false) => Outcome::PowerOff,
+            (false, _) => Outcome::Exit(0),
+        }
+    }
 }
 
 /// The supervisor's event loop, on the current (single-threaded) runtime's `LocalSet`, until shutdown

@@ -121,6 +121,16 @@ pub fn apply(
     (fresh, dropped)
 }
 
+/// "1 added, 0 removed, 2 changed", for the log.
+pub fn summary(reply: &ReloadReply) -> String {
+    format!(
+        "{} added, {} removed, {} changed",
+        reply.added.len(),
+        reply.removed.len(),
+        reply.changed.len()
+    )
+}
+
 /// The plan for every running unit. `fresh` are the units the new config asks for.
 pub fn plan(
     old: &Config,

@@ -6,6 +6,7 @@
 //!
 //! `LISTEN_PID` must equal the child's own pid (gunicorn ignores LISTEN_FDS otherwise), so its envp slot
 //! points at a buffer the child fills in after fork.
+#![allow(unsafe_code)] // audited: fork/exec (see the SAFETY comments)
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -213,39 +214,37 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
             drop(err_write);
-            // Blocks only until the child execs (the pipe closes) or reports a failure: microseconds.
-            let mut report = [0u8; 8];
-            let mut got = 0;
-            let mut file = std::fs::File::from(err_read);
-            loop {
-                match io::Read::read(&mut file, &mut report[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        got += n;
-                        if got == report.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                }
+            match child_report(err_read) {
+                Some(error) => Err((Some(child), error)),
+                None => Ok(child),
             }
-            if got == report.len() {
-                let step =
-                    u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
-                let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-                let step = STEPS.get(step).copied().unwrap_or("exec");
-                return Err((
-                    Some(child),
-                    SpawnError {
-                        step,
-                        error: io::Error::from_raw_os_error(errno),
-                    },
-                ));
-            }
-            Ok(child)
         }
     }
+}
+
+/// What the child wrote on the error pipe before it could exec: the step that failed and its errno. The
+/// read blocks only until the child execs (the pipe closes) or reports a failure: microseconds.
+fn child_report(err_read: OwnedFd) -> Option<SpawnError> {
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    let mut file = std::fs::File::from(err_read);
+    while got < report.len() {
+        match io::Read::read(&mut file, &mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    if got < report.len() {
+        return None;
+    }
+    let step = u32::from_ne_bytes([report[0], report[1], report[2], report[3]]) as usize;
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    Some(SpawnError {
+        step: STEPS.get(step).copied().unwrap_or("exec"),
+        error: io::Error::from_raw_os_error(errno),
+    })
 }
 
 struct ChildPlan<'a> {
@@ -269,128 +268,149 @@ struct ChildPlan<'a> {
 }
 
 /// Report `step` and errno to the parent and exit. Async-signal-safe.
+///
+/// # Safety
+/// Only in the child after fork; `err_fd` is the error pipe's write end.
 unsafe fn fail(err_fd: RawFd, step: usize) -> ! {
-    let errno = *libc::__errno_location();
-    let mut report = [0u8; 8];
-    report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-    report[4..].copy_from_slice(&errno.to_ne_bytes());
-    libc::write(err_fd, report.as_ptr().cast(), report.len());
-    libc::_exit(127)
+    // SAFETY: errno is this thread's; `write` and `_exit` are async-signal-safe and get a
+    // valid buffer of its length.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let mut report = [0u8; 8];
+        report[..4].copy_from_slice(&(step as u32).to_ne_bytes());
+        report[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(err_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(127)
+    }
 }
 
 /// Runs in the child between fork and exec. Only async-signal-safe calls; never returns.
+///
+/// # Safety
+/// Only in the child after fork, with `plan` built from buffers prepared before fork.
 unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
-    let err = plan.err_fd;
-    // 0: signals. The parent ignores SIGPIPE (Rust's runtime) and may block others; exec keeps both.
-    let mut empty: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut empty);
-    if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-        fail(err, 0);
-    }
-    for sig in 1..32 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
+    // SAFETY: the caller's contract: this runs in the child between fork and exec, every pointer
+    // in `plan` points into buffers the parent prepared before fork (the child's copy keeps them alive), and
+    // every call below is async-signal-safe (no allocation, no locks).
+    unsafe {
+        let err = plan.err_fd;
+        // 0: signals. The parent ignores SIGPIPE (Rust's runtime) and may block others; exec keeps both.
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            fail(err, 0);
         }
-    }
-    // 1: own session and process group, so stop can signal the whole group and no terminal is shared.
-    if libc::setsid() < 0 {
-        fail(err, 1);
-    }
-    // 2: fds. Move every source above the target range first, so no dup2 clobbers a later source.
-    let base = plan.fd_count + 3;
-    for (i, &src) in plan.sources.iter().enumerate() {
-        let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base.max(err + 1));
-        if fd < 0 {
-            fail(err, 2);
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
         }
-        plan.high[i] = fd;
-    }
-    for (target, &fd) in plan.high.iter().enumerate() {
-        // dup2 clears FD_CLOEXEC on the target, so exactly these survive exec.
-        if libc::dup2(fd, target as RawFd) < 0 {
-            fail(err, 2);
+        // 1: own session and process group, so stop can signal the whole group and no terminal is shared.
+        if libc::setsid() < 0 {
+            fail(err, 1);
         }
-    }
-    // Close anything else a parent leaked without CLOEXEC (best effort; the error pipe is CLOEXEC).
-    libc::syscall(
-        libc::SYS_close_range,
-        plan.fd_count as libc::c_uint,
-        libc::c_uint::MAX,
-        libc::CLOSE_RANGE_CLOEXEC,
-    );
-    if !plan.listen_pid.is_null() {
-        write_decimal(
-            plan.listen_pid.add(plan.listen_pid_offset),
-            libc::getpid() as u64,
+        // 2: fds. Move every source above the target range first, so no dup2 clobbers a later source.
+        let base = plan.fd_count + 3;
+        for (i, &src) in plan.sources.iter().enumerate() {
+            let fd = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base.max(err + 1));
+            if fd < 0 {
+                fail(err, 2);
+            }
+            plan.high[i] = fd;
+        }
+        for (target, &fd) in plan.high.iter().enumerate() {
+            // dup2 clears FD_CLOEXEC on the target, so exactly these survive exec.
+            if libc::dup2(fd, target as RawFd) < 0 {
+                fail(err, 2);
+            }
+        }
+        // Close anything else a parent leaked without CLOEXEC (best effort; the error pipe is CLOEXEC).
+        libc::syscall(
+            libc::SYS_close_range,
+            plan.fd_count as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
         );
-    }
-    // 3, 4, 5
-    if let Some(mask) = plan.umask {
-        libc::umask(mask as libc::mode_t);
-    }
-    if let Some(n) = plan.nofile {
-        let limit = libc::rlimit {
-            rlim_cur: n as libc::rlim_t,
-            rlim_max: n as libc::rlim_t,
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            fail(err, 4);
+        if !plan.listen_pid.is_null() {
+            write_decimal(
+                plan.listen_pid.add(plan.listen_pid_offset),
+                libc::getpid() as u64,
+            );
         }
-    }
-    // 12: before dropping privileges, which a negative nice needs.
-    if let Some(nice) = plan.nice {
-        if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
-            fail(err, 12);
+        // 3, 4, 5
+        if let Some(mask) = plan.umask {
+            libc::umask(mask as libc::mode_t);
         }
-    }
-    if !plan.directory.is_null() && libc::chdir(plan.directory) != 0 {
-        fail(err, 5);
-    }
-    // 6: the bounding set can only shrink with CAP_SETPCAP; without it (unprivileged stackinit) there is
-    // nothing to drop from anyway, so EPERM is not an error.
-    for &cap in plan.drop_caps {
-        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
-            && *libc::__errno_location() != libc::EPERM
-            && *libc::__errno_location() != libc::EINVAL
-        {
-            fail(err, 6);
+        if let Some(n) = plan.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                fail(err, 4);
+            }
         }
-    }
-    // 7, 8, 9: groups before gid before uid, while we still may.
-    if let Some((uid, gid)) = plan.credentials {
-        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
-            fail(err, 7);
+        // 12: before dropping privileges, which a negative nice needs.
+        if let Some(nice) = plan.nice {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                fail(err, 12);
+            }
         }
-        if libc::setgid(gid) != 0 {
-            fail(err, 8);
+        if !plan.directory.is_null() && libc::chdir(plan.directory) != 0 {
+            fail(err, 5);
         }
-        if libc::setuid(uid) != 0 {
-            fail(err, 9);
+        // 6: the bounding set can only shrink with CAP_SETPCAP; without it (unprivileged stackinit) there is
+        // nothing to drop from anyway, so EPERM is not an error.
+        for &cap in plan.drop_caps {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && *libc::__errno_location() != libc::EPERM
+                && *libc::__errno_location() != libc::EINVAL
+            {
+                fail(err, 6);
+            }
         }
+        // 7, 8, 9: groups before gid before uid, while we still may.
+        if let Some((uid, gid)) = plan.credentials {
+            if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0 {
+                fail(err, 7);
+            }
+            if libc::setgid(gid) != 0 {
+                fail(err, 8);
+            }
+            if libc::setuid(uid) != 0 {
+                fail(err, 9);
+            }
+        }
+        if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(err, 10);
+        }
+        libc::execve(plan.program, plan.argv, plan.envp);
+        fail(err, 11)
     }
-    if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-        fail(err, 10);
-    }
-    libc::execve(plan.program, plan.argv, plan.envp);
-    fail(err, 11)
 }
 
 /// Write `value` as decimal digits plus NUL at `dst` (the buffer has room for 20 digits). No allocation.
+///
+/// # Safety
+/// `dst` must be valid for 21 bytes of writes.
 unsafe fn write_decimal(dst: *mut u8, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut n = 0;
-    loop {
-        digits[n] = b'0' + (value % 10) as u8;
-        n += 1;
-        value /= 10;
-        if value == 0 {
-            break;
+    // SAFETY: the caller's contract: `dst` has room for 20 digits and a NUL.
+    unsafe {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (value % 10) as u8;
+            n += 1;
+            value /= 10;
+            if value == 0 {
+                break;
+            }
         }
+        for i in 0..n {
+            *dst.add(i) = digits[n - 1 - i];
+        }
+        *dst.add(n) = 0;
     }
-    for i in 0..n {
-        *dst.add(i) = digits[n - 1 - i];
-    }
-    *dst.add(n) = 0;
 }
 
 /// Look up a user, its primary group and supplementary groups (initgroups semantics), before fork.

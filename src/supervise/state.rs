@@ -217,32 +217,9 @@ impl Machine {
             }
             (_, Event::ConditionFailed { .. }) => vec![],
             // ---- restarts ----
-            (Starting | Running, Event::Restart) => {
-                self.state = Stopping;
-                self.restart_after_stop = true;
-                vec![SignalStop, ArmTimer(policy.stop_grace)]
-            }
-            (Stopping, Event::Restart) => {
-                self.restart_after_stop = true;
-                vec![]
-            }
-            (Stopped | Exited | Fatal | Backoff, Event::Restart) => {
-                self.on(Event::Start, policy, jitter)
-            }
-            (Starting | Running | Stopping, Event::HealthFailed { reason }) => {
-                self.reason = Some(reason);
-                let actions = self.on(Event::Restart, policy, jitter);
-                self.health_restart = true;
-                actions
-            }
-            // No process to be unhealthy: nothing to restart.
-            (Stopped | Exited | Fatal | Backoff, Event::HealthFailed { .. }) => vec![],
-            (Exited | Fatal | Backoff, Event::Reset) => {
-                self.state = Stopped;
-                self.reason = None;
-                vec![CancelTimer]
-            }
-            (Stopped | Starting | Running | Stopping, Event::Reset) => vec![],
+            (_, Event::Restart) => self.restart(policy, jitter),
+            (_, Event::HealthFailed { reason }) => self.health_failed(reason, policy, jitter),
+            (_, Event::Reset) => self.reset(),
             (_, Event::BindFailed { reason }) => {
                 self.state = Fatal;
                 self.reason = Some(reason);
@@ -266,60 +243,123 @@ impl Machine {
             (_, Event::StartSecsElapsed | Event::BackoffElapsed | Event::GraceElapsed) => vec![],
             // ---- the process is gone ----
             (Stopping, Event::Exited { status, .. }) => {
-                self.last_exit = Some(status);
-                if self.restart_after_stop {
-                    self.restart_after_stop = false;
-                    let mut actions = vec![KillGroup, CancelTimer];
-                    if std::mem::take(&mut self.health_restart) {
-                        // The supervisor put the health failure (watchdog, liveness) in `reason`.
-                        self.last_restart = self.reason.clone();
-                        actions.extend(self.schedule_restart(policy, jitter));
-                    } else {
-                        self.restarts += 1;
-                        actions.extend(self.begin_start(policy));
-                    }
-                    actions
-                } else {
-                    self.state = Stopped;
-                    vec![KillGroup, CancelTimer]
-                }
+                self.exited_when_asked(status, policy, jitter)
             }
             (Starting | Running, Event::Exited { status, uptime }) => {
-                self.last_exit = Some(status);
-                let mut actions = vec![StopLeftovers, CancelTimer];
-                if policy.oneshot && policy.is_success(status) {
-                    self.state = Exited;
-                    self.succeeded = true;
-                    self.reason = None;
-                    return actions;
-                }
-                let failed_start = self.state == Starting;
-                if !policy.wants_restart(status) {
-                    self.state = Exited;
-                    self.reason = (failed_start || policy.oneshot)
-                        .then(|| format!("failed: {}", status.describe()));
-                    return actions;
-                }
-                if failed_start {
-                    self.failed_starts += 1;
-                    if self.failed_starts >= policy.start_limit {
-                        self.state = Fatal;
-                        self.reason = Some(format!(
-                            "start limit reached: {} failed starts (last: {})",
-                            self.failed_starts,
-                            status.describe()
-                        ));
-                        return actions;
-                    }
-                } else if uptime >= policy.backoff_reset {
-                    self.backoff_step = 0;
-                }
-                self.last_restart = Some(format!("exited: {}", status.describe()));
-                actions.extend(self.schedule_restart(policy, jitter));
-                actions
+                self.exited_on_its_own(status, uptime, policy, jitter)
             }
             (Stopped | Exited | Fatal | Backoff, Event::Exited { .. }) => vec![],
         }
+    }
+
+    fn restart(&mut self, policy: &Policy, jitter: f64) -> Vec<Action> {
+        match self.state {
+            State::Starting | State::Running => {
+                self.state = State::Stopping;
+                self.restart_after_stop = true;
+                vec![Action::SignalStop, Action::ArmTimer(policy.stop_grace)]
+            }
+            State::Stopping => {
+                self.restart_after_stop = true;
+                vec![]
+            }
+            State::Stopped | State::Exited | State::Fatal | State::Backoff => {
+                self.on(Event::Start, policy, jitter)
+            }
+        }
+    }
+
+    fn health_failed(&mut self, reason: String, policy: &Policy, jitter: f64) -> Vec<Action> {
+        match self.state {
+            State::Starting | State::Running | State::Stopping => {
+                self.reason = Some(reason);
+                let actions = self.restart(policy, jitter);
+                self.health_restart = true;
+                actions
+            }
+            // No process to be unhealthy: nothing to restart.
+            State::Stopped | State::Exited | State::Fatal | State::Backoff => vec![],
+        }
+    }
+
+    fn reset(&mut self) -> Vec<Action> {
+        match self.state {
+            State::Exited | State::Fatal | State::Backoff => {
+                self.state = State::Stopped;
+                self.reason = None;
+                vec![Action::CancelTimer]
+            }
+            State::Stopped | State::Starting | State::Running | State::Stopping => vec![],
+        }
+    }
+
+    /// The process ended after a stop: done, or started again for a restart.
+    fn exited_when_asked(
+        &mut self,
+        status: ExitStatus,
+        policy: &Policy,
+        jitter: f64,
+    ) -> Vec<Action> {
+        use Action::*;
+        self.last_exit = Some(status);
+        if !self.restart_after_stop {
+            self.state = State::Stopped;
+            return vec![KillGroup, CancelTimer];
+        }
+        self.restart_after_stop = false;
+        let mut actions = vec![KillGroup, CancelTimer];
+        if std::mem::take(&mut self.health_restart) {
+            // The supervisor put the health failure (watchdog, liveness) in `reason`.
+            self.last_restart = self.reason.clone();
+            actions.extend(self.schedule_restart(policy, jitter));
+        } else {
+            self.restarts += 1;
+            actions.extend(self.begin_start(policy));
+        }
+        actions
+    }
+
+    /// The process ended on its own: a job done, a failure to report, or a restart through the backoff
+    /// series (a failed start counts towards the start limit).
+    fn exited_on_its_own(
+        &mut self,
+        status: ExitStatus,
+        uptime: Duration,
+        policy: &Policy,
+        jitter: f64,
+    ) -> Vec<Action> {
+        let mut actions = vec![Action::StopLeftovers, Action::CancelTimer];
+        self.last_exit = Some(status);
+        if policy.oneshot && policy.is_success(status) {
+            self.state = State::Exited;
+            self.succeeded = true;
+            self.reason = None;
+            return actions;
+        }
+        let failed_start = self.state == State::Starting;
+        if !policy.wants_restart(status) {
+            self.state = State::Exited;
+            self.reason =
+                (failed_start || policy.oneshot).then(|| format!("failed: {}", status.describe()));
+            return actions;
+        }
+        if failed_start {
+            self.failed_starts += 1;
+            if self.failed_starts >= policy.start_limit {
+                self.state = State::Fatal;
+                self.reason = Some(format!(
+                    "start limit reached: {} failed starts (last: {})",
+                    self.failed_starts,
+                    status.describe()
+                ));
+                return actions;
+            }
+        } else if uptime >= policy.backoff_reset {
+            self.backoff_step = 0;
+        }
+        self.last_restart = Some(format!("exited: {}", status.describe()));
+        actions.extend(self.schedule_restart(policy, jitter));
+        actions
     }
 
     fn begin_start(&mut self, policy: &Policy) -> Vec<Action> {

@@ -31,8 +31,7 @@ use super::probes::{ExecRequest, ProbeKind, ProbeResult};
 use super::publish::{self, Reporter};
 use super::reload::{self, Fate, Then};
 use super::requests;
-use super::rollout::{Phase, Rollout, RolloutAction, RolloutEvent};
-use super::rollout_view::UnitsView;
+use super::rollouts::{Rollouts, Table};
 use super::schedule;
 use super::state::{Action, Event, ExitStatus, State};
 use super::systemd_notify;
@@ -58,7 +57,7 @@ pub struct Supervisor {
     logs: LogFiles,
     listeners: Listeners,
     timers: Timers,
-    rollouts: Vec<Rollout>,
+    rollouts: Rollouts,
     leftovers: Leftovers,
     exec_probes: ExecProbes,
     shutdown: Option<Shutdown>,
@@ -99,7 +98,7 @@ impl Supervisor {
             logs: LogFiles::default(),
             listeners: Listeners::default(),
             timers: Timers::default(),
-            rollouts: Vec::new(),
+            rollouts: Rollouts::default(),
             leftovers: Leftovers::default(),
             exec_probes: ExecProbes::default(),
             shutdown: None,
@@ -454,23 +453,20 @@ impl Supervisor {
                     health::start_probes(unit, first, &self.probe_channels);
                 }
             }
-            Err((Some(pid), e)) => {
-                // The child exists and has exited with 127; the reaper routes its status.
+            Err((pid, e)) => {
                 error!("cannot start {name}: {e}");
-                unit.pid = Some(pid);
-                unit.pgid = None;
-                unit.started_at = Some(now);
-                unit.spawn_error = Some(format!("cannot start: {e}"));
-                self.pids.insert(pid, name.to_string());
-            }
-            Err((None, e)) => {
-                error!("cannot start {name}: {e}");
-                unit.pgid = None;
-                unit.spawn_error = Some(format!("cannot start: {e}"));
-                let status = ExitStatus::Code(127);
-                let uptime = Duration::ZERO;
-                self.pending
-                    .push_back((name.to_string(), Event::Exited { status, uptime }));
+                unit.spawn_failed(pid, format!("cannot start: {e}"), now);
+                match pid {
+                    // The child exists and has exited with 127; the reaper routes its status.
+                    Some(pid) => {
+                        self.pids.insert(pid, name.to_string());
+                    }
+                    None => {
+                        let (status, uptime) = (ExitStatus::Code(127), Duration::ZERO);
+                        let exited = Event::Exited { status, uptime };
+                        self.pending.push_back((name.to_string(), exited));
+                    }
+                }
             }
         }
     }
@@ -570,8 +566,7 @@ impl Supervisor {
     }
 
     fn unhealthy(&self) -> Vec<String> {
-        let rolling: Vec<&str> = self.rollouts.iter().filter_map(|r| r.current()).collect();
-        publish::unhealthy(self.units.values(), &rolling)
+        publish::unhealthy(self.units.values(), &self.rollouts.current_replicas())
     }
 
     fn publish_proxy_config(&mut self) {
@@ -598,10 +593,9 @@ impl Supervisor {
         for u in self.units.values_mut() {
             u.want_up = false;
         }
-        let services: Vec<String> = self.rollouts.iter().map(|r| r.service.clone()).collect();
-        for service in services {
-            self.cancel_rollouts(&service);
-        }
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        rollouts.cancel_all(&mut self.table());
+        self.rollouts = rollouts;
         let draining = !drain.is_zero();
         if draining {
             self.timers.arm(Due::ShutdownDrain, Instant::now() + drain);
@@ -622,170 +616,42 @@ impl Supervisor {
             return;
         }
         info!("received {}", sig.as_str());
-        self.begin_shutdown(self.power_outcome(sig == Signal::SIGINT));
-    }
-
-    /// What a shutdown request means: as PID 1 power-off or reboot, otherwise just exit.
-    fn power_outcome(&self, reboot: bool) -> Outcome {
-        match (self.pid1, reboot) {
-            (true, true) => Outcome::Reboot,
-            (true, false) => Outcome::PowerOff,
-            (false, _) => Outcome::Exit(0),
-        }
+        self.begin_shutdown(Outcome::of_shutdown(self.pid1, sig == Signal::SIGINT));
     }
 
     // ------------------------------------------------------------------ rollouts
 
+    /// The rollouts' view of and hold on the unit table.
+    fn table(&mut self) -> Table<'_> {
+        Table {
+            units: &mut self.units,
+            pids: &mut self.pids,
+            timers: &mut self.timers,
+            logs: &mut self.logs,
+            listeners: &self.listeners,
+            config: &self.config,
+            events: &mut self.pending,
+        }
+    }
+
     fn advance_rollouts(&mut self) {
-        let now = Instant::now();
-        for i in 0..self.rollouts.len() {
-            // Each call decides on the units as the previous call's actions left them.
-            for _ in 0..64 {
-                let view = UnitsView {
-                    units: &self.units,
-                    listeners: &self.listeners,
-                    config: &self.config,
-                };
-                let actions = self.rollouts[i].on(RolloutEvent::Tick(now), &view);
-                if actions.is_empty() {
-                    break;
-                }
-                let service = self.rollouts[i].service.clone();
-                for action in actions {
-                    self.carry_out_rollout(&service, action);
-                }
-            }
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        if rollouts.advance(Instant::now(), &mut self.table()) {
+            self.publish_proxy_config();
         }
-        for r in &self.rollouts {
-            self.timers
-                .set(Due::Rollout(r.service.clone()), r.deadline());
-        }
-        self.rollouts.retain(|r| {
-            if r.is_over() {
-                let how = match r.phase {
-                    Phase::Halted { .. } => "halted",
-                    _ => "done",
-                };
-                info!("rollout of {} {how}", r.service);
-            }
-            !r.is_over()
-        });
+        self.rollouts = rollouts;
     }
 
-    fn carry_out_rollout(&mut self, service: &str, action: RolloutAction) {
-        match action {
-            RolloutAction::StartSuccessor {
-                replica,
-                successor,
-                addresses,
-            } => self.start_successor(&replica, successor, addresses),
-            RolloutAction::Drain { replica } => {
-                info!("rollout of {service}: draining {replica}");
-                self.set_draining(&replica, true);
-            }
-            RolloutAction::Undrain { replica } => self.set_draining(&replica, false),
-            RolloutAction::Retire { name } => self.retire(&name),
-            RolloutAction::Restart { replica } => {
-                self.set_draining(&replica, false);
-                self.restart_unit(&replica);
-            }
-            RolloutAction::Promote { successor, replica } => {
-                self.promote(&successor, &replica);
-                info!("rollout of {service}: {replica} replaced and ready");
-            }
-            RolloutAction::Note { replica, note } => {
-                warn!("{replica}: {note}");
-                if let Some(u) = self.units.get_mut(&replica) {
-                    u.rollout_note = Some(note);
-                }
-            }
-        }
-    }
-
-    fn set_draining(&mut self, name: &str, draining: bool) {
-        if let Some(u) = self.units.get_mut(name) {
-            u.draining = draining;
-        }
-    }
-
-    /// Start `successor`, a copy of `replica` (same spec, replica index and logs) on `addresses`.
-    fn start_successor(&mut self, replica: &str, successor: String, addresses: Vec<String>) {
-        let Some(from) = self.units.get(replica) else {
-            return;
-        };
-        let Some(mut unit) = build::remake_unit(&self.config, from, &mut self.logs) else {
-            return;
-        };
-        info!(
-            "rolling {replica}: starting {successor} beside it on {}",
-            addresses.join(", ")
-        );
-        unit.name = successor.clone();
-        unit.listen = addresses;
-        unit.place = Place::Successor;
-        unit.want_up = true;
-        self.units.insert(successor.clone(), unit);
-        self.publish_proxy_config();
-        self.dispatch(&successor, Event::Start);
-    }
-
-    /// The old replica is gone: the successor takes its name (and keeps its socket).
-    fn promote(&mut self, successor: &str, replica: &str) {
-        self.units.remove(replica);
-        self.timers.forget_unit(replica);
-        if let Some(mut unit) = self.units.remove(successor) {
-            unit.name = replica.to_string();
-            unit.place = Place::Member;
-            if let Some(pid) = unit.pid {
-                self.pids.insert(pid, replica.to_string());
-            }
-            self.timers.rename_unit(successor, replica);
-            self.units.insert(replica.to_string(), unit);
-        }
-        self.publish_proxy_config();
-    }
-
-    /// Stop a unit for good and drop it from the table once it is down.
-    fn retire(&mut self, name: &str) {
-        if let Some(u) = self.units.get_mut(name) {
-            u.want_up = false;
-            u.place = Place::Retiring;
-            u.draining = false;
-            self.dispatch(name, Event::Stop);
-        }
-    }
-
-    /// Call off a service's rollout: see `Rollout::on(Cancel)`.
     fn cancel_rollouts(&mut self, service: &str) {
-        let (cancelled, kept): (Vec<Rollout>, Vec<Rollout>) = std::mem::take(&mut self.rollouts)
-            .into_iter()
-            .partition(|r| r.service == service);
-        self.rollouts = kept;
-        for mut rollout in cancelled {
-            let view = UnitsView {
-                units: &self.units,
-                listeners: &self.listeners,
-                config: &self.config,
-            };
-            for action in rollout.on(RolloutEvent::Cancel, &view) {
-                self.carry_out_rollout(service, action);
-            }
-            self.timers.cancel(&Due::Rollout(service.to_string()));
-        }
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        rollouts.cancel(service, &mut self.table());
+        self.rollouts = rollouts;
     }
 
     fn start_rollout(&mut self, service: &str, replicas: Vec<String>) {
-        self.cancel_rollouts(service);
-        let mut ready_timeout = None;
-        for name in &replicas {
-            if let Some(u) = self.units.get_mut(name) {
-                // A halted rollout's note would otherwise outlive the next attempt.
-                u.rollout_note = None;
-                ready_timeout.get_or_insert(u.spec.ready_timeout.0);
-            }
-        }
-        let timeout = ready_timeout.unwrap_or_default();
-        self.rollouts.push(Rollout::new(service, replicas, timeout));
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        rollouts.start(service, replicas, &mut self.table());
+        self.rollouts = rollouts;
     }
 
     // ------------------------------------------------------------------ probes and notify
@@ -818,16 +684,7 @@ impl Supervisor {
     }
 
     fn on_notification(&mut self, message: Notification) {
-        let pgid = notify::process_group_of(message.pid);
-        let Some(name) = self
-            .units
-            .values()
-            .find(|u| {
-                u.pid.is_some_and(|p| p.as_raw() == message.pid)
-                    || (u.pid.is_some() && u.pgid.map(Pid::as_raw) == pgid)
-            })
-            .map(|u| u.name.clone())
-        else {
+        let Some(name) = health::sender_unit(&self.units, message.pid) else {
             debug!(
                 "notify message from pid {} that is no service's: ignored",
                 message.pid
@@ -860,21 +717,11 @@ impl Supervisor {
         }
         info!("{name}: main pid is now {new} (MAINPID, was {old})");
         self.pids.remove(&Pid::from_raw(old));
-        // Its group is what stop and exit SIGKILL; never a group another unit's process leads (a worker
-        // still in its template's group would take the template down with it).
-        let group = notify::process_group_of(new);
-        let shared = group.is_some_and(|g| g != new && self.pids.keys().any(|p| p.as_raw() == g));
+        let group = health::own_group(new, |g| self.pids.keys().any(|p| p.as_raw() == g));
         self.pids.insert(Pid::from_raw(new), name.to_string());
-        if shared {
-            warn!("{name}: new main pid {new} is in another service's process group; only it will be signalled");
-        }
         if let Some(unit) = self.units.get_mut(name) {
             unit.pid = Some(Pid::from_raw(new));
-            unit.pgid = if shared {
-                None
-            } else {
-                group.map(Pid::from_raw)
-            };
+            unit.pgid = group.map(Pid::from_raw);
         }
     }
 
@@ -896,7 +743,7 @@ impl Supervisor {
                 let _ = reply.send(self.reload());
             }
             Request::Shutdown { reboot, reply } => {
-                let outcome = self.power_outcome(reboot);
+                let outcome = Outcome::of_shutdown(self.pid1, reboot);
                 self.begin_shutdown(outcome);
                 let message = format!("shutting down ({outcome:?})");
                 let _ = reply.send(Ok(ActionReply { ok: true, message }));
@@ -984,12 +831,7 @@ impl Supervisor {
 
     fn reload_on_sighup(&mut self) {
         match self.reload() {
-            Ok(r) => info!(
-                "reloaded on SIGHUP: {} added, {} removed, {} changed",
-                r.added.len(),
-                r.removed.len(),
-                r.changed.len()
-            ),
+            Ok(r) => info!("reloaded on SIGHUP: {}", reload::summary(&r)),
             Err(e) => error!(
                 "reload on SIGHUP failed, keeping the running config:\n{}",
                 e.message

@@ -159,6 +159,16 @@ impl Unit {
         self.health.watchdog.filter(|_| !self.spec.notify)
     }
 
+    /// Its process could not be started: `pid` is the child that exists only to exit 127, if fork worked.
+    pub fn spawn_failed(&mut self, pid: Option<nix::unistd::Pid>, error: String, now: Instant) {
+        if pid.is_some() {
+            self.pid = pid;
+            self.started_at = Some(now);
+        }
+        self.pgid = None;
+        self.spawn_error = Some(error);
+    }
+
     /// A reload made this unit afresh for a changed spec while `old`'s process still runs: that process
     /// becomes this unit's, with its sockets, probes and readiness, until it is replaced.
     pub fn take_over(&mut self, old: &mut Unit) {
