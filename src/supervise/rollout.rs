@@ -408,6 +408,28 @@ mod tests {
         }
     }
 
+    fn drain(replica: &str) -> RolloutAction {
+        A::Drain {
+            replica: replica.into(),
+        }
+    }
+
+    fn undrain(replica: &str) -> RolloutAction {
+        A::Undrain {
+            replica: replica.into(),
+        }
+    }
+
+    fn retire(name: &str) -> RolloutAction {
+        A::Retire { name: name.into() }
+    }
+
+    fn restart(replica: &str) -> RolloutAction {
+        A::Restart {
+            replica: replica.into(),
+        }
+    }
+
     const TIMEOUT: Duration = Duration::from_secs(10);
 
     fn rollout(names: &[&str]) -> Rollout {
@@ -442,20 +464,10 @@ mod tests {
         assert_eq!(tick(&mut r, t0, &units), vec![]);
         // Ready: the old one leaves routing, and is stopped for good when the drain is over.
         units.set("app@0.next", Some(20), true);
-        assert_eq!(
-            tick(&mut r, t0, &units),
-            vec![A::Drain {
-                replica: "app@0".into()
-            }]
-        );
+        assert_eq!(tick(&mut r, t0, &units), vec![drain("app@0")]);
         assert_eq!(r.deadline(), Some(t0 + DRAIN));
         assert_eq!(tick(&mut r, t0 + DRAIN / 2, &units), vec![]);
-        assert_eq!(
-            tick(&mut r, t0 + DRAIN, &units),
-            vec![A::Retire {
-                name: "app@0".into()
-            }]
-        );
+        assert_eq!(tick(&mut r, t0 + DRAIN, &units), vec![retire("app@0")]);
         assert_eq!(
             r.deadline(),
             None,
@@ -512,12 +524,7 @@ mod tests {
         assert_eq!(tick(&mut r, t0 + TIMEOUT / 2, &units), vec![]);
         let actions = tick(&mut r, t0 + TIMEOUT, &units);
         assert_eq!(actions.len(), 2, "{actions:?}");
-        assert_eq!(
-            actions[0],
-            A::Retire {
-                name: "app@0.next".into()
-            }
-        );
+        assert_eq!(actions[0], retire("app@0.next"));
         let A::Note { replica, note } = &actions[1] else {
             panic!("expected a note: {actions:?}");
         };
@@ -535,30 +542,15 @@ mod tests {
         let t0 = Instant::now();
         let mut units = Units::with(&[("app@0", 10), ("app@1", 11)], false);
         let mut r = rollout(&["app@0", "app@1"]);
-        assert_eq!(
-            tick(&mut r, t0, &units),
-            vec![A::Drain {
-                replica: "app@0".into()
-            }]
-        );
-        assert_eq!(
-            tick(&mut r, t0 + DRAIN, &units),
-            vec![A::Restart {
-                replica: "app@0".into()
-            }]
-        );
+        assert_eq!(tick(&mut r, t0, &units), vec![drain("app@0")]);
+        assert_eq!(tick(&mut r, t0 + DRAIN, &units), vec![restart("app@0")]);
         assert_eq!(r.deadline(), Some(t0 + DRAIN + TIMEOUT));
         // The old process is still the one there: not replaced yet.
         assert_eq!(tick(&mut r, t0 + DRAIN, &units), vec![]);
         units.set("app@0", Some(30), false);
         assert_eq!(tick(&mut r, t0 + DRAIN, &units), vec![]);
         units.set("app@0", Some(30), true);
-        assert_eq!(
-            tick(&mut r, t0 + DRAIN * 2, &units),
-            vec![A::Drain {
-                replica: "app@1".into()
-            }]
-        );
+        assert_eq!(tick(&mut r, t0 + DRAIN * 2, &units), vec![drain("app@1")]);
     }
 
     #[test]
@@ -586,12 +578,7 @@ mod tests {
         let mut units = Units::with(&[("app@1", 11)], true);
         units.set("app@0", None, false);
         let mut r = rollout(&["app@0", "app@1"]);
-        assert_eq!(
-            tick(&mut r, t0, &units),
-            vec![A::Restart {
-                replica: "app@0".into()
-            }]
-        );
+        assert_eq!(tick(&mut r, t0, &units), vec![restart("app@0")]);
         assert_eq!(r.deadline(), Some(t0 + DRAIN + TIMEOUT));
     }
 
@@ -600,12 +587,7 @@ mod tests {
         let t0 = Instant::now();
         let units = Units::with(&[("app@1", 11)], false);
         let mut r = rollout(&["app@0", "app@1"]);
-        assert_eq!(
-            tick(&mut r, t0, &units),
-            vec![A::Drain {
-                replica: "app@1".into()
-            }]
-        );
+        assert_eq!(tick(&mut r, t0, &units), vec![drain("app@1")]);
     }
 
     #[test]
@@ -616,9 +598,7 @@ mod tests {
         tick(&mut r, t0, &units);
         assert_eq!(
             r.on(RolloutEvent::Cancel, &units),
-            vec![A::Retire {
-                name: "app@0.next".into()
-            }]
+            vec![retire("app@0.next")]
         );
         assert!(r.is_over());
         // Once cancelled, nothing more happens, whatever the units do.
@@ -636,14 +616,7 @@ mod tests {
         tick(&mut r, t0, &units);
         assert_eq!(
             r.on(RolloutEvent::Cancel, &units),
-            vec![
-                A::Undrain {
-                    replica: "app@0".into()
-                },
-                A::Retire {
-                    name: "app@0.next".into()
-                }
-            ]
+            vec![undrain("app@0"), retire("app@0.next")]
         );
     }
 
@@ -657,12 +630,7 @@ mod tests {
         tick(&mut first, t0, &units);
         units.set("app@0.next", Some(20), false);
         let cancelled = first.on(RolloutEvent::Cancel, &units);
-        assert_eq!(
-            cancelled,
-            vec![A::Retire {
-                name: "app@0.next".into()
-            }]
-        );
+        assert_eq!(cancelled, vec![retire("app@0.next")]);
         units.units.remove("app@0.next");
         let mut second = rollout(&["app@0", "app@1"]);
         assert!(matches!(
