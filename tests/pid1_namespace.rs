@@ -22,9 +22,24 @@ struct Pid1 {
     dir: tempfile::TempDir,
 }
 
-/// A fresh directory outside /tmp: the early-boot test mounts a tmpfs over /tmp inside its namespace.
+/// Where PID 1 mounts fresh file systems in the early-boot test's namespace (src/init/mounts.rs): a test
+/// directory below one of them would vanish for PID 1 and its services.
+const MOUNTED_OVER: [&str; 5] = ["/tmp", "/run", "/dev", "/proc", "/sys"];
+
+/// A fresh directory that PID 1 sees as the test does, wherever the checkout lives: in /var/tmp, which
+/// early boot never mounts over (the target dir is no good: a checkout under /tmp puts it under /tmp).
 fn test_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+    let dir = tempfile::Builder::new()
+        .prefix("stackinit-pid1-")
+        .tempdir_in("/var/tmp")
+        .expect("temp dir in /var/tmp");
+    let real = fs::canonicalize(dir.path()).expect("canonical test dir");
+    assert!(
+        !MOUNTED_OVER.iter().any(|m| real.starts_with(m)),
+        "{} is below a mount point of early boot ({MOUNTED_OVER:?}): PID 1 would not see it",
+        real.display()
+    );
+    dir
 }
 
 impl Pid1 {
@@ -61,7 +76,7 @@ impl Pid1 {
             host_pid: 0,
             dir,
         };
-        pid1.host_pid = wait_for(
+        pid1.host_pid = pid1.wait_for(
             "the namespace's PID 1 to appear",
             Duration::from_secs(10),
             || {
@@ -84,16 +99,31 @@ impl Pid1 {
         fs::read_to_string(self.path("console.log")).unwrap_or_default()
     }
 
-    fn wait_console(&self, needle: &str, timeout: Duration) {
+    /// Poll `check` until it gives a value; on timeout, fail with what PID 1 wrote on its console.
+    fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
-        while !self.console().contains(needle) {
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
             assert!(
                 Instant::now() < deadline,
-                "no {needle:?} on the console in {timeout:?}:\n{}",
+                "timed out after {timeout:?} waiting for {what}; console:\n{}",
                 self.console()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn wait_console(&self, needle: &str, timeout: Duration) {
+        self.wait_for(&format!("{needle:?} on the console"), timeout, || {
+            self.console().contains(needle).then_some(())
+        });
     }
 
     fn signal(&self, signal: Signal) {
@@ -182,20 +212,6 @@ impl Drop for Pid1 {
     }
 }
 
-fn wait_for<T, F: FnMut() -> Option<T>>(what: &str, timeout: Duration, mut check: F) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn lines(path: &Path) -> Vec<String> {
     fs::read_to_string(path)
         .unwrap_or_default()
@@ -240,7 +256,7 @@ fn chain_config(dir: &Path) -> String {
 }
 
 fn wait_all_started(pid1: &Pid1, count: usize) {
-    wait_for("every service to start", Duration::from_secs(20), || {
+    pid1.wait_for("every service to start", Duration::from_secs(20), || {
         (lines(&pid1.path("started")).len() >= count).then_some(())
     });
     // Give the last one its start_secs so it counts as running before we stop it.
@@ -261,7 +277,7 @@ fn reaps_a_thousand_orphans_and_leaves_no_zombies() {
         init_section(dir.path(), "")
     );
     let mut pid1 = Pid1::start(dir, &config, &[], &[]);
-    wait_for(
+    pid1.wait_for(
         "1000 orphans to be created",
         Duration::from_secs(60),
         || done.exists().then_some(()),
@@ -270,7 +286,7 @@ fn reaps_a_thousand_orphans_and_leaves_no_zombies() {
     // Every orphan has died 0.2 s after the last was made; all must be reaped, leaving only PID 1 and the
     // service's `sleep 1000`.
     let (processes, zombies) =
-        wait_for("every orphan to be reaped", Duration::from_secs(15), || {
+        pid1.wait_for("every orphan to be reaped", Duration::from_secs(15), || {
             let (processes, zombies) = pid1.census();
             (zombies == 0 && processes <= 3).then_some((processes, zombies))
         });
@@ -339,7 +355,7 @@ fn power_button_press_runs_the_same_ordered_shutdown() {
     let mut pid1 = Pid1::start(dir, &config, &[], &[]);
     wait_all_started(&pid1, 3);
     // Opening for write without blocking fails (ENXIO) until stackinit has the FIFO open for reading.
-    let mut device = wait_for(
+    let mut device = pid1.wait_for(
         "stackinit to open the fake input device",
         Duration::from_secs(10),
         || {
@@ -404,7 +420,7 @@ fn a_panicking_main_loop_leaves_pid1_running_and_reaping() {
     assert!(pid1.pid1_alive(), "PID 1 must survive its main loop");
     // Orphans created after the panic must still be reaped.
     pid1.run_inside("i=0; while [ $i -lt 300 ]; do (sleep 0.1 &); i=$((i+1)); done");
-    wait_for(
+    pid1.wait_for(
         "orphans made after the panic to be reaped",
         Duration::from_secs(15),
         || {
@@ -449,7 +465,7 @@ fn a_broken_config_leaves_pid1_reaping_and_says_why() {
         "errors name the file:\n{console}"
     );
     pid1.run_inside("i=0; while [ $i -lt 100 ]; do (sleep 0.1 &); i=$((i+1)); done");
-    wait_for("orphans to be reaped", Duration::from_secs(15), || {
+    pid1.wait_for("orphans to be reaped", Duration::from_secs(15), || {
         (pid1.census() == (1, 0)).then_some(())
     });
     pid1.signal(Signal::SIGTERM);
