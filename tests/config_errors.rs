@@ -1,8 +1,12 @@
 //! `stackinit check --config FILE` on broken configs: every error must name FILE:LINE:COL, the key, and say
 //! what is wrong. Each case is broken in exactly one way, so each must print exactly one error.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use support::{temp_dir, BIN};
 
 struct Case {
     name: &'static str,
@@ -564,16 +568,8 @@ after = ["dhcp"]
     ),
 ];
 
-/// A temp dir removed when the test ends, pass or fail.
-fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("stackinit-config-errors")
-        .tempdir()
-        .expect("create temp dir")
-}
-
 fn check(path: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    Command::new(BIN)
         .args(["check", "--config"])
         .arg(path)
         .output()
@@ -597,7 +593,7 @@ fn error_lines(output: &Output) -> Vec<String> {
 #[test]
 fn broken_configs_report_file_line_col_key_and_message() {
     assert!(CASES.len() >= 20);
-    let dir = tempdir();
+    let dir = temp_dir("stackinit-config-errors");
     let mut failures = Vec::new();
     for case in CASES {
         let path = write(dir.path(), case.name, case.toml);
@@ -637,7 +633,7 @@ fn broken_configs_report_file_line_col_key_and_message() {
 
 #[test]
 fn errors_in_different_sections_are_all_reported() {
-    let dir = tempdir();
+    let dir = temp_dir("stackinit-config-errors");
     let path = write(
         dir.path(),
         "three",
@@ -678,7 +674,7 @@ typo = 1
 
 #[test]
 fn several_errors_in_one_service_are_all_reported() {
-    let dir = tempdir();
+    let dir = temp_dir("stackinit-config-errors");
     let path = write(
         dir.path(),
         "one_service",
@@ -747,7 +743,7 @@ default = true
 
 #[test]
 fn contract_example_passes() {
-    let dir = tempdir();
+    let dir = temp_dir("stackinit-config-errors");
     let path = write(dir.path(), "contract", CONTRACT_EXAMPLE);
     let output = check(&path);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -766,12 +762,12 @@ fn contract_example_passes() {
 #[test]
 fn built_in_demo_passes() {
     // The demo as `config --default` prints it must check clean ...
-    let printed = Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    let printed = Command::new(BIN)
         .args(["config", "--default"])
         .output()
         .expect("run stackinit config --default");
     assert!(printed.status.success());
-    let dir = tempdir();
+    let dir = temp_dir("stackinit-config-errors");
     let path = write(
         dir.path(),
         "demo",
@@ -786,7 +782,7 @@ fn built_in_demo_passes() {
     );
 
     // ... and so must `check` with no --config, which uses it when there is no system config.
-    let output = Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    let output = Command::new(BIN)
         .arg("check")
         .output()
         .expect("run stackinit check");
@@ -804,7 +800,7 @@ fn built_in_demo_passes() {
 
 #[test]
 fn unreadable_file_is_an_error() {
-    let dir = tempdir();
+    let dir = temp_dir("stackinit-config-errors");
     let path = dir.path().join("missing.toml");
     let output = check(&path);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,6 +2,8 @@
 //! supervisor answering `Handle` requests with canned data, driven by the real `stackinit` binary,
 //! by raw HTTP, and by curl running as an unprivileged uid.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -18,6 +20,8 @@ use serde_json::Value;
 use stackinit::api::{ActionReply, ApiError, ReloadReply, ServiceStatus, State};
 use stackinit::control::server::serve;
 use stackinit::supervise::handle::{Action, Handle, LogSource, LogStream, Request};
+use support::http;
+use support::{kill9, BIN};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 const NOBODY: u32 = 65534;
@@ -106,7 +110,7 @@ impl FakeStack {
 
     /// The real binary as a control client of this stack.
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_stackinit"))
+        Command::new(BIN)
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
@@ -319,46 +323,22 @@ fn answer(
     }
 }
 
-/// One raw HTTP/1.1 exchange; returns (status code, headers, body with chunking undone).
-fn raw_http(socket: &Path, request: &str) -> (u16, String, String) {
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("write");
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).expect("read");
-    parse_reply(&String::from_utf8(reply).expect("utf-8 reply"))
-}
-
-fn parse_reply(reply: &str) -> (u16, String, String) {
-    let (head, body) = reply
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {reply:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("status in {head:?}"));
-    (status, head.to_ascii_lowercase(), body.to_owned())
-}
-
+/// GET on the control socket: (status, lowercased head, body).
 fn get(socket: &Path, path: &str) -> (u16, String, String) {
-    raw_http(
-        socket,
-        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
-    )
+    http::Request::new(socket, "GET", path)
+        .timeout(Duration::from_secs(10))
+        .reply()
+        .parts()
 }
 
+/// POST of a JSON body on the control socket: (status, lowercased head, body).
 fn post(socket: &Path, path: &str, body: &str) -> (u16, String, String) {
-    raw_http(
-        socket,
-        &format!(
-            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
+    http::Request::new(socket, "POST", path)
+        .header("Content-Type", "application/json")
+        .body(body.as_bytes())
+        .timeout(Duration::from_secs(10))
+        .reply()
+        .parts()
 }
 
 /// The `error` of a JSON error body, failing the test when the body isn't one.
@@ -719,7 +699,7 @@ fn logs_tail() {
 #[test]
 fn logs_follow_streams_new_lines_until_the_log_closes() {
     let stack = FakeStack::start();
-    let child = Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    let child = Command::new(BIN)
         .arg("--socket")
         .arg(&stack.socket)
         .args(["logs", "app", "--follow", "-n", "2"])
@@ -791,10 +771,7 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0 as i32),
-            nix::sys::signal::SIGKILL,
-        );
+        kill9(self.0 as i32);
     }
 }
 
@@ -847,7 +824,7 @@ fn unprivileged_peer_gets_403() {
     assert_eq!(status, 403, "{body}");
     assert!(error_of(&body).starts_with("permission denied"), "{body}");
     // The CLI says so and fails.
-    let output = Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    let output = Command::new(BIN)
         .uid(NOBODY)
         .gid(NOBODY)
         .arg("--socket")
@@ -870,7 +847,7 @@ fn unprivileged_peer_gets_403() {
 fn socket_mode_keeps_out_who_is_not_in_the_group() {
     let stack = FakeStack::start_with_group(Some(CONTROL_GID));
     stack.open_up(0o660);
-    let output = Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    let output = Command::new(BIN)
         .uid(NOBODY)
         .gid(NOBODY)
         .arg("--socket")
@@ -902,7 +879,7 @@ fn control_group_members_are_allowed() {
     let (status, body) = curl_as_nobody(&stack.socket, None, CONTROL_GID);
     assert_eq!(status, 200, "{body}");
     // A group member may change state too.
-    let output = Command::new(env!("CARGO_BIN_EXE_stackinit"))
+    let output = Command::new(BIN)
         .uid(NOBODY)
         .gid(CONTROL_GID)
         .arg("--socket")

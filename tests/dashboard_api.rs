@@ -6,10 +6,12 @@ mod support;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{wait_until, Stack};
+use support::http::Request;
+use support::{csrf_token, poll_every, wait_until, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -33,34 +35,18 @@ autostart = false
 stop_grace = "2s"
 "#;
 
+/// One request on the control socket: (status, lowercased head, body).
 fn request(
     socket: &Path,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String, String) {
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write");
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).expect("read");
-    let reply = String::from_utf8_lossy(&reply).into_owned();
-    let (head, body) = reply.split_once("\r\n\r\n").expect("head");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, head.to_ascii_lowercase(), body.to_string())
+    Request::new(socket, method, path)
+        .headers(headers)
+        .timeout(Duration::from_secs(10))
+        .reply()
+        .parts()
 }
 
 /// An open `GET /v1/events` stream; `wait_for` reads until a predicate holds on everything so far.
@@ -87,20 +73,24 @@ impl Events {
     }
 
     fn wait_for(&mut self, what: &str, mut done: impl FnMut(&str) -> bool) {
-        let deadline = Instant::now() + WAIT;
         let mut buf = [0u8; 8192];
-        while !done(&self.seen) {
-            assert!(
-                Instant::now() < deadline,
-                "no {what} in the event stream:\n{}",
-                self.seen
-            );
+        // No pause between polls: each read waits up to its 200 ms timeout for more of the stream.
+        let found = poll_every(Duration::ZERO, WAIT, || {
+            if done(&self.seen) {
+                return Some(());
+            }
             match self.stream.read(&mut buf) {
                 Ok(0) => panic!("event stream ended:\n{}", self.seen),
                 Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
                 Err(_) => {}
             }
-        }
+            None
+        });
+        assert!(
+            found.is_some(),
+            "no {what} in the event stream:\n{}",
+            self.seen
+        );
     }
 
     /// The JSON payloads of every `event: NAME` seen so far (chunk framing is skipped: each
@@ -210,8 +200,7 @@ fn page_facts_and_event_stream_on_the_control_socket() {
     stack.wait_state("web", "running", WAIT);
 
     // Shutdown: the draining flag reaches the stream at once, before any service stops.
-    let pid = nix::unistd::Pid::from_raw(stack.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    stack.signal(Signal::SIGTERM);
     events.wait_for("draining", |s| s.contains("\"draining\":true"));
     let last = events.payloads("health").pop().expect("health");
     assert_eq!(last["healthy"], false);
@@ -230,12 +219,7 @@ fn browser_posts_on_the_control_socket_need_the_csrf_token() {
     let socket = stack.socket.clone();
     let pid = stack.pid_of("web");
     let (_, _, page) = request(&socket, "GET", "/", &[]);
-    let token = page
-        .split("name=\"csrf-token\" content=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("token")
-        .to_string();
+    let token = csrf_token(&page);
 
     // SSH forwarding hands the browser's requests to the socket: they carry Origin/Sec-Fetch-Site.
     for headers in [

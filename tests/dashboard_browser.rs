@@ -4,15 +4,14 @@
 //! Needs Debian's `chromium` and `chromium-driver`; without them the test fails.
 //! `STACKINIT_UPDATE_SCREENSHOT=1` also writes the screenshot to docs/dashboard.png.
 
-#[path = "support/browser.rs"]
-mod browser;
 mod support;
 
 use std::time::Duration;
 
-use browser::{free_port, http, Browser};
 use serde_json::json;
-use support::{wait_until, Stack};
+use support::browser::{self, Browser};
+use support::http::{Reply, Request};
+use support::{csrf_token, free_port, wait_until, Stack};
 
 const TOKEN: &str = "test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
@@ -248,7 +247,7 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
     let pid = stack.pid_of("bravo");
 
     // No credentials, wrong ones: 401 with a challenge, on the page and on the API alike.
-    let reply = http(port, "GET", "/", &[("Accept", "text/html")], b"");
+    let reply = http(port, "GET", "/", &[("Accept", "text/html")]);
     assert_eq!(reply.status, 401, "{}", reply.text());
     let challenges: Vec<&str> = reply
         .headers
@@ -271,10 +270,10 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
         ("/?token=wrong", vec![]),
         ("/", vec![("Authorization", "Basic YWRtaW46d3Jvbmc=")]), // admin:wrong
     ] {
-        let reply = http(port, "GET", path, &headers, b"");
+        let reply = http(port, "GET", path, &headers);
         assert_eq!(reply.status, 401, "{path} {headers:?}: {}", reply.text());
     }
-    let reply = http(port, "POST", "/v1/services/bravo/stop", &[], b"");
+    let reply = http(port, "POST", "/v1/services/bravo/stop", &[]);
     assert_eq!(reply.status, 401);
 
     // Basic auth, as a browser sends it after its prompt.
@@ -283,22 +282,15 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
         "GET",
         "/v1/status",
         &[("Authorization", "Basic YWRtaW46czNjcmV0IHBhc3M=")], // admin:s3cret pass
-        b"",
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["services"].as_array().map(Vec::len), Some(3));
 
     // With credentials: the page carries the CSRF token.
-    let page = http(port, "GET", "/", &[("Authorization", &bearer)], b"");
+    let page = http(port, "GET", "/", &[("Authorization", &bearer)]);
     assert_eq!(page.status, 200);
     assert!(page.header("content-security-policy").is_some());
-    let html = page.text();
-    let token = html
-        .split("name=\"csrf-token\" content=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("csrf token in the page")
-        .to_string();
+    let token = csrf_token(&page.text());
     assert_eq!(token.len(), 32);
 
     // Cross-origin POSTs are refused with 403 JSON, with or without the token.
@@ -323,7 +315,7 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
             ("Origin", &format!("http://127.0.0.1:{port}")),
         ],
     ] {
-        let reply = http(port, "POST", "/v1/services/bravo/stop", &headers, b"");
+        let reply = http(port, "POST", "/v1/services/bravo/stop", &headers);
         assert_eq!(reply.status, 403, "{headers:?}: {}", reply.text());
         assert!(reply.json()["error"].is_string());
     }
@@ -333,7 +325,6 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
         "POST",
         "/v1/shutdown",
         &[("Authorization", &bearer), ("X-Stackinit-CSRF", &token)],
-        b"",
     );
     assert_eq!(reply.status, 403);
     assert_eq!(
@@ -354,7 +345,6 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
             ("Sec-Fetch-Site", "same-origin"),
             ("X-Stackinit-CSRF", &token),
         ],
-        b"",
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert!(wait_until(WAIT, || stack
@@ -368,6 +358,11 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One request to the dashboard's TCP listener (no body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    Request::new(port, method, path).headers(headers).reply()
 }
 
 /// A page on another loopback port: the attacker's origin in the CSRF test.
@@ -395,4 +390,13 @@ impl EvilSite {
         });
         EvilSite { port }
     }
+}
+
+#[test]
+fn base64_round() {
+    assert_eq!(
+        browser::decode_base64("QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
+        b"Aladdin:open sesame"
+    );
+    assert_eq!(browser::decode_base64("Zm8="), b"fo");
 }

@@ -5,25 +5,16 @@
 
 mod support;
 
-#[path = "support/e2e_harness.rs"]
-mod e2e;
-
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::{get, AppServer, Events, FakeImds, Load, SeedConfig};
-use support::{kill9, wait_until, Stack};
+use support::e2e::{self, timed_get, AppServer, Events, FakeImds, Load, SeedConfig};
+use support::http::Reply;
+use support::{free_port, kill9, repo, wait_until, Stack};
 
 const HELLO: &str = "Hello from Django";
 /// Django's own answer to a Host outside ALLOWED_HOSTS (DEBUG = False).
 const DJANGO_400: &str = "Bad Request (400)";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// A running seed stack. Fields drop in order: the stack first, then the fake IMDS and the shared dir.
 struct Seed {
@@ -102,15 +93,17 @@ impl Seed {
     /// Poll /healthz (any Host: it is answered before Host routing) until 200, recording what came before.
     fn wait_healthy(&mut self, timeout: Duration) {
         let mut seen = Vec::new();
-        let ok = wait_until(timeout, || match get(self.addr, "10.9.9.9", "/healthz") {
-            Ok((200, _)) => true,
-            Ok((status, _)) => {
-                if seen.last() != Some(&status) {
-                    seen.push(status);
+        let ok = wait_until(timeout, || {
+            match timed_get(self.addr, "10.9.9.9", "/healthz") {
+                Ok(reply) if reply.status == 200 => true,
+                Ok(Reply { status, .. }) => {
+                    if seen.last() != Some(&status) {
+                        seen.push(status);
+                    }
+                    false
                 }
-                false
+                Err(_) => false,
             }
-            Err(_) => false,
         });
         assert!(
             ok,
@@ -236,7 +229,7 @@ fn seed_stack_serves(server: AppServer, own: &Region, other: &Region) {
         PUBLIC_IP,
         PRIVATE_IP,
     ] {
-        let (status, body) = get(seed.addr, host, "/").expect("GET /");
+        let (status, _, body) = timed_get(seed.addr, host, "/").expect("GET /").parts();
         assert_eq!(status, 200, "Host {host}: {body}\n{}", seed.context());
         assert!(body.contains(HELLO), "Host {host}: {body}");
         assert!(
@@ -251,7 +244,7 @@ fn seed_stack_serves(server: AppServer, own: &Region, other: &Region) {
         other.private_hostname,
         "evil.example.com",
     ] {
-        let (status, body) = get(seed.addr, host, "/").expect("GET /");
+        let (status, _, body) = timed_get(seed.addr, host, "/").expect("GET /").parts();
         assert_eq!(
             status, 400,
             "Host {host} should be refused by Django: {body}"
@@ -262,7 +255,9 @@ fn seed_stack_serves(server: AppServer, own: &Region, other: &Region) {
         );
     }
     // /static/ is served by the proxy from the collected directory (Django itself, DEBUG = False, would 404).
-    let (status, body) = get(seed.addr, own.public_hostname, "/static/style.css").expect("GET css");
+    let (status, _, body) = timed_get(seed.addr, own.public_hostname, "/static/style.css")
+        .expect("GET css")
+        .parts();
     assert_eq!(status, 200, "{body}");
     let css = std::fs::read_to_string(e2e::app_dir().join("static/style.css")).expect("css");
     assert_eq!(body, css);
@@ -429,7 +424,7 @@ fn rolling_restart_under_load(server: AppServer) {
     // A deploy is not an outage: /healthz stays 200 throughout, so a load balancer keeps the instance.
     let mut health_during = Vec::new();
     let replaced = wait_until(Duration::from_secs(120), || {
-        match get(seed.addr, "10.9.9.9", "/healthz") {
+        match timed_get(seed.addr, "10.9.9.9", "/healthz").map(|r| (r.status, r.text())) {
             Ok((200, _)) => {}
             other => health_during.push(format!("{:.3}s {other:?}", load.elapsed().as_secs_f64())),
         }
@@ -578,7 +573,7 @@ fn broken_release_halts_rollout_and_old_replicas_keep_serving() {
     );
     // And GETs after the halt still succeed.
     for _ in 0..10 {
-        let (status, body) = get(seed.addr, PRIVATE_IP, "/").expect("GET");
+        let (status, _, body) = timed_get(seed.addr, PRIVATE_IP, "/").expect("GET").parts();
         assert_eq!(status, 200, "{body}");
     }
 }
@@ -586,7 +581,7 @@ fn broken_release_halts_rollout_and_old_replicas_keep_serving() {
 /// Test 4: a notify service is ready only after its READY=1, and is restarted when its WATCHDOG=1 pings stop.
 #[test]
 fn notify_readiness_and_watchdog_restart() {
-    let script = e2e::repo().join("tests/support/e2e_watchdog_service.py");
+    let script = repo().join("tests/support/e2e_watchdog_service.py");
     let mut stack = Stack::start(&format!(
         r#"
 [service.pinger]

@@ -14,12 +14,16 @@
 //! A missing tool fails the test; it never skips. Every VM is killed by pid and every temp dir removed, also
 //! when an assertion fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::http::get;
+use support::{free_port, poll_every, repo, temp_dir, Guarded, BIN};
 
 /// From QEMU start to `/healthz` 200. Quiet runs take 1–2 minutes under TCG; contended CI runs much longer.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
@@ -29,10 +33,6 @@ const POWEROFF_BUDGET: Duration = Duration::from_secs(90);
 
 const NAME_A: &str = "ec2-198-51-100-10.compute-1.amazonaws.com";
 const NAME_B: &str = "ec2-203-0-113-20.us-west-2.compute.amazonaws.com";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn require_tools() {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -99,7 +99,7 @@ fn build_image(out: &Path) -> Image {
     let started = Instant::now();
     let output = packer()
         .args(["build", "-color=false", "-only=null.local"])
-        .arg(format!("-var=binary={}", env!("CARGO_BIN_EXE_stackinit")))
+        .arg(format!("-var=binary={BIN}"))
         .arg(format!("-var=repo_dir={}", repo().display()))
         .arg(format!("-var=output_dir={}", out.display()))
         .arg(format!("-var=cache_dir={}", cache.display()))
@@ -133,29 +133,13 @@ fn build_image(out: &Path) -> Image {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// One QEMU guest. Dropping it kills QEMU by pid (if still running) and reaps it.
 struct Vm {
     name: &'static str,
-    child: Child,
+    qemu: Guarded,
     dir: PathBuf,
     http_port: u16,
     started: Instant,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 impl Vm {
@@ -197,45 +181,46 @@ impl Vm {
             dir.join("imds.log").display()
         );
         let log = std::fs::File::create(dir.join("qemu.log")).expect("qemu log");
-        let child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "pc,accel=tcg", "-m", "1024", "-smp", "1"])
-            .args([
-                "-display",
-                "none",
-                "-monitor",
-                "none",
-                "-nodefaults",
-                "-no-reboot",
-            ])
-            .arg("-kernel")
-            .arg(&image.kernel)
-            .arg("-initrd")
-            .arg(&image.initrd)
-            .args(["-append", &cmdline])
-            .arg("-drive")
-            .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
-            .args(["-netdev", &netdev])
-            .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
-            .arg("-qmp")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("qmp.sock").display()
-            ))
-            .arg("-serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
-            .arg("-serial")
-            .arg(format!(
-                "unix:{},server=on,wait=off",
-                dir.join("agent.sock").display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log)
-            .spawn()
-            .expect("start qemu-system-x86_64");
+        let qemu = Guarded::spawn(
+            Command::new("qemu-system-x86_64")
+                .args(["-machine", "pc,accel=tcg", "-m", "1024", "-smp", "1"])
+                .args([
+                    "-display",
+                    "none",
+                    "-monitor",
+                    "none",
+                    "-nodefaults",
+                    "-no-reboot",
+                ])
+                .arg("-kernel")
+                .arg(&image.kernel)
+                .arg("-initrd")
+                .arg(&image.initrd)
+                .args(["-append", &cmdline])
+                .arg("-drive")
+                .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
+                .args(["-netdev", &netdev])
+                .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+                .arg("-qmp")
+                .arg(format!(
+                    "unix:{},server=on,wait=off",
+                    dir.join("qmp.sock").display()
+                ))
+                .arg("-serial")
+                .arg(format!("file:{}", dir.join("console.log").display()))
+                .arg("-serial")
+                .arg(format!(
+                    "unix:{},server=on,wait=off",
+                    dir.join("agent.sock").display()
+                ))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("dup log"))
+                .stderr(log),
+            "qemu-system-x86_64",
+        );
         Vm {
             name,
-            child,
+            qemu,
             dir,
             http_port,
             started: Instant::now(),
@@ -258,17 +243,13 @@ impl Vm {
         )
     }
 
-    fn exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
     /// `/healthz` 200 yet? Fails the test if the VM died or ran out of time.
     fn check_healthy(&mut self) -> Option<Duration> {
-        if let Ok((200, _)) = http(self.http_port, "localhost", "/healthz") {
+        if get(self.http_port, "localhost", "/healthz").is_ok_and(|r| r.status == 200) {
             return Some(self.started.elapsed());
         }
         assert!(
-            !self.exited(),
+            !self.qemu.exited(),
             "{} exited before it was healthy\n{}",
             self.name,
             self.console_tail()
@@ -283,13 +264,14 @@ impl Vm {
     }
 
     fn get(&self, host: &str, path: &str) -> (u16, String) {
-        http(self.http_port, host, path).unwrap_or_else(|e| {
+        let reply = get(self.http_port, host, path).unwrap_or_else(|e| {
             panic!(
                 "GET {path} (Host {host}) on {}: {e}\n{}",
                 self.name,
                 self.console_tail()
             )
-        })
+        });
+        (reply.status, reply.text())
     }
 
     /// `stackinit status ARGS` inside the guest, through the serial-port agent.
@@ -359,31 +341,36 @@ impl Vm {
 
     /// Wait for QEMU to exit on its own; returns how long that took since `pressed`.
     fn wait_poweroff(&mut self, pressed: Instant, budget: Duration) -> Duration {
-        while pressed.elapsed() < budget {
-            if self.exited() {
-                return pressed.elapsed();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "{} did not power off within {budget:?} of the power button\n{}",
-            self.name,
-            self.console_tail()
-        )
+        let left = budget.saturating_sub(pressed.elapsed());
+        poll_every(Duration::from_millis(100), left, || {
+            self.qemu.exited().then(|| pressed.elapsed())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} did not power off within {budget:?} of the power button\n{}",
+                self.name,
+                self.console_tail()
+            )
+        })
     }
 }
 
 /// Wait until every VM answers `/healthz` 200; each one's time from its QEMU start.
+/// Each VM fails the test itself once it dies or runs out of its BOOT_TIMEOUT.
 fn wait_all_healthy<const N: usize>(mut vms: [&mut Vm; N]) -> [Duration; N] {
     let mut done: [Option<Duration>; N] = [None; N];
-    while done.iter().any(Option::is_none) {
+    let all = poll_every(Duration::from_millis(250), BOOT_TIMEOUT, || {
         for (vm, slot) in vms.iter_mut().zip(done.iter_mut()) {
             if slot.is_none() {
                 *slot = vm.check_healthy();
             }
         }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+        done.iter().all(Option::is_some).then_some(())
+    });
+    assert!(
+        all.is_some(),
+        "not every VM was healthy after {BOOT_TIMEOUT:?}"
+    );
     done.map(|d| d.unwrap_or_default())
 }
 
@@ -407,30 +394,6 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-/// A plain HTTP/1.1 GET with `Connection: close`: (status, body).
-fn http(port: u16, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: image-boot-test\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP status in {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1)
-        .unwrap_or("")
-        .to_string();
-    Ok((status, body))
-}
-
 fn facts(public_name: &str, public_ip: &str, instance_id: &str) -> serde_json::Value {
     serde_json::json!({
         "instance-id": instance_id,
@@ -444,10 +407,7 @@ fn facts(public_name: &str, public_ip: &str, instance_id: &str) -> serde_json::V
 #[test]
 fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
     require_tools();
-    let tmp = tempfile::Builder::new()
-        .prefix("stackinit-image-")
-        .tempdir()
-        .expect("temp dir");
+    let tmp = temp_dir("stackinit-image-");
     let image = build_image(&tmp.path().join("out"));
 
     // Two clones of one image: A with a writable root, B read-only; nothing differs but their IMDS.

@@ -72,6 +72,25 @@ fn python3() -> Command {
     Command::new("python3")
 }
 
+/// Start `writer` with its stdout into `log`, and wait (off the runtime thread) for the first line it
+/// says on stderr, which it sends once it is ready or done; returns it with that line.
+async fn start_writer(mut writer: Command, log: &ServiceLog) -> (Child, String) {
+    let mut child = writer
+        .stdout(child_stdout(log))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the writer");
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("stderr pipe");
+    let said = off_thread(pid, "the writer's first line on stderr", move || {
+        let mut said = String::new();
+        let _ = BufReader::new(stderr).read_line(&mut said);
+        said
+    })
+    .await;
+    (child, said)
+}
+
 fn line(i: usize) -> String {
     format!("seq={i:07} {}\n", "x".repeat(i % 37))
 }
@@ -117,32 +136,23 @@ fn restarted_writers_lose_nothing_across_rotations() {
         let log = ServiceLog::open(&log_path, MAX_BYTES, BACKUPS).expect("open log");
         for (k, pair) in cuts.windows(2).enumerate() {
             let mode = if k % 2 == 0 { "exit" } else { "kill" };
-            let mut child = python3()
-                .args(["-c", WRITER])
-                .arg(&stream_path)
-                .args([pair[0].to_string(), pair[1].to_string(), mode.to_string()])
-                .stdout(child_stdout(&log))
-                .stderr(if mode == "kill" {
-                    Stdio::piped()
-                } else {
-                    Stdio::inherit()
-                })
-                .spawn()
-                .expect("spawn python3");
+            let mut writer = python3();
+            writer.args(["-c", WRITER]).arg(&stream_path).args([
+                pair[0].to_string(),
+                pair[1].to_string(),
+                mode.to_string(),
+            ]);
             if mode == "kill" {
-                let pid = child.id();
-                let stderr = child.stderr.take().expect("stderr pipe");
-                let said = off_thread(pid, "writer done", move || {
-                    let mut said = String::new();
-                    let _ = BufReader::new(stderr).read_line(&mut said);
-                    said
-                })
-                .await;
+                let (child, said) = start_writer(writer, &log).await;
                 assert_eq!(said, "done\n", "writer {k}");
-                kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill writer");
+                kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).expect("kill writer");
                 let status = wait_exit(child).await;
                 assert!(!status.success(), "writer {k} should have died by SIGKILL");
             } else {
+                let child = writer
+                    .stdout(child_stdout(&log))
+                    .spawn()
+                    .expect("spawn python3");
                 let status = wait_exit(child).await;
                 assert!(status.success(), "writer {k}: {status}");
             }
@@ -268,21 +278,12 @@ fn closing_flushes_an_unfinished_line_and_drains_a_live_writer() {
     runtime().block_on(async {
         let log = ServiceLog::open(&path, 1 << 20, 2).expect("open log");
         // Writes a finished line and an unfinished one, then stays alive holding the pipe open.
-        let mut child = python3()
-            .args(["-c", "import os,sys,time\nos.write(1,b'whole\\npartial')\nos.write(2,b'ok\\n')\ntime.sleep(1000)"])
-            .stdout(child_stdout(&log))
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn python3");
-        let pid = child.id();
-        let stderr = child.stderr.take().expect("stderr");
-        off_thread(pid, "writer ready", move || {
-            let _ = BufReader::new(stderr).read_line(&mut String::new());
-        })
-        .await;
+        let mut writer = python3();
+        writer.args(["-c", "import os,sys,time\nos.write(1,b'whole\\npartial')\nos.write(2,b'ok\\n')\ntime.sleep(1000)"]);
+        let (child, _) = start_writer(writer, &log).await;
         // The writer still holds the pipe: close must not wait for end-of-file.
         tokio::time::timeout(LIMIT, log.close()).await.expect("close returns while a writer lives");
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         wait_exit(child).await;
     });
     assert_eq!(
@@ -343,18 +344,9 @@ fn throughput_of_short_lines() {
                     }
                 })
             });
-            let mut child = python3()
-                .args(["-c", &script])
-                .stdout(child_stdout(&log))
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn python3");
-            let pid = child.id();
-            let stderr = child.stderr.take().expect("stderr");
-            off_thread(pid, "writer ready", move || {
-                let _ = BufReader::new(stderr).read_line(&mut String::new());
-            })
-            .await;
+            let mut writer = python3();
+            writer.args(["-c", &script]);
+            let (child, _) = start_writer(writer, &log).await;
             let started = Instant::now();
             assert!(wait_exit(child).await.success());
             log.close().await;

@@ -2,29 +2,45 @@
 //! orphan reaping, ordered shutdown on SIGTERM and on the power button, early boot, and survival of a lost
 //! main loop or a broken config. Needs root and util-linux (`unshare`, `nsenter`), and `ip` for one test.
 
+mod support;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_stackinit");
+use support::{all_pids, poll_every, process_exists, process_state, wait_exit, Guarded, BIN};
 
 /// A PID namespace running `stackinit init`; killed (with everything in it) when dropped.
 struct Pid1 {
-    unshare: Child,
+    unshare: Guarded,
     /// Host pid of the namespace's PID 1.
     host_pid: i32,
     dir: tempfile::TempDir,
 }
 
-/// A fresh directory outside /tmp: the early-boot test mounts a tmpfs over /tmp inside its namespace.
+/// Where PID 1 mounts fresh file systems in the early-boot test's namespace (src/init/mounts.rs): a test
+/// directory below one of them would vanish for PID 1 and its services.
+const MOUNTED_OVER: [&str; 5] = ["/tmp", "/run", "/dev", "/proc", "/sys"];
+
+/// A fresh directory that PID 1 sees as the test does, wherever the checkout lives: in /var/tmp, which
+/// early boot never mounts over (the target dir is no good: a checkout under /tmp puts it under /tmp).
 fn test_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir")
+    let dir = tempfile::Builder::new()
+        .prefix("stackinit-pid1-")
+        .tempdir_in("/var/tmp")
+        .expect("temp dir in /var/tmp");
+    let real = fs::canonicalize(dir.path()).expect("canonical test dir");
+    assert!(
+        !MOUNTED_OVER.iter().any(|m| real.starts_with(m)),
+        "{} is below a mount point of early boot ({MOUNTED_OVER:?}): PID 1 would not see it",
+        real.display()
+    );
+    dir
 }
 
 impl Pid1 {
@@ -35,9 +51,9 @@ impl Pid1 {
         env: &[(&str, &str)],
     ) -> Pid1 {
         let config_path = dir.path().join("stackinit.toml");
-        fs::write(&config_path, config).unwrap();
-        fs::create_dir_all(dir.path().join("input")).unwrap();
-        let console = fs::File::create(dir.path().join("console.log")).unwrap();
+        fs::write(&config_path, config).expect("write config");
+        fs::create_dir_all(dir.path().join("input")).expect("input dir");
+        let console = fs::File::create(dir.path().join("console.log")).expect("console file");
         let mut command = Command::new("unshare");
         command
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
@@ -50,18 +66,16 @@ impl Pid1 {
             .env("STACKINIT_SOCKET", dir.path().join("control.sock"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(console.try_clone().unwrap())
+            .stdout(console.try_clone().expect("console file"))
             .stderr(console);
-        let unshare = command
-            .spawn()
-            .expect("unshare (util-linux) must be installed");
-        let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+        let unshare = Guarded::spawn(&mut command, "unshare (util-linux)");
+        let children = format!("/proc/{0}/task/{0}/children", unshare.pid());
         let mut pid1 = Pid1 {
             unshare,
             host_pid: 0,
             dir,
         };
-        pid1.host_pid = wait_for(
+        pid1.host_pid = pid1.wait_for(
             "the namespace's PID 1 to appear",
             Duration::from_secs(10),
             || {
@@ -84,16 +98,20 @@ impl Pid1 {
         fs::read_to_string(self.path("console.log")).unwrap_or_default()
     }
 
-    fn wait_console(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.console().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} on the console in {timeout:?}:\n{}",
+    /// Poll `check` until it gives a value; on timeout, fail with what PID 1 wrote on its console.
+    fn wait_for<T>(&self, what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+        poll_every(Duration::from_millis(20), timeout, check).unwrap_or_else(|| {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; console:\n{}",
                 self.console()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
+    }
+
+    fn wait_console(&self, needle: &str, timeout: Duration) {
+        self.wait_for(&format!("{needle:?} on the console"), timeout, || {
+            self.console().contains(needle).then_some(())
+        });
     }
 
     fn signal(&self, signal: Signal) {
@@ -101,18 +119,29 @@ impl Pid1 {
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.unshare.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait_exit(&mut self.unshare.child, timeout).unwrap_or_else(|| {
+            panic!(
                 "stackinit did not exit in {timeout:?}; console:\n{}",
                 self.console()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            )
+        })
+    }
+
+    /// Wait (30 s at most) for PID 1 to exit, which must be with success; its console.
+    fn exit_cleanly(&mut self) -> String {
+        let status = self.wait_exit(Duration::from_secs(30));
+        let console = self.console();
+        assert!(
+            status.success(),
+            "exit status {status}; console:\n{console}"
+        );
+        console
+    }
+
+    /// SIGTERM, then [`Pid1::exit_cleanly`].
+    fn terminate(&mut self) -> String {
+        self.signal(Signal::SIGTERM);
+        self.exit_cleanly()
     }
 
     /// (processes, zombies) in the namespace, PID 1 included, seen from the host's /proc.
@@ -120,35 +149,17 @@ impl Pid1 {
         let Ok(ns) = fs::read_link(format!("/proc/{}/ns/pid", self.host_pid)) else {
             return (0, 0);
         };
-        let mut total = 0;
-        let mut zombies = 0;
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let name = entry.file_name();
-            if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            if fs::read_link(entry.path().join("ns/pid")).ok().as_ref() != Some(&ns) {
-                continue;
-            }
-            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            total += 1;
-            if stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-            {
-                zombies += 1;
-            }
-        }
-        (total, zombies)
+        let states: Vec<char> = all_pids()
+            .into_iter()
+            .filter(|pid| fs::read_link(format!("/proc/{pid}/ns/pid")).ok().as_ref() == Some(&ns))
+            .filter_map(process_state)
+            .collect();
+        let zombies = states.iter().filter(|&&state| state == 'Z').count();
+        (states.len(), zombies)
     }
 
     fn pid1_alive(&self) -> bool {
-        fs::read_to_string(format!("/proc/{}/stat", self.host_pid)).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-        })
+        process_exists(self.host_pid)
     }
 
     /// Run a shell snippet inside the namespace (a child of nsenter, so its orphans go to PID 1).
@@ -171,28 +182,10 @@ impl Pid1 {
 
 impl Drop for Pid1 {
     fn drop(&mut self) {
-        if let Ok(None) = self.unshare.try_wait() {
-            // SIGKILL to a namespace's PID 1 kills every process in it.
-            if self.host_pid > 0 {
-                let _ = kill(Pid::from_raw(self.host_pid), Signal::SIGKILL);
-            }
-            let _ = self.unshare.kill();
-            let _ = self.unshare.wait();
+        // SIGKILL to a namespace's PID 1 kills every process in it; the guard then reaps unshare.
+        if self.host_pid > 0 && !self.unshare.exited() {
+            let _ = kill(Pid::from_raw(self.host_pid), Signal::SIGKILL);
         }
-    }
-}
-
-fn wait_for<T, F: FnMut() -> Option<T>>(what: &str, timeout: Duration, mut check: F) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -240,7 +233,7 @@ fn chain_config(dir: &Path) -> String {
 }
 
 fn wait_all_started(pid1: &Pid1, count: usize) {
-    wait_for("every service to start", Duration::from_secs(20), || {
+    pid1.wait_for("every service to start", Duration::from_secs(20), || {
         (lines(&pid1.path("started")).len() >= count).then_some(())
     });
     // Give the last one its start_secs so it counts as running before we stop it.
@@ -261,7 +254,7 @@ fn reaps_a_thousand_orphans_and_leaves_no_zombies() {
         init_section(dir.path(), "")
     );
     let mut pid1 = Pid1::start(dir, &config, &[], &[]);
-    wait_for(
+    pid1.wait_for(
         "1000 orphans to be created",
         Duration::from_secs(60),
         || done.exists().then_some(()),
@@ -270,7 +263,7 @@ fn reaps_a_thousand_orphans_and_leaves_no_zombies() {
     // Every orphan has died 0.2 s after the last was made; all must be reaped, leaving only PID 1 and the
     // service's `sleep 1000`.
     let (processes, zombies) =
-        wait_for("every orphan to be reaped", Duration::from_secs(15), || {
+        pid1.wait_for("every orphan to be reaped", Duration::from_secs(15), || {
             let (processes, zombies) = pid1.census();
             (zombies == 0 && processes <= 3).then_some((processes, zombies))
         });
@@ -279,13 +272,7 @@ fn reaps_a_thousand_orphans_and_leaves_no_zombies() {
         made_at.elapsed()
     );
     assert!(pid1.pid1_alive());
-    pid1.signal(Signal::SIGTERM);
-    let status = pid1.wait_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit status {status}; console:\n{}",
-        pid1.console()
-    );
+    pid1.terminate();
 }
 
 #[test]
@@ -299,13 +286,7 @@ fn sigterm_stops_services_in_reverse_dependency_order_and_exits_zero() {
         ["base", "app", "web"],
         "start order"
     );
-    pid1.signal(Signal::SIGTERM);
-    let status = pid1.wait_exit(Duration::from_secs(30));
-    let console = pid1.console();
-    assert!(
-        status.success(),
-        "exit status {status}; console:\n{console}"
-    );
+    let console = pid1.terminate();
     assert_eq!(
         lines(&pid1.path("stopped")),
         ["web", "app", "base"],
@@ -339,7 +320,7 @@ fn power_button_press_runs_the_same_ordered_shutdown() {
     let mut pid1 = Pid1::start(dir, &config, &[], &[]);
     wait_all_started(&pid1, 3);
     // Opening for write without blocking fails (ENXIO) until stackinit has the FIFO open for reading.
-    let mut device = wait_for(
+    let mut device = pid1.wait_for(
         "stackinit to open the fake input device",
         Duration::from_secs(10),
         || {
@@ -369,12 +350,7 @@ fn power_button_press_runs_the_same_ordered_shutdown() {
     ];
     device.write_all(&press.concat()).unwrap();
     drop(device);
-    let status = pid1.wait_exit(Duration::from_secs(30));
-    let console = pid1.console();
-    assert!(
-        status.success(),
-        "exit status {status}; console:\n{console}"
-    );
+    let console = pid1.exit_cleanly();
     assert_eq!(
         lines(&pid1.path("stopped")),
         ["web", "app", "base"],
@@ -404,7 +380,7 @@ fn a_panicking_main_loop_leaves_pid1_running_and_reaping() {
     assert!(pid1.pid1_alive(), "PID 1 must survive its main loop");
     // Orphans created after the panic must still be reaped.
     pid1.run_inside("i=0; while [ $i -lt 300 ]; do (sleep 0.1 &); i=$((i+1)); done");
-    wait_for(
+    pid1.wait_for(
         "orphans made after the panic to be reaped",
         Duration::from_secs(15),
         || {
@@ -415,13 +391,7 @@ fn a_panicking_main_loop_leaves_pid1_running_and_reaping() {
     );
     assert!(pid1.pid1_alive());
     // The fallback still honours SIGTERM: everything is stopped and the namespace's PID 1 exits cleanly.
-    pid1.signal(Signal::SIGTERM);
-    let status = pid1.wait_exit(Duration::from_secs(30));
-    let console = pid1.console();
-    assert!(
-        status.success(),
-        "exit status {status}; console:\n{console}"
-    );
+    let console = pid1.terminate();
     assert!(
         console.contains("final power-off sequence"),
         "console:\n{console}"
@@ -449,16 +419,10 @@ fn a_broken_config_leaves_pid1_reaping_and_says_why() {
         "errors name the file:\n{console}"
     );
     pid1.run_inside("i=0; while [ $i -lt 100 ]; do (sleep 0.1 &); i=$((i+1)); done");
-    wait_for("orphans to be reaped", Duration::from_secs(15), || {
+    pid1.wait_for("orphans to be reaped", Duration::from_secs(15), || {
         (pid1.census() == (1, 0)).then_some(())
     });
-    pid1.signal(Signal::SIGTERM);
-    let status = pid1.wait_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit status {status}; console:\n{}",
-        pid1.console()
-    );
+    pid1.terminate();
 }
 
 #[test]
@@ -512,11 +476,5 @@ fn early_boot_mounts_sets_the_hostname_and_brings_up_lo() {
             "{mount_point} ({fs_type}) in the namespace:\n{mountinfo}"
         );
     }
-    pid1.signal(Signal::SIGTERM);
-    let status = pid1.wait_exit(Duration::from_secs(30));
-    assert!(
-        status.success(),
-        "exit status {status}; console:\n{}",
-        pid1.console()
-    );
+    pid1.terminate();
 }

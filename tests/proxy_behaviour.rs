@@ -1,14 +1,15 @@
 //! Black-box behaviour of the standalone proxy: limits (413, 431), upstream failures (502, 504), slowloris,
 //! retries across replicas, fewest-in-flight, WebSocket, static files and graceful stop.
 
-#[path = "support/proxy_harness.rs"]
-mod harness;
+mod support;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use harness::{free_port, get, raw_request, read_reply, ws_frame, Echo, ProxyProcess};
+use support::free_port;
+use support::http::{get, raw_request, read_reply};
+use support::proxy::{ws_frame, Echo, ProxyProcess};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -134,7 +135,15 @@ fn slowloris_connections_are_closed_while_normal_requests_flow() {
     }
 }
 
-/// Three replicas on consecutive ports; the first has no server at all.
+/// `[service.app]`: `n` replicas on consecutive ports from `base`, with `keys`, served at `/` of `t`.
+fn replicated_app(base: u16, n: u16, keys: &str) -> String {
+    format!(
+        "[service.app]\ncommand = [\"true\"]\nreplicas = {n}\n{keys}listen = \"127.0.0.1:{base}\"\n{}",
+        one_location("app")
+    )
+}
+
+/// `n` free loopback ports in a row; the first of them.
 fn consecutive_ports(n: u16) -> u16 {
     loop {
         let base = free_port();
@@ -151,11 +160,8 @@ fn connect_failures_are_retried_on_another_replica_for_any_method() {
     let base = consecutive_ports(3);
     let _b = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", false);
     let _c = Echo::start_on(&format!("127.0.0.1:{}", base + 2), "r2", false);
-    let services = format!(
-        "[service.app]\ncommand = [\"true\"]\nreplicas = 3\nlisten = \"127.0.0.1:{base}\"\n{}",
-        one_location("app")
-    );
-    let s = setup("", &services);
+    // Replica 0 has no server at all.
+    let s = setup("", &replicated_app(base, 3, ""));
     for i in 0..30 {
         let method = if i % 2 == 0 { "GET" } else { "POST" };
         let raw = format!(
@@ -173,11 +179,10 @@ fn a_request_whose_free_replica_refuses_waits_for_the_busy_one_and_the_proxy_sta
     // The second request fails on replica 0 and must wait for replica 1, not spin on replica 0's room.
     let base = consecutive_ports(2);
     let _r1 = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
-    let services = format!(
-        "[service.app]\ncommand = [\"true\"]\nreplicas = 2\nmax_in_flight = 1\nlisten = \"127.0.0.1:{base}\"\n{}",
-        one_location("app")
+    let s = setup(
+        "queue_timeout = \"20s\"",
+        &replicated_app(base, 2, "max_in_flight = 1\n"),
     );
-    let s = setup("queue_timeout = \"20s\"", &services);
     let addr = s.addr;
     let slow = std::thread::spawn(move || get(addr, "t", "/slow?ms=1500").unwrap());
     std::thread::sleep(Duration::from_millis(300));
@@ -208,11 +213,7 @@ fn fast_requests_do_not_queue_behind_a_slow_one() {
     let base = consecutive_ports(2);
     let _a = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);
     let _b = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
-    let services = format!(
-        "[service.app]\ncommand = [\"true\"]\nreplicas = 2\nlisten = \"127.0.0.1:{base}\"\n{}",
-        one_location("app")
-    );
-    let s = setup("", &services);
+    let s = setup("", &replicated_app(base, 2, ""));
     let addr = s.addr;
     let slow = std::thread::spawn(move || get(addr, "t", "/slow?ms=3000").unwrap());
     std::thread::sleep(Duration::from_millis(300));

@@ -1,7 +1,6 @@
 //! The built-in demo's worker (`stackinit demo-worker`) on inherited sockets, unix and TCP, and behind the proxy.
 
-#[path = "support/proxy_harness.rs"]
-mod harness;
+mod support;
 
 use std::io::{BufReader, Write};
 use std::net::TcpListener;
@@ -11,7 +10,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{get, read_reply, Guarded, BIN};
+use support::http::{get, read_reply};
+use support::{Guarded, BIN};
 
 /// Start the demo worker with `fd` as its only LISTEN_FDS socket (moved to fd 3).
 fn start_worker(fd: i32, replica: &str) -> Guarded {
@@ -33,10 +33,7 @@ fn start_worker(fd: i32, replica: &str) -> Guarded {
             Ok(())
         });
     }
-    Guarded {
-        child: command.spawn().unwrap(),
-        name: "demo-worker".into(),
-    }
+    Guarded::spawn(&mut command, "stackinit demo-worker")
 }
 
 #[test]

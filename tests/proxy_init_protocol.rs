@@ -1,8 +1,7 @@
 //! The proxy as init runs it: listeners and the `stackinit-state` channel handed in through LISTEN_FDS, a
 //! Config message first, then State messages that drive `/healthz` and which replicas get traffic.
 
-#[path = "support/proxy_harness.rs"]
-mod harness;
+mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -10,9 +9,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{get, Echo, Guarded, BIN};
+use support::http::{get, Reply};
+use support::proxy::Echo;
+use support::{poll_every, wait_exit, wait_for_port, Guarded, BIN};
 
 struct InitSide {
     _dir: tempfile::TempDir,
@@ -50,15 +51,12 @@ fn start() -> InitSide {
             Ok(())
         });
     }
-    let child = command.spawn().expect("start stackinit proxy");
+    let proxy = Guarded::spawn(&mut command, "stackinit proxy");
     drop(theirs);
     drop(listener);
     InitSide {
         _dir: dir,
-        proxy: Guarded {
-            child,
-            name: "proxy".into(),
-        },
+        proxy,
         channel: ours,
         addr,
     }
@@ -75,41 +73,31 @@ impl InitSide {
         std::fs::read_to_string(self._dir.path().join("proxy.err")).unwrap_or_default()
     }
 
-    /// Poll `/healthz` until it answers `status` (bounded): the message and the request race by design.
-    fn wait_health(&self, status: u16) -> harness::Reply {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = get(self.addr, "10.0.0.9", "/healthz").unwrap();
-            if reply.status == status || Instant::now() > deadline {
-                assert_eq!(
-                    reply.status,
-                    status,
-                    "healthz: {} / {}",
-                    reply.text(),
-                    self.stderr()
-                );
-                return reply;
+    /// Poll `path` (with Host `host`) until it answers `status` (bounded): the message and the request
+    /// race by design.
+    fn wait_reply(&self, host: &str, path: &str, status: u16) -> Reply {
+        let mut last = None;
+        let reply = poll_every(Duration::from_millis(20), Duration::from_secs(10), || {
+            let reply = get(self.addr, host, path).expect("GET through the proxy");
+            if reply.status == status {
+                return Some(reply);
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            last = Some(reply);
+            None
+        });
+        reply.unwrap_or_else(|| {
+            let last = last.expect("a reply");
+            panic!(
+                "{path} (Host {host}): {} after 10 s, not {status}: {} / {}",
+                last.status,
+                last.text(),
+                self.stderr()
+            )
+        })
     }
 
-    fn wait_status(&self, path: &str, status: u16) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let reply = get(self.addr, "app.test", path).unwrap();
-            if reply.status == status || Instant::now() > deadline {
-                assert_eq!(
-                    reply.status,
-                    status,
-                    "{path}: {} / {}",
-                    reply.text(),
-                    self.stderr()
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_health(&self, status: u16) -> Reply {
+        self.wait_reply("10.0.0.9", "/healthz", status)
     }
 }
 
@@ -137,7 +125,7 @@ fn state_messages_drive_healthz_and_routing() {
     let echo = Echo::start("e");
     let mut init = start();
     init.send(config(&echo.addr.to_string(), &["app.test"]));
-    harness::wait_for_port(init.addr);
+    wait_for_port(init.addr);
     // A config but no state yet: the proxy does not answer, so a load balancer never sees a 200 from
     // /healthz before init has said what is ready. The request waits in the backlog and is answered once
     // the state is in.
@@ -165,9 +153,9 @@ fn state_messages_drive_healthz_and_routing() {
     init.send(state(&[], &[], false));
     init.wait_health(200);
     // Not ready yet: no traffic to the replica.
-    init.wait_status("/", 502);
+    init.wait_reply("app.test", "/", 502);
     init.send(state(&["app@0"], &[], false));
-    init.wait_status("/", 200);
+    init.wait_reply("app.test", "/", 200);
     init.send(state(&["app@0"], &["app"], false));
     let sick = init.wait_health(503);
     assert_eq!(sick.json()["unhealthy"][0], "app");
@@ -178,29 +166,12 @@ fn state_messages_drive_healthz_and_routing() {
     assert_eq!(draining.json()["draining"], true);
     // A new Config (reload) replaces the routes; the replica's readiness carries over.
     init.send(config(&echo.addr.to_string(), &["other.test"]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(init.addr, "other.test", "/").unwrap().status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "reload not applied: {}",
-            init.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    init.wait_reply("other.test", "/", 200);
     // Init going away (channel closed) stops the proxy cleanly.
     drop(init.channel);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = init.proxy.child.try_wait().unwrap() {
-            assert!(status.success(), "exit {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxy did not stop after EOF on its channel"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = wait_exit(&mut init.proxy.child, Duration::from_secs(10))
+        .expect("proxy did not stop after EOF on its channel");
+    assert!(status.success(), "exit {status}");
 }
 
 #[test]

@@ -7,15 +7,15 @@
 //! - Headers named in the client's `Connection` header, and `Proxy-Connection`: nginx forwards them, stackinit
 //!   removes them as hop-by-hop (RFC 9110 §7.6.1).
 
-#[path = "support/proxy_harness.rs"]
-mod harness;
-#[path = "support/proxy_nginx.rs"]
-mod nginx;
+mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use harness::{free_port, raw_request, Echo, ProxyProcess};
+use support::http::raw_request;
+use support::nginx::start_nginx;
+use support::proxy::{Echo, ProxyProcess};
+use support::{free_port, Guarded};
 
 /// (server_name list, is default) — nginx syntax; the same strings go into the stackinit config.
 fn servers() -> Vec<(Vec<&'static str>, bool)> {
@@ -211,7 +211,7 @@ fn host_corpus() -> Vec<Option<Vec<u8>>> {
 struct Pair {
     _dir: tempfile::TempDir,
     _echoes: Vec<Echo>,
-    _nginx: harness::Guarded,
+    _nginx: Guarded,
     _proxy: ProxyProcess,
     nginx: SocketAddr,
     stackinit: SocketAddr,
@@ -255,7 +255,7 @@ fn start_pair() -> Pair {
     let proxy_addr: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().unwrap();
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
-    let nginx = nginx::start_nginx(&nginx_dir, &http, nginx_addr);
+    let nginx = start_nginx(&nginx_dir, &http, nginx_addr);
     let proxy_dir = dir.path().join("proxy");
     std::fs::create_dir_all(&proxy_dir).unwrap();
     let proxy = ProxyProcess::start(&proxy_dir, &toml, proxy_addr);

@@ -1,12 +1,13 @@
 //! 1 GiB up and 1 GiB down through the proxy, with the proxy's peak RSS (VmHWM) bounded: bodies are streamed.
 
-#[path = "support/proxy_harness.rs"]
-mod harness;
+mod support;
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use harness::{free_port, read_reply, Echo, ProxyProcess};
+use support::free_port;
+use support::http::read_reply;
+use support::proxy::{Echo, ProxyProcess};
 
 const GIB: u64 = 1 << 30;
 const RSS_LIMIT_KIB: u64 = 64 * 1024;

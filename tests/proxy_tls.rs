@@ -1,15 +1,15 @@
 //! TLS with a certificate generated in the test (rcgen), HTTP/2 and HTTP/1.1 by ALPN (checked with curl), and a
 //! certificate reload (SIGHUP re-reads the config in standalone mode) that keeps open requests alive.
 
-#[path = "support/proxy_harness.rs"]
-mod harness;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{free_port, Echo, ProxyProcess};
+use support::proxy::{Echo, ProxyProcess};
+use support::{free_port, wait_for_port};
 
 fn write_cert(dir: &Path, name: &str) -> std::path::PathBuf {
     let certified = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
@@ -65,7 +65,7 @@ fn tls_h2_and_h1_with_certificate_reload() {
         d = dir.path().display()
     );
     let proxy = ProxyProcess::start(dir.path(), &config, plain);
-    harness::wait_for_port(tls);
+    wait_for_port(tls);
 
     let (version, status, body) = curl(tls, "localhost", &ca_old, "/h2", true);
     assert_eq!((version.as_str(), status.as_str()), ("2", "200"));
@@ -88,10 +88,7 @@ fn tls_h2_and_h1_with_certificate_reload() {
         std::thread::spawn(move || curl(tls, "localhost", &ca_for_thread, "/slow?ms=1500", true));
     std::thread::sleep(Duration::from_millis(300));
     let ca_new = write_cert(dir.path(), "new.test");
-    let _ = Command::new("kill")
-        .arg("-HUP")
-        .arg(proxy.process.pid().to_string())
-        .status();
+    proxy.process.signal(nix::sys::signal::Signal::SIGHUP);
     let (_, status, _) = in_flight.join().unwrap();
     assert_eq!(status, "200", "request open during the reload");
     let mut served_new = false;

@@ -3,17 +3,17 @@
 //! watchdog period, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around a reload, STOPPING=1 on SIGTERM.
 //! Also checks the unit file with `systemd-analyze verify`.
 
+mod support;
+
 use std::fs;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_stackinit");
+use nix::sys::signal::Signal;
+use support::{repo, temp_dir, wait_until, Stack, BIN};
 
 /// One datagram from stackinit, and when it arrived.
 struct Message {
@@ -33,15 +33,19 @@ impl Message {
     }
 }
 
-/// The fake systemd: collects every datagram on the socket.
+/// The fake systemd: collects every datagram on its socket, `notify.sock` in a temp dir of its own.
 struct FakeSystemd {
     rx: mpsc::Receiver<Message>,
     seen: Vec<Message>,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl FakeSystemd {
-    fn bind(path: &Path) -> FakeSystemd {
-        let socket = UnixDatagram::bind(path).unwrap();
+    fn bind() -> FakeSystemd {
+        let dir = temp_dir("stackinit-fake-systemd");
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
@@ -62,7 +66,13 @@ impl FakeSystemd {
         FakeSystemd {
             rx,
             seen: Vec::new(),
+            path,
+            _dir: dir,
         }
+    }
+
+    fn path(&self) -> &str {
+        self.path.to_str().expect("a UTF-8 temp path")
     }
 
     /// Wait for a message with `assignment` (e.g. "READY=1") after index `from`; return its index.
@@ -99,42 +109,9 @@ impl FakeSystemd {
     }
 }
 
-/// `stackinit run` and, through the pid files its services write, everything it started.
-struct Stack {
-    child: Child,
-    pid_file: PathBuf,
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Graceful first, so stackinit stops its services itself.
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Services left behind by a failed test (they run in their own sessions).
-        for pid in fs::read_to_string(&self.pid_file)
-            .unwrap_or_default()
-            .split_whitespace()
-        {
-            if let Ok(pid) = pid.parse::<i32>() {
-                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-    }
-}
-
-fn sleeper(name: &str, after: &str, env_file: &Path) -> String {
-    let script = format!(
-        "env > {}; while :; do sleep 1 & wait $!; done",
-        env_file.display()
-    );
+/// A service that writes its environment to `{dir}/NAME.env`, then sleeps.
+fn sleeper(name: &str, after: &str) -> String {
+    let script = format!("env > {{dir}}/{name}.env; while :; do sleep 1 & wait $!; done");
     format!(
         "[service.{name}]\ncommand = [\"sh\", \"-c\", {script:?}]\nafter = [{after}]\nstart_secs = \"200ms\"\nstop_grace = \"5s\"\n"
     )
@@ -142,33 +119,14 @@ fn sleeper(name: &str, after: &str, env_file: &Path) -> String {
 
 #[test]
 fn notifications_arrive_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let notify = dir.path().join("notify.sock");
-    let control = dir.path().join("control.sock");
-    let config = format!(
-        "[init]\nlogs_dir = \"{}\"\ncontrol_socket = \"{}\"\n{}{}",
-        dir.path().join("logs").display(),
-        control.display(),
-        sleeper("db", "", &dir.path().join("db.env")),
-        sleeper("web", "\"db\"", &dir.path().join("web.env")),
+    let mut systemd = FakeSystemd::bind();
+    let mut stack = Stack::start_with_env(
+        &[sleeper("db", ""), sleeper("web", "\"db\"")].concat(),
+        &[
+            ("NOTIFY_SOCKET", systemd.path()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
-    let config_path = dir.path().join("stackinit.toml");
-    fs::write(&config_path, config).unwrap();
-    let mut systemd = FakeSystemd::bind(&notify);
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env("NOTIFY_SOCKET", &notify)
-        .env("WATCHDOG_USEC", "400000")
-        .env_remove("WATCHDOG_PID")
-        .env("STACKINIT_SOCKET", &control)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stack = Stack {
-        child,
-        pid_file: dir.path().join("pids"),
-    };
 
     // Ready, with a status that says so, and a status before (or with) READY=1.
     let ready = systemd.wait_for("READY=1", 0, Duration::from_secs(20));
@@ -191,9 +149,9 @@ fn notifications_arrive_in_order() {
         "status at READY=1: {status_at_ready:?}"
     );
     for env_file in ["db.env", "web.env"] {
-        let env = fs::read_to_string(dir.path().join(env_file)).unwrap_or_default();
+        let env = fs::read_to_string(stack.path(env_file)).unwrap_or_default();
         assert!(
-            !env.contains(notify.to_str().unwrap()),
+            !env.contains(systemd.path()),
             "systemd's NOTIFY_SOCKET leaked into a service"
         );
         assert!(
@@ -225,12 +183,7 @@ fn notifications_arrive_in_order() {
 
     // A reload is bracketed by RELOADING=1 (with MONOTONIC_USEC) and READY=1.
     let before_reload = systemd.seen.len();
-    let reload = Command::new(BIN)
-        .arg("--socket")
-        .arg(&control)
-        .arg("reload")
-        .output()
-        .unwrap();
+    let reload = stack.cli(&["reload"]);
     assert!(
         reload.status.success(),
         "stackinit reload: {}",
@@ -249,79 +202,32 @@ fn notifications_arrive_in_order() {
 
     // SIGTERM: STOPPING=1, then a clean exit.
     let before_stop = systemd.seen.len();
-    kill(Pid::from_raw(stack.child.id() as i32), Signal::SIGTERM).unwrap();
+    stack.signal(Signal::SIGTERM);
     systemd.wait_for("STOPPING=1", before_stop, Duration::from_secs(10));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = stack.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stackinit run did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = stack
+        .wait_exit(Duration::from_secs(20))
+        .expect("stackinit run did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
 }
 
 #[test]
 fn no_notify_socket_means_no_watchdog() {
     // Without NOTIFY_SOCKET there is nobody to ping, even if WATCHDOG_USEC is set.
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("stackinit.toml");
-    let control = dir.path().join("control.sock");
-    fs::write(
-        &config_path,
-        format!(
-            "[init]\nlogs_dir = \"{}\"\ncontrol_socket = \"{}\"\n{}",
-            dir.path().join("logs").display(),
-            control.display(),
-            sleeper("db", "", &dir.path().join("db.env"))
-        ),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&config_path)
-        .env_remove("NOTIFY_SOCKET")
-        .env("WATCHDOG_USEC", "400000")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stack = Stack {
-        child,
-        pid_file: dir.path().join("pids"),
-    };
-    let env_file = dir.path().join("db.env");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !env_file.exists() {
-        assert!(Instant::now() < deadline, "service never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut stack = Stack::start_with_env(&sleeper("db", ""), &[("WATCHDOG_USEC", "400000")]);
+    let env_file = stack.path("db.env");
+    assert!(
+        wait_until(Duration::from_secs(20), || env_file.exists()),
+        "service never started"
+    );
     std::thread::sleep(Duration::from_millis(300));
-    kill(Pid::from_raw(stack.child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = stack.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stackinit run did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // SIGTERM, and 20 s to exit (else it is killed, which is no success either).
+    let status = stack.stop().expect("stackinit run");
     assert!(status.success(), "exit status {status}");
 }
 
 #[test]
 fn unit_file_passes_systemd_analyze_verify() {
-    let unit = fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/systemd/stackinit.service"
-    ))
-    .unwrap();
+    let unit = fs::read_to_string(repo().join("systemd/stackinit.service")).expect("the unit file");
     for required in [
         "Type=notify",
         "ExecStart=/usr/local/bin/stackinit run",
@@ -338,7 +244,7 @@ fn unit_file_passes_systemd_analyze_verify() {
         );
     }
     // verify checks that ExecStart exists, so point it at the binary under test.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir("stackinit-unit");
     let path = dir.path().join("stackinit.service");
     fs::write(&path, unit.replace("/usr/local/bin/stackinit", BIN)).unwrap();
     let out = Command::new("systemd-analyze")

@@ -1,163 +1,27 @@
-//! A tiny WebDriver client for headless Chromium (Debian `chromium` + `chromium-driver`), plus a raw
-//! HTTP/1.1 helper over loopback TCP. No crates beyond serde_json: the protocol is JSON over HTTP.
+//! A tiny WebDriver client for headless Chromium (Debian `chromium` + `chromium-driver`). No crates
+//! beyond serde_json: the protocol is JSON over HTTP.
 //!
 //! A missing browser or driver is a test failure, never a skip.
-#![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+
+use super::http::Request;
+use super::{free_port, poll_every, repo, Guarded};
 
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// An HTTP answer: status, headers (lowercased names), body.
-#[derive(Debug)]
-pub struct HttpReply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl HttpReply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HttpReply {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("write head");
-    stream.write_all(body).expect("write body");
-    // Read until the body is complete by its length (a server may keep the connection open anyway),
-    // or until EOF when the reply has no length.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        if let Some(expected) = expected_len(&raw) {
-            if raw.len() >= expected {
-                break;
-            }
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!(
-                "reading the reply to {method} {path} on port {port}: {e}; got so far: {:?}",
-                String::from_utf8_lossy(&raw)
-            ),
-        }
-    }
-    parse_reply(&raw)
-}
-
-/// Head plus `Content-Length` bytes, once the head is in and has that header.
-fn expected_len(raw: &[u8]) -> Option<usize> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let length = head
-        .split("\r\n")
-        .find_map(|l| l.strip_prefix("content-length:"))?
-        .trim()
-        .parse::<usize>()
-        .ok()?;
-    Some(end + 4 + length)
-}
-
-fn parse_reply(raw: &[u8]) -> HttpReply {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        body = dechunk(&body);
-    }
-    HttpReply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_text = String::from_utf8_lossy(&data[..end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or(0);
-        if size == 0 || data.len() < end + 2 + size {
-            return out;
-        }
-        out.extend_from_slice(&data[end + 2..end + 2 + size]);
-        data = &data[(end + 4 + size).min(data.len())..];
-    }
-}
-
 /// Headless Chromium under chromedriver, one WebDriver session. Dropping it ends the session and the
 /// driver (by pid).
 pub struct Browser {
-    driver: Child,
+    driver: Guarded,
     port: u16,
     session: String,
     _profile: tempfile::TempDir,
@@ -179,35 +43,31 @@ impl Browser {
         let port = free_port();
         let log = std::fs::File::create(profile.path().join("chromedriver.log")).expect("log");
         // Its own process group, so the browser it starts can be killed with it (see Drop).
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start chromedriver");
+        let driver = Guarded::spawn(
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .process_group(0)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log),
+            "chromedriver",
+        );
         let mut browser = Browser {
             driver,
             port,
             session: String::new(),
             _profile: profile,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                let status = browser.raw("GET", "/status", None);
-                if status["value"]["ready"] == true {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver never became ready: {}",
-                browser.driver_log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let ready = poll_every(Duration::from_millis(50), Duration::from_secs(20), || {
+            let up = TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && browser.raw("GET", "/status", None)["value"]["ready"] == true;
+            up.then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "chromedriver never became ready: {}",
+            browser.driver_log()
+        );
         let user_data = browser._profile.path().join("profile");
         let args = [
             "--headless=new".to_string(),
@@ -245,13 +105,12 @@ impl Browser {
 
     fn raw(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let reply = http(
-            self.port,
-            method,
-            path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
+        // Starting a session starts the browser: slow on a busy machine.
+        let reply = Request::new(self.port, method, path)
+            .header("Content-Type", "application/json")
+            .body(body.as_bytes())
+            .timeout(Duration::from_secs(60))
+            .reply();
         serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
     }
 
@@ -327,23 +186,18 @@ impl Browser {
 
     /// Wait until `script` returns true in the page; panics with `what` and the page's last value.
     pub fn wait_for(&self, what: &str, timeout: Duration, script: &str, args: Value) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let value = self.eval(script, args.clone());
-            if value == Value::Bool(true) {
-                return;
-            }
-            if Instant::now() > deadline {
-                let page = self.eval(
-                    "return document.body ? document.body.innerText : ''",
-                    json!([]),
-                );
-                panic!(
-                    "timed out waiting for {what}; page text:\n{}",
-                    page.as_str().unwrap_or("")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let done = poll_every(Duration::from_millis(50), timeout, || {
+            (self.eval(script, args.clone()) == Value::Bool(true)).then_some(())
+        });
+        if done.is_none() {
+            let page = self.eval(
+                "return document.body ? document.body.innerText : ''",
+                json!([]),
+            );
+            panic!(
+                "timed out waiting for {what}; page text:\n{}",
+                page.as_str().unwrap_or("")
+            );
         }
     }
 }
@@ -355,17 +209,16 @@ impl Drop for Browser {
             let _ = std::panic::catch_unwind(|| self.raw("DELETE", &path, None));
         }
         // If the session could not be ended, its browser must not outlive the test: end the
-        // driver's whole process group (the browser and its helpers are in it).
+        // driver's whole process group (the browser and its helpers are in it); the guard reaps it.
         let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.driver.id() as i32),
+            nix::unistd::Pid::from_raw(self.driver.pid() as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
-fn decode_base64(text: &str) -> Vec<u8> {
+/// Standard base64 (WebDriver sends screenshots so).
+pub fn decode_base64(text: &str) -> Vec<u8> {
     let value = |c: u8| -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
@@ -391,17 +244,5 @@ fn decode_base64(text: &str) -> Vec<u8> {
 
 /// Where the docs screenshot lives in the source tree.
 pub fn docs_screenshot() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_round() {
-        assert_eq!(
-            super::decode_base64("QWxhZGRpbjpvcGVuIHNlc2FtZQ=="),
-            b"Aladdin:open sesame"
-        );
-        assert_eq!(super::decode_base64("Zm8="), b"fo");
-    }
+    repo().join("docs/dashboard.png")
 }

@@ -1,182 +1,153 @@
-//! Small helpers for black-box tests: start the real binary on a config in a temp dir, ask it things
-//! through the real CLI, and clean up even when a test fails.
+//! The test support kit. Every test binary that needs a helper says `mod support;` and gets all of it:
+//! the binary under test, free ports, the one wait loop, guarded child processes, /proc readings and
+//! [`Stack`] (a real `stackinit run`) here; [`http`] (the one HTTP client), [`proxy`] (a standalone proxy
+//! and an echo upstream), [`nginx`], [`e2e`] (the Django app) and [`browser`] (WebDriver) beside it.
+//! Whatever a helper starts is killed by pid when its guard drops, even when a test fails.
+// Each test binary uses only part of the kit.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+pub mod browser;
+pub mod e2e;
+pub mod http;
+pub mod nginx;
+pub mod proxy;
+mod stack;
+
+#[allow(unused_imports)] // like dead_code: not every binary starts a Stack
+pub use stack::Stack;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_stackinit")
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// The stackinit binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_stackinit");
+
+/// The checkout (the app, packer template and test scripts are read from it).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Poll `cond` until it holds or `timeout` passes. Test-side polling only; the product never polls.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A temp dir named `PREFIX...`, removed when it drops, pass or fail.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// The one wait loop: call `check` every `every` until it gives a value, or `None` once `timeout` has
+/// passed. Test-side polling only; the product never polls.
+pub fn poll_every<T>(
+    every: Duration,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
-        if cond() {
-            return true;
+        if let Some(value) = check() {
+            return Some(value);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(every);
     }
 }
 
-/// A running `stackinit run` on its own temp dir. `{dir}` in the config is replaced by that dir.
-pub struct Stack {
-    pub dir: tempfile::TempDir,
-    pub config: PathBuf,
-    pub socket: PathBuf,
-    pub child: Option<Child>,
+/// [`poll_every`] 10 ms.
+pub fn poll<T>(timeout: Duration, check: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(Duration::from_millis(10), timeout, check)
 }
 
-impl Stack {
-    pub fn start(config: &str) -> Stack {
-        let dir = tempfile::Builder::new()
-            .prefix("stackinit-test")
-            .tempdir()
-            .expect("tempdir");
-        let socket = dir.path().join("control.sock");
-        let full = format!(
-            "[init]\nlogs_dir = \"{d}/logs\"\ncontrol_socket = \"{s}\"\nlog_level = \"debug\"\n{rest}",
-            d = dir.path().display(),
-            s = socket.display(),
-            rest = config.replace("{dir}", &dir.path().display().to_string())
-        );
-        let config_path = dir.path().join("stackinit.toml");
-        std::fs::write(&config_path, full).expect("write config");
-        let mut stack = Stack {
-            dir,
-            config: config_path,
-            socket,
-            child: None,
-        };
-        stack.spawn();
-        stack
-    }
+/// Whether `cond` came to hold within `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    poll(timeout, || cond().then_some(())).is_some()
+}
 
-    fn spawn(&mut self) {
-        let stderr =
-            std::fs::File::create(self.dir.path().join("stackinit.stderr")).expect("stderr file");
-        let child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
+/// [`poll`], failing the test if `check` gives nothing within `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, check).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// The exit status of `child` once it has exited, or `None` if it still runs after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    poll(timeout, || child.try_wait().ok().flatten())
+}
+
+/// Wait until something accepts connections on `addr` (20 s at most, else the test fails).
+pub fn wait_for_port(addr: SocketAddr) {
+    let accepts = poll_every(Duration::from_millis(20), Duration::from_secs(20), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            .ok()
+            .map(drop)
+    });
+    assert!(accepts.is_some(), "nothing listening on {addr} after 20 s");
+}
+
+/// A child process, killed (SIGKILL) and reaped when dropped if it still runs.
+pub struct Guarded {
+    pub child: Child,
+}
+
+impl Guarded {
+    /// Start `command`; `what` names it if it cannot start.
+    pub fn spawn(command: &mut Command, what: &str) -> Guarded {
+        let child = command
             .spawn()
-            .expect("start stackinit");
-        self.child = Some(child);
-        let socket = self.socket.clone();
-        assert!(
-            wait_until(Duration::from_secs(10), || socket.exists()),
-            "control socket never appeared; stderr:\n{}",
-            self.stderr()
-        );
-    }
-
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Guarded { child }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+        self.child.id()
     }
 
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stackinit.stderr")).unwrap_or_default()
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
-    /// Run the CLI against this stack's socket.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run CLI")
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), signal);
     }
 
-    /// `status --json` as parsed JSON (`{"services": [...]}`).
-    pub fn status(&self) -> serde_json::Value {
-        let out = self.cli(&["status", "--json"]);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "status --json is not JSON ({e}): {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    /// SIGTERM, then up to `limit` for the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.signal(Signal::SIGTERM);
+        wait_exit(&mut self.child, limit)
     }
+}
 
-    /// The status entry of one unit.
-    pub fn unit(&self, name: &str) -> serde_json::Value {
-        let status = self.status();
-        status["services"]
-            .as_array()
-            .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
-            .unwrap_or_else(|| panic!("no unit {name} in {status}"))
-    }
-
-    pub fn pid_of(&self, name: &str) -> Option<i32> {
-        self.unit(name)["pid"].as_i64().map(|p| p as i32)
-    }
-
-    pub fn state_of(&self, name: &str) -> String {
-        self.unit(name)["state"].as_str().unwrap_or("").to_string()
-    }
-
-    /// Wait until `name` is in `state` (and ready, for running); panics with context otherwise.
-    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
-        let ok = wait_until(timeout, || {
-            let u = self.unit(name);
-            u["state"] == state && (state != "running" || u["ready"] == true)
-        });
-        assert!(
-            ok,
-            "{name} never reached {state}: {}\nstderr:\n{}",
-            self.unit(name),
-            self.stderr()
-        );
-    }
-
-    /// Stop stackinit with SIGTERM and wait for it; returns its exit status.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                // stackinit did not stop in time (the failure under test, maybe): take its whole tree with
-                // it, or its services would outlive the test as orphans.
-                let tree = descendants_of(child.id());
-                let _ = child.kill();
-                for pid in tree {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                return child.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(10));
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// Every pid in /proc.
+pub fn all_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+        .collect()
 }
 
 /// Every process below `pid` (children, their children, ...).
@@ -194,24 +165,14 @@ pub fn descendants_of(pid: u32) -> Vec<u32> {
 
 /// Processes whose parent is `ppid`, with their state letter (from /proc).
 pub fn children_of(ppid: u32) -> Vec<(u32, char)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Some(fields) = stat_fields(pid) else {
-            continue;
-        };
-        let state = fields.first().and_then(|s| s.chars().next()).unwrap_or('?');
-        let parent: u32 = fields.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        if parent == ppid {
-            out.push((pid, state));
-        }
-    }
-    out
+    all_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let fields = stat_fields(pid)?;
+            let parent: u32 = fields.get(1)?.parse().ok()?;
+            (parent == ppid).then(|| (pid, state_of(&fields)))
+        })
+        .collect()
 }
 
 /// The fields of /proc/PID/stat after the command (which may contain spaces): [0] state, [1] parent pid,
@@ -222,22 +183,35 @@ pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split(' ').map(String::from).collect())
 }
 
+fn state_of(fields: &[String]) -> char {
+    fields.first().and_then(|s| s.chars().next()).unwrap_or('?')
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z` for a zombie...), if it is there.
+pub fn process_state(pid: u32) -> Option<char> {
+    stat_fields(pid).map(|f| state_of(&f))
+}
+
 /// The nice value of a running process.
 pub fn nice_of(pid: i32) -> i32 {
     let fields = stat_fields(pid as u32).expect("process gone");
     fields[16].parse().expect("nice field")
 }
 
+/// Whether `pid` runs (exists and is not a zombie).
 pub fn process_exists(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true)
+    process_state(pid as u32).is_some_and(|state| state != 'Z')
 }
 
 pub fn kill9(pid: i32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// The CSRF token of a dashboard page (`<meta name="csrf-token" content="...">`).
+pub fn csrf_token(page: &str) -> String {
+    page.split("name=\"csrf-token\" content=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("csrf token in the page")
+        .to_string()
 }

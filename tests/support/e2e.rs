@@ -1,21 +1,18 @@
-//! Helpers for the end-to-end tests with the real Django app: the test venv, a fake IMDS, the seed stack's
-//! config, and a bounded load generator that counts every failed request (with its error).
-//! Everything started here is killed by pid when its guard drops, even when a test fails.
-#![allow(dead_code)]
+//! The end-to-end tests with the real Django app: the test venv, a fake IMDS, the seed stack's config,
+//! and a bounded load generator that counts every failed request (with its error).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{self, BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use super::http::{Reply, Request};
+use super::{repo, temp_dir, Guarded};
 
 pub fn app_dir() -> PathBuf {
     repo().join("app")
@@ -41,37 +38,15 @@ pub fn venv() -> PathBuf {
 /// A directory other users can enter (the proxy runs as `nobody` and must reach the app sockets and the
 /// collected static files), removed on drop.
 pub fn shared_dir() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("stackinit-e2e")
-        .tempdir()
-        .expect("tempdir");
+    let dir = temp_dir("stackinit-e2e");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     dir
-}
-
-/// A child killed (SIGTERM, then SIGKILL) and waited for on drop.
-pub struct Guard(pub Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The fake IMDSv2 of tests/support/fake_imds.py on a free loopback port, with the given values.
 pub struct FakeImds {
     pub port: u16,
-    _child: Guard,
+    _child: Guarded,
 }
 
 impl FakeImds {
@@ -81,13 +56,11 @@ impl FakeImds {
         for (k, v) in values {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start fake_imds.py (python3)");
-        let stdout = child.stdout.take().expect("stdout");
-        let guard = Guard(child);
+        let mut guard = Guarded::spawn(
+            cmd.stdout(Stdio::piped()).stderr(Stdio::null()),
+            "fake_imds.py (python3)",
+        );
+        let stdout = guard.child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
@@ -246,31 +219,14 @@ default = true
     }
 }
 
-/// One GET on a fresh connection: (status, body) or the I/O error, as text.
-pub fn get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: e2e\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut stream, &mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line in {:?}", truncate(&text, 200)))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+/// A GET as the load sends it: a connect slower than 5 s or an answer slower than 15 s is a failure.
+pub fn timed_get(addr: SocketAddr, host: &str, path: &str) -> io::Result<Reply> {
+    Request::new(addr, "GET", path)
+        .host(host)
+        .header("User-Agent", "e2e")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .send()
 }
 
 pub fn truncate(s: &str, n: usize) -> String {
@@ -317,15 +273,19 @@ impl Load {
                 thread::spawn(move || {
                     let (mut ok, mut failures) = (0u64, Vec::new());
                     while !stop.load(Ordering::Relaxed) {
-                        match get(addr, &host, &path) {
-                            Ok((200, body)) if body.contains(&expect) => ok += 1,
-                            Ok((status, body)) => failures.push(Failure {
+                        match timed_get(addr, &host, &path) {
+                            Ok(r) if r.status == 200 && r.text().contains(&expect) => ok += 1,
+                            Ok(r) => failures.push(Failure {
                                 at: started.elapsed(),
-                                what: format!("HTTP {status}: {}", truncate(body.trim(), 300)),
+                                what: format!(
+                                    "HTTP {}: {}",
+                                    r.status,
+                                    truncate(r.text().trim(), 300)
+                                ),
                             }),
                             Err(e) => failures.push(Failure {
                                 at: started.elapsed(),
-                                what: e,
+                                what: e.to_string(),
                             }),
                         }
                         thread::sleep(pause);
