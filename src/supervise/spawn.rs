@@ -102,6 +102,31 @@ pub fn resolve_program(name: &str, path_var: &str, directory: Option<&Path>) -> 
 
 /// Start the process. Returns its pid once exec succeeded, or why it failed (the failed child has then
 /// already exited; its pid is in the error's `pid` so the reaper can route its status).
+/// The program, its argv and its environment (with LISTEN_FDS and LISTEN_FDNAMES; LISTEN_PID is
+/// written by the child) as C strings.
+fn c_strings(cmd: &Command<'_>) -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+    let program = cstring(cmd.program.as_os_str().as_bytes())?;
+    let argv: Vec<CString> = cmd
+        .argv
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let mut env: Vec<CString> = Vec::with_capacity(cmd.env.len() + 3);
+    for (k, v) in &cmd.env {
+        env.push(cstring(format!("{k}={v}").as_bytes())?);
+    }
+    if !cmd.listen_fds.is_empty() {
+        env.push(cstring(
+            format!("LISTEN_FDS={}", cmd.listen_fds.len()).as_bytes(),
+        )?);
+        let names: Vec<&str> = cmd.listen_fds.iter().map(|(_, n)| n.as_str()).collect();
+        env.push(cstring(
+            format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes(),
+        )?);
+    }
+    Ok((program, argv, env))
+}
+
 pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
     let prep = |error: io::Error| {
         (
@@ -113,29 +138,13 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
         )
     };
     // --- everything allocated before fork ---
-    let program = cstring(cmd.program.as_os_str().as_bytes()).map_err(prep)?;
-    let argv: Vec<CString> = cmd
-        .argv
-        .iter()
-        .map(|a| cstring(a.as_bytes()))
-        .collect::<Result<_, _>>()
-        .map_err(prep)?;
+    let (program, argv, env) = c_strings(cmd).map_err(prep)?;
     let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
-
-    let mut env: Vec<CString> = Vec::with_capacity(cmd.env.len() + 3);
-    for (k, v) in &cmd.env {
-        env.push(cstring(format!("{k}={v}").as_bytes()).map_err(prep)?);
-    }
     // "LISTEN_PID=" + up to 20 digits + NUL, filled in by the child.
     let mut listen_pid_buf = [0u8; 40];
     let listen_pid_prefix = b"LISTEN_PID=";
     listen_pid_buf[..listen_pid_prefix.len()].copy_from_slice(listen_pid_prefix);
-    if !cmd.listen_fds.is_empty() {
-        env.push(cstring(format!("LISTEN_FDS={}", cmd.listen_fds.len()).as_bytes()).map_err(prep)?);
-        let names: Vec<&str> = cmd.listen_fds.iter().map(|(_, n)| n.as_str()).collect();
-        env.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")).as_bytes()).map_err(prep)?);
-    }
     let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     if !cmd.listen_fds.is_empty() {
         env_ptrs.push(listen_pid_buf.as_ptr().cast());
