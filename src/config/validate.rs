@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod checks;
+mod ctx;
 mod dashboard_checks;
 mod doc;
 mod graph;

@@ -26,7 +26,8 @@ use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, HOST, ORIGIN};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
-use super::server::{json_response, method_not_allowed, with_content_type, ReplyBody};
+use super::dashboard_events::{health, Health};
+use super::reply::{json_response, method_not_allowed, with_content_type, ReplyBody};
 use crate::api::ApiError;
 use crate::facts::Facts;
 use crate::supervise::handle::Handle;
@@ -37,15 +38,6 @@ pub use super::dashboard_tcp::{serve_tcp, Auth};
 const PAGE: &str = include_str!("dashboard.html");
 /// The header a browser must echo the page's token in, on every POST.
 pub const CSRF_HEADER: &str = "x-stackinit-csrf";
-
-/// `/healthz`'s answer, as the supervisor sees it: 200 exactly when `healthy`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Health {
-    pub healthy: bool,
-    pub draining: bool,
-    /// Critical services that are not ready.
-    pub unhealthy: Vec<String>,
-}
 
 #[derive(Serialize)]
 struct FactsReply {
@@ -89,14 +81,6 @@ pub(super) async fn route(
         }
         _ => page(),
     }))
-}
-
-pub(super) fn health(draining: bool, unhealthy: Vec<String>) -> Health {
-    Health {
-        healthy: !draining && unhealthy.is_empty(),
-        draining,
-        unhealthy,
-    }
 }
 
 /// The page with this process's CSRF token and a fresh CSP nonce for its one script and style.

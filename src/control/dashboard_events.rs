@@ -26,8 +26,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
-use super::dashboard::{health, Health};
-use super::server::{with_content_type, ReplyBody};
+use super::reply::{with_content_type, ReplyBody};
 use crate::api::StatusReply;
 use crate::supervise::handle::Handle;
 
@@ -135,6 +134,23 @@ impl Body for ChannelBody {
         self.rx
             .poll_recv(cx)
             .map(|chunk| chunk.map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+/// `/healthz`'s answer, as the supervisor sees it: 200 exactly when `healthy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Health {
+    pub healthy: bool,
+    pub draining: bool,
+    /// Critical services that are not ready.
+    pub unhealthy: Vec<String>,
+}
+
+pub(super) fn health(draining: bool, unhealthy: Vec<String>) -> Health {
+    Health {
+        healthy: !draining && unhealthy.is_empty(),
+        draining,
+        unhealthy,
     }
 }
 

@@ -31,7 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::dashboard::{constant_time_eq, random_hex};
-use super::server::{error_response, respond_tcp, with_content_type, ReplyBody};
+use super::reply::{error_response, with_content_type, ReplyBody};
+use super::server::respond_tcp;
 use crate::api::ApiError;
 use crate::config::InitSpec;
 use crate::supervise::handle::Handle;

@@ -5,5 +5,6 @@ pub mod client;
 pub mod dashboard;
 mod dashboard_events;
 mod dashboard_tcp;
+mod reply;
 pub mod server;
 mod table;

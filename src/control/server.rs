@@ -26,21 +26,22 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::unistd::Gid;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Semaphore;
 
 use super::access::Policy;
-use crate::api::{ApiError, ErrorReply, StatusReply};
+use super::reply::{
+    error_response, json_response, method_not_allowed, with_content_type, ReplyBody,
+};
+use crate::api::{ApiError, StatusReply};
 use crate::logs::tail;
 use crate::supervise::handle::{Action, Handle, LogStream};
 
@@ -56,8 +57,6 @@ const MAX_CONNECTIONS: usize = 64;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// `lines` when the query doesn't say.
 const DEFAULT_TAIL_LINES: usize = 50;
-
-pub(super) type ReplyBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Bind the control socket (mode 0660, group `group`) and serve it on the current runtime until the
 /// process exits. Returns once the socket is bound, so clients can connect as soon as it returns.
@@ -542,55 +541,6 @@ fn internal(message: String) -> ApiError {
         status: 500,
         message,
     }
-}
-
-pub(super) fn with_content_type(
-    mut response: Response<ReplyBody>,
-    content_type: &'static str,
-) -> Response<ReplyBody> {
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-pub(super) fn json_response(status: StatusCode, value: &impl Serialize) -> Response<ReplyBody> {
-    let mut body = serde_json::to_vec(value).unwrap_or_else(|err| {
-        tracing::error!(%err, "control socket: reply not serializable");
-        br#"{"error": "reply not serializable"}"#.to_vec()
-    });
-    body.push(b'\n');
-    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
-    *response.status_mut() = status;
-    with_content_type(response, "application/json")
-}
-
-pub(super) fn error_response(err: &ApiError) -> Response<ReplyBody> {
-    let status = StatusCode::from_u16(err.status)
-        .ok()
-        .filter(|status| status.is_client_error() || status.is_server_error())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_response(
-        status,
-        &ErrorReply {
-            error: err.message.clone(),
-        },
-    )
-}
-
-pub(super) fn method_not_allowed(
-    got: &Method,
-    path: &str,
-    allowed: &Method,
-) -> Response<ReplyBody> {
-    let mut response = error_response(&ApiError {
-        status: 405,
-        message: format!("{got} is not allowed on {path}; use {allowed}"),
-    });
-    if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
-        response.headers_mut().insert(ALLOW, value);
-    }
-    response
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::checks::Ctx;
+use super::ctx::Ctx;
 use super::doc::KeyPath;
 
 pub(super) fn check_dashboard(ctx: &mut Ctx) {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::checks::Ctx;
+use super::ctx::Ctx;
 use super::doc::KeyPath;
 use crate::config::values::ListenAddr;
 use crate::config::OneOrMany;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::checks::{
+use super::ctx::{
     check_group, check_max_duration, check_min_log_bytes, check_nice, check_user, Ctx,
 };
 use super::doc::KeyPath;
