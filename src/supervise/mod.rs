@@ -13,6 +13,7 @@
 
 mod build;
 mod exec_probes;
+mod hand_back;
 pub mod handle;
 mod health;
 mod inbox;

@@ -7,7 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::build::{self, LogFiles};
 use super::exec_probes::ExecProbes;
+use super::hand_back::HandBack;
 use super::handle::{Action as ControlAction, Handle, Request};
 use super::health::{self, ProbeChannels, ProbeOutcome};
 use super::inbox::{self, Inbox};
@@ -59,6 +60,7 @@ pub struct Supervisor {
     timers: Timers,
     rollouts: Rollouts,
     leftovers: Leftovers,
+    hand_back: HandBack,
     exec_probes: ExecProbes,
     shutdown: Option<Shutdown>,
     /// Events raised while carrying out others, handled before the loop sleeps.
@@ -100,6 +102,7 @@ impl Supervisor {
             timers: Timers::default(),
             rollouts: Rollouts::default(),
             leftovers: Leftovers::default(),
+            hand_back: HandBack::default(),
             exec_probes: ExecProbes::default(),
             shutdown: None,
             pending: VecDeque::new(),
@@ -506,7 +509,28 @@ impl Supervisor {
             }
         }
         self.drop_retired();
+        self.hand_back_queued();
         self.report();
+    }
+
+    /// Requests queued on the socket of a replica that will not run again at once (backoff, fatal,
+    /// stopped) go back to the proxy to be retried elsewhere. The proxy's own listeners keep theirs.
+    fn hand_back_queued(&mut self) {
+        let held: HashSet<&str> = self
+            .units
+            .values()
+            .filter(|u| u.pid.is_some() || u.machine.state == State::Starting)
+            .flat_map(|u| u.listen.iter().map(String::as_str))
+            .collect();
+        let proxy = listeners::proxy_addresses(&self.config);
+        let idle: Vec<&str> = self
+            .listeners
+            .addresses()
+            .filter(|a| !held.contains(a) && !proxy.iter().any(|p| p == a))
+            .collect();
+        let listeners = &self.listeners;
+        self.hand_back
+            .watch(&idle, |addr| listeners.duplicate(addr));
     }
 
     /// Start units that want to be up, are stopped, and whose dependencies are ready. True if any started.
@@ -675,6 +699,18 @@ impl Supervisor {
             }
             ProbeOutcome::Restart(why) => self.restart_unhealthy(&name, why),
         }
+        self.ready_when_signalled(&name);
+    }
+
+    /// A starting unit that has said it is ready by every signal it has has started successfully, however
+    /// soon it dies afterwards (it does not count towards a crash loop).
+    fn ready_when_signalled(&mut self, name: &str) {
+        let starting = self.units.get(name).is_some_and(|u| {
+            u.machine.state == State::Starting && u.pid.is_some() && u.signals_ready()
+        });
+        if starting {
+            self.dispatch(name, Event::Ready);
+        }
     }
 
     fn run_exec_probe(&mut self, request: ExecRequest) {
@@ -706,6 +742,7 @@ impl Supervisor {
         if let (Some(first), Some(unit)) = (outcome.start_probes, self.units.get_mut(&name)) {
             health::start_probes(unit, first, &self.probe_channels);
         }
+        self.ready_when_signalled(&name);
     }
 
     /// MAINPID=: only the main process may name its successor, and only a child of ours (so the one
