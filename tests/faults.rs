@@ -163,3 +163,186 @@ fn a_request_queued_on_a_replica_that_will_not_come_back_at_once_is_handed_back(
         "{answered:?}"
     );
 }
+
+/// Three replicas of a python server with a readiness probe; a replica started while `{dir}/broken`
+/// exists answers 500 and never gets ready.
+fn web_with_readiness(extra: &str) -> Stack {
+    Stack::start(&format!(
+        r#"
+[service.web]
+command = ["python3", "-c", """
+import os, socket
+status = b'500 Broken' if os.path.exists('{{dir}}/broken') else b'200 OK'
+s = socket.socket(fileno=3)
+while True:
+    c, _ = s.accept()
+    try:
+        c.recv(4096)
+        c.sendall(b'HTTP/1.0 ' + status + b'\\r\\nContent-Length: 2\\r\\n\\r\\nok')
+    except OSError:
+        pass
+    c.close()
+"""]
+replicas = 3
+listen = "unix:{{dir}}/web.sock"
+start_secs = "0s"
+readiness = {{ http = "/", expect = 200, period = "100ms" }}
+{extra}
+"#
+    ))
+}
+
+fn all_ready(stack: &Stack) -> bool {
+    (0..3).all(|i| stack.unit(&format!("web@{i}"))["ready"] == true)
+}
+
+#[test]
+fn restart_wait_returns_once_every_replica_is_replaced_and_ready() {
+    let stack = web_with_readiness("");
+    assert!(wait_until(Duration::from_secs(15), || all_ready(&stack)));
+    let before: Vec<_> = (0..3).map(|i| stack.pid_of(&format!("web@{i}"))).collect();
+    let out = stack.cli(&["restart", "web", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("every replica replaced and ready"),
+        "{out:?}"
+    );
+    // When it returns, the rollout is over: every replica is new and ready.
+    let after: Vec<_> = (0..3).map(|i| stack.pid_of(&format!("web@{i}"))).collect();
+    assert!(all_ready(&stack), "{}", stack.status());
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a.is_some() && a != b, "{before:?} -> {after:?}");
+    }
+}
+
+#[test]
+fn restart_wait_exits_non_zero_when_the_rollout_halts() {
+    // ready_timeout shortened from its default so the halt comes within the test.
+    let stack = web_with_readiness("ready_timeout = \"2s\"");
+    assert!(wait_until(Duration::from_secs(15), || all_ready(&stack)));
+    std::fs::write(stack.path("broken"), "").expect("write broken");
+    let out = stack.cli(&["restart", "web", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rollout halted"), "{err}");
+    assert!(
+        all_ready(&stack),
+        "the old replicas serve on: {}",
+        stack.status()
+    );
+}
+
+#[test]
+fn restart_wait_gives_up_waiting_after_its_duration_with_exit_5() {
+    let stack = web_with_readiness("ready_timeout = \"30s\"");
+    assert!(wait_until(Duration::from_secs(15), || all_ready(&stack)));
+    std::fs::write(stack.path("broken"), "").expect("write broken");
+    let t0 = Instant::now();
+    let out = stack.cli(&["restart", "web", "--wait", "1s"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still going"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_service_cannot_make_another_services_process_its_main_pid() {
+    // The attacker finds the victim's pid and claims it with MAINPID=. Both run as nobody, so only
+    // "it belongs to another unit" can refuse it.
+    let stack = Stack::start(
+        r#"
+[service.victim]
+command = ["sleep", "100001"]
+user = "nobody"
+
+[service.attacker]
+# Debian's python: one under root's home (pyenv, a venv) is not reachable as nobody.
+command = ["/usr/bin/python3", "-c", """
+import os, socket, time
+marker = str(100000 + 1).encode()
+def victim():
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and marker in open('/proc/%s/cmdline' % p, 'rb').read():
+                return int(p)
+        except OSError:
+            pass
+pid = None
+while pid is None:
+    pid = victim()
+    time.sleep(0.05)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(('READY=1\\nMAINPID=%d' % pid).encode(), os.environ['NOTIFY_SOCKET'])
+time.sleep(100000)
+"""]
+user = "nobody"
+notify = true
+"#,
+    );
+    stack.wait_state("victim", "running", Duration::from_secs(10));
+    let victim = stack.pid_of("victim").expect("victim pid");
+    let refused = wait_until(Duration::from_secs(10), || {
+        stack
+            .stderr()
+            .contains(&format!("MAINPID={victim} refused"))
+    });
+    assert!(refused, "no refusal logged:\n{}", stack.stderr());
+    let attacker = stack.pid_of("attacker").expect("attacker pid");
+    assert_ne!(attacker, victim);
+    let out = stack.cli(&["stop", "attacker"]);
+    assert!(out.status.success(), "{out:?}");
+    stack.wait_state("attacker", "stopped", Duration::from_secs(10));
+    assert!(
+        !process_exists(attacker),
+        "the attacker's own process was not stopped"
+    );
+    assert!(
+        process_exists(victim),
+        "the victim was stopped in the attacker's name"
+    );
+    assert_eq!(stack.pid_of("victim"), Some(victim));
+}
+
+#[test]
+fn a_flood_on_the_notify_socket_is_bounded_and_other_services_are_still_heard() {
+    let stack = Stack::start(
+        r#"
+[service.flood]
+command = ["/usr/bin/python3", "-c", """
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+end = time.time() + 4
+while time.time() < end:
+    try:
+        s.sendto(b'STATUS=flood', os.environ['NOTIFY_SOCKET'])
+    except OSError:
+        pass
+time.sleep(100000)
+"""]
+user = "nobody"
+
+[service.legit]
+command = ["python3", "-c", """
+import os, socket, time
+time.sleep(1.5)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])
+time.sleep(100000)
+"""]
+notify = true
+"#,
+    );
+    stack.wait_state("flood", "running", Duration::from_secs(10));
+    // The other service's READY=1, sent in the middle of the flood, still gets through, and the flood
+    // beyond its sender's budget is dropped before the supervisor spends any work on it. (What that
+    // saves in CPU is a figure for a benchmark, not an assertion here.)
+    stack.wait_state("legit", "running", Duration::from_secs(10));
+    assert_eq!(stack.unit("legit")["ready"], true);
+    assert!(
+        stack.stderr().contains("messages a second"),
+        "the drop was not reported:\n{}",
+        stack.stderr()
+    );
+}

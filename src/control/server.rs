@@ -250,11 +250,17 @@ async fn handle_request(
             ))
         }
         Route::Control(name, action) => {
-            read_json_body(request.into_body()).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &handle.control(name, action).await?,
-            ))
+            let body = read_json_body(request.into_body()).await?;
+            let wait = body
+                .as_ref()
+                .and_then(|b| b.get("wait"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let reply = match (action, wait) {
+                (Action::Restart, true) => handle.restart_and_wait(name).await?,
+                _ => handle.control(name, action).await?,
+            };
+            Ok(json_response(StatusCode::OK, &reply))
         }
         Route::Reload => {
             read_json_body(request.into_body()).await?;

@@ -7,7 +7,7 @@
 //! is stopped the moment a process holds the socket again.
 #![allow(unsafe_code)] // audited: one epoll registration (see the SAFETY comment)
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -16,6 +16,11 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::task::JoinHandle;
 use tracing::debug;
+
+use super::listeners::{self, Listeners};
+use super::state::State;
+use super::unit::Unit;
+use crate::config::Config;
 
 /// At most this many connections per wake-up, so that PID 1 stays responsive under a flood.
 const MAX_PER_WAKE: usize = 256;
@@ -47,6 +52,25 @@ impl HandBack {
             }
         }
     }
+}
+
+/// The sockets no process will accept on soon: bound, not the proxy's own, and held by no unit whose
+/// process runs or starts (backoff, fatal, stopped, or a rollout's free socket).
+pub fn idle_addresses<'a>(
+    units: &BTreeMap<String, Unit>,
+    listeners: &'a Listeners,
+    config: &Config,
+) -> Vec<&'a str> {
+    let held: HashSet<&str> = units
+        .values()
+        .filter(|u| u.pid.is_some() || u.machine.state == State::Starting)
+        .flat_map(|u| u.listen.iter().map(String::as_str))
+        .collect();
+    let proxy = listeners::proxy_addresses(config);
+    listeners
+        .addresses()
+        .filter(|a| !held.contains(a) && !proxy.iter().any(|p| p == a))
+        .collect()
 }
 
 impl Drop for HandBack {

@@ -25,6 +25,7 @@ pub mod probes;
 mod proxy_link;
 mod publish;
 mod reload;
+mod reports;
 mod requests;
 mod rollout;
 mod rollout_view;
@@ -35,6 +36,7 @@ pub mod spawn;
 pub mod state;
 mod supervisor;
 pub mod systemd_notify;
+mod table;
 mod timers;
 pub mod unit;
 
