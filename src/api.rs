@@ -71,6 +71,23 @@ pub struct ServiceStatus {
     /// "liveness: ...". Stays after the new process runs, unlike `reason` (systemd's `Result=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart: Option<String>,
+    /// What the current process tree uses, read from its cgroup when status is asked (absent without
+    /// cgroups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A unit's resource use, from its cgroup v2 files. A field is absent when its controller is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
 }
 
 /// Body of every error answer: `{"error": "..."}` with a 4xx/5xx status.

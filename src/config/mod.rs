@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use schema::*;
-pub use units::{Bytes, Mode, Secs};
+pub use units::{Bytes, Mode, Percent, Secs};
 
 /// One problem in a config file, located by line and column (1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]

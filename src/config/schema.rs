@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Bytes, Mode, Secs};
+use super::units::{Bytes, Mode, Percent, Secs};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +175,15 @@ pub struct ServiceSpec {
     pub start_limit: u32,
     /// In a crash loop: keep retrying every `backoff_max` (default), or go `fatal`.
     pub start_limit_action: StartLimitAction,
+    /// cgroup v2 limits of each process (systemd's MemoryMax=, MemoryHigh=, CPUWeight=, CPUQuota=,
+    /// TasksMax=, IOWeight=; kubelet's memory and cpu limits).
+    pub memory_max: Option<Bytes>,
+    pub memory_high: Option<Bytes>,
+    pub cpu_weight: Option<u32>,
+    /// Percent of one CPU, as systemd's `CPUQuota=` (`"50%"`, `"200%"`).
+    pub cpu_max: Option<Percent>,
+    pub pids_max: Option<u32>,
+    pub io_weight: Option<u32>,
     /// Restart delays: the first restart is immediate, then `backoff_initial` doubling up to `backoff_max`,
     /// with ±10 % jitter. The series resets once the service has stayed up for `backoff_reset`.
     pub backoff_initial: Secs,
@@ -231,6 +240,12 @@ impl Default for ServiceSpec {
             start_secs: Secs::from_secs(1),
             start_limit: 5,
             start_limit_action: StartLimitAction::Backoff,
+            memory_max: None,
+            memory_high: None,
+            cpu_weight: None,
+            cpu_max: None,
+            pids_max: None,
+            io_weight: None,
             backoff_initial: Secs::from_millis(100),
             backoff_max: Secs::from_secs(30),
             backoff_reset: Secs::from_secs(60),

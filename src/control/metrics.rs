@@ -153,6 +153,7 @@ mod tests {
             probe: probe.map(String::from),
             status_text: None,
             last_restart: None,
+            usage: None,
         }
     }
 

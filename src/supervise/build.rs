@@ -134,6 +134,8 @@ fn make_units(
                 place: Place::Member,
                 draining: false,
                 rollout_note: None,
+                cgroup: None,
+                oom_killed: false,
                 health: Default::default(),
                 spec: spec.clone(),
             }

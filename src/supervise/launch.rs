@@ -236,6 +236,7 @@ pub fn command_for<'a>(
         stdout: unit.stdout.child_fd(),
         stderr: unit.stderr.child_fd(),
         listen_fds: fds,
+        cgroup_procs: None,
     })
 }
 

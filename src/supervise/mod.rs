@@ -12,6 +12,7 @@
 //! with the supervisor, so this module depends on neither `control` nor `init`.
 
 mod build;
+mod cgroups;
 mod exec_probes;
 mod hand_back;
 pub mod handle;

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::cgroups;
 use super::handle::{LogSource, LogStream, Reply};
 use super::rollouts::{RolloutEnd, Rollouts};
 use super::unit::{Place, Unit};
@@ -31,15 +32,24 @@ pub fn select(units: &Units, name: &str) -> Result<Vec<String>, ApiError> {
     Ok(names)
 }
 
-/// Every unit's status, or those `name` selects.
+/// Every unit's status, or those `name` selects, with what each running process uses.
 pub fn statuses(units: &Units, name: Option<&str>) -> Result<Vec<ServiceStatus>, ApiError> {
     let now = Instant::now();
+    let with_usage = |u: &Unit| {
+        let mut status = u.status(now);
+        status.usage = u
+            .cgroup
+            .as_deref()
+            .filter(|_| u.pid.is_some())
+            .map(cgroups::usage);
+        status
+    };
     match name {
-        None => Ok(units.values().map(|u| u.status(now)).collect()),
+        None => Ok(units.values().map(with_usage).collect()),
         Some(n) => Ok(select(units, n)?
             .iter()
             .filter_map(|n| units.get(n))
-            .map(|u| u.status(now))
+            .map(with_usage)
             .collect()),
     }
 }

@@ -42,10 +42,12 @@ pub struct Command<'a> {
     pub stderr: BorrowedFd<'a>,
     /// Passed as fds 3.. with LISTEN_FDS / LISTEN_FDNAMES / LISTEN_PID.
     pub listen_fds: Vec<(BorrowedFd<'a>, String)>,
+    /// The `cgroup.procs` of the cgroup the child joins before anything else.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// Which step failed in the child, reported through the exec-error pipe.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "reset signals",
     "setsid",
     "set up file descriptors",
@@ -59,6 +61,7 @@ const STEPS: [&str; 13] = [
     "set no_new_privs",
     "exec",
     "setpriority",
+    "join its cgroup",
 ];
 
 #[derive(Debug)]
@@ -217,6 +220,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                         .map(|c| (c.uid.as_raw(), c.gid.as_raw())),
                     groups: &groups,
                     no_new_privs: cmd.no_new_privs,
+                    cgroup_fd: cmd.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
                     err_fd: err_write.as_raw_fd(),
                 })
             }
@@ -273,6 +277,8 @@ struct ChildPlan<'a> {
     credentials: Option<(libc::uid_t, libc::gid_t)>,
     groups: &'a [libc::gid_t],
     no_new_privs: bool,
+    /// `cgroup.procs` to write "0" to (the calling process joins), or -1.
+    cgroup_fd: RawFd,
     err_fd: RawFd,
 }
 
@@ -317,6 +323,11 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         // 1: own session and process group, so stop can signal the whole group and no terminal is shared.
         if libc::setsid() < 0 {
             fail(err, 1);
+        }
+        // 13: its own cgroup, before the fd plan can reuse the descriptor's number; children it forks
+        // from here on are born in it.
+        if plan.cgroup_fd >= 0 && libc::write(plan.cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
+            fail(err, 13);
         }
         // 2: fds. Move every source above the target range first, so no dup2 clobbers a later source.
         let base = plan.fd_count + 3;

@@ -167,6 +167,26 @@ impl Default for Machine {
     }
 }
 
+/// Random numbers in [-1, 1] for backoff jitter, so replicas that fail together do not restart in step
+/// (xorshift; quality does not matter here).
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn seeded() -> Jitter {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Jitter(t ^ ((std::process::id() as u64) << 32) | 1)
+    }
+
+    pub fn sample(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % 2001) as f64 / 1000.0 - 1.0
+    }
+}
+
 /// Delay before restart number `step` (0-based): the first is immediate, then `initial` doubling up to `max`.
 /// `jitter` in [-1, 1] spreads restarts of many replicas by up to ±10 %.
 pub fn backoff_delay(policy: &Policy, step: u32, jitter: f64) -> Duration {

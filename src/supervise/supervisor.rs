@@ -19,6 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use super::build::{self, LogFiles};
+use super::cgroups::{self, Cgroups};
 use super::exec_probes::ExecProbes;
 use super::hand_back::{self, HandBack};
 use super::handle::{Action as ControlAction, Handle, Request};
@@ -35,7 +36,7 @@ use super::reports;
 use super::requests::{self, RestartWaiter};
 use super::rollouts::Rollouts;
 use super::schedule;
-use super::state::{Action, Event, ExitStatus, State};
+use super::state::{Action, Event, ExitStatus, Jitter, State};
 use super::systemd_notify;
 use super::table::Table;
 use super::timers::{Due, Timers};
@@ -63,12 +64,13 @@ pub struct Supervisor {
     rollouts: Rollouts,
     restart_waiters: Vec<RestartWaiter>,
     leftovers: Leftovers,
+    cgroups: Cgroups,
     hand_back: HandBack,
     exec_probes: ExecProbes,
     shutdown: Option<Shutdown>,
     /// Events raised while carrying out others, handled before the loop sleeps.
     pending: VecDeque<(String, Event)>,
-    rng: u64,
+    jitter: Jitter,
     inbox: Inbox,
     probe_channels: ProbeChannels,
     surroundings: Surroundings,
@@ -80,11 +82,11 @@ pub struct Supervisor {
     systemd_watchdog: Option<Duration>,
 }
 
-fn rng_seed() -> u64 {
-    let t = std::time::SystemTime::now()
+/// A number that orders a unit's processes (their cgroups are named by it).
+fn spawn_seq() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    t ^ ((std::process::id() as u64) << 32) | 1
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Supervisor {
@@ -106,11 +108,12 @@ impl Supervisor {
             rollouts: Rollouts::default(),
             restart_waiters: Vec::new(),
             leftovers: Leftovers::default(),
+            cgroups: Cgroups::default(),
             hand_back: HandBack::default(),
             exec_probes: ExecProbes::default(),
             shutdown: None,
             pending: VecDeque::new(),
-            rng: rng_seed(),
+            jitter: Jitter::seeded(),
             inbox,
             probe_channels,
             surroundings: Surroundings::default(),
@@ -119,14 +122,6 @@ impl Supervisor {
             reporter: Reporter::new(handle),
             systemd_watchdog: None,
         }
-    }
-
-    /// A number in [-1, 1] for backoff jitter (xorshift; quality does not matter here).
-    fn jitter(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % 2001) as f64 / 1000.0 - 1.0
     }
 
     // ------------------------------------------------------------------ the loop
@@ -194,6 +189,7 @@ impl Supervisor {
                 notify_path.display()
             ),
         }
+        self.cgroups = Cgroups::discover(self.pid1);
         self.facts = crate::facts::discover(&self.config.init.imds).await;
         self.surroundings.facts = self.facts.environment();
         self.units = build::units_for_config(&self.config, &mut self.logs);
@@ -231,7 +227,7 @@ impl Supervisor {
                 Due::Unit(name) => self.unit_timer(&name),
                 Due::Watchdog(name) => self.watchdog_starved(&name),
                 Due::ExecProbe(pid) => self.exec_probes.timed_out(Pid::from_raw(pid)),
-                Due::Leftovers(pgid) => self.kill_leftovers(Pid::from_raw(pgid)),
+                Due::Leftovers(key) => self.kill_leftovers(key),
                 // Rollouts look at the time whenever the loop settles.
                 Due::Rollout(_) => {}
                 Due::ShutdownDrain => {
@@ -318,6 +314,10 @@ impl Supervisor {
             return;
         };
         let uptime = unit.started_at.map_or(Duration::ZERO, |t| t.elapsed());
+        unit.oom_killed = unit
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| cgroups::oom_kills(c) > 0);
         unit.pid = None;
         unit.health.reset();
         let expected = unit.machine.state == State::Stopping
@@ -330,19 +330,20 @@ impl Supervisor {
         self.dispatch(&name, Event::Exited { status, uptime });
     }
 
-    fn kill_leftovers(&mut self, pgid: Pid) {
-        let in_use = self
-            .units
-            .values()
-            .any(|u| u.pid.is_some() && u.pgid == Some(pgid));
-        self.leftovers.kill(pgid, in_use);
+    fn kill_leftovers(&mut self, key: i32) {
+        let units = &self.units;
+        self.leftovers.kill(key, |pgid| {
+            units
+                .values()
+                .any(|u| u.pid.is_some() && u.pgid == Some(pgid))
+        });
     }
 
     // ------------------------------------------------------------------ carrying out a unit's actions
 
     /// Feed one event to a unit's machine and carry out what it says.
     fn dispatch(&mut self, name: &str, event: Event) {
-        let jitter = self.jitter();
+        let jitter = self.jitter.sample();
         let Some(unit) = self.units.get_mut(name) else {
             return;
         };
@@ -380,17 +381,19 @@ impl Supervisor {
                 }
             }
             Action::KillGroup => {
-                // ESRCH just means the group is already empty.
+                // ESRCH just means the group is already empty; the cgroup takes what left the group.
                 if let Some(pgid) = u.pgid {
                     let _ = signal::killpg(pgid, Signal::SIGKILL);
                 }
+                if let Some(cgroup) = &u.cgroup {
+                    cgroups::kill(cgroup);
+                }
             }
             Action::StopLeftovers => {
-                if let Some(pgid) = u.pgid {
-                    let kill_at = Instant::now() + u.policy.stop_grace;
-                    let (stop, timers) = (u.stop_signal, &mut self.timers);
-                    self.leftovers.stop(name, pgid, stop, kill_at, timers);
-                }
+                let kill_at = Instant::now() + u.policy.stop_grace;
+                let group = (u.pgid, u.cgroup.clone());
+                let (stop, timers) = (u.stop_signal, &mut self.timers);
+                self.leftovers.stop(name, group, stop, kill_at, timers);
             }
         }
     }
@@ -407,11 +410,15 @@ impl Supervisor {
             return;
         }
         let state_channel = match unit.kind {
-            UnitKind::Proxy => self.connect_proxy(),
+            UnitKind::Proxy => self.reporter.connect_proxy(),
             UnitKind::Service => None,
         };
         let Some(unit) = self.units.get(name) else {
             return;
+        };
+        let cgroup = match self.cgroups.prepare(name, &unit.spec, spawn_seq()) {
+            Ok(cgroup) => cgroup,
+            Err(e) => return self.record_spawn(name, Err((None, e)), None),
         };
         let mut fds = self.listeners.fds_for(unit, &self.config);
         if let Some(fd) = &state_channel {
@@ -419,32 +426,25 @@ impl Supervisor {
         }
         let result = launch::service_command(unit, fds, &self.surroundings)
             .map_err(|e| (None, e))
-            .and_then(|cmd| super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string())));
+            .and_then(|mut cmd| {
+                cmd.cgroup_procs = cgroup.as_ref().map(|(_, procs)| procs.as_fd());
+                super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string()))
+            });
         drop(state_channel);
-        self.record_spawn(name, result);
+        self.record_spawn(name, result, cgroup.map(|(leaf, _)| leaf));
     }
 
-    /// A new state channel for a new proxy process; the old one's writer stops.
-    fn connect_proxy(&mut self) -> Option<OwnedFd> {
-        match self.reporter.proxy_feeds.connect() {
-            Ok((fd, task)) => {
-                if let Some(old) = self.reporter.proxy_writer.replace(task) {
-                    old.abort();
-                }
-                Some(fd)
-            }
-            Err(e) => {
-                error!("cannot create the proxy's state channel: {e}");
-                None
-            }
-        }
-    }
-
-    fn record_spawn(&mut self, name: &str, result: Result<Pid, (Option<Pid>, String)>) {
+    fn record_spawn(
+        &mut self,
+        name: &str,
+        result: Result<Pid, (Option<Pid>, String)>,
+        cgroup: Option<PathBuf>,
+    ) {
         let now = Instant::now();
         let Some(unit) = self.units.get_mut(name) else {
             return;
         };
+        unit.cgroup = cgroup;
         match result {
             Ok(pid) => {
                 info!("started {name} (pid {pid})");
@@ -807,6 +807,7 @@ impl Supervisor {
     /// Drain every log pipe into its file before the runtime stops, so the last lines are not lost.
     async fn close_logs(&mut self) {
         self.units.clear();
+        self.cgroups.remove_all();
         if let Some(w) = self.reporter.proxy_writer.take() {
             w.abort();
         }
