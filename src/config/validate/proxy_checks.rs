@@ -130,6 +130,9 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
     if let Some(upstream) = &location.upstream {
         check_upstream(ctx, &lp.key("upstream"), upstream);
     }
+    if let Some(protocols) = &location.upgrade {
+        check_upgrade(ctx, &lp.key("upgrade"), protocols, location.upstream.is_some());
+    }
     if let Some(status) = location.return_status {
         if !(100..=599).contains(&status) {
             ctx.at_value(
@@ -147,6 +150,27 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
             &lp.key("redirect"),
             "redirect needs a 3xx return status, like return = 302",
         );
+    }
+}
+
+/// `upgrade` names protocols (RFC 9110 tokens, like `websocket`) and only means something where requests
+/// are proxied.
+fn check_upgrade(ctx: &mut Ctx, path: &KeyPath, protocols: &[String], proxies: bool) {
+    if !proxies {
+        ctx.at_value(
+            path,
+            "upgrade only applies to a location with upstream (it says which protocol switches to forward)",
+        );
+    }
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    for (i, protocol) in protocols.iter().enumerate() {
+        if protocol.is_empty() || !protocol.chars().all(is_tchar) {
+            ctx.at(
+                &path.index(i),
+                path,
+                format!("{protocol:?} is not a protocol name (like \"websocket\")"),
+            );
+        }
     }
 }
 
