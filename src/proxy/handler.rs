@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,13 +13,13 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::access_log::{Entry, LoggedBody, ResponseBody};
-use super::body::{boxed, empty, full, LimitedBody, ProxyBody};
+use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
 use super::routes::{Action, ProxyTo, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
 use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight};
-use super::{healthz, static_files, uri_path};
+use super::{head_limits, healthz, static_files, uri_path};
 
 /// Who is on the other end of a client connection.
 #[derive(Clone, Debug)]
@@ -93,6 +92,10 @@ fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
 }
 
 async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
+    let routes = shared.routes();
+    if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
+        return (local_error(status), None, None);
+    }
     if req.uri().path() == healthz::PATH {
         return (
             local(healthz::respond(
@@ -128,7 +131,6 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
     let Some(path) = uri_path::normalize(req.uri().path()) else {
         return (local_error(StatusCode::BAD_REQUEST), None, None);
     };
-    let routes = shared.routes();
     let server_index = routes.names.select(host.as_deref());
     let Some(server) = routes.servers.get(server_index) else {
         return (local_error(StatusCode::NOT_FOUND), None, None);
@@ -206,15 +208,15 @@ async fn proxy(
         .as_ref()
         .map(|f| f as &(dyn Fn() -> Request<ProxyBody> + Sync));
     // A bodyless request sends `Empty`, a zero-sized box: no allocation, no size limit to watch.
-    let (first_body, exceeded) = if bodyless {
+    let (first_body, fault) = if bodyless {
         (empty(), None)
     } else {
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let limited = LimitedBody::new(body, limit, Arc::clone(&exceeded));
-        (boxed(limited), Some(exceeded))
+        let fault = Arc::new(BodyFault::default());
+        let limited = LimitedBody::new(body, limit, Arc::clone(&fault));
+        (boxed(limited), Some(fault))
     };
-    let never_exceeded = AtomicBool::new(false);
-    let exceeded = exceeded.as_deref().unwrap_or(&never_exceeded);
+    let no_fault = BodyFault::default();
+    let fault = fault.as_deref().unwrap_or(&no_fault);
     let first = upstream_request(first_body, method, uri, up_headers);
     let forward_settings = ForwardSettings {
         connect_timeout: settings.connect_timeout,
@@ -223,7 +225,7 @@ async fn proxy(
     };
     let began = Instant::now();
     match upstream
-        .forward(first, retry, &forward_settings, exceeded)
+        .forward(first, retry, &forward_settings, fault)
         .await
     {
         Ok(Forwarded {

@@ -9,6 +9,7 @@ pub mod access_log;
 pub mod admission;
 pub mod body;
 pub mod handler;
+pub mod head_limits;
 pub mod headers;
 pub mod healthz;
 pub mod idle_io;
