@@ -16,6 +16,7 @@ pub mod idle_io;
 pub mod listen_fds;
 pub mod location;
 pub mod protocol;
+pub mod reach;
 pub mod routes;
 pub mod server;
 pub mod server_name;

@@ -157,7 +157,12 @@ impl Replica {
         };
         match tokio::time::timeout(settings.connect_timeout, handshake).await {
             Ok(Ok(sender)) => Ok(sender),
-            Ok(Err(e)) => Err(Failure::Connect(format!("{}: {e}", self.address))),
+            Ok(Err(e)) => Err(Failure::Connect(match &self.address {
+                Address::Unix(path) if crate::unix_reach::is_permission_denied(&e) => {
+                    format!("{}: {e}: {}", self.address, super::reach::why_refused(path))
+                }
+                _ => format!("{}: {e}", self.address),
+            })),
             Err(_) => Err(Failure::ConnectTimeout(format!(
                 "{}: connect timed out",
                 self.address
