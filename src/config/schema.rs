@@ -52,6 +52,8 @@ pub struct InitSpec {
     pub dashboard_password: Option<String>,
     /// Bearer token for the TCP dashboard (`Authorization: Bearer T`, or open `/?token=T` once).
     pub dashboard_token: Option<String>,
+    /// How long a browser stays signed in after opening `/?token=T` (its session cookie's lifetime).
+    pub dashboard_session_lifetime: Secs,
 }
 
 /// The EC2 instance metadata service (IMDSv2), asked once at boot for the instance's names and IPs.
@@ -92,6 +94,7 @@ impl Default for InitSpec {
             dashboard_user: None,
             dashboard_password: None,
             dashboard_token: None,
+            dashboard_session_lifetime: Secs::from_secs(12 * 3600),
         }
     }
 }

@@ -5,6 +5,8 @@ pub mod client;
 pub mod dashboard;
 mod dashboard_events;
 mod dashboard_tcp;
+mod login_throttle;
 mod reply;
 pub mod server;
+mod sessions;
 mod table;
