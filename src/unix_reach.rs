@@ -152,9 +152,7 @@ pub fn check(socket: &Path, who: &Who, will_be: Option<SocketPerms>) -> Option<D
 /// What keeps this process from `socket`, asked of the kernel (access(2) with the real ids, which a service's
 /// setuid made the same as the effective ones). `None` when nothing does, or when a part does not exist.
 pub fn check_as_me(socket: &Path) -> Option<Denied> {
-    let refused = |path: &Path, flags| {
-        access(path, flags).err() == Some(nix::errno::Errno::EACCES)
-    };
+    let refused = |path: &Path, flags| access(path, flags).err() == Some(nix::errno::Errno::EACCES);
     let described = |path: &Path, directory| {
         std::fs::metadata(path)
             .ok()
@@ -269,7 +267,11 @@ mod tests {
     fn directories_in_lookup_order() {
         assert_eq!(
             directories_of(Path::new("/home/ubuntu/app.sock")),
-            [Path::new("/"), Path::new("/home"), Path::new("/home/ubuntu")]
+            [
+                Path::new("/"),
+                Path::new("/home"),
+                Path::new("/home/ubuntu")
+            ]
         );
     }
 }

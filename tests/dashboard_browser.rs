@@ -369,7 +369,12 @@ fn wrong_credentials_lock_the_client_out_for_a_while() {
     let bearer = format!("Bearer {TOKEN}");
     // A few typos cost nothing...
     for _ in 0..5 {
-        let reply = http(port, "GET", "/v1/status", &[("Authorization", "Bearer guess")]);
+        let reply = http(
+            port,
+            "GET",
+            "/v1/status",
+            &[("Authorization", "Bearer guess")],
+        );
         assert_eq!(reply.status, 401, "{}", reply.text());
     }
     assert_eq!(
@@ -403,7 +408,10 @@ fn each_login_gets_its_own_session_and_sessions_expire() {
     let login = || {
         let reply = http(port, "GET", &format!("/?token={TOKEN}"), &[]);
         assert_eq!(reply.status, 303, "{}", reply.text());
-        let cookie = reply.header("set-cookie").expect("a session cookie").to_string();
+        let cookie = reply
+            .header("set-cookie")
+            .expect("a session cookie")
+            .to_string();
         assert!(cookie.contains("Max-Age=2;"), "{cookie}");
         cookie.split(';').next().unwrap_or("").to_string()
     };

@@ -320,7 +320,10 @@ fn only_the_upgrades_a_location_allows_reach_the_upstream() {
         "a location that allows h2c forwards it"
     );
     // `upgrade = []`: not even WebSocket (the echo would answer 101 if it saw the Upgrade).
-    assert_eq!(upgrade_headers_seen(s.addr, "/none/", "websocket"), (200, None));
+    assert_eq!(
+        upgrade_headers_seen(s.addr, "/none/", "websocket"),
+        (200, None)
+    );
     assert_eq!(upgrade_headers_seen(s.addr, "/", "websocket").0, 101);
 }
 

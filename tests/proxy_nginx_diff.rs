@@ -431,7 +431,8 @@ fn absolute_form_is_routed_like_nginx_and_the_upstream_gets_the_host_it_was_rout
     }
     // Documented exception: nginx routes any scheme; only http and https are requests for this site.
     for target in ["ftp://www.example.org/p", "foo://www.example.org/p"] {
-        let raw = format!("GET {target} HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n");
+        let raw =
+            format!("GET {target} HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n");
         assert_eq!(outcome(pair.nginx, raw.as_bytes()), "200 s0");
         assert_eq!(outcome(pair.stackinit, raw.as_bytes()), "400", "{target}");
     }
@@ -457,7 +458,8 @@ fn same_status_as_nginx_and_logged(pair: &Pair, cases: &[(&str, Vec<u8>)]) {
     for status in distinct {
         let sent = statuses.iter().filter(|s| **s == status).count();
         assert!(
-            support::wait_until(std::time::Duration::from_secs(5), || logged(&status) == sent),
+            support::wait_until(std::time::Duration::from_secs(5), || logged(&status)
+                == sent),
             "{sent} requests got {status}, access.log has {}:\n{}",
             logged(&status),
             pair.proxy.access_log()

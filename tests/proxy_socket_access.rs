@@ -77,7 +77,8 @@ server_name = ["t"]
     // The proxy, as nobody, finds it for itself when its config arrives, and says why with each 502.
     stack.wait_state("app", "running", Duration::from_secs(10));
     wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
-    let proxy_log = || std::fs::read_to_string(stack.path("logs/proxy.err.log")).unwrap_or_default();
+    let proxy_log =
+        || std::fs::read_to_string(stack.path("logs/proxy.err.log")).unwrap_or_default();
     assert!(
         wait_until(Duration::from_secs(10), || proxy_log()
             .lines()

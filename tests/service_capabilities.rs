@@ -5,7 +5,7 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{wait_until, Stack};
@@ -36,7 +36,7 @@ fn open_output_dir(stack: &Stack) -> PathBuf {
 }
 
 /// The value of one `/proc/PID/status` field a service wrote.
-fn field(out: &PathBuf, service: &str, name: &str) -> String {
+fn field(out: &Path, service: &str, name: &str) -> String {
     let path = out.join(service);
     assert!(
         wait_until(WAIT, || path.exists()),
@@ -93,7 +93,8 @@ fn without_cap_setpcap_a_root_service_that_would_keep_everything_does_not_start(
     stack.wait_state("rooted", "fatal", WAIT);
     let said = stack.stderr();
     assert!(
-        said.lines().any(|l| l.contains("cannot start rooted") && l.contains("lacks CAP_SETPCAP")),
+        said.lines()
+            .any(|l| l.contains("cannot start rooted") && l.contains("lacks CAP_SETPCAP")),
         "{said}"
     );
     assert!(

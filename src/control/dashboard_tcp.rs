@@ -18,8 +18,8 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

@@ -154,7 +154,10 @@ mod tests {
         let mut t = Throttle::default();
         let start = Instant::now();
         for i in 0..(MAX_CLIENTS as u32 + 100) {
-            t.failed(IpAddr::from(i.to_be_bytes()), start + Duration::from_millis(i.into()));
+            t.failed(
+                IpAddr::from(i.to_be_bytes()),
+                start + Duration::from_millis(i.into()),
+            );
         }
         assert_eq!(t.remembered(), MAX_CLIENTS);
         let mut v6 = Throttle::default();

@@ -42,9 +42,9 @@ impl Sessions {
     /// Whether `id` names a live session. Every id is compared in constant time, so timing tells nothing.
     pub fn is_valid(&mut self, id: &str, now: Instant) -> bool {
         self.drop_expired(now);
-        self.live
-            .iter()
-            .fold(false, |found, (live, _)| found | constant_time_eq(live.as_bytes(), id.as_bytes()))
+        self.live.iter().fold(false, |found, (live, _)| {
+            found | constant_time_eq(live.as_bytes(), id.as_bytes())
+        })
     }
 
     fn drop_expired(&mut self, now: Instant) {

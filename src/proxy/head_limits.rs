@@ -59,7 +59,10 @@ mod tests {
     #[test]
     fn a_long_target_is_414_a_large_head_431() {
         let long = format!("/{}", "a".repeat(2000));
-        assert_eq!(check(&request(&long, &[]), 1024), Some(StatusCode::URI_TOO_LONG));
+        assert_eq!(
+            check(&request(&long, &[]), 1024),
+            Some(StatusCode::URI_TOO_LONG)
+        );
         let absolute = format!("http://example.org/{}", "a".repeat(1010));
         assert_eq!(
             check(&request(&absolute, &[]), 1024),

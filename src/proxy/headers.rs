@@ -158,7 +158,11 @@ pub fn upgrade_request(headers: &HeaderMap, allowed: &[String]) -> Option<Header
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|p| allowed.iter().any(|a| protocol_name(p).eq_ignore_ascii_case(a)))
+        .filter(|p| {
+            allowed
+                .iter()
+                .any(|a| protocol_name(p).eq_ignore_ascii_case(a))
+        })
         .collect();
     if kept.is_empty() {
         return None;
@@ -169,10 +173,7 @@ pub fn upgrade_request(headers: &HeaderMap, allowed: &[String]) -> Option<Header
 /// Whether an upstream's 101 switched to one of the protocols the forwarded request offered (`requested`,
 /// from `upgrade_request`). Anything else would open a tunnel for a protocol nobody allowed.
 pub fn switched_as_asked(response: &HeaderMap, requested: &HeaderValue) -> bool {
-    let Some(chosen) = response
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(chosen) = response.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let offered = requested.to_str().unwrap_or("");
@@ -235,13 +236,13 @@ mod tests {
     fn only_allowed_upgrades_are_forwarded() {
         let ws = ["websocket".to_string()];
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("Upgrade, HTTP2-Settings"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
         h.insert("upgrade", HeaderValue::from_static("h2c"));
         assert_eq!(upgrade_request(&h, &ws), None);
-        assert_eq!(
-            upgrade_request(&h, &["h2c".to_string()]).unwrap(),
-            "h2c"
-        );
+        assert_eq!(upgrade_request(&h, &["h2c".to_string()]).unwrap(), "h2c");
         h.insert("upgrade", HeaderValue::from_static("foo/2, WebSocket/13"));
         assert_eq!(upgrade_request(&h, &ws).unwrap(), "WebSocket/13");
         assert_eq!(upgrade_request(&h, &[]), None);

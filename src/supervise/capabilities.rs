@@ -122,12 +122,19 @@ mod tests {
             runs_as_root: true,
             ..situation(&keep, &bounding)
         };
-        assert_eq!(plan(&root).unwrap().ambient, Vec::<u32>::new(), "root has them anyway");
+        assert_eq!(
+            plan(&root).unwrap().ambient,
+            Vec::<u32>::new(),
+            "root has them anyway"
+        );
         let all = ["ALL".to_string()];
         let p = plan(&situation(&all, &bounding)).unwrap();
         assert!(p.drop_bounding.is_empty());
         assert_eq!(p.ambient, [0, 8, 10]);
-        assert_eq!(plan(&situation(&[], &bounding)).unwrap().ambient, Vec::<u32>::new());
+        assert_eq!(
+            plan(&situation(&[], &bounding)).unwrap().ambient,
+            Vec::<u32>::new()
+        );
     }
 
     #[test]

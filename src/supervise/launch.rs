@@ -85,8 +85,8 @@ fn capability_plan(
     }
     let bounding = caps::read(None, caps::CapSet::Bounding)
         .map_err(|e| format!("cannot read the capability bounding set: {e}"))?;
-    let can_setpcap =
-        caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false);
+    let can_setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+        .unwrap_or(false);
     capabilities::plan(&capabilities::Situation {
         keep: &spec.capabilities,
         bounding: &bounding,

@@ -79,7 +79,10 @@ pub(super) fn check_dashboard(ctx: &mut Ctx) {
         }
     };
     if !addr.ip().is_loopback() {
-        for (key, secret) in [("dashboard_token", &token), ("dashboard_password", &password)] {
+        for (key, secret) in [
+            ("dashboard_token", &token),
+            ("dashboard_password", &password),
+        ] {
             let length = secret.as_deref().map_or(0, |s| s.chars().count());
             if (1..MIN_SECRET_OFF_LOOPBACK).contains(&length) {
                 ctx.at_value(
@@ -154,10 +157,14 @@ mod tests {
             "[init]\ndashboard = \"[::]:9001\"\ndashboard_user = \"u\"\ndashboard_password = \"short pass\"\n",
         );
         assert!(
-            e.iter().any(|e| e.starts_with("t.toml:4:22: init.dashboard_password: dashboard_password is 10")),
+            e.iter()
+                .any(|e| e
+                    .starts_with("t.toml:4:22: init.dashboard_password: dashboard_password is 10")),
             "{e:#?}"
         );
-        assert!(errors("[init]\ndashboard = \"127.0.0.1:9001\"\ndashboard_token = \"t\"\n").is_empty());
+        assert!(
+            errors("[init]\ndashboard = \"127.0.0.1:9001\"\ndashboard_token = \"t\"\n").is_empty()
+        );
     }
 
     #[test]

@@ -134,7 +134,12 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
         check_reach(ctx, &lp.key("upstream"), upstream);
     }
     if let Some(protocols) = &location.upgrade {
-        check_upgrade(ctx, &lp.key("upgrade"), protocols, location.upstream.is_some());
+        check_upgrade(
+            ctx,
+            &lp.key("upgrade"),
+            protocols,
+            location.upstream.is_some(),
+        );
     }
     if let Some(status) = location.return_status {
         if !(100..=599).contains(&status) {
@@ -193,9 +198,11 @@ fn check_reach(ctx: &mut Ctx, path: &KeyPath, upstream: &str) {
     let Some(who) = who else {
         return;
     };
-    let blocked = sockets_of(config, upstream).into_iter().find_map(|(socket, will_be)| {
-        unix_reach::check(&socket, &who, will_be).map(|denied| (socket, denied))
-    });
+    let blocked = sockets_of(config, upstream)
+        .into_iter()
+        .find_map(|(socket, will_be)| {
+            unix_reach::check(&socket, &who, will_be).map(|denied| (socket, denied))
+        });
     if let Some((socket, denied)) = blocked {
         ctx.warn_value(
             path,
@@ -216,11 +223,24 @@ fn sockets_of(config: &Config, upstream: &str) -> Vec<(PathBuf, Option<SocketPer
     let Some(spec) = config.service.get(upstream) else {
         return Vec::new();
     };
-    let id_of_user = |name: &str| nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw());
-    let id_of_group = |name: &str| nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw());
+    let id_of_user = |name: &str| {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    };
+    let id_of_group = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
     let proxy_group = config.proxy.as_ref().and_then(|p| match &p.group {
         Some(group) => id_of_group(group),
-        None => nix::unistd::User::from_name(&p.user).ok().flatten().map(|u| u.gid.as_raw()),
+        None => nix::unistd::User::from_name(&p.user)
+            .ok()
+            .flatten()
+            .map(|u| u.gid.as_raw()),
     });
     let will_be = SocketPerms {
         mode: spec.listen_mode.0,
