@@ -79,20 +79,20 @@ server_name = ["t"]
     wait_for_port(SocketAddr::from(([127, 0, 0, 1], port)));
     let proxy_log =
         || std::fs::read_to_string(stack.path("logs/proxy.err.log")).unwrap_or_default();
-    assert!(
-        wait_until(Duration::from_secs(10), || proxy_log()
-            .lines()
-            .any(|l| l.contains("cannot reach unix:") && named(l))),
-        "the proxy did not say at startup why it cannot reach the socket:\n{}",
-        proxy_log()
+    let proxy_says = |what: &str, fragment: &str| {
+        assert!(
+            wait_until(Duration::from_secs(10), || proxy_log()
+                .lines()
+                .any(|l| l.contains(fragment) && named(l))),
+            "the proxy did not say {what}:\n{}",
+            proxy_log()
+        );
+    };
+    proxy_says(
+        "at startup why it cannot reach the socket",
+        "cannot reach unix:",
     );
     let reply = get(port, "t", "/").expect("a reply");
     assert_eq!(reply.status, 502);
-    assert!(
-        wait_until(Duration::from_secs(5), || proxy_log()
-            .lines()
-            .any(|l| l.contains("Permission denied") && named(l))),
-        "the 502 was not explained:\n{}",
-        proxy_log()
-    );
+    proxy_says("why the request got 502", "Permission denied");
 }

@@ -140,32 +140,30 @@ mod tests {
     #[test]
     fn without_setpcap_a_root_service_is_refused_not_left_with_everything() {
         let bounding = set(&[Capability::CAP_CHOWN, Capability::CAP_SYS_ADMIN]);
-        let base = Situation {
-            can_setpcap: false,
-            ..situation(&[], &bounding)
-        };
-        let root = Situation {
-            runs_as_root: true,
-            ..base
-        };
-        assert!(plan(&root).unwrap_err().contains("CAP_SETPCAP"));
-        let may_gain = Situation {
-            no_new_privs: false,
-            ..situation(&[], &bounding)
-        };
-        let may_gain = Situation {
-            can_setpcap: false,
-            ..may_gain
-        };
-        assert!(plan(&may_gain).is_err());
-        // Non-root with no_new_privs: nothing to limit, so it starts.
-        assert_eq!(plan(&base).unwrap(), CapPlan::default());
-        // Nothing to drop: no CAP_SETPCAP needed.
         let keep_all = ["ALL".to_string()];
-        let root_all = Situation {
-            keep: &keep_all,
-            ..root
-        };
-        assert!(plan(&root_all).is_ok());
+        // (keep, runs_as_root, no_new_privs) -> may it start without CAP_SETPCAP?
+        for (keep, runs_as_root, no_new_privs, starts) in [
+            (&[][..], true, true, false),
+            (&[][..], false, false, false),
+            // Non-root with no_new_privs: nothing left to limit.
+            (&[][..], false, true, true),
+            // Nothing to drop: no CAP_SETPCAP needed.
+            (&keep_all[..], true, true, true),
+        ] {
+            let result = plan(&Situation {
+                can_setpcap: false,
+                runs_as_root,
+                no_new_privs,
+                ..situation(keep, &bounding)
+            });
+            assert_eq!(
+                result.is_ok(),
+                starts,
+                "{keep:?} {runs_as_root} {no_new_privs}"
+            );
+            if let Err(e) = result {
+                assert!(e.contains("CAP_SETPCAP"), "{e}");
+            }
+        }
     }
 }
