@@ -6,6 +6,7 @@ pub mod dashboard;
 mod dashboard_events;
 mod dashboard_tcp;
 mod login_throttle;
+mod metrics;
 mod reply;
 pub mod server;
 mod sessions;
