@@ -18,3 +18,4 @@ pub mod proxy;
 pub mod readahead;
 pub mod stack;
 pub mod supervise;
+pub mod unix_reach;

@@ -13,11 +13,16 @@ use crate::supervise::{launch, Outcome, RunOptions};
 pub struct StackOptions {
     pub config_path: Option<std::path::PathBuf>,
     pub config: crate::config::Config,
+    /// What `stackinit check` would warn about, logged once the stack starts.
+    pub warnings: Vec<crate::config::ConfigError>,
     pub pid1: bool,
 }
 
 /// Run the stack until shutdown completes. Builds its own single-threaded runtime.
 pub fn run(opts: StackOptions) -> Outcome {
+    for warning in &opts.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -88,7 +93,11 @@ async fn serve_dashboard(init: &InitSpec, handle: &Handle) {
 
 /// `stackinit run`: the stack in the foreground, not PID 1.
 pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
-    let (config_path, config) = match crate::config::load_or_demo(&arg) {
+    let crate::config::Loaded {
+        path: config_path,
+        config,
+        warnings,
+    } = match crate::config::load_or_demo(&arg) {
         Ok(found) => found,
         Err(errors) => {
             for e in &errors {
@@ -114,6 +123,7 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
     match run(StackOptions {
         config_path,
         config,
+        warnings,
         pid1: false,
     }) {
         Outcome::Exit(code) => ExitCode::from(code),

@@ -52,6 +52,8 @@ pub struct InitSpec {
     pub dashboard_password: Option<String>,
     /// Bearer token for the TCP dashboard (`Authorization: Bearer T`, or open `/?token=T` once).
     pub dashboard_token: Option<String>,
+    /// How long a browser stays signed in after opening `/?token=T` (its session cookie's lifetime).
+    pub dashboard_session_lifetime: Secs,
 }
 
 /// The EC2 instance metadata service (IMDSv2), asked once at boot for the instance's names and IPs.
@@ -92,6 +94,7 @@ impl Default for InitSpec {
             dashboard_user: None,
             dashboard_password: None,
             dashboard_token: None,
+            dashboard_session_lifetime: Secs::from_secs(12 * 3600),
         }
     }
 }
@@ -322,6 +325,10 @@ pub struct ProxySpec {
     pub client_max_body_size: Bytes,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_size: Bytes,
+    /// Pass request headers whose names contain `_` to upstreams (nginx `underscores_in_headers`). Off, as in
+    /// nginx: WSGI servers map `X_Forwarded_Proto` and `X-Forwarded-Proto` to the same `HTTP_X_FORWARDED_PROTO`,
+    /// so a client could otherwise smuggle a value past the one the proxy sets.
+    pub underscores_in_headers: bool,
     pub connect_timeout: Secs,
     /// How long a request may wait in the proxy for a replica that is ready and has room (replicas
     /// restarting, or all at `max_in_flight`) before it gets 502.
@@ -355,6 +362,7 @@ impl Default for ProxySpec {
             after: Vec::new(),
             client_max_body_size: Bytes(1 << 20),
             max_header_size: Bytes(32 << 10),
+            underscores_in_headers: false,
             connect_timeout: Secs::from_secs(5),
             queue_timeout: Secs::from_secs(30),
             header_timeout: Secs::from_secs(60),
@@ -410,4 +418,11 @@ pub struct LocationSpec {
     #[serde(rename = "return")]
     pub return_status: Option<u16>,
     pub redirect: Option<String>,
+    /// Protocols a client may switch to through this upstream location (`Upgrade`, answered by a 101 and
+    /// then a raw tunnel the location rules no longer see). Unset: `["websocket"]`; `[]`: none. nginx forwards
+    /// no `Upgrade` unless a location sets `proxy_set_header Upgrade $http_upgrade`; others are dropped here.
+    pub upgrade: Option<Vec<String>>,
 }
+
+/// What a location allows when it does not say: WebSocket, the one upgrade browsers make.
+pub const DEFAULT_UPGRADE: &[&str] = &["websocket"];

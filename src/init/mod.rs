@@ -59,7 +59,11 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
     if role.does_early_boot() {
         early_boot(role, mounted, &steps);
     }
-    let (config_path, config) = match crate::config::load_or_demo(&config) {
+    let crate::config::Loaded {
+        path: config_path,
+        config,
+        warnings,
+    } = match crate::config::load_or_demo(&config) {
         Ok(loaded) => loaded,
         Err(errors) => {
             shout(format_args!(
@@ -88,6 +92,7 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
     let options = crate::stack::StackOptions {
         config_path,
         config,
+        warnings,
         pid1: role.is_pid1(),
     };
     match catch_unwind(AssertUnwindSafe(|| crate::stack::run(options))) {

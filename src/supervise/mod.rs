@@ -12,6 +12,7 @@
 //! with the supervisor, so this module depends on neither `control` nor `init`.
 
 mod build;
+mod capabilities;
 mod cgroups;
 mod exec_probes;
 mod hand_back;

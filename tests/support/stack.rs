@@ -26,6 +26,12 @@ impl Stack {
     /// With `env` set for stackinit (`NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` are removed
     /// otherwise, so a test never inherits the notify socket of whoever runs it).
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Stack {
+        Stack::start_under(&[], config, env)
+    }
+
+    /// Through `wrapper` (a command that execs the rest of its arguments, like `setpriv ...`), so stackinit
+    /// starts with what the wrapper changed; its pid is then stackinit's.
+    pub fn start_under(wrapper: &[&str], config: &str, env: &[(&str, &str)]) -> Stack {
         let dir = temp_dir("stackinit-test");
         let socket = dir.path().join("control.sock");
         let full = format!(
@@ -42,14 +48,22 @@ impl Stack {
             socket,
             child: None,
         };
-        stack.spawn(env);
+        stack.spawn(wrapper, env);
         stack
     }
 
-    fn spawn(&mut self, env: &[(&str, &str)]) {
+    fn spawn(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
         let stderr =
             std::fs::File::create(self.dir.path().join("stackinit.stderr")).expect("stderr file");
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             .env_remove("NOTIFY_SOCKET")
