@@ -12,6 +12,7 @@
 //! with the supervisor, so this module depends on neither `control` nor `init`.
 
 mod build;
+mod dry_run;
 mod exec_probes;
 pub mod handle;
 mod health;
