@@ -3,7 +3,7 @@
 //!
 //! The parts: `ini` (supervisord's INI dialect) and `supervisord` (files, includes, merging) read the
 //! supervisor side; `daemon` converts supervisord's own sections, `programs` (with `expand`,
-//! `env_pairs`, `program_logs`, and `web_app` + `gunicorn` for the command) the programs;
+//! `env_pairs`, `program_logs`, and `web_app` + `words` + `gunicorn` for the command) the programs;
 //! `nginx_lex` reads nginx's syntax and `nginx` + `nginx_location` (+ `nginx_values`) convert the
 //! sites; `emit` renders the document; `report` holds what was not converted. Import uses `config`
 //! (the schema's checks and address rules), never the supervisor.
@@ -24,6 +24,7 @@ mod programs;
 mod report;
 mod supervisord;
 mod web_app;
+mod words;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

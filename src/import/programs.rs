@@ -159,12 +159,13 @@ pub fn convert(
     }
     names.numprocs = numprocs;
     let env = program_environment(section, &names, skips)?;
-    names.env.extend(env.clone());
+    let inherited = ctx.env.keys().any(|k| !env.contains_key(k));
+    names.env.extend(env);
     let mut table = Table::new(&["service", &name], false);
     table.from = Some(section.at.clone());
     let app = web_app::command(section, &names, skips)?;
     table.set("command", strings(&app.command), app.command_at.as_ref());
-    process_setup(section, &names, &env, &mut table, skips)?;
+    process_setup(section, &names, inherited, &mut table, skips)?;
     let replicas = web_app::apply(&app, numprocs, &mut table, section, skips);
     process_names(section, &names, &name, skips)?;
     let autostart = restart_policy(section, &mut table)?;
@@ -242,7 +243,7 @@ fn program_environment(
 fn process_setup(
     section: &Section,
     names: &Names,
-    env: &BTreeMap<String, String>,
+    inherited: bool,
     table: &mut Table,
     skips: &mut Skips,
 ) -> Result<(), ImportError> {
@@ -260,12 +261,17 @@ fn process_setup(
     if let Some(v) = section.get("user") {
         table.set("user", names.expand(v, 0)?, Some(&v.at));
     }
-    if let Some(v) = section.get("environment") {
-        let map: toml::map::Map<String, Toml> = env
+    if !names.env.is_empty() {
+        let map: toml::map::Map<String, Toml> = names
+            .env
             .iter()
             .map(|(k, v)| (k.clone(), Toml::String(v.clone())))
             .collect();
-        table.set("environment", Toml::Table(map), Some(&v.at));
+        let at = section.get("environment").map(|v| &v.at);
+        let entry = table.set("environment", Toml::Table(map), at);
+        if inherited {
+            entry.note("with [supervisord] environment, which supervisord gives every program");
+        }
     }
     if let Some(v) = section.get("umask") {
         let text = names.expand(v, 0)?;

@@ -8,6 +8,7 @@ use super::gunicorn;
 use super::programs::Names;
 use super::report::{ImportError, Origin, Skips};
 use super::supervisord::Section;
+use super::words;
 use crate::config::values::replica_addresses;
 
 /// The command a program runs, and what a web server in it means for the service.
@@ -36,13 +37,10 @@ pub fn command(section: &Section, names: &Names, skips: &mut Skips) -> Result<Ap
     };
     let split = |num: i64| -> Result<Vec<String>, ImportError> {
         let text = names.expand(v, num)?;
-        match shlex::split(&text) {
-            Some(argv) if !argv.is_empty() => Ok(argv),
-            Some(_) => Err(ImportError::at(&v.at, "command is empty")),
-            None => Err(ImportError::at(
-                &v.at,
-                format!("command {text:?} has an unclosed quote"),
-            )),
+        match words::split(&text) {
+            Ok(argv) if !argv.is_empty() => Ok(argv),
+            Ok(_) => Err(ImportError::at(&v.at, "command is empty")),
+            Err(why) => Err(ImportError::at(&v.at, format!("command {text:?}: {why}"))),
         }
     };
     for var in names.from_shell(v) {
