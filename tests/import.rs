@@ -634,3 +634,581 @@ fn ini_commands_and_environment_read_as_supervisord_reads_them() {
         "{agreed_errors} errors"
     );
 }
+
+/// A site in the shapes public deployments use: exact, wildcard and regex names, a default server,
+/// prefix, `=` and `^~` locations, an upstream block, static files and returns. `@ECHO_x@` are echo
+/// upstreams (each answers with its own id), `@PORT@` the listen port, `@WWW@` a static directory.
+const DIFF_SITE: &str = r#"
+upstream api_pool {
+    server 127.0.0.1:@ECHO_api@;
+    keepalive 16;
+}
+
+server {
+    listen 127.0.0.1:@PORT@ default_server;
+    server_name example.org www.example.org;
+
+    location / {
+        include proxy_params;
+        proxy_pass http://127.0.0.1:@ECHO_site@;
+    }
+    location = / {
+        include proxy_params;
+        proxy_pass http://127.0.0.1:@ECHO_home@;
+    }
+    location /api/ {
+        include proxy_params;
+        proxy_pass http://api_pool;
+    }
+    location = /api/health {
+        return 204;
+    }
+    location ^~ /static/ {
+        alias @WWW@/;
+    }
+    location /static/private/ {
+        return 403;
+    }
+}
+
+server {
+    listen 127.0.0.1:@PORT@;
+    server_name *.example.net example.net;
+    location / {
+        include proxy_params;
+        proxy_pass http://127.0.0.1:@ECHO_net@;
+    }
+    location /admin {
+        return 404;
+    }
+}
+
+server {
+    listen 127.0.0.1:@PORT@;
+    server_name ~^api\d+\.example\.com$ www.example.*;
+    root @WWW@;
+    location /app/ {
+        include proxy_params;
+        proxy_pass http://127.0.0.1:@ECHO_regex@;
+    }
+}
+"#;
+
+/// The site with its placeholders filled in.
+fn diff_site(port: u16, echoes: &[(&str, Echo)], www: &Path) -> String {
+    let mut site = DIFF_SITE
+        .replace("@PORT@", &port.to_string())
+        .replace("@WWW@", &www.display().to_string());
+    for (name, echo) in echoes {
+        site = site.replace(&format!("@ECHO_{name}@"), &echo.addr.port().to_string());
+    }
+    site
+}
+
+#[test]
+fn an_imported_site_routes_like_nginx() {
+    let dir = e2e::shared_dir();
+    let root = dir.path();
+    let www = root.join("www");
+    std::fs::create_dir_all(www.join("css")).expect("www");
+    std::fs::write(www.join("index.html"), "static index\n").expect("index");
+    std::fs::write(www.join("css/a.css"), "body { color: red }\n").expect("css");
+    let echoes: Vec<(&str, Echo)> = ["api", "site", "home", "net", "regex"]
+        .into_iter()
+        .map(|name| (name, Echo::start(name)))
+        .collect();
+    let (nginx_port, proxy_port) = (free_port(), free_port());
+    // nginx runs the site as written; stackinit runs what `import` made of the same site on its port.
+    let sites = root.join("nginx/sites-enabled");
+    std::fs::create_dir_all(&sites).expect("sites dir");
+    std::fs::write(root.join("nginx/proxy_params"), "proxy_set_header Host $http_host;\nproxy_set_header X-Real-IP $remote_addr;\nproxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\nproxy_set_header X-Forwarded-Proto $scheme;\n").expect("proxy_params");
+    std::fs::write(sites.join("site"), diff_site(proxy_port, &echoes, &www)).expect("site");
+    let run = import(
+        root,
+        &["--nginx".into(), sites.join("site").display().to_string()],
+    );
+    assert!(run.ok, "import failed: {}", run.stderr);
+    assert_eq!(
+        run.skipped(),
+        Vec::<&str>::new(),
+        "everything in this site converts"
+    );
+    let nginx_dir = root.join("nginx-run");
+    std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
+    let nginx_site = diff_site(nginx_port, &echoes, &www).replace(
+        "include proxy_params;",
+        &format!("include {}/nginx/proxy_params;", root.display()),
+    );
+    let nginx_addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
+    let _nginx = start_nginx(&nginx_dir, &nginx_site, nginx_addr);
+    let proxy_dir = root.join("proxy-run");
+    std::fs::create_dir_all(&proxy_dir).expect("proxy dir");
+    let proxy_addr: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().expect("addr");
+    let config = format!(
+        "[init]\nlogs_dir = \"{}\"\n{}",
+        proxy_dir.display(),
+        run.toml
+    );
+    let _proxy = ProxyProcess::start(&proxy_dir, &config, proxy_addr);
+    let hosts = [
+        "example.org",
+        "www.example.org",
+        "EXAMPLE.ORG:80",
+        "example.org.",
+        "a.example.net",
+        "b.a.example.net",
+        "example.net",
+        "api12.example.com",
+        "api.example.com",
+        "www.example.co.uk",
+        "www.example.org.uk",
+        "unknown.invalid",
+        "127.0.0.1",
+        "",
+    ];
+    let paths = [
+        "/",
+        "/x",
+        "/index.html",
+        "/api",
+        "/api/",
+        "/api/v1/users?q=1",
+        "/api/health",
+        "/api/health/",
+        "/api/healthz",
+        "/static/",
+        "/static/css/a.css",
+        "/static/private/key",
+        "/static/private",
+        "/staticx",
+        "/admin",
+        "/admin/x",
+        "/administrator",
+        "/app/",
+        "/app/page",
+        "/apps",
+        "/css/a.css",
+        "/API/",
+        "/api//v1",
+        "/a/../api/v1",
+        "/%61pi/v1",
+        "/static/../api/v1",
+    ];
+    let mut differences = Vec::new();
+    let mut outcomes = std::collections::BTreeSet::new();
+    for host in hosts {
+        let host_header = (!host.is_empty()).then(|| host.as_bytes().to_vec());
+        for path in paths {
+            let raw = request_for(&host_header, path, "1.1");
+            let want = outcome(nginx_addr, &raw);
+            let got = outcome(proxy_addr, &raw);
+            if want != got {
+                differences.push(format!(
+                    "Host {host:?} {path}: nginx {want}, stackinit {got}"
+                ));
+            }
+            outcomes.insert(want);
+        }
+    }
+    // Every upstream, the static files and each return were reached, or the corpus proves little.
+    for expected in [
+        "200 api",
+        "200 site",
+        "200 home",
+        "200 net",
+        "200 regex",
+        "204",
+        "403",
+        "404",
+        "200 \"body { color: red }\\n\"",
+        "200 \"static index\\n\"",
+    ] {
+        assert!(
+            outcomes.contains(expected),
+            "nothing reached {expected}: {outcomes:?}"
+        );
+    }
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
+
+/// The seed's fixture with the paths this test runs from.
+fn seed_file(name: &str, fill: &[(&str, String)]) -> String {
+    let path = repo().join("tests/fixtures/import/seed").join(name);
+    let mut text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (key, value) in fill {
+        text = text.replace(key, value);
+    }
+    text
+}
+
+#[test]
+fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
+    let venv = e2e::venv();
+    let shared = e2e::shared_dir();
+    let root = shared.path();
+    let port = free_port();
+    let fill = [
+        ("@APP@", e2e::app_dir().display().to_string()),
+        ("@VENV@", venv.display().to_string()),
+        ("@SHARED@", root.display().to_string()),
+        ("@PORT@", port.to_string()),
+    ];
+    // Where the seed keeps them: /etc/supervisor/conf.d/django.conf and /etc/nginx/sites-enabled/.
+    let conf_d = root.join("etc/supervisor/conf.d");
+    let sites = root.join("etc/nginx/sites-enabled");
+    for dir in [&conf_d, &sites, &root.join("logs")] {
+        std::fs::create_dir_all(dir).expect("mkdir");
+    }
+    std::fs::write(conf_d.join("django.conf"), seed_file("django.conf", &fill)).expect("program");
+    std::fs::write(sites.join("django.conf"), seed_file("django.nginx", &fill)).expect("site");
+    let run = import(
+        root,
+        &[
+            "--supervisor".into(),
+            conf_d.join("django.conf").display().to_string(),
+            "--nginx".into(),
+            sites.join("django.conf").display().to_string(),
+        ],
+    );
+    assert!(run.ok, "import failed: {}", run.stderr);
+    // The only thing left out: the proxy_params file, which is not on this test's path.
+    let skipped = run.skipped();
+    assert_eq!(skipped.len(), 1, "{skipped:#?}");
+    assert!(
+        skipped[0].contains("django.conf:7: include:") && skipped[0].contains("assumed Debian's"),
+        "{skipped:#?}"
+    );
+    for line in [
+        "[service.gunicorn]".to_string(),
+        "replicas = 3".to_string(),
+        format!("listen = \"unix:{}/app.sock\"", root.display()),
+        format!(
+            "command = [\"{}/bin/gunicorn\", \"--workers\", \"1\", \"mysite.wsgi:application\"]",
+            venv.display()
+        ),
+        "restart = \"always\"".to_string(),
+        "stop_grace = \"40s\"".to_string(),
+        "upstream = \"gunicorn\"".to_string(),
+        "server_name = [\"*.compute.amazonaws.com\"]".to_string(),
+    ] {
+        assert!(
+            has_line(&run.toml, &line),
+            "no line {line:?} in:\n{}",
+            run.toml
+        );
+    }
+    // The seed's operator ran migrate by hand before starting supervisord; so does this test.
+    let db = root.join("db.sqlite3");
+    let env = [
+        ("STACKINIT_DB_PATH", db.display().to_string()),
+        (
+            "STACKINIT_STATIC_ROOT",
+            root.join("static").display().to_string(),
+        ),
+        ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
+    ];
+    let migrate = Command::new(venv.join("bin/python"))
+        .args(["manage.py", "migrate", "--noinput"])
+        .current_dir(e2e::app_dir())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run migrate");
+    assert!(
+        migrate.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    // The instance's names come from (a fake) IMDS; the seed's one server answers them all.
+    let imds = FakeImds::start(&[
+        ("instance-id", "i-0123456789abcdef0"),
+        ("local-ipv4", "10.0.0.5"),
+        ("local-hostname", "ip-10-0-0-5.ec2.internal"),
+        ("public-ipv4", "3.4.5.6"),
+        ("public-hostname", "ec2-3-4-5-6.compute-1.amazonaws.com"),
+    ]);
+    let config = format!(
+        "{}\n[init.imds]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\ntimeout = \"2s\"\n",
+        run.toml, imds.port
+    );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let stack = Stack::start_with_env(&config, &env);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let healthy = wait_until(Duration::from_secs(180), || {
+        timed_get(addr, "10.0.0.5", "/healthz").is_ok_and(|r| r.status == 200)
+    });
+    assert!(
+        healthy,
+        "never healthy: {}\n{}",
+        stack.status(),
+        stack.stderr()
+    );
+    for host in [
+        "ec2-3-4-5-6.compute-1.amazonaws.com",
+        "ip-10-0-0-5.ec2.internal",
+        "3.4.5.6",
+    ] {
+        let reply = timed_get(addr, host, "/").expect("GET /");
+        assert_eq!(reply.status, 200, "Host {host}: {}", reply.text());
+        assert!(
+            reply.text().contains("Hello from Django"),
+            "Host {host}: {}",
+            reply.text()
+        );
+    }
+    for replica in ["gunicorn@0", "gunicorn@1", "gunicorn@2"] {
+        assert_eq!(
+            stack.unit(replica)["ready"],
+            true,
+            "{}",
+            stack.unit(replica)
+        );
+    }
+    // The seed's log files, as named in its program.
+    let err_log = root.join("logs/gunicorn.err.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::metadata(&err_log)
+            .is_ok_and(|m| m.len() > 0)),
+        "nothing in {}",
+        err_log.display()
+    );
+}
+
+/// A stack with one service for each kind of change a reload can make.
+const RUNNING: &str = r#"
+[service.keep]
+command = ["sleep", "1000"]
+[service.single]
+command = ["sleep", "1001"]
+[service.gone]
+command = ["sleep", "1002"]
+[service.off]
+command = ["sleep", "1003"]
+[service.down]
+command = ["sleep", "1004"]
+[service.web]
+command = ["stackinit", "demo-worker"]
+replicas = 2
+listen = "127.0.0.1:0"
+start_secs = "200ms"
+[proxy]
+listen = ["127.0.0.1:@PORT@"]
+[[proxy.server]]
+server_name = ["a.example"]
+[[proxy.server.location]]
+path = "/"
+upstream = "web"
+"#;
+
+/// `RUNNING` changed in every way: a command (restart), replicas (rolling restart, and a start), a
+/// service removed while running (stop) and one removed while stopped (remove), one no longer
+/// autostarted (stop), one added (start), and the proxy's server names (reconfigure, no restart).
+fn changed(config: &str) -> String {
+    config
+        .replace("[\"sleep\", \"1001\"]", "[\"sleep\", \"2001\"]")
+        .replace("replicas = 2", "replicas = 3")
+        .replace("[service.gone]\ncommand = [\"sleep\", \"1002\"]\n", "")
+        .replace(
+            "[service.down]\ncommand = [\"sleep\", \"1004\"]\n",
+            "[service.new]\ncommand = [\"sleep\", \"1005\"]\n",
+        )
+        .replace(
+            "[\"sleep\", \"1003\"]\n",
+            "[\"sleep\", \"1003\"]\nautostart = false\n",
+        )
+        .replace(
+            "server_name = [\"a.example\"]",
+            "server_name = [\"a.example\", \"b.example\"]",
+        )
+}
+
+fn diff_json(stack: &Stack, args: &[&str]) -> serde_json::Value {
+    let out = stack.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?} is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Each service's action, and the units whose action differs from their service's.
+fn actions(plan: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in plan["services"].as_array().expect("services") {
+        out.push(format!(
+            "{} {} {}",
+            s["name"].as_str().unwrap_or("?"),
+            s["config"].as_str().unwrap_or("?"),
+            s["action"].as_str().unwrap_or("?")
+        ));
+        for u in s["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .filter(|u| u["action"] != s["action"])
+        {
+            out.push(format!(
+                "  {} {}",
+                u["name"].as_str().unwrap_or("?"),
+                u["action"].as_str().unwrap_or("?")
+            ));
+        }
+    }
+    out.push(format!(
+        "proxy {}",
+        plan["proxy"]["action"].as_str().unwrap_or("?")
+    ));
+    out
+}
+
+#[test]
+fn diff_says_what_a_reload_would_do_without_doing_it() {
+    let port = free_port();
+    let stack = Stack::start(&RUNNING.replace("@PORT@", &port.to_string()));
+    for unit in ["keep", "single", "gone", "off", "down", "web@0", "web@1"] {
+        stack.wait_state(unit, "running", Duration::from_secs(20));
+    }
+    assert!(stack.cli(&["stop", "down"]).status.success());
+    stack.wait_state("down", "stopped", Duration::from_secs(20));
+    let pids: Vec<(String, Option<i32>)> =
+        ["keep", "single", "gone", "off", "web@0", "web@1", "proxy"]
+            .iter()
+            .map(|u| (u.to_string(), stack.pid_of(u)))
+            .collect();
+    let running = std::fs::read_to_string(&stack.config).expect("config");
+    assert_eq!(
+        actions(&diff_json(&stack, &["diff", "--json"]))
+            .iter()
+            .filter(|a| !a.ends_with("unchanged"))
+            .count(),
+        0,
+        "no change yet"
+    );
+
+    std::fs::write(&stack.config, changed(&running)).expect("write the new config");
+    let plan = diff_json(&stack, &["diff", "--json"]);
+    assert_eq!(
+        actions(&plan),
+        [
+            "down removed remove",
+            "gone removed stop",
+            "keep unchanged unchanged",
+            "new added start",
+            "off changed stop",
+            "single changed restart",
+            "web changed rolling-restart",
+            "  web@2 start",
+            "proxy reconfigure",
+        ]
+    );
+    let web = plan["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "web")
+        .expect("web")
+        .clone();
+    assert_eq!(web["keys"], serde_json::json!(["replicas"]));
+    assert_eq!(
+        plan["proxy"]["changes"],
+        serde_json::json!(["server a.example: server_name -> a.example b.example"])
+    );
+    assert_eq!(
+        diff_json(&stack, &["reload", "--dry-run", "--json"]),
+        plan,
+        "reload --dry-run is the same plan"
+    );
+    let table = String::from_utf8_lossy(&stack.cli(&["diff"]).stdout).into_owned();
+    assert!(
+        table.contains("rolling restart  changed (replicas); web@2 start"),
+        "{table}"
+    );
+
+    // Nothing was done: the same processes, and no new service.
+    for (unit, pid) in &pids {
+        assert_eq!(stack.pid_of(unit), *pid, "{unit} changed without a reload");
+    }
+    assert!(stack.status()["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["name"] != "new"));
+
+    // Against another file: only its text is sent; a listen change needs a new proxy process.
+    let other = stack.path("other.toml");
+    std::fs::write(
+        &other,
+        running.replace(
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{}", free_port()),
+        ),
+    )
+    .expect("other");
+    let plan = diff_json(
+        &stack,
+        &["diff", "--json", "--config", other.to_str().unwrap()],
+    );
+    assert_eq!(
+        actions(&plan).last().map(String::as_str),
+        Some("proxy restart")
+    );
+    let bad = stack.path("bad.toml");
+    std::fs::write(&bad, "[service.x]\ncommand = 5\n").expect("bad");
+    let out = stack.cli(&["diff", "--config", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml:2:11: service.x.command"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The reload then does what the plan said.
+    assert!(
+        stack.cli(&["reload"]).status.success(),
+        "{}",
+        stack.stderr()
+    );
+    for unit in ["new", "web@2", "web@0", "web@1"] {
+        stack.wait_state(unit, "running", Duration::from_secs(30));
+    }
+    stack.wait_state("off", "stopped", Duration::from_secs(20));
+    let pid = |u: &str| pids.iter().find(|(n, _)| n == u).and_then(|(_, p)| *p);
+    assert_eq!(stack.pid_of("keep"), pid("keep"), "keep was kept");
+    assert_eq!(
+        stack.pid_of("proxy"),
+        pid("proxy"),
+        "the proxy was reconfigured, not restarted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || stack
+            .pid_of("single")
+            .is_some_and(|p| Some(p) != pid("single"))),
+        "single was not restarted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || stack.pid_of("web@0")
+            != pid("web@0")
+            && stack.pid_of("web@1") != pid("web@1")),
+        "web was not rolled"
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || stack.status()["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["name"] != "gone" && s["name"] != "down")),
+        "gone and down are still there: {}",
+        stack.status()
+    );
+}

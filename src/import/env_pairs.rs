@@ -20,9 +20,8 @@ fn is_space(c: char) -> bool {
 fn tokens(text: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut chars = text.chars().peekable();
-    loop {
-        // Skip whitespace and comments between tokens.
-        let Some(c) = chars.next() else { break };
+    // Whitespace and comments between tokens are skipped.
+    while let Some(c) = chars.next() {
         if is_space(c) {
             continue;
         }

@@ -275,6 +275,7 @@ fn server_locations(
     let mut tables: Vec<Table> = locations
         .filter_map(|l| loc::location(l, scope, targets, skips))
         .collect();
+    tables.extend(slash_redirects(&tables));
     let has_root_location = tables
         .iter()
         .any(|t| t.get("path").and_then(|p| p.as_str()) == Some("/"));
@@ -290,6 +291,36 @@ fn server_locations(
         tables.push(table);
     }
     tables
+}
+
+/// nginx answers `/api` with a 301 to `/api/` when `location /api/` proxies and no location is `/api`
+/// itself; stackinit does it with an exact location that says so.
+fn slash_redirects(tables: &[Table]) -> Vec<Table> {
+    let path_of = |t: &Table| t.get("path").and_then(|p| p.as_str()).map(String::from);
+    let paths: Vec<String> = tables.iter().filter_map(path_of).collect();
+    let mut out = Vec::new();
+    for table in tables
+        .iter()
+        .filter(|t| t.get("upstream").is_some() && t.get("exact").is_none())
+    {
+        let Some(path) = path_of(table) else { continue };
+        let Some(bare) = path.strip_suffix('/').filter(|b| !b.is_empty()) else {
+            continue;
+        };
+        if paths.iter().any(|p| p == bare) {
+            continue;
+        }
+        let mut redirect = Table::new(&["proxy", "server", "location"], true);
+        redirect.from = table.from.clone();
+        redirect.set("path", bare, None).note(format!(
+            "nginx answers {bare} with a redirect to {path}, since location {path} proxies (the query string is not kept here)"
+        ));
+        redirect.set("exact", true, None);
+        redirect.set("return", 301, None);
+        redirect.set("redirect", path, None);
+        out.push(redirect);
+    }
+    out
 }
 
 fn server_names(d: &Directive, table: &mut Table, skips: &mut Skips) {

@@ -59,7 +59,7 @@ impl Names<'_> {
     }
 
     /// `%(ENV_X)s` names a value takes from the importing shell rather than from the config.
-    pub fn from_shell(&self, value: &Value) -> Vec<String> {
+    pub fn shell_names(&self, value: &Value) -> Vec<String> {
         value
             .text
             .split("%(ENV_")
@@ -229,7 +229,7 @@ fn program_environment(
     if names.numprocs > 1 && names.expand(value, 1)? != first {
         skips.add(&value.at, "environment", "differs per process (%(process_num)): replicas share one environment; process 0's is used, and each replica gets its number in $STACKINIT_REPLICA");
     }
-    for var in names.from_shell(value) {
+    for var in names.shell_names(value) {
         skips.add(
             &value.at,
             format!("%(ENV_{var})s"),

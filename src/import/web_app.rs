@@ -43,7 +43,7 @@ pub fn command(section: &Section, names: &Names, skips: &mut Skips) -> Result<Ap
             Err(why) => Err(ImportError::at(&v.at, format!("command {text:?}: {why}"))),
         }
     };
-    for var in names.from_shell(v) {
+    for var in names.shell_names(v) {
         skips.add(
             &v.at,
             format!("%(ENV_{var})s"),
