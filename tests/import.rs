@@ -84,8 +84,7 @@ use Want::*;
 const SUP: &[&str] = &["--supervisor", "s.conf"];
 const NGX: &[&str] = &["--nginx", "site"];
 
-fn supervisord_cases() -> Vec<Case> {
-    vec![
+const SUPERVISORD_CASES: &[Case] = &[
         Case {
             name: "numprocs with a process_name pattern",
             files: &[("s.conf", "[program:worker]\ncommand=/usr/bin/python3 -m celery worker\nprocess_name=%(program_name)s_%(process_num)02d\nnumprocs=4\n")],
@@ -253,11 +252,9 @@ fn supervisord_cases() -> Vec<Case> {
             args: SUP,
             want: &[Fails("does not pass `stackinit check`")],
         },
-    ]
-}
+];
 
-fn nginx_cases() -> Vec<Case> {
-    vec![
+const NGINX_CASES: &[Case] = &[
         Case {
             name: "server names: exact, wildcards, regex, .domain",
             files: &[("site", "server {\n  listen 127.0.0.1:8080;\n  server_name example.org *.example.org www.example.* ~^api\\d+\\.example\\.net$ .dot.example;\n  return 404;\n}\n")],
@@ -366,8 +363,7 @@ fn nginx_cases() -> Vec<Case> {
             args: NGX,
             want: &[Fails("unexpected end of file")],
         },
-    ]
-}
+];
 
 /// The first line of `toml` that starts (after indentation) with `prefix`.
 fn has_line(toml: &str, prefix: &str) -> bool {
@@ -457,13 +453,10 @@ fn check_case(case: &Case) -> Vec<String> {
 
 #[test]
 fn snippets_convert_as_expected() {
-    let cases: Vec<Case> = supervisord_cases()
-        .into_iter()
-        .chain(nginx_cases())
-        .collect();
+    let cases: Vec<&Case> = SUPERVISORD_CASES.iter().chain(NGINX_CASES).collect();
     assert!(cases.len() >= 25, "only {} cases", cases.len());
     assert!(cases.iter().all(|c| !c.want.is_empty()));
-    let failures: Vec<String> = cases.iter().flat_map(check_case).collect();
+    let failures: Vec<String> = cases.iter().flat_map(|c| check_case(c)).collect();
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n\n{}",
@@ -544,55 +537,47 @@ fn our_reading(dir: &Path, conf: &Path) -> serde_json::Value {
     })
 }
 
-#[test]
-fn ini_commands_and_environment_read_as_supervisord_reads_them() {
-    let commands = [
-        "/bin/app --name \"a b\" 'c d'",
-        "/bin/sh -c \"echo hi; exec app\"",
-        "/bin/app --flag ; a comment",
-        "/bin/app --x=%(program_name)s#not-a-comment",
-        "/bin/app 50%%",
-        "/bin/app a\\ b \"a\\\"b\" 'x\\y'",
-        "/bin/app \"x\\$y\" \"back\\\\slash\"",
-        "bash -c 'echo $HOME'",
-        "/bin/app \"unclosed",
-        "/bin/app\n    --continued yes\n\n    --after-blank",
-    ];
-    let environments = [
-        "A=\"1\",B=\"2\"",
-        "A=1,B=2",
-        "A=\"a b\",B='c,d'",
-        "A=\"x\" ; a comment",
-        "A=\"x;y\"",
-        "A=x;y",
-        "A=\"%(program_name)s-%(process_num)02d\"",
-        "A=\"100%%\"",
-        "PATH=\"/usr/local/bin:/usr/bin\",HOME=\"/home/x\"",
-        "\n    A=\"1\",\n    B=\"2\"",
-        "A=x # trailing",
-        "A='it''s'",
-        "A=\"a\\\"b\"",
-        "A = \"spaced\" , B = 'also'",
-        "A=1,,B=2",
-        "A=",
-        "A=\"é ü\"",
-        "A=/a/b:c(1)+d-e.f",
-        "A=x y",
-        "A=\"unclosed",
-    ];
-    let dir = temp_dir("stackinit-dialect");
-    let root = dir.path().canonicalize().expect("dir");
-    let mut files = Vec::new();
-    for (i, command) in commands.iter().enumerate() {
-        files.push(format!("[program:p]\ncommand={command}\n"));
-        let _ = i;
-    }
-    for environment in environments {
-        files.push(format!(
-            "[program:p]\ncommand=/bin/p\nenvironment={environment}\n"
-        ));
-    }
-    let paths: Vec<PathBuf> = files
+/// Commands in the shapes programs use: quotes, escapes, comments, expansions, continuation lines.
+const COMMANDS: &[&str] = &[
+    "/bin/app --name \"a b\" 'c d'",
+    "/bin/sh -c \"echo hi; exec app\"",
+    "/bin/app --flag ; a comment",
+    "/bin/app --x=%(program_name)s#not-a-comment",
+    "/bin/app 50%%",
+    "/bin/app a\\ b \"a\\\"b\" 'x\\y'",
+    "/bin/app \"x\\$y\" \"back\\\\slash\"",
+    "bash -c 'echo $HOME'",
+    "/bin/app \"unclosed",
+    "/bin/app\n    --continued yes\n\n    --after-blank",
+];
+
+/// `environment=` values, the ones supervisord refuses included.
+const ENVIRONMENTS: &[&str] = &[
+    "A=\"1\",B=\"2\"",
+    "A=1,B=2",
+    "A=\"a b\",B='c,d'",
+    "A=\"x\" ; a comment",
+    "A=\"x;y\"",
+    "A=x;y",
+    "A=\"%(program_name)s-%(process_num)02d\"",
+    "A=\"100%%\"",
+    "PATH=\"/usr/local/bin:/usr/bin\",HOME=\"/home/x\"",
+    "\n    A=\"1\",\n    B=\"2\"",
+    "A=x # trailing",
+    "A='it''s'",
+    "A=\"a\\\"b\"",
+    "A = \"spaced\" , B = 'also'",
+    "A=1,,B=2",
+    "A=",
+    "A=\"é ü\"",
+    "A=/a/b:c(1)+d-e.f",
+    "A=x y",
+    "A=\"unclosed",
+];
+
+/// Each text as `DIR/caseN/s.conf`.
+fn write_each(root: &Path, texts: &[String]) -> Vec<PathBuf> {
+    texts
         .iter()
         .enumerate()
         .map(|(i, text)| {
@@ -602,7 +587,23 @@ fn ini_commands_and_environment_read_as_supervisord_reads_them() {
             std::fs::write(&path, text).expect("write");
             path
         })
+        .collect()
+}
+
+#[test]
+fn ini_commands_and_environment_read_as_supervisord_reads_them() {
+    let dir = temp_dir("stackinit-dialect");
+    let root = dir.path().canonicalize().expect("dir");
+    let files: Vec<String> = COMMANDS
+        .iter()
+        .map(|command| format!("[program:p]\ncommand={command}\n"))
+        .chain(
+            ENVIRONMENTS
+                .iter()
+                .map(|env| format!("[program:p]\ncommand=/bin/p\nenvironment={env}\n")),
+        )
         .collect();
+    let paths = write_each(&root, &files);
     let theirs = supervisord_reading(&paths);
     let mut differences = Vec::new();
     let mut agreed_errors = 0;
@@ -705,103 +706,128 @@ fn diff_site(port: u16, echoes: &[(&str, Echo)], www: &Path) -> String {
     site
 }
 
+/// Debian's proxy_params as nginx's differential tests use it (the headers stackinit sends).
+const PROXY_PARAMS: &str = "proxy_set_header Host $http_host;\nproxy_set_header X-Real-IP $remote_addr;\n\
+proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\nproxy_set_header X-Forwarded-Proto $scheme;\n";
+
+const SITE_HOSTS: &[&str] = &[
+    "example.org",
+    "www.example.org",
+    "EXAMPLE.ORG:80",
+    "example.org.",
+    "a.example.net",
+    "b.a.example.net",
+    "example.net",
+    "api12.example.com",
+    "api.example.com",
+    "www.example.co.uk",
+    "www.example.org.uk",
+    "unknown.invalid",
+    "127.0.0.1",
+    "",
+];
+
+const SITE_PATHS: &[&str] = &[
+    "/",
+    "/x",
+    "/index.html",
+    "/api",
+    "/api/",
+    "/api/v1/users?q=1",
+    "/api/health",
+    "/api/health/",
+    "/api/healthz",
+    "/static/",
+    "/static/css/a.css",
+    "/static/private/key",
+    "/static/private",
+    "/staticx",
+    "/admin",
+    "/admin/x",
+    "/administrator",
+    "/app/",
+    "/app/page",
+    "/apps",
+    "/css/a.css",
+    "/API/",
+    "/api//v1",
+    "/a/../api/v1",
+    "/%61pi/v1",
+    "/static/../api/v1",
+];
+
+/// nginx running the site as written, and the stackinit proxy running what `import` made of it.
+struct SitePair {
+    _echoes: Vec<(&'static str, Echo)>,
+    _nginx: support::Guarded,
+    _proxy: ProxyProcess,
+    nginx: SocketAddr,
+    stackinit: SocketAddr,
+}
+
+impl SitePair {
+    fn start(root: &Path) -> SitePair {
+        let www = root.join("www");
+        std::fs::create_dir_all(www.join("css")).expect("www");
+        std::fs::write(www.join("index.html"), "static index\n").expect("index");
+        std::fs::write(www.join("css/a.css"), "body { color: red }\n").expect("css");
+        let echoes: Vec<(&str, Echo)> = ["api", "site", "home", "net", "regex"]
+            .into_iter()
+            .map(|name| (name, Echo::start(name)))
+            .collect();
+        let (nginx_port, proxy_port) = (free_port(), free_port());
+        let sites = root.join("nginx/sites-enabled");
+        std::fs::create_dir_all(&sites).expect("sites dir");
+        std::fs::write(root.join("nginx/proxy_params"), PROXY_PARAMS).expect("proxy_params");
+        std::fs::write(sites.join("site"), diff_site(proxy_port, &echoes, &www)).expect("site");
+        let run = import(
+            root,
+            &["--nginx".into(), sites.join("site").display().to_string()],
+        );
+        assert!(run.ok, "import failed: {}", run.stderr);
+        assert_eq!(
+            run.skipped(),
+            Vec::<&str>::new(),
+            "everything in this site converts"
+        );
+        let nginx_dir = root.join("nginx-run");
+        std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
+        let nginx_site = diff_site(nginx_port, &echoes, &www).replace(
+            "include proxy_params;",
+            &format!("include {}/nginx/proxy_params;", root.display()),
+        );
+        let nginx: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
+        let nginx_process = start_nginx(&nginx_dir, &nginx_site, nginx);
+        let proxy_dir = root.join("proxy-run");
+        std::fs::create_dir_all(&proxy_dir).expect("proxy dir");
+        let stackinit: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().expect("addr");
+        let config = format!(
+            "[init]\nlogs_dir = \"{}\"\n{}",
+            proxy_dir.display(),
+            run.toml
+        );
+        let proxy = ProxyProcess::start(&proxy_dir, &config, stackinit);
+        SitePair {
+            _echoes: echoes,
+            _nginx: nginx_process,
+            _proxy: proxy,
+            nginx,
+            stackinit,
+        }
+    }
+}
+
 #[test]
 fn an_imported_site_routes_like_nginx() {
     let dir = e2e::shared_dir();
-    let root = dir.path();
-    let www = root.join("www");
-    std::fs::create_dir_all(www.join("css")).expect("www");
-    std::fs::write(www.join("index.html"), "static index\n").expect("index");
-    std::fs::write(www.join("css/a.css"), "body { color: red }\n").expect("css");
-    let echoes: Vec<(&str, Echo)> = ["api", "site", "home", "net", "regex"]
-        .into_iter()
-        .map(|name| (name, Echo::start(name)))
-        .collect();
-    let (nginx_port, proxy_port) = (free_port(), free_port());
-    // nginx runs the site as written; stackinit runs what `import` made of the same site on its port.
-    let sites = root.join("nginx/sites-enabled");
-    std::fs::create_dir_all(&sites).expect("sites dir");
-    std::fs::write(root.join("nginx/proxy_params"), "proxy_set_header Host $http_host;\nproxy_set_header X-Real-IP $remote_addr;\nproxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\nproxy_set_header X-Forwarded-Proto $scheme;\n").expect("proxy_params");
-    std::fs::write(sites.join("site"), diff_site(proxy_port, &echoes, &www)).expect("site");
-    let run = import(
-        root,
-        &["--nginx".into(), sites.join("site").display().to_string()],
-    );
-    assert!(run.ok, "import failed: {}", run.stderr);
-    assert_eq!(
-        run.skipped(),
-        Vec::<&str>::new(),
-        "everything in this site converts"
-    );
-    let nginx_dir = root.join("nginx-run");
-    std::fs::create_dir_all(&nginx_dir).expect("nginx dir");
-    let nginx_site = diff_site(nginx_port, &echoes, &www).replace(
-        "include proxy_params;",
-        &format!("include {}/nginx/proxy_params;", root.display()),
-    );
-    let nginx_addr: SocketAddr = format!("127.0.0.1:{nginx_port}").parse().expect("addr");
-    let _nginx = start_nginx(&nginx_dir, &nginx_site, nginx_addr);
-    let proxy_dir = root.join("proxy-run");
-    std::fs::create_dir_all(&proxy_dir).expect("proxy dir");
-    let proxy_addr: SocketAddr = format!("127.0.0.1:{proxy_port}").parse().expect("addr");
-    let config = format!(
-        "[init]\nlogs_dir = \"{}\"\n{}",
-        proxy_dir.display(),
-        run.toml
-    );
-    let _proxy = ProxyProcess::start(&proxy_dir, &config, proxy_addr);
-    let hosts = [
-        "example.org",
-        "www.example.org",
-        "EXAMPLE.ORG:80",
-        "example.org.",
-        "a.example.net",
-        "b.a.example.net",
-        "example.net",
-        "api12.example.com",
-        "api.example.com",
-        "www.example.co.uk",
-        "www.example.org.uk",
-        "unknown.invalid",
-        "127.0.0.1",
-        "",
-    ];
-    let paths = [
-        "/",
-        "/x",
-        "/index.html",
-        "/api",
-        "/api/",
-        "/api/v1/users?q=1",
-        "/api/health",
-        "/api/health/",
-        "/api/healthz",
-        "/static/",
-        "/static/css/a.css",
-        "/static/private/key",
-        "/static/private",
-        "/staticx",
-        "/admin",
-        "/admin/x",
-        "/administrator",
-        "/app/",
-        "/app/page",
-        "/apps",
-        "/css/a.css",
-        "/API/",
-        "/api//v1",
-        "/a/../api/v1",
-        "/%61pi/v1",
-        "/static/../api/v1",
-    ];
+    let pair = SitePair::start(dir.path());
     let mut differences = Vec::new();
     let mut outcomes = std::collections::BTreeSet::new();
-    for host in hosts {
+    for host in SITE_HOSTS {
         let host_header = (!host.is_empty()).then(|| host.as_bytes().to_vec());
-        for path in paths {
+        for path in SITE_PATHS {
             let raw = request_for(&host_header, path, "1.1");
-            let want = outcome(nginx_addr, &raw);
-            let got = outcome(proxy_addr, &raw);
+            let (want, got) = (outcome(pair.nginx, &raw), outcome(pair.stackinit, &raw));
             if want != got {
                 differences.push(format!(
                     "Host {host:?} {path}: nginx {want}, stackinit {got}"
@@ -810,7 +836,8 @@ fn an_imported_site_routes_like_nginx() {
             outcomes.insert(want);
         }
     }
-    // Every upstream, the static files and each return were reached, or the corpus proves little.
+    // Every upstream, the static files, each return and the slash redirect were reached, or the
+    // corpus proves little.
     for expected in [
         "200 api",
         "200 site",
@@ -818,6 +845,7 @@ fn an_imported_site_routes_like_nginx() {
         "200 net",
         "200 regex",
         "204",
+        "301",
         "403",
         "404",
         "200 \"body { color: red }\\n\"",
@@ -847,19 +875,14 @@ fn seed_file(name: &str, fill: &[(&str, String)]) -> String {
     text
 }
 
-#[test]
-fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
-    let venv = e2e::venv();
-    let shared = e2e::shared_dir();
-    let root = shared.path();
-    let port = free_port();
+/// The seed's two files where the seed keeps them (under `root`), imported.
+fn import_seed(root: &Path, port: u16) -> Run {
     let fill = [
         ("@APP@", e2e::app_dir().display().to_string()),
-        ("@VENV@", venv.display().to_string()),
+        ("@VENV@", e2e::venv().display().to_string()),
         ("@SHARED@", root.display().to_string()),
         ("@PORT@", port.to_string()),
     ];
-    // Where the seed keeps them: /etc/supervisor/conf.d/django.conf and /etc/nginx/sites-enabled/.
     let conf_d = root.join("etc/supervisor/conf.d");
     let sites = root.join("etc/nginx/sites-enabled");
     for dir in [&conf_d, &sites, &root.join("logs")] {
@@ -867,15 +890,51 @@ fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
     }
     std::fs::write(conf_d.join("django.conf"), seed_file("django.conf", &fill)).expect("program");
     std::fs::write(sites.join("django.conf"), seed_file("django.nginx", &fill)).expect("site");
-    let run = import(
-        root,
-        &[
-            "--supervisor".into(),
-            conf_d.join("django.conf").display().to_string(),
-            "--nginx".into(),
-            sites.join("django.conf").display().to_string(),
-        ],
+    let args = [
+        "--supervisor".to_string(),
+        conf_d.join("django.conf").display().to_string(),
+        "--nginx".to_string(),
+        sites.join("django.conf").display().to_string(),
+    ];
+    import(root, &args)
+}
+
+/// What the app needs from its environment: a database and a static root in `root`.
+fn seed_env(root: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "STACKINIT_DB_PATH",
+            root.join("db.sqlite3").display().to_string(),
+        ),
+        (
+            "STACKINIT_STATIC_ROOT",
+            root.join("static").display().to_string(),
+        ),
+        ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
+    ]
+}
+
+/// The seed's operator ran migrate by hand before starting supervisord; so does this test.
+fn migrate(env: &[(&str, String)]) {
+    let migrate = Command::new(e2e::venv().join("bin/python"))
+        .args(["manage.py", "migrate", "--noinput"])
+        .current_dir(e2e::app_dir())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run migrate");
+    assert!(
+        migrate.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&migrate.stderr)
     );
+}
+
+#[test]
+fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
+    let shared = e2e::shared_dir();
+    let root = shared.path();
+    let port = free_port();
+    let run = import_seed(root, port);
     assert!(run.ok, "import failed: {}", run.stderr);
     // The only thing left out: the proxy_params file, which is not on this test's path.
     let skipped = run.skipped();
@@ -884,6 +943,7 @@ fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
         skipped[0].contains("django.conf:7: include:") && skipped[0].contains("assumed Debian's"),
         "{skipped:#?}"
     );
+    let venv = e2e::venv();
     for line in [
         "[service.gunicorn]".to_string(),
         "replicas = 3".to_string(),
@@ -903,27 +963,8 @@ fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
             run.toml
         );
     }
-    // The seed's operator ran migrate by hand before starting supervisord; so does this test.
-    let db = root.join("db.sqlite3");
-    let env = [
-        ("STACKINIT_DB_PATH", db.display().to_string()),
-        (
-            "STACKINIT_STATIC_ROOT",
-            root.join("static").display().to_string(),
-        ),
-        ("PYTHONDONTWRITEBYTECODE", "1".to_string()),
-    ];
-    let migrate = Command::new(venv.join("bin/python"))
-        .args(["manage.py", "migrate", "--noinput"])
-        .current_dir(e2e::app_dir())
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("run migrate");
-    assert!(
-        migrate.status.success(),
-        "migrate: {}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
+    let env = seed_env(root);
+    migrate(&env);
     // The instance's names come from (a fake) IMDS; the seed's one server answers them all.
     let imds = FakeImds::start(&[
         ("instance-id", "i-0123456789abcdef0"),
@@ -932,12 +973,12 @@ fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
         ("public-ipv4", "3.4.5.6"),
         ("public-hostname", "ec2-3-4-5-6.compute-1.amazonaws.com"),
     ]);
-    let config = format!(
-        "{}\n[init.imds]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\ntimeout = \"2s\"\n",
-        run.toml, imds.port
+    let imds_section = format!(
+        "\n[init.imds]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\ntimeout = \"2s\"\n",
+        imds.port
     );
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let stack = Stack::start_with_env(&config, &env);
+    let stack = Stack::start_with_env(&format!("{}{imds_section}", run.toml), &env);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let healthy = wait_until(Duration::from_secs(180), || {
         timed_get(addr, "10.0.0.5", "/healthz").is_ok_and(|r| r.status == 200)
@@ -969,14 +1010,12 @@ fn the_seeds_files_import_into_a_stack_that_serves_the_app() {
             stack.unit(replica)
         );
     }
-    // The seed's log files, as named in its program.
+    // The seed's log files, as its program names them.
     let err_log = root.join("logs/gunicorn.err.log");
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::metadata(&err_log)
-            .is_ok_and(|m| m.len() > 0)),
-        "nothing in {}",
-        err_log.display()
-    );
+    let written = wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&err_log).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(written, "nothing in {}", err_log.display());
 }
 
 /// A stack with one service for each kind of change a reload can make.
@@ -1072,8 +1111,11 @@ fn actions(plan: &serde_json::Value) -> Vec<String> {
     out
 }
 
-#[test]
-fn diff_says_what_a_reload_would_do_without_doing_it() {
+/// The pids of the units that run before the reload.
+type Pids = Vec<(String, Option<i32>)>;
+
+/// `RUNNING` started, every unit up but `down`, which is stopped by hand.
+fn start_running() -> (Stack, u16, Pids) {
     let port = free_port();
     let stack = Stack::start(&RUNNING.replace("@PORT@", &port.to_string()));
     for unit in ["keep", "single", "gone", "off", "down", "web@0", "web@1"] {
@@ -1081,23 +1123,16 @@ fn diff_says_what_a_reload_would_do_without_doing_it() {
     }
     assert!(stack.cli(&["stop", "down"]).status.success());
     stack.wait_state("down", "stopped", Duration::from_secs(20));
-    let pids: Vec<(String, Option<i32>)> =
-        ["keep", "single", "gone", "off", "web@0", "web@1", "proxy"]
-            .iter()
-            .map(|u| (u.to_string(), stack.pid_of(u)))
-            .collect();
-    let running = std::fs::read_to_string(&stack.config).expect("config");
-    assert_eq!(
-        actions(&diff_json(&stack, &["diff", "--json"]))
-            .iter()
-            .filter(|a| !a.ends_with("unchanged"))
-            .count(),
-        0,
-        "no change yet"
-    );
+    let pids = ["keep", "single", "gone", "off", "web@0", "web@1", "proxy"]
+        .iter()
+        .map(|u| (u.to_string(), stack.pid_of(u)))
+        .collect();
+    (stack, port, pids)
+}
 
-    std::fs::write(&stack.config, changed(&running)).expect("write the new config");
-    let plan = diff_json(&stack, &["diff", "--json"]);
+/// The plan for `changed(RUNNING)`, as JSON and as a table, and that asking changed nothing.
+fn check_the_plan(stack: &Stack, pids: &Pids) {
+    let plan = diff_json(stack, &["diff", "--json"]);
     assert_eq!(
         actions(&plan),
         [
@@ -1112,68 +1147,56 @@ fn diff_says_what_a_reload_would_do_without_doing_it() {
             "proxy reconfigure",
         ]
     );
-    let web = plan["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "web")
-        .expect("web")
-        .clone();
+    let services = plan["services"].as_array().expect("services");
+    let web = services.iter().find(|s| s["name"] == "web").expect("web");
     assert_eq!(web["keys"], serde_json::json!(["replicas"]));
-    assert_eq!(
-        plan["proxy"]["changes"],
-        serde_json::json!(["server a.example: server_name -> a.example b.example"])
-    );
-    assert_eq!(
-        diff_json(&stack, &["reload", "--dry-run", "--json"]),
-        plan,
-        "reload --dry-run is the same plan"
-    );
+    let names = serde_json::json!(["server a.example: server_name -> a.example b.example"]);
+    assert_eq!(plan["proxy"]["changes"], names);
+    let dry_run = diff_json(stack, &["reload", "--dry-run", "--json"]);
+    assert_eq!(dry_run, plan, "reload --dry-run is the same plan");
     let table = String::from_utf8_lossy(&stack.cli(&["diff"]).stdout).into_owned();
     assert!(
         table.contains("rolling restart  changed (replicas); web@2 start"),
         "{table}"
     );
-
-    // Nothing was done: the same processes, and no new service.
-    for (unit, pid) in &pids {
+    for (unit, pid) in pids {
         assert_eq!(stack.pid_of(unit), *pid, "{unit} changed without a reload");
     }
-    assert!(stack.status()["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|s| s["name"] != "new"));
+    let status = stack.status();
+    let units = status["services"].as_array().expect("services");
+    assert!(units.iter().all(|s| s["name"] != "new"), "{status}");
+}
 
-    // Against another file: only its text is sent; a listen change needs a new proxy process.
+/// `diff --config FILE`: only the file's text goes to the supervisor; errors name the file.
+fn check_other_files(stack: &Stack, running: &str, port: u16) {
     let other = stack.path("other.toml");
-    std::fs::write(
-        &other,
-        running.replace(
-            &format!("127.0.0.1:{port}"),
-            &format!("127.0.0.1:{}", free_port()),
-        ),
-    )
-    .expect("other");
-    let plan = diff_json(
-        &stack,
-        &["diff", "--json", "--config", other.to_str().unwrap()],
+    let moved = running.replace(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{}", free_port()),
     );
+    std::fs::write(&other, moved).expect("other");
+    let plan = diff_json(
+        stack,
+        &["diff", "--json", "--config", other.to_str().expect("path")],
+    );
+    // A new listen address needs a new proxy process.
     assert_eq!(
         actions(&plan).last().map(String::as_str),
         Some("proxy restart")
     );
     let bad = stack.path("bad.toml");
     std::fs::write(&bad, "[service.x]\ncommand = 5\n").expect("bad");
-    let out = stack.cli(&["diff", "--config", bad.to_str().unwrap()]);
+    let out = stack.cli(&["diff", "--config", bad.to_str().expect("path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bad.toml:2:11: service.x.command"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.contains("bad.toml:2:11: service.x.command"),
+        "{stderr}"
     );
+}
 
-    // The reload then does what the plan said.
+/// The reload does what the plan said.
+fn check_the_reload(stack: &Stack, pids: &Pids) {
     assert!(
         stack.cli(&["reload"]).status.success(),
         "{}",
@@ -1183,32 +1206,43 @@ fn diff_says_what_a_reload_would_do_without_doing_it() {
         stack.wait_state(unit, "running", Duration::from_secs(30));
     }
     stack.wait_state("off", "stopped", Duration::from_secs(20));
-    let pid = |u: &str| pids.iter().find(|(n, _)| n == u).and_then(|(_, p)| *p);
-    assert_eq!(stack.pid_of("keep"), pid("keep"), "keep was kept");
+    let before = |u: &str| pids.iter().find(|(n, _)| n == u).and_then(|(_, p)| *p);
+    let changed = |u: &str| stack.pid_of(u).is_some_and(|p| Some(p) != before(u));
+    assert_eq!(stack.pid_of("keep"), before("keep"), "keep was kept");
     assert_eq!(
         stack.pid_of("proxy"),
-        pid("proxy"),
+        before("proxy"),
         "the proxy was reconfigured, not restarted"
     );
     assert!(
-        wait_until(Duration::from_secs(20), || stack
-            .pid_of("single")
-            .is_some_and(|p| Some(p) != pid("single"))),
+        wait_until(Duration::from_secs(20), || changed("single")),
         "single was not restarted"
     );
-    assert!(
-        wait_until(Duration::from_secs(30), || stack.pid_of("web@0")
-            != pid("web@0")
-            && stack.pid_of("web@1") != pid("web@1")),
-        "web was not rolled"
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || stack.status()["services"]
-            .as_array()
-            .unwrap()
+    let rolled = wait_until(Duration::from_secs(30), || {
+        changed("web@0") && changed("web@1")
+    });
+    assert!(rolled, "web was not rolled: {}", stack.status());
+    let gone = wait_until(Duration::from_secs(20), || {
+        let status = stack.status();
+        let units = status["services"].as_array().cloned().unwrap_or_default();
+        units
             .iter()
-            .all(|s| s["name"] != "gone" && s["name"] != "down")),
-        "gone and down are still there: {}",
-        stack.status()
+            .all(|s| s["name"] != "gone" && s["name"] != "down")
+    });
+    assert!(gone, "gone and down are still there: {}", stack.status());
+}
+
+#[test]
+fn diff_says_what_a_reload_would_do_without_doing_it() {
+    let (stack, port, pids) = start_running();
+    let running = std::fs::read_to_string(&stack.config).expect("config");
+    let unchanged = actions(&diff_json(&stack, &["diff", "--json"]));
+    assert!(
+        unchanged.iter().all(|a| a.ends_with("unchanged")),
+        "{unchanged:?}"
     );
+    std::fs::write(&stack.config, changed(&running)).expect("write the new config");
+    check_the_plan(&stack, &pids);
+    check_other_files(&stack, &running, port);
+    check_the_reload(&stack, &pids);
 }

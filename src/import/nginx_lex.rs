@@ -35,12 +35,13 @@ enum Token {
     Close,
 }
 
+type Chars<'t> = std::iter::Peekable<std::str::Chars<'t>>;
+
 /// The tokens of `text`, each with its line.
 fn tokenize(text: &str, file: &Rc<Path>) -> Result<Vec<(Token, usize)>, ImportError> {
     let mut out = Vec::new();
     let mut line = 1;
     let mut chars = text.chars().peekable();
-    let err = |line: usize, m: String| ImportError::at(&Origin::new(file, line), m);
     while let Some(c) = chars.next() {
         match c {
             '\n' => line += 1,
@@ -54,62 +55,66 @@ fn tokenize(text: &str, file: &Rc<Path>) -> Result<Vec<(Token, usize)>, ImportEr
             }
             '"' | '\'' => {
                 let start = line;
-                let mut raw = String::new();
-                loop {
-                    match chars.next() {
-                        None => {
-                            return Err(err(
-                                start,
-                                "unexpected end of file in a quoted string".into(),
-                            ))
-                        }
-                        Some('\\') => {
-                            raw.push('\\');
-                            if let Some(next) = chars.next() {
-                                line += usize::from(next == '\n');
-                                raw.push(next);
-                            }
-                        }
-                        Some(q) if q == c => break,
-                        Some(other) => {
-                            line += usize::from(other == '\n');
-                            raw.push(other);
-                        }
-                    }
-                }
-                if let Some(&next) = chars.peek() {
-                    if !matches!(next, ' ' | '\t' | '\r' | '\n' | ';' | '{' | ')') {
-                        return Err(err(
-                            line,
-                            format!("unexpected \"{next}\" after a quoted string"),
-                        ));
-                    }
-                }
+                let raw = quoted(&mut chars, c, &mut line)
+                    .map_err(|m| ImportError::at(&Origin::new(file, line), m))?;
                 out.push((Token::Word(unescape(&raw)), start));
             }
-            first => {
-                let mut raw = String::from(first);
-                let mut variable = first == '$';
-                let mut escaped = first == '\\';
-                while let Some(&next) = chars.peek() {
-                    if escaped {
-                        escaped = false;
-                    } else if next == '{' && variable {
-                        // `${name}`: part of the word.
-                    } else if matches!(next, ' ' | '\t' | '\r' | '\n' | ';' | '{') {
-                        break;
-                    } else {
-                        escaped = next == '\\';
-                    }
-                    variable = next == '$';
-                    raw.push(next);
-                    chars.next();
-                }
-                out.push((Token::Word(unescape(&raw)), line));
-            }
+            first => out.push((Token::Word(unescape(&word(&mut chars, first))), line)),
         }
     }
     Ok(out)
+}
+
+/// The inside of a string quoted with `quote` (its opening quote read), counting the lines it spans.
+/// It must be followed by whitespace, `;`, `{` or `)`.
+fn quoted(chars: &mut Chars, quote: char, line: &mut usize) -> Result<String, String> {
+    let mut raw = String::new();
+    loop {
+        match chars.next() {
+            None => return Err("unexpected end of file in a quoted string".into()),
+            Some('\\') => {
+                raw.push('\\');
+                if let Some(next) = chars.next() {
+                    *line += usize::from(next == '\n');
+                    raw.push(next);
+                }
+            }
+            Some(q) if q == quote => break,
+            Some(other) => {
+                *line += usize::from(other == '\n');
+                raw.push(other);
+            }
+        }
+    }
+    match chars.peek() {
+        Some(&next) if !matches!(next, ' ' | '\t' | '\r' | '\n' | ';' | '{' | ')') => {
+            Err(format!("unexpected \"{next}\" after a quoted string"))
+        }
+        _ => Ok(raw),
+    }
+}
+
+/// An unquoted word from its first character to whitespace, `;` or `{` (but `${` stays in it, and a
+/// backslash protects the next character).
+fn word(chars: &mut Chars, first: char) -> String {
+    let mut raw = String::from(first);
+    let mut variable = first == '$';
+    let mut escaped = first == '\\';
+    while let Some(&next) = chars.peek() {
+        if escaped {
+            escaped = false;
+        } else if next == '{' && variable {
+            // `${name}`: part of the word.
+        } else if matches!(next, ' ' | '\t' | '\r' | '\n' | ';' | '{') {
+            break;
+        } else {
+            escaped = next == '\\';
+        }
+        variable = next == '$';
+        raw.push(next);
+        chars.next();
+    }
+    raw
 }
 
 /// nginx's copy of a word: `\"`, `\'`, `\\` lose the backslash; `\t`, `\r`, `\n` become controls.
