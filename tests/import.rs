@@ -283,6 +283,15 @@ const NGINX_CASES: &[Case] = &[
             want: &[Line("upstream = \"web\""), Line("replicas = 2"), Line("listen = \"127.0.0.1:8000\"")],
         },
         Case {
+            name: "a gunicorn socket in a home directory moves where the proxy can reach it",
+            files: &[
+                ("s.conf", "[program:web]\ncommand=gunicorn --bind unix:/home/ubuntu/app/app.sock app:wsgi\n"),
+                ("site", "server {\n  listen 127.0.0.1:8080;\n  location / { include proxy_params; proxy_pass http://unix:/home/ubuntu/app/app.sock; }\n}\n"),
+            ],
+            args: &["--supervisor", "s.conf", "--nginx", "site"],
+            want: &[Line("listen = \"unix:/run/stackinit/web.sock\""), Line("upstream = \"web\""), Text("was unix:/home/ubuntu/app/app.sock: the proxy's user cannot reach a socket in a home directory")],
+        },
+        Case {
             name: "regex and named locations",
             files: &[("site", "server {\n  listen 127.0.0.1:8080;\n  location / { return 200; }\n  location ~ \\.php$ { return 403; }\n  location @fallback { return 502; }\n}\n")],
             args: NGX,

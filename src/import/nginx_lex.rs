@@ -214,10 +214,18 @@ proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\nproxy_set_header X
 pub struct Reader {
     /// nginx's configuration prefix, where relative include paths start (`/etc/nginx`).
     pub prefix: PathBuf,
+    /// The files read, each once.
     pub files: Vec<PathBuf>,
     /// Includes that matched no file, with where they were asked for.
     pub missing: Vec<(Origin, String)>,
+    /// The files being read, outermost first: an include of one of them is a loop.
+    open: Vec<PathBuf>,
+    /// Reads so far: one file (proxy_params) may be included by every location, but not without end.
+    reads: usize,
 }
+
+/// Most file reads one import makes, includes of the same file counted each time.
+const MAX_READS: usize = 4096;
 
 impl Reader {
     /// The prefix for a site file: `/etc/nginx` for `/etc/nginx/sites-enabled/x`, else the file's dir.
@@ -235,24 +243,38 @@ impl Reader {
             prefix,
             files: Vec::new(),
             missing: Vec::new(),
+            open: Vec::new(),
+            reads: 0,
         }
     }
 
     /// The directives of `path`, with includes read in place.
     pub fn read(&mut self, path: &Path) -> Result<Vec<Directive>, ImportError> {
-        if self.files.len() >= MAX_FILES {
-            return Err(ImportError::file(
-                path,
-                format!("more than {MAX_FILES} files to read: an include loop?"),
-            ));
-        }
         let canonical = path
             .canonicalize()
             .map_err(|e| ImportError::file(path, e))?;
-        self.files.push(canonical.clone());
+        if self.open.contains(&canonical) {
+            return Err(ImportError::file(
+                path,
+                "is included by itself (an include loop)",
+            ));
+        }
+        self.reads += 1;
+        if !self.files.contains(&canonical) {
+            self.files.push(canonical.clone());
+        }
+        if self.reads > MAX_READS || self.files.len() > MAX_FILES {
+            return Err(ImportError::file(
+                path,
+                format!("more than {MAX_FILES} files or {MAX_READS} includes: is an include pattern too wide?"),
+            ));
+        }
         let text = read_input(path)?;
         let file: Rc<Path> = Rc::from(canonical.as_path());
-        self.parse_text(&text, &file)
+        self.open.push(canonical);
+        let tree = self.parse_text(&text, &file);
+        self.open.pop();
+        tree
     }
 
     fn parse_text(&mut self, text: &str, file: &Rc<Path>) -> Result<Vec<Directive>, ImportError> {
@@ -320,11 +342,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Vec<Directive>, ImportError> {
         let file: Rc<Path> = Rc::from(Path::new("t.conf"));
-        let mut reader = Reader {
-            prefix: PathBuf::from("/nonexistent"),
-            files: Vec::new(),
-            missing: Vec::new(),
-        };
+        let mut reader = Reader::for_file(Path::new("/nonexistent/t.conf"));
         reader.parse_text(text, &file)
     }
 
@@ -402,5 +420,21 @@ mod tests {
         assert_eq!(names[1], "Host $http_host");
         assert_eq!(names.len(), 5);
         assert_eq!(reader.missing.len(), 2);
+    }
+
+    #[test]
+    fn an_include_loop_is_refused_and_repeats_are_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "include b;\n").unwrap();
+        std::fs::write(dir.path().join("b"), "include a;\n").unwrap();
+        let e = Reader::for_file(&dir.path().join("a"))
+            .read(&dir.path().join("a"))
+            .unwrap_err();
+        assert!(e.message.contains("include loop"), "{e}");
+        std::fs::write(dir.path().join("p"), "x 1;\n").unwrap();
+        std::fs::write(dir.path().join("s"), "include p; include p; include p;\n").unwrap();
+        let mut reader = Reader::for_file(&dir.path().join("s"));
+        assert_eq!(reader.read(&dir.path().join("s")).unwrap().len(), 3);
+        assert_eq!(reader.files.len(), 2);
     }
 }

@@ -163,7 +163,7 @@ pub fn convert(
     names.env.extend(env);
     let mut table = Table::new(&["service", &name], false);
     table.from = Some(section.at.clone());
-    let app = web_app::command(section, &names, skips)?;
+    let app = web_app::command(section, &names, &name, skips)?;
     table.set("command", strings(&app.command), app.command_at.as_ref());
     process_setup(section, &names, inherited, &mut table, skips)?;
     let replicas = web_app::apply(&app, numprocs, &mut table, section, skips);

@@ -28,7 +28,12 @@ pub struct App {
 }
 
 /// The program's `command`, split as supervisord splits it (Python's `shlex.split`).
-pub fn command(section: &Section, names: &Names, skips: &mut Skips) -> Result<App, ImportError> {
+pub fn command(
+    section: &Section,
+    names: &Names,
+    service: &str,
+    skips: &mut Skips,
+) -> Result<App, ImportError> {
     let Some(v) = section.get("command") else {
         return Err(ImportError::at(
             &section.at,
@@ -51,7 +56,9 @@ pub fn command(section: &Section, names: &Names, skips: &mut Skips) -> Result<Ap
         );
     }
     let per_process: Vec<Vec<String>> = (0..names.numprocs).map(split).collect::<Result<_, _>>()?;
-    let first = per_process[0].clone();
+    let Some(first) = per_process.first().cloned() else {
+        return Err(ImportError::at(&v.at, "numprocs must be at least 1"));
+    };
     let mut app = App {
         command: first.clone(),
         command_at: Some(v.at.clone()),
@@ -68,23 +75,62 @@ pub fn command(section: &Section, names: &Names, skips: &mut Skips) -> Result<Ap
         Some(d) => Some(names.expand(d, 0)?),
         None => None,
     };
-    take_over_gunicorn(&mut app, &per_process, directory.as_deref(), &v.at, skips)?;
+    let from = Binding {
+        directory: directory.as_deref(),
+        service,
+        at: &v.at,
+    };
+    take_over_gunicorn(&mut app, &per_process, &from, skips)?;
     Ok(app)
+}
+
+/// Where a program's binds are read from: its directory (relative unix paths), its service name
+/// (sockets that move), and its command's line.
+struct Binding<'a> {
+    directory: Option<&'a str>,
+    service: &'a str,
+    at: &'a Origin,
+}
+
+/// A unix socket in a home directory cannot be reached by the proxy's user (Ubuntu's home
+/// directories are 0750, as nginx's www-data found in the seed stack). stackinit owns the socket now
+/// and the proxy reaches it by service name, so it moves to /run/stackinit.
+fn reachable(addr: String, service: &str, index: usize, notes: &mut Vec<String>) -> String {
+    let Some(path) = addr.strip_prefix("unix:") else {
+        return addr;
+    };
+    if !(path.starts_with("/home/") || path.starts_with("/root/")) {
+        return addr;
+    }
+    let name = if index == 0 {
+        service.to_string()
+    } else {
+        format!("{service}-{index}")
+    };
+    let moved = format!("unix:/run/stackinit/{name}.sock");
+    notes.push(format!(
+        "was {addr}: the proxy's user cannot reach a socket in a home directory (0750), and the proxy finds \
+         this one by the service's name, so it lives in /run/stackinit; anything else that used the old path \
+         must use this one"
+    ));
+    moved
 }
 
 fn take_over_gunicorn(
     app: &mut App,
     per_process: &[Vec<String>],
-    directory: Option<&str>,
-    at: &Origin,
+    from: &Binding,
     skips: &mut Skips,
 ) -> Result<(), ImportError> {
+    let (directory, at) = (from.directory, from.at);
     let parsed: Vec<gunicorn::Gunicorn> = per_process
         .iter()
         .map(|argv| gunicorn::parse(argv))
         .collect::<Result<_, _>>()
         .map_err(|e| ImportError::at(at, e))?;
-    let g = &parsed[0];
+    let Some(g) = parsed.first() else {
+        return Ok(());
+    };
     app.graceful_timeout = Some(g.graceful_timeout);
     if parsed.iter().any(|p| p.argv != g.argv) {
         skips.add(
@@ -109,8 +155,9 @@ fn take_over_gunicorn(
     for bind in &binds {
         match gunicorn::listen_of(bind, directory) {
             Ok((addr, note)) => {
-                listen.push(addr);
                 app.notes.extend(note);
+                let addr = reachable(addr, from.service, listen.len(), &mut app.notes);
+                listen.push(addr);
             }
             Err(why) => {
                 skips.add(
