@@ -128,11 +128,7 @@ async fn status(
     }
     let reply: StatusReply = parse(&body)?;
     if json {
-        // The server's JSON as sent: already per the contract, and it keeps fields this client doesn't know.
-        write_out(out, &body)?;
-        if !body.ends_with(b"\n") {
-            write_out(out, b"\n")?;
-        }
+        write_json(out, &body)?;
     } else {
         write_out(out, format_table(&reply.services).as_bytes())?;
     }
@@ -158,10 +154,7 @@ async fn diff(
     }
     let plan: DiffReply = parse(&reply)?;
     if json {
-        write_out(out, &reply)?;
-        if !reply.ends_with(b"\n") {
-            write_out(out, b"\n")?;
-        }
+        write_json(out, &reply)?;
     } else {
         write_out(out, format_diff(&plan).as_bytes())?;
     }
@@ -231,6 +224,15 @@ async fn logs(
         }
     }
     Ok(EXIT_OK)
+}
+
+/// The server's JSON as sent: already per the contract, and it keeps fields this client doesn't know.
+fn write_json(out: &mut dyn Write, body: &[u8]) -> Result<(), ClientError> {
+    write_out(out, body)?;
+    if !body.ends_with(b"\n") {
+        write_out(out, b"\n")?;
+    }
+    Ok(())
 }
 
 fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), ClientError> {

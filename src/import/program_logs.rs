@@ -105,57 +105,72 @@ fn log_path<'a>(
 
 /// `*_logfile_maxbytes` and `*_logfile_backups`: one setting for both streams in stackinit.
 fn rotation(section: &Section, table: &mut Table, skips: &mut Skips) -> Result<(), ImportError> {
-    let sizes = [
+    let mut sizes = Vec::new();
+    for v in [
         section.get("stdout_logfile_maxbytes"),
         section.get("stderr_logfile_maxbytes"),
-    ];
-    let mut chosen: Option<u64> = None;
-    for v in sizes.into_iter().flatten() {
-        let bytes = byte_size(v)?;
-        if bytes == 0 {
-            skips.add(&v.at, "logfile_maxbytes=0", "stackinit always rotates (never rotating fills the disk); the default 50MB applies");
-        } else if bytes < MIN_LOG_BYTES {
-            skips.add(
-                &v.at,
-                "logfile_maxbytes",
-                format!("{bytes} bytes is below stackinit's 1KB minimum; the default 50MB applies"),
-            );
-        } else if chosen.is_some_and(|c| c != bytes) {
-            skips.add(
-                &v.at,
-                "stderr_logfile_maxbytes",
-                "stackinit rotates stdout and stderr at one size: stdout's applies",
-            );
-        } else if chosen.is_none() {
-            chosen = Some(bytes);
-            table.set("log_max_bytes", size_text(bytes), Some(&v.at));
+    ]
+    .into_iter()
+    .flatten()
+    {
+        match byte_size(v)? {
+            0 => skips.add(&v.at, "logfile_maxbytes=0", "stackinit always rotates (never rotating fills the disk); the default 50MB applies"),
+            n if n < MIN_LOG_BYTES => skips.add(&v.at, "logfile_maxbytes", format!("{n} bytes is below stackinit's 1KB minimum; the default 50MB applies")),
+            n => sizes.push((n, v)),
         }
     }
-    let counts = [
+    if let Some((bytes, v)) = one_for_both(
+        sizes,
+        "stderr_logfile_maxbytes",
+        "stackinit rotates stdout and stderr at one size",
+        skips,
+    ) {
+        table.set("log_max_bytes", size_text(bytes), Some(&v.at));
+    }
+    let mut counts = Vec::new();
+    for v in [
         section.get("stdout_logfile_backups"),
         section.get("stderr_logfile_backups"),
-    ];
-    let mut kept: Option<i64> = None;
-    for v in counts.into_iter().flatten() {
-        let n = integer(v)?;
-        if !(0..=1000).contains(&n) {
-            return Err(ImportError::at(
-                &v.at,
-                format!("{n} backups is out of range (0 to 1000)"),
-            ));
-        }
-        if kept.is_some_and(|k| k != n) {
-            skips.add(
-                &v.at,
-                "stderr_logfile_backups",
-                "stackinit keeps one number of backups for both streams: stdout's applies",
-            );
-        } else if kept.is_none() {
-            kept = Some(n);
-            table.set("log_backups", n, Some(&v.at));
+    ]
+    .into_iter()
+    .flatten()
+    {
+        match integer(v)? {
+            n if (0..=1000).contains(&n) => counts.push((n, v)),
+            n => {
+                return Err(ImportError::at(
+                    &v.at,
+                    format!("{n} backups is out of range (0 to 1000)"),
+                ))
+            }
         }
     }
+    if let Some((n, v)) = one_for_both(
+        counts,
+        "stderr_logfile_backups",
+        "stackinit keeps one number of backups for both streams",
+        skips,
+    ) {
+        table.set("log_backups", n, Some(&v.at));
+    }
     Ok(())
+}
+
+/// stdout's value of a setting stackinit has once for both streams (or stderr's, if stdout sets none);
+/// a differing stderr value is reported.
+fn one_for_both<'a, T: PartialEq + Copy>(
+    values: Vec<(T, &'a Value)>,
+    what: &str,
+    why: &str,
+    skips: &mut Skips,
+) -> Option<(T, &'a Value)> {
+    let first = values.first().copied()?;
+    for (value, v) in values.iter().skip(1) {
+        if *value != first.0 {
+            skips.add(&v.at, what, format!("{why}: {}'s applies", first.1.at));
+        }
+    }
+    Some(first)
 }
 
 /// Bytes as stackinit writes sizes: the largest exact unit.
