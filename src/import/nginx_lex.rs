@@ -323,10 +323,13 @@ impl Reader {
                 ));
                 return self.parse_text(DEBIAN_PROXY_PARAMS, &name);
             }
-            self.missing.push((
-                at.clone(),
-                format!("include {pattern}: no file {} here", full.display()),
-            ));
+            // nginx accepts a pattern that matches nothing; a missing file is an error to it.
+            if !pattern.contains(['*', '?', '[']) {
+                self.missing.push((
+                    at.clone(),
+                    format!("include {pattern}: no file {} here", full.display()),
+                ));
+            }
         }
         let mut out = Vec::new();
         for path in matched {
