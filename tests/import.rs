@@ -169,6 +169,12 @@ const SUPERVISORD_CASES: &[Case] = &[
             want: &[Line("stop_grace = \"30s\""), Line("listen = \"127.0.0.1:9000\""), Text("stopwaitsecs=5 killed it mid-drain")],
         },
         Case {
+            name: "gunicorn --timeout longer than stackinit waits by default",
+            files: &[("s.conf", "[program:reports]\ncommand=gunicorn --timeout 120 --bind 127.0.0.1:9000 app:wsgi\n")],
+            args: SUP,
+            want: &[Line("ready_timeout = \"120s\""), Line("command = [\"gunicorn\", \"--timeout\", \"120\", \"app:wsgi\"]"), Text("the proxy answers 504 after its upstream_timeout")],
+        },
+        Case {
             name: "gunicorn --workers and --daemon",
             files: &[("s.conf", "[program:web]\ncommand=gunicorn -w 4 -D -b unix:/run/web.sock proj.wsgi\n")],
             args: SUP,

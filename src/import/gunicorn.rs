@@ -18,6 +18,8 @@ pub struct Gunicorn {
     pub workers: Option<u32>,
     /// `--graceful-timeout`, seconds (gunicorn's default is 30).
     pub graceful_timeout: u64,
+    /// `--timeout`, seconds: how long a worker may be silent, booting included.
+    pub timeout: Option<u64>,
     /// The sync worker with one thread serves one request at a time (`max_in_flight = 1`); gthread
     /// serves `threads`; the async classes have no fixed limit (None).
     pub in_flight: Option<u32>,
@@ -117,6 +119,10 @@ fn read_kept(
 ) -> Result<usize, String> {
     if let Some((v, used)) = option_value(rest, "--graceful-timeout", None) {
         g.graceful_timeout = number(v, "--graceful-timeout")?;
+        return Ok(used);
+    }
+    if let Some((v, used)) = option_value(rest, "--timeout", Some("-t")) {
+        g.timeout = Some(number(v, "--timeout")?);
         return Ok(used);
     }
     if let Some((v, used)) = option_value(rest, "--worker-class", Some("-k")) {
@@ -232,6 +238,7 @@ mod tests {
         assert_eq!(g.workers, Some(3));
         assert!(g.daemon);
         assert_eq!(g.graceful_timeout, 20);
+        assert_eq!(g.timeout, Some(60));
         assert_eq!(g.in_flight, Some(1));
         assert_eq!(
             g.argv,

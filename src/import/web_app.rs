@@ -18,6 +18,8 @@ pub struct App {
     pub command_at: Option<Origin>,
     /// gunicorn's `--graceful-timeout` (its default when not given); None for other programs.
     pub graceful_timeout: Option<u64>,
+    /// gunicorn's `--timeout`, if given.
+    pub timeout: Option<u64>,
     pub listen: Vec<String>,
     /// Worker processes per supervisord process (gunicorn `--workers`), now replicas.
     pub workers: u32,
@@ -132,6 +134,7 @@ fn take_over_gunicorn(
         return Ok(());
     };
     app.graceful_timeout = Some(g.graceful_timeout);
+    app.timeout = g.timeout;
     if parsed.iter().any(|p| p.argv != g.argv) {
         skips.add(
             at,
@@ -248,7 +251,26 @@ pub fn apply(
                 "gunicorn --threads: requests one replica serves at once"
             });
     }
+    slow_boot(app, table);
     replicas
+}
+
+/// stackinit's default `ready_timeout` and the proxy's default `upstream_timeout`, in seconds.
+const DEFAULT_WAIT: u64 = 60;
+
+/// gunicorn's `--timeout` also bounds a worker's boot: a rolling restart waits as long for a new
+/// replica to be ready.
+fn slow_boot(app: &App, table: &mut Table) {
+    let Some(timeout) = app.timeout.filter(|t| *t > DEFAULT_WAIT) else {
+        return;
+    };
+    table
+        .set("ready_timeout", format!("{timeout}s"), app.command_at.as_ref())
+        .note(format!(
+            "gunicorn --timeout {timeout}: a worker may take that long to boot, so a rolling restart waits as \
+             long for a new replica; a request may also run that long, and the proxy answers 504 after its \
+             upstream_timeout ({DEFAULT_WAIT}s unless [proxy] sets it)"
+        ));
 }
 
 /// Every address a service is reached at under stackinit: each replica's.
