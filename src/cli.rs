@@ -46,7 +46,13 @@ pub enum Command {
     /// Stop a service (stop signal, grace period, then SIGKILL to its process group).
     Stop { name: String },
     /// Restart a service; replicas are replaced one at a time.
-    Restart { name: String },
+    Restart {
+        name: String,
+        /// Wait until every replica is replaced and ready (exit 0), the rollout halts (exit 1), or
+        /// DURATION passes (exit 5; default 10m), as `kubectl rollout status` does.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m")]
+        wait: Option<String>,
+    },
     /// Re-read the config and apply the difference (`--dry-run`: only say what would change, as `diff`).
     Reload {
         #[arg(long)]

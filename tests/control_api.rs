@@ -246,6 +246,7 @@ fn answer(
             name,
             action,
             reply,
+            ..
         } => {
             let known = canned_services()
                 .iter()

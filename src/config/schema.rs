@@ -105,6 +105,18 @@ pub enum RestartPolicy {
     Never,
 }
 
+/// What happens once `start_limit` starts in a row have failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartLimitAction {
+    /// Keep retrying every `backoff_max`, as kubelet's CrashLoopBackOff does: an unattended instance
+    /// never gives up on a service that may come back (a dependency, a disk, a secret that returns).
+    #[default]
+    Backoff,
+    /// Give up: the service goes `fatal` until `stackinit start` or a reload (supervisord's FATAL).
+    Fatal,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
@@ -159,8 +171,10 @@ pub struct ServiceSpec {
     pub success_exit_codes: Vec<i32>,
     /// A process that dies sooner than this after starting is a failed start.
     pub start_secs: Secs,
-    /// Consecutive failed starts before the service goes `fatal`.
+    /// Consecutive failed starts (exits before `start_secs` and before readiness) that make a crash loop.
     pub start_limit: u32,
+    /// In a crash loop: keep retrying every `backoff_max` (default), or go `fatal`.
+    pub start_limit_action: StartLimitAction,
     /// Restart delays: the first restart is immediate, then `backoff_initial` doubling up to `backoff_max`,
     /// with ±10 % jitter. The series resets once the service has stayed up for `backoff_reset`.
     pub backoff_initial: Secs,
@@ -216,6 +230,7 @@ impl Default for ServiceSpec {
             success_exit_codes: vec![0],
             start_secs: Secs::from_secs(1),
             start_limit: 5,
+            start_limit_action: StartLimitAction::Backoff,
             backoff_initial: Secs::from_millis(100),
             backoff_max: Secs::from_secs(30),
             backoff_reset: Secs::from_secs(60),

@@ -8,6 +8,7 @@
 //! - 3: `status NAME` only: the service, or one of its replicas, is not running (as
 //!   `supervisorctl status` and LSB init scripts do).
 //! - 4: `status NAME` only: no such service or replica.
+//! - 5: `restart NAME --wait` only: the restart was still going when the wait ran out.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -32,6 +33,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_NOT_RUNNING: u8 = 3;
 pub const EXIT_UNKNOWN_SERVICE: u8 = 4;
+pub const EXIT_TIMED_OUT: u8 = 5;
 
 /// Largest JSON reply the client reads (thousands of services fit easily).
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
@@ -71,7 +73,11 @@ async fn execute(
         Command::Status { name, json } => status(client, name.as_deref(), json, out).await,
         Command::Start { name } => action(client, &name, "start", out).await,
         Command::Stop { name } => action(client, &name, "stop", out).await,
-        Command::Restart { name } => action(client, &name, "restart", out).await,
+        Command::Restart { name, wait: None } => action(client, &name, "restart", out).await,
+        Command::Restart {
+            name,
+            wait: Some(limit),
+        } => restart_and_wait(client, &name, &limit, out).await,
         Command::Reload {
             dry_run: true,
             json,
@@ -181,6 +187,25 @@ async fn action(
     let path = format!("/v1/services/{}/{verb}", encode_segment(name));
     let reply: ActionReply = client.call(Method::POST, &path, None).await?;
     finish_action(reply, out)
+}
+
+/// `restart NAME --wait[=DURATION]`: the supervisor answers once the restart is over.
+async fn restart_and_wait(
+    client: &Client,
+    name: &str,
+    limit: &str,
+    out: &mut dyn Write,
+) -> Result<u8, ClientError> {
+    let limit = crate::config::units::parse_duration(limit)
+        .map_err(|e| ClientError::Usage(format!("--wait: {e}")))?;
+    let path = format!("/v1/services/{}/restart", encode_segment(name));
+    let body = Some(serde_json::json!({ "wait": true }).to_string());
+    match tokio::time::timeout(limit, client.call(Method::POST, &path, body)).await {
+        Ok(reply) => finish_action(reply?, out),
+        Err(_) => Err(ClientError::TimedOut(format!(
+            "{name}: the restart was still going after {limit:?}"
+        ))),
+    }
 }
 
 fn finish_action(reply: ActionReply, out: &mut dyn Write) -> Result<u8, ClientError> {
@@ -381,12 +406,17 @@ pub enum ClientError {
     BadRequest(String),
     Output(io::Error),
     NotAControlCommand,
+    /// A command-line value this client cannot use.
+    Usage(String),
+    /// `restart --wait`: the restart did not end in time.
+    TimedOut(String),
 }
 
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::UnknownService(_) => EXIT_UNKNOWN_SERVICE,
+            ClientError::TimedOut(_) => EXIT_TIMED_OUT,
             _ => EXIT_FAILURE,
         }
     }
@@ -410,7 +440,9 @@ impl fmt::Display for ClientError {
             ClientError::Transport(error) => write!(f, "lost the connection to stackinit: {error}"),
             ClientError::Api { message, .. }
             | ClientError::UnknownService(message)
-            | ClientError::Refused(message) => f.write_str(message),
+            | ClientError::Refused(message)
+            | ClientError::Usage(message)
+            | ClientError::TimedOut(message) => f.write_str(message),
             ClientError::BadReply(error) => write!(f, "unexpected reply from stackinit: {error}"),
             ClientError::BadRequest(error) => write!(f, "cannot build the request: {error}"),
             ClientError::Output(error) => write!(f, "cannot write output: {}", describe(error)),

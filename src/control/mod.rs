@@ -5,6 +5,7 @@ pub mod client;
 pub mod dashboard;
 mod dashboard_events;
 mod dashboard_tcp;
+mod metrics;
 mod reply;
 pub mod server;
 mod table;

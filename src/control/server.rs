@@ -241,6 +241,18 @@ async fn handle_request(
         tracing::info!(uid = ?peer.uid, %path, "control request");
     }
     match route {
+        Route::Metrics => {
+            let services = handle.status(None).await?;
+            let unhealthy = handle.facts().await?.unhealthy;
+            let draining = handle.is_draining();
+            let text =
+                super::metrics::render(&services, unhealthy.is_empty() && !draining, draining);
+            let body = http_body_util::Full::new(bytes::Bytes::from(text)).boxed_unsync();
+            Ok(with_content_type(
+                Response::new(body),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ))
+        }
         Route::Status(name) => {
             let services = handle.status(name).await?;
             Ok(json_response(
@@ -252,11 +264,17 @@ async fn handle_request(
             ))
         }
         Route::Control(name, action) => {
-            read_json_body(request.into_body()).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &handle.control(name, action).await?,
-            ))
+            let body = read_json_body(request.into_body()).await?;
+            let wait = body
+                .as_ref()
+                .and_then(|b| b.get("wait"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let reply = match (action, wait) {
+                (Action::Restart, true) => handle.restart_and_wait(name).await?,
+                _ => handle.control(name, action).await?,
+            };
+            Ok(json_response(StatusCode::OK, &reply))
         }
         Route::Reload if query.flag("dry_run")? => diff(handle, request.into_body()).await,
         Route::Reload => {
@@ -289,11 +307,16 @@ enum Route {
     Reload,
     Diff,
     Shutdown,
+    /// Prometheus scrape.
+    Metrics,
 }
 
 impl Route {
     fn parse(path: &str) -> Result<Route, ApiError> {
         let not_found = || ApiError::not_found(format!("no such endpoint: {path}"));
+        if path == "/metrics" {
+            return Ok(Route::Metrics);
+        }
         let rest = path.strip_prefix("/v1/").ok_or_else(not_found)?;
         let segments: Vec<&str> = rest.split('/').collect();
         let name = |raw: &str| -> Result<String, ApiError> {
@@ -318,7 +341,7 @@ impl Route {
 
     fn method(&self) -> Method {
         match self {
-            Route::Status(_) | Route::Logs(_) => Method::GET,
+            Route::Status(_) | Route::Logs(_) | Route::Metrics => Method::GET,
             Route::Control(..) | Route::Reload | Route::Diff | Route::Shutdown => Method::POST,
         }
     }

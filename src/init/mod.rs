@@ -5,11 +5,12 @@
 //! the power button and the ordered stop. Init wraps it so that PID 1 never exits or panics out: whatever
 //! happens, it ends in `reboot(2)` on a machine, or in a clean exit in a namespace, and until then it reaps.
 //!
-//! Modules, one job each: `role` (what kind of PID 1), `console`, `mounts`, `net` (lo, hostname), `reaper`
+//! Modules, one job each: `role` (what kind of PID 1), `console`, `mounts` (with `fstab`), `net` (lo, hostname), `reaper`
 //! (reaping while no supervisor runs) and `shutdown`. The power button (`crate::power_button`) and sd_notify
 //! (`crate::supervise::systemd_notify`) live with what uses them.
 
 pub mod console;
+pub mod fstab;
 pub mod mounts;
 pub mod net;
 pub mod reaper;
@@ -108,6 +109,7 @@ fn early_boot(role: Role, mounted: &mut Mounted, steps: &Steps) {
         env!("CARGO_PKG_VERSION")
     ));
     mounts::early_mounts(mounted, steps);
+    mounts::fstab_mounts(mounted, steps);
     if role == Role::Machine {
         console::attach_stdio_to_console();
         // The kernel then sends SIGINT to PID 1 on Ctrl-Alt-Del instead of rebooting on the spot.

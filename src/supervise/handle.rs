@@ -42,6 +42,9 @@ pub enum Request {
     Control {
         name: String,
         action: Action,
+        /// Answer once the restart is over (every replica replaced and ready, or the rollout halted),
+        /// not when it begins.
+        wait: bool,
         reply: Reply<ActionReply>,
     },
     Reload {
@@ -148,6 +151,18 @@ impl Handle {
         self.ask(|reply| Request::Control {
             name,
             action,
+            wait: false,
+            reply,
+        })
+        .await
+    }
+
+    /// `restart` that answers when the restart is over: `kubectl rollout status` for `stackinit`.
+    pub async fn restart_and_wait(&self, name: String) -> Result<ActionReply, ApiError> {
+        self.ask(|reply| Request::Control {
+            name,
+            action: Action::Restart,
+            wait: true,
             reply,
         })
         .await

@@ -14,6 +14,7 @@
 mod build;
 mod dry_run;
 mod exec_probes;
+mod hand_back;
 pub mod handle;
 mod health;
 mod inbox;
@@ -25,6 +26,7 @@ pub mod probes;
 mod proxy_link;
 mod publish;
 mod reload;
+mod reports;
 mod requests;
 mod rollout;
 mod rollout_view;
@@ -35,6 +37,7 @@ pub mod spawn;
 pub mod state;
 mod supervisor;
 pub mod systemd_notify;
+mod table;
 mod timers;
 pub mod unit;
 

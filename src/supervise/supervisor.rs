@@ -21,21 +21,24 @@ use tracing::{debug, error, info, warn};
 use super::build::{self, LogFiles};
 use super::dry_run;
 use super::exec_probes::ExecProbes;
+use super::hand_back::{self, HandBack};
 use super::handle::{Action as ControlAction, Handle, Request};
-use super::health::{self, ProbeChannels, ProbeOutcome};
+use super::health::{self, ProbeChannels};
 use super::inbox::{self, Inbox};
 use super::launch::{self, Surroundings};
 use super::leftovers::Leftovers;
 use super::listeners::{self, Listeners};
 use super::notify::{self, Notification};
-use super::probes::{ExecRequest, ProbeKind, ProbeResult};
+use super::probes::{ExecRequest, ProbeResult};
 use super::publish::{self, Reporter};
 use super::reload::{self, Fate, Then};
-use super::requests;
-use super::rollouts::{Rollouts, Table};
+use super::reports;
+use super::requests::{self, RestartWaiter};
+use super::rollouts::Rollouts;
 use super::schedule;
 use super::state::{Action, Event, ExitStatus, State};
 use super::systemd_notify;
+use super::table::Table;
 use super::timers::{Due, Timers};
 use super::unit::{Place, Unit, UnitKind};
 use super::{Outcome, RunOptions};
@@ -59,7 +62,9 @@ pub struct Supervisor {
     listeners: Listeners,
     timers: Timers,
     rollouts: Rollouts,
+    restart_waiters: Vec<RestartWaiter>,
     leftovers: Leftovers,
+    hand_back: HandBack,
     exec_probes: ExecProbes,
     shutdown: Option<Shutdown>,
     /// Events raised while carrying out others, handled before the loop sleeps.
@@ -100,7 +105,9 @@ impl Supervisor {
             listeners: Listeners::default(),
             timers: Timers::default(),
             rollouts: Rollouts::default(),
+            restart_waiters: Vec::new(),
             leftovers: Leftovers::default(),
+            hand_back: HandBack::default(),
             exec_probes: ExecProbes::default(),
             shutdown: None,
             pending: VecDeque::new(),
@@ -507,7 +514,32 @@ impl Supervisor {
             }
         }
         self.drop_retired();
+        self.hand_back_queued();
+        self.answer_restart_waiters();
         self.report();
+    }
+
+    /// `restart --wait` answers once its restart is over; one whose client went away is dropped.
+    fn answer_restart_waiters(&mut self) {
+        for waiter in std::mem::take(&mut self.restart_waiters) {
+            if waiter.reply.is_closed() {
+                continue;
+            }
+            match requests::restart_outcome(&waiter, &self.units, &self.rollouts) {
+                Some(result) => {
+                    let _ = waiter.reply.send(result);
+                }
+                None => self.restart_waiters.push(waiter),
+            }
+        }
+    }
+
+    /// Requests queued on the socket of a replica that will not run again at once go back to the proxy.
+    fn hand_back_queued(&mut self) {
+        let idle = hand_back::idle_addresses(&self.units, &self.listeners, &self.config);
+        let listeners = &self.listeners;
+        self.hand_back
+            .watch(&idle, |addr| listeners.duplicate(addr));
     }
 
     /// Start units that want to be up, are stopped, and whose dependencies are ready. True if any started.
@@ -657,25 +689,9 @@ impl Supervisor {
 
     // ------------------------------------------------------------------ probes and notify
 
-    fn on_probe_result(&mut self, mut result: ProbeResult) {
-        // By pid: a surge successor's probes keep reporting under its `.next` name after it is renamed.
-        if let Some(name) = self.pids.get(&Pid::from_raw(result.generation)) {
-            result.unit = name.clone();
-        }
-        let name = result.unit.clone();
-        let Some(unit) = self.units.get_mut(&name) else {
-            return;
-        };
-        if unit.pid.map(Pid::as_raw) != Some(result.generation) {
-            return; // a result about a process that is gone
-        }
-        match health::on_probe_result(unit, result) {
-            ProbeOutcome::Nothing => {}
-            ProbeOutcome::StartReadiness => {
-                health::start_probes(unit, ProbeKind::Readiness, &self.probe_channels)
-            }
-            ProbeOutcome::Restart(why) => self.restart_unhealthy(&name, why),
-        }
+    fn on_probe_result(&mut self, result: ProbeResult) {
+        let channels = self.probe_channels.clone();
+        reports::probe_result(&mut self.table(), &channels, result);
     }
 
     fn run_exec_probe(&mut self, request: ExecRequest) {
@@ -685,45 +701,8 @@ impl Supervisor {
     }
 
     fn on_notification(&mut self, message: Notification) {
-        let Some(name) = health::sender_unit(&self.units, message.pid) else {
-            debug!(
-                "notify message from pid {} that is no service's: ignored",
-                message.pid
-            );
-            return;
-        };
-        let armed = self.timers.is_armed(&Due::Watchdog(name.clone()));
-        let Some(unit) = self.units.get_mut(&name) else {
-            return;
-        };
-        let outcome = health::on_notification(unit, &message, armed);
-        if let Some(watchdog) = outcome.watchdog {
-            let at = watchdog.map(|w| Instant::now() + w);
-            self.timers.set(Due::Watchdog(name.clone()), at);
-        }
-        if let Some(new) = outcome.main_pid {
-            self.adopt_main_pid(&name, message.pid, new);
-        }
-        if let (Some(first), Some(unit)) = (outcome.start_probes, self.units.get_mut(&name)) {
-            health::start_probes(unit, first, &self.probe_channels);
-        }
-    }
-
-    /// MAINPID=: only the main process may name its successor, and only a child of ours (so the one
-    /// reaper sees it end): a forking server's launcher, or `stackinit fork-from`.
-    fn adopt_main_pid(&mut self, name: &str, old: i32, new: i32) {
-        if new <= 1 || notify::parent_of(new) != Some(std::process::id() as i32) {
-            warn!("{name}: MAINPID={new} ignored: not a child of stackinit");
-            return;
-        }
-        info!("{name}: main pid is now {new} (MAINPID, was {old})");
-        self.pids.remove(&Pid::from_raw(old));
-        let group = health::own_group(new, |g| self.pids.keys().any(|p| p.as_raw() == g));
-        self.pids.insert(Pid::from_raw(new), name.to_string());
-        if let Some(unit) = self.units.get_mut(name) {
-            unit.pid = Some(Pid::from_raw(new));
-            unit.pgid = group.map(Pid::from_raw);
-        }
+        let channels = self.probe_channels.clone();
+        reports::notification(&mut self.table(), &channels, message);
     }
 
     // ------------------------------------------------------------------ requests
@@ -736,10 +715,22 @@ impl Supervisor {
             Request::Control {
                 name,
                 action,
+                wait,
                 reply,
-            } => {
-                let _ = reply.send(self.control(&name, action));
-            }
+            } => match self.control(&name, action) {
+                Ok(_) if wait && action == ControlAction::Restart => {
+                    let rollout = self.rollouts.is_running(&name);
+                    let waiter = RestartWaiter {
+                        name,
+                        rollout,
+                        reply,
+                    };
+                    self.restart_waiters.push(waiter);
+                }
+                result => {
+                    let _ = reply.send(result);
+                }
+            },
             Request::Reload { reply } => {
                 let _ = reply.send(self.reload());
             }

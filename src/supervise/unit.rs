@@ -116,6 +116,16 @@ impl Unit {
             && (self.spec.readiness.is_none() || self.health.readiness.passing)
     }
 
+    /// Whether the process has said it is ready by every signal its spec asks for (READY=1, startup and
+    /// readiness probes). False for a unit with no such signal: then only `start_secs` tells.
+    pub fn signals_ready(&self) -> bool {
+        let spec = &self.spec;
+        let asks = spec.notify || spec.startup.is_some() || spec.readiness.is_some();
+        asks && (!spec.notify || self.health.notified_ready)
+            && (spec.startup.is_none() || self.health.startup.passing)
+            && (spec.readiness.is_none() || self.health.readiness.passing)
+    }
+
     /// Why a running process is not ready yet, for status.
     fn not_ready_reason(&self) -> Option<String> {
         if !self.machine.is_up() || self.spec.oneshot || self.is_ready() {
