@@ -53,8 +53,35 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m")]
         wait: Option<String>,
     },
-    /// Re-read the config and apply the difference.
-    Reload,
+    /// Re-read the config and apply the difference (`--dry-run`: only say what would change, as `diff`).
+    Reload {
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
+    /// What `reload` would do, service by service, without doing it: against the running stack's own
+    /// config file, or against `--config PATH`.
+    Diff {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a supervisord configuration and nginx sites into a commented stackinit.toml that passes
+    /// `stackinit check`; list what was not converted, with FILE:LINE and why.
+    Import {
+        /// supervisord files: supervisord.conf (its [include] files are read too) or conf.d/*.conf.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        supervisor: Vec<PathBuf>,
+        /// nginx files: sites (sites-enabled/*) or a whole nginx.conf; `include` is followed.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        nginx: Vec<PathBuf>,
+        /// Where to write the config (default: standard output).
+        #[arg(long, short, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Print a service's log.
     Logs {
         name: String,

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod facts;
 pub mod fault;
 pub mod fork_from;
+pub mod import;
 pub mod init;
 pub mod logs;
 pub mod paths;

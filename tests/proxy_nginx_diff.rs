@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use support::http::raw_request;
-use support::nginx::start_nginx;
+use support::nginx::{outcome, request_for, start_nginx};
 use support::proxy::{Echo, ProxyProcess};
 use support::{free_port, Guarded};
 
@@ -276,28 +276,6 @@ fn start_pair() -> Pair {
     }
 }
 
-/// What a request ended in: the status and, for a proxied 200, the server that answered.
-fn outcome(addr: SocketAddr, raw: &[u8]) -> String {
-    match raw_request(addr, raw) {
-        Ok(reply) if reply.status == 200 => {
-            format!("200 {}", reply.json()["id"].as_str().unwrap_or("?"))
-        }
-        Ok(reply) => format!("{}", reply.status),
-        Err(e) => format!("error {}", e.kind()),
-    }
-}
-
-fn request_for(host: &Option<Vec<u8>>, version: &str) -> Vec<u8> {
-    let mut raw = format!("GET /probe HTTP/{version}\r\n").into_bytes();
-    if let Some(h) = host {
-        raw.extend_from_slice(b"Host: ");
-        raw.extend_from_slice(h);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"Connection: close\r\n\r\n");
-    raw
-}
-
 #[test]
 fn same_server_as_nginx_for_every_host() {
     let pair = start_pair();
@@ -311,7 +289,7 @@ fn same_server_as_nginx_for_every_host() {
     let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
     for host in &corpus {
         for version in ["1.1", "1.0"] {
-            let raw = request_for(host, version);
+            let raw = request_for(host, "/probe", version);
             let want = outcome(pair.nginx, &raw);
             let got = outcome(pair.stackinit, &raw);
             *by_outcome.entry(want.clone()).or_default() += 1;

@@ -4,6 +4,7 @@
 //! and a failed `reload` show the user all of them at once.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 mod schema;
 pub mod units;
 mod validate;

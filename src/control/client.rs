@@ -25,8 +25,8 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::table::{format_reload, format_table, is_fine};
-use crate::api::{ActionReply, ErrorReply, ReloadReply, StatusReply};
+use super::table::{format_diff, format_reload, format_table, is_fine};
+use crate::api::{ActionReply, DiffReply, DiffRequest, ErrorReply, ReloadReply, StatusReply};
 use crate::cli::Command;
 
 pub const EXIT_OK: u8 = 0;
@@ -78,7 +78,18 @@ async fn execute(
             name,
             wait: Some(limit),
         } => restart_and_wait(client, &name, &limit, out).await,
-        Command::Reload => {
+        Command::Reload {
+            dry_run: true,
+            json,
+        } => diff(client, "/v1/reload?dry_run=1", None, json, out).await,
+        Command::Diff { config, json } => {
+            let body = match &config.config {
+                Some(path) => Some(diff_body(path)?),
+                None => None,
+            };
+            diff(client, "/v1/diff", body, json, out).await
+        }
+        Command::Reload { dry_run: false, .. } => {
             let reply: ReloadReply = client.call(Method::POST, "/v1/reload", None).await?;
             write_out(out, format_reload(&reply).as_bytes())?;
             Ok(EXIT_OK)
@@ -123,11 +134,7 @@ async fn status(
     }
     let reply: StatusReply = parse(&body)?;
     if json {
-        // The server's JSON as sent: already per the contract, and it keeps fields this client doesn't know.
-        write_out(out, &body)?;
-        if !body.ends_with(b"\n") {
-            write_out(out, b"\n")?;
-        }
+        write_json(out, &body)?;
     } else {
         write_out(out, format_table(&reply.services).as_bytes())?;
     }
@@ -137,6 +144,38 @@ async fn status(
         Some(_) if reply.services.iter().all(is_fine) => EXIT_OK,
         Some(_) => EXIT_NOT_RUNNING,
     })
+}
+
+/// `diff` / `reload --dry-run`: the plan as a table, or the server's JSON as sent.
+async fn diff(
+    client: &Client,
+    path: &str,
+    body: Option<String>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, ClientError> {
+    let (code, reply) = client.fetch(Method::POST, path, body).await?;
+    if !code.is_success() {
+        return Err(api_error(code, &reply));
+    }
+    let plan: DiffReply = parse(&reply)?;
+    if json {
+        write_json(out, &reply)?;
+    } else {
+        write_out(out, format_diff(&plan).as_bytes())?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `diff --config PATH`: the file's text goes to the supervisor, which never reads the client's files.
+fn diff_body(path: &Path) -> Result<String, ClientError> {
+    let config = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::BadRequest(format!("cannot read {}: {e}", path.display())))?;
+    let request = DiffRequest {
+        config,
+        path: Some(path.display().to_string()),
+    };
+    serde_json::to_string(&request).map_err(|e| ClientError::BadRequest(e.to_string()))
 }
 
 async fn action(
@@ -210,6 +249,15 @@ async fn logs(
         }
     }
     Ok(EXIT_OK)
+}
+
+/// The server's JSON as sent: already per the contract, and it keeps fields this client doesn't know.
+fn write_json(out: &mut dyn Write, body: &[u8]) -> Result<(), ClientError> {
+    write_out(out, body)?;
+    if !body.ends_with(b"\n") {
+        write_out(out, b"\n")?;
+    }
+    Ok(())
 }
 
 fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), ClientError> {

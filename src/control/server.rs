@@ -5,6 +5,8 @@
 //!   replicas, or one replica `app@1`)
 //! - `POST /v1/services/NAME/start|stop|restart` -> `ActionReply`
 //! - `POST /v1/reload` -> `ReloadReply` (400 with the config errors when the new config is invalid)
+//! - `POST /v1/diff` (or `POST /v1/reload?dry_run=1`) -> `DiffReply`: what a reload would do, done by
+//!   nobody; with a body `{"config": "<toml>", "path": "name"}`, against that text instead of the file
 //! - `POST /v1/shutdown[?reboot=1]` (or body `{"reboot": true}`) -> `ActionReply`
 //! - `GET  /v1/services/NAME/logs?stream=stdout|stderr&lines=N&follow=1` -> `text/plain`, the last N
 //!   lines, then (follow) every new complete line as a chunked body until the client goes away.
@@ -41,7 +43,7 @@ use super::access::Policy;
 use super::reply::{
     error_response, json_response, method_not_allowed, with_content_type, ReplyBody,
 };
-use crate::api::{ApiError, StatusReply};
+use crate::api::{ApiError, DiffRequest, StatusReply};
 use crate::logs::tail;
 use crate::supervise::handle::{Action, Handle, LogStream};
 
@@ -274,10 +276,12 @@ async fn handle_request(
             };
             Ok(json_response(StatusCode::OK, &reply))
         }
+        Route::Reload if query.flag("dry_run")? => diff(handle, request.into_body()).await,
         Route::Reload => {
             read_json_body(request.into_body()).await?;
             Ok(json_response(StatusCode::OK, &handle.reload().await?))
         }
+        Route::Diff => diff(handle, request.into_body()).await,
         Route::Shutdown => {
             let body: ShutdownBody = match read_json_body(request.into_body()).await? {
                 Some(value) => serde_json::from_value(value).map_err(|err| {
@@ -301,6 +305,7 @@ enum Route {
     Control(String, Action),
     Logs(String),
     Reload,
+    Diff,
     Shutdown,
     /// Prometheus scrape.
     Metrics,
@@ -328,6 +333,7 @@ impl Route {
             ["services", service, "restart"] => Route::Control(name(service)?, Action::Restart),
             ["services", service, "logs"] => Route::Logs(name(service)?),
             ["reload"] => Route::Reload,
+            ["diff"] => Route::Diff,
             ["shutdown"] => Route::Shutdown,
             _ => return Err(not_found()),
         })
@@ -336,7 +342,7 @@ impl Route {
     fn method(&self) -> Method {
         match self {
             Route::Status(_) | Route::Logs(_) | Route::Metrics => Method::GET,
-            Route::Control(..) | Route::Reload | Route::Shutdown => Method::POST,
+            Route::Control(..) | Route::Reload | Route::Diff | Route::Shutdown => Method::POST,
         }
     }
 }
@@ -397,6 +403,18 @@ impl Query {
             ))),
         }
     }
+}
+
+/// A dry run of reload, against the body's config if it has one.
+async fn diff(handle: &Handle, body: Incoming) -> Result<Response<ReplyBody>, ApiError> {
+    let source: Option<DiffRequest> = match read_json_body(body).await? {
+        Some(value) => Some(
+            serde_json::from_value(value)
+                .map_err(|err| ApiError::bad_request(format!("invalid diff request: {err}")))?,
+        ),
+        None => None,
+    };
+    Ok(json_response(StatusCode::OK, &handle.diff(source).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
+use crate::api::{ActionReply, ApiError, DiffReply, DiffRequest, ReloadReply, ServiceStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -49,6 +49,11 @@ pub enum Request {
     },
     Reload {
         reply: Reply<ReloadReply>,
+    },
+    /// What a reload would do, without doing it; against `source` instead of the config file if given.
+    Diff {
+        source: Option<DiffRequest>,
+        reply: Reply<DiffReply>,
     },
     Shutdown {
         reboot: bool,
@@ -165,6 +170,10 @@ impl Handle {
 
     pub async fn reload(&self) -> Result<ReloadReply, ApiError> {
         self.ask(|reply| Request::Reload { reply }).await
+    }
+
+    pub async fn diff(&self, source: Option<DiffRequest>) -> Result<DiffReply, ApiError> {
+        self.ask(|reply| Request::Diff { source, reply }).await
     }
 
     pub async fn shutdown(&self, reboot: bool) -> Result<ActionReply, ApiError> {

@@ -14,6 +14,7 @@
 mod build;
 mod capabilities;
 mod cgroups;
+mod dry_run;
 mod exec_probes;
 mod hand_back;
 pub mod handle;

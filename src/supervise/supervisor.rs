@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use super::build::{self, LogFiles};
 use super::cgroups::{self, Cgroups};
+use super::dry_run;
 use super::exec_probes::ExecProbes;
 use super::hand_back::{self, HandBack};
 use super::handle::{Action as ControlAction, Handle, Request};
@@ -733,6 +734,16 @@ impl Supervisor {
             Request::Reload { reply } => {
                 let _ = reply.send(self.reload());
             }
+            Request::Diff { source, reply } => {
+                let (path, stopping) = (self.config_path.as_deref(), self.shutdown.is_some());
+                let _ = reply.send(dry_run::answer(
+                    &self.config,
+                    path,
+                    &self.units,
+                    stopping,
+                    source,
+                ));
+            }
             Request::Shutdown { reboot, reply } => {
                 let outcome = Outcome::of_shutdown(self.pid1, reboot);
                 self.begin_shutdown(outcome);
@@ -844,14 +855,7 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return Err(ApiError::conflict("shutting down"));
         }
-        let new = match &self.config_path {
-            Some(path) => crate::config::load(path),
-            None => crate::config::parse(Path::new("<built-in demo>"), &crate::config::demo_text()),
-        };
-        let new = new.map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            ApiError::bad_request(lines.join("\n"))
-        })?;
+        let new = dry_run::new_config(self.config_path.as_deref(), None)?;
         let fresh = build::units_for_config(&new, &mut self.logs);
         let plan = reload::plan(&self.config, &new, &self.units, &fresh);
         if plan.init_changed {
