@@ -220,7 +220,13 @@ const SUPERVISORD_CASES: &[Case] = &[
             name: "[inet_http_server] with a password",
             files: &[("s.conf", "[inet_http_server]\nport=*:9001\nusername=admin\npassword=s3cret\n")],
             args: SUP,
-            want: &[Line("[init]"), Line("dashboard = \"0.0.0.0:9001\""), Line("dashboard_user = \"admin\""), Line("dashboard_password = \"s3cret\""), Text("# copied in the clear")],
+            want: &[Line("[init]"), Line("dashboard = \"127.0.0.1:9001\""), Line("dashboard_user = \"admin\""), Line("dashboard_password = \"s3cret\""), Text("# copied in the clear"), Skip(":2: port: bound to 127.0.0.1:9001: the password is shorter than the 16 characters")],
+        },
+        Case {
+            name: "[inet_http_server] with a long password",
+            files: &[("s.conf", "[inet_http_server]\nport=*:9001\nusername=admin\npassword=correct-horse-battery\n")],
+            args: SUP,
+            want: &[Line("dashboard = \"0.0.0.0:9001\""), Line("dashboard_password = \"correct-horse-battery\""), Text("# copied in the clear")],
         },
         Case {
             name: "[inet_http_server] with a {SHA} password",

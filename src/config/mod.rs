@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use schema::*;
 pub use units::{Bytes, Mode, Percent, Secs};
+pub use validate::MIN_SECRET_OFF_LOOPBACK;
 
 /// One problem in a config file, located by line and column (1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -11,6 +11,7 @@
 mod checks;
 mod ctx;
 mod dashboard_checks;
+pub use dashboard_checks::MIN_SECRET_OFF_LOOPBACK;
 mod doc;
 mod graph;
 mod listens;

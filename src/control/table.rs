@@ -3,10 +3,12 @@
 
 use crate::api::{DiffAction, DiffReply, ReloadReply, ServiceStatus, State};
 
-/// `status` as a table: NAME STATE READY PID UPTIME RESTARTS LAST-EXIT, plus REASON when any
-/// service has one. Columns are padded to their widest cell; lines carry no trailing blanks.
+/// `status` as a table: NAME STATE READY PID UPTIME RESTARTS LAST-EXIT, plus CPU and MEM when cgroups
+/// report them and REASON when any service has one. Columns are padded to their widest cell; lines
+/// carry no trailing blanks.
 pub fn format_table(services: &[ServiceStatus]) -> String {
     let with_reason = services.iter().any(|service| service.reason.is_some());
+    let with_usage = services.iter().any(|service| service.usage.is_some());
     let mut header = vec![
         "NAME",
         "STATE",
@@ -16,6 +18,9 @@ pub fn format_table(services: &[ServiceStatus]) -> String {
         "RESTARTS",
         "LAST-EXIT",
     ];
+    if with_usage {
+        header.extend(["CPU", "MEM"]);
+    }
     if with_reason {
         header.push("REASON");
     }
@@ -37,6 +42,19 @@ pub fn format_table(services: &[ServiceStatus]) -> String {
                 .as_deref()
                 .map_or_else(|| "-".to_owned(), one_line),
         ];
+        if with_usage {
+            let usage = service.usage.unwrap_or_default();
+            row.push(
+                usage
+                    .cpu_seconds
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}s")),
+            );
+            row.push(
+                usage
+                    .memory_bytes
+                    .map_or_else(|| "-".to_owned(), humanize_bytes),
+            );
+        }
         if with_reason {
             row.push(
                 service
@@ -72,6 +90,17 @@ pub fn format_table(services: &[ServiceStatus]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Memory the way people read it: `512K`, `45.3M`, `1.2G`.
+pub fn humanize_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=1023 => format!("{bytes}B"),
+        1024..=1_048_575 => format!("{:.0}K", b / 1024.0),
+        1_048_576..=1_073_741_823 => format!("{:.1}M", b / 1_048_576.0),
+        _ => format!("{:.1}G", b / 1_073_741_824.0),
+    }
 }
 
 /// Uptime the way people read it: `45s`, `12m3s`, `3h12m`, `2d5h`.

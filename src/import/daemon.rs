@@ -10,6 +10,7 @@ use super::env_pairs;
 use super::expand;
 use super::report::{ImportError, Skips};
 use super::supervisord::{common_expansion, Loaded, Section, Value};
+use crate::config::MIN_SECRET_OFF_LOOPBACK;
 
 /// What the daemon's sections give the rest of the import.
 #[derive(Debug)]
@@ -175,9 +176,15 @@ fn inet_http_server(
     let password = section.get("password");
     let hashed = password.is_some_and(|p| p.text.trim().starts_with("{SHA}"));
     let loopback = address.starts_with("127.") || address.starts_with("[::1]");
-    if hashed && !loopback {
+    let short = password.is_some_and(|p| p.text.trim().chars().count() < MIN_SECRET_OFF_LOOPBACK);
+    if (hashed || short) && !loopback {
         address = format!("127.0.0.1:{}", address.rsplit(':').next().unwrap_or("9001"));
-        skips.add(&port.at, "port", format!("bound to {address}: the password is a {{SHA}} hash, which the dashboard cannot check, and off loopback it needs credentials; reach it by SSH/SSM port forwarding, or set dashboard_token"));
+        let why = if hashed {
+            "the password is a {SHA} hash, which the dashboard cannot check".to_string()
+        } else {
+            format!("the password is shorter than the {MIN_SECRET_OFF_LOOPBACK} characters the dashboard requires off loopback")
+        };
+        skips.add(&port.at, "port", format!("bound to {address}: {why}, and off loopback it needs credentials; reach it by SSH/SSM port forwarding, or set a long dashboard_token"));
     }
     init.set("dashboard", address, Some(&port.at))
         .note("supervisord's web UI is now the dashboard (start, stop, restart, live logs)");

@@ -10,7 +10,7 @@ use super::doc::KeyPath;
 
 /// The shortest token or password accepted off loopback, where anyone on the network may guess: 16
 /// characters of `openssl rand -hex 8`, at the least.
-const MIN_SECRET_OFF_LOOPBACK: usize = 16;
+pub const MIN_SECRET_OFF_LOOPBACK: usize = 16;
 
 pub(super) fn check_dashboard(ctx: &mut Ctx) {
     let init = &ctx.rec.config.init;
