@@ -11,3 +11,17 @@ wait_ok() { # port, path
   done
   die "127.0.0.1:$1$2 never answered 200"
 }
+
+# The stacks a run measures: the seed always, then those of $2 (space-separated; all of $1 when empty),
+# one line, separated by single spaces. (Built with echo in a loop, the list kept its newlines and
+# `wanted` matched no name next to one: multi-stack runs started nothing.)
+select_stacks() { # all, asked
+  local picked=(seed) k
+  for k in ${2:-$1}; do
+    [[ $k == seed ]] || picked+=("$k")
+  done
+  printf '%s\n' "${picked[*]}"
+}
+
+# Whether stack $1 is in $SELECTED.
+wanted() { [[ " $SELECTED " == *" $1 "* ]]; }

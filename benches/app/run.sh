@@ -70,8 +70,7 @@ trap cleanup EXIT
 source "$ROOT/benches/app/common.sh"
 P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port); P_SIF=$(port); P_SIS=$(port)
 ALL_STACKS="seed-nice si-shared si-gunicorn si-lean si-forked"
-SELECTED="seed $(for k in ${STACKS:-$ALL_STACKS}; do [[ $k == seed ]] || echo "$k"; done)"
-wanted() { [[ " $SELECTED " == *" $1 "* ]]; }
+SELECTED=$(select_stacks "$ALL_STACKS" "${STACKS:-}")
 for k in $SELECTED; do [[ " seed $ALL_STACKS " == *" $k "* ]] || die "unknown stack $k (have: seed $ALL_STACKS)"; done
 
 DJANGO_ENV=(DJANGO_SETTINGS_MODULE=mysite.settings "STACKINIT_DB_PATH=$TMP/db.sqlite3"
