@@ -8,7 +8,7 @@
 //! points at a buffer the child fills in after fork.
 #![allow(unsafe_code)] // audited: fork/exec (see the SAFETY comments)
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -29,7 +29,8 @@ pub struct Credentials {
 pub struct Command<'a> {
     pub program: PathBuf,
     pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
+    /// Bytes, not text: stackinit's own environment may hold any bytes, and passes them on as they are.
+    pub env: Vec<(OsString, OsString)>,
     pub directory: Option<PathBuf>,
     pub credentials: Option<Credentials>,
     pub umask: Option<u32>,
@@ -113,7 +114,7 @@ fn c_strings(cmd: &Command<'_>) -> io::Result<(CString, Vec<CString>, Vec<CStrin
         .collect::<Result<_, _>>()?;
     let mut env: Vec<CString> = Vec::with_capacity(cmd.env.len() + 3);
     for (k, v) in &cmd.env {
-        env.push(cstring(format!("{k}={v}").as_bytes())?);
+        env.push(cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
     }
     if !cmd.listen_fds.is_empty() {
         env.push(cstring(
