@@ -29,6 +29,6 @@ fn main() -> ExitCode {
         Some(Command::DemoWorker) => stackinit::demo::worker_main(),
         Some(Command::ForkFrom { socket }) => stackinit::fork_from::main(&socket),
         Some(Command::Readahead { list }) => stackinit::readahead::main(&list),
-        Some(command) => stackinit::control::client::main(&socket, command),
+        Some(command) => stackinit::control::client::main(&socket, &cli.timeout, command),
     }
 }

@@ -41,3 +41,103 @@ start_secs = "0s"
     );
     assert_eq!(seen, value, "stderr:\n{}", stack.stderr());
 }
+
+/// Followers beyond the server's bound on streams get a clear refusal, so `status` always finds a
+/// connection slot (64 followers used to take every slot, and `status` hung).
+#[test]
+fn status_answers_while_64_log_followers_are_connected() {
+    let stack = Stack::start(&format!("[service.quiet]\n{LONG}\nstart_secs = \"0s\"\n"));
+    stack.wait_state("quiet", "running", Duration::from_secs(5));
+    let mut followers: Vec<Guarded> = (0..64)
+        .map(|_| {
+            let mut command = std::process::Command::new(BIN);
+            command
+                .arg("--socket")
+                .arg(&stack.socket)
+                .args(["logs", "--follow", "quiet"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            Guarded::spawn(&mut command, "stackinit logs --follow")
+        })
+        .collect();
+    // Those over the bound are refused at once; the rest keep following.
+    let refused = wait_for(
+        "the followers over the bound to be refused",
+        Duration::from_secs(10),
+        || {
+            let exited = followers
+                .iter_mut()
+                .map(Guarded::exited)
+                .filter(|&e| e)
+                .count();
+            (exited >= 64 - 32).then_some(exited)
+        },
+    );
+    let mut status = Guarded::spawn(
+        std::process::Command::new(BIN)
+            .arg("--socket")
+            .arg(&stack.socket)
+            .args(["status", "--json"])
+            .stdout(std::process::Stdio::piped()),
+        "stackinit status",
+    );
+    let started = std::time::Instant::now();
+    let code = wait_exit(&mut status.child, Duration::from_secs(10));
+    assert!(
+        code.is_some_and(|c| c.success()),
+        "status with {} followers connected: {code:?} after {:?}",
+        64 - refused,
+        started.elapsed()
+    );
+    let refusal = followers
+        .iter_mut()
+        .find_map(|f| f.exited().then_some(f))
+        .and_then(|f| f.child.stderr.take())
+        .map(|mut e| {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut e, &mut text).ok();
+            text
+        })
+        .unwrap_or_default();
+    assert!(refusal.contains("too many streaming clients"), "{refusal}");
+    assert_eq!(
+        refused,
+        64 - 32,
+        "exactly the followers over the bound of 32 are refused"
+    );
+}
+
+/// The CLI gives up on a control socket that never answers: after `--timeout`, and by default after
+/// 10 s, with a message that says so (it used to wait forever).
+#[test]
+fn the_cli_gives_up_on_a_silent_socket() {
+    let dir = temp_dir("stackinit-silent");
+    let path = dir.path().join("control.sock");
+    // Connections complete in the backlog and are never answered.
+    let _listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let run = |args: &[&str]| {
+        let mut command = std::process::Command::new(BIN);
+        command.arg("--socket").arg(&path).args(args);
+        let mut cli = Guarded::spawn(command.stderr(std::process::Stdio::piped()), "stackinit");
+        let started = std::time::Instant::now();
+        let code = wait_exit(&mut cli.child, Duration::from_secs(20));
+        let mut stderr = String::new();
+        if let Some(mut e) = cli.child.stderr.take() {
+            std::io::Read::read_to_string(&mut e, &mut stderr).ok();
+        }
+        (code, started.elapsed(), stderr)
+    };
+    let (code, took, stderr) = run(&["status", "--timeout", "1s"]);
+    assert_eq!(code.and_then(|c| c.code()), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(3), "--timeout 1s took {took:?}");
+    assert!(
+        stderr.contains("no answer") && stderr.contains("1s"),
+        "{stderr}"
+    );
+    let (code, took, stderr) = run(&["stop", "app"]);
+    assert_eq!(code.and_then(|c| c.code()), Some(1), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(13),
+        "the default timeout is 10 s: took {took:?}"
+    );
+}

@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -32,17 +33,41 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_NOT_RUNNING: u8 = 3;
 pub const EXIT_UNKNOWN_SERVICE: u8 = 4;
+/// A bad command line (as clap exits).
+pub const EXIT_USAGE: u8 = 2;
 
 /// Largest JSON reply the client reads (thousands of services fit easily).
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
-pub fn main(socket: &Path, command: Command) -> ExitCode {
-    ExitCode::from(run(socket, command, &mut io::stdout(), &mut io::stderr()))
+/// `--timeout` as the user wrote it (`"10s"`, `"500ms"`; `"0"`: wait as long as it takes).
+pub fn main(socket: &Path, timeout: &str, command: Command) -> ExitCode {
+    let timeout = match crate::config::units::parse_duration(timeout) {
+        Ok(limit) => Some(limit).filter(|limit| !limit.is_zero()),
+        Err(error) => {
+            eprintln!("stackinit: --timeout: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    ExitCode::from(run(
+        socket,
+        command,
+        timeout,
+        &mut io::stdout(),
+        &mut io::stderr(),
+    ))
 }
 
 /// Run one control command against `socket`, writing results to `out` and errors to `err`;
 /// returns the exit code. On its own current-thread runtime, so tests can call it directly.
-pub fn run(socket: &Path, command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+/// `timeout` bounds the whole command, except that `logs --follow` waits only for the first answer
+/// within it and then follows for as long as the log lasts.
+pub fn run(
+    socket: &Path,
+    command: Command,
+    timeout: Option<Duration>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -53,7 +78,11 @@ pub fn run(socket: &Path, command: Command, out: &mut dyn Write, err: &mut dyn W
             return EXIT_FAILURE;
         }
     };
-    match runtime.block_on(execute(&Client::new(socket), command, out)) {
+    let follows = matches!(command, Command::Logs { follow: true, .. });
+    let client = Client::new(socket, timeout);
+    let whole = if follows { None } else { timeout };
+    let result = runtime.block_on(client.within(whole, execute(&client, command, out)));
+    match result {
         Ok(code) => code,
         Err(error) => {
             let _ = writeln!(err, "stackinit: {error}");
@@ -166,7 +195,10 @@ async fn logs(
         "/v1/services/{}/logs?stream={stream}&lines={lines}{follow}",
         encode_segment(name)
     );
-    let response = client.send(Method::GET, &path, None).await?;
+    // With --follow the command as a whole has no deadline, but the first answer still has.
+    let response = client
+        .within(client.timeout, client.send(Method::GET, &path, None))
+        .await?;
     let code = response.status();
     if !code.is_success() {
         let body = read_reply(response.into_body()).await?;
@@ -196,12 +228,33 @@ fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), ClientError> {
 /// One connection per command: the CLI makes a single request.
 struct Client {
     socket: PathBuf,
+    /// `--timeout`: how long to wait for the answer (None: as long as it takes).
+    timeout: Option<Duration>,
 }
 
 impl Client {
-    fn new(socket: &Path) -> Client {
+    fn new(socket: &Path, timeout: Option<Duration>) -> Client {
         Client {
             socket: socket.to_path_buf(),
+            timeout,
+        }
+    }
+
+    /// `work`, or a timeout error once `limit` has passed.
+    async fn within<T>(
+        &self,
+        limit: Option<Duration>,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let Some(limit) = limit else {
+            return work.await;
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::TimedOut {
+                socket: self.socket.clone(),
+                limit,
+            }),
         }
     }
 
@@ -332,6 +385,11 @@ pub enum ClientError {
     BadReply(String),
     BadRequest(String),
     Output(io::Error),
+    /// No (complete) answer within `--timeout`.
+    TimedOut {
+        socket: PathBuf,
+        limit: Duration,
+    },
     NotAControlCommand,
 }
 
@@ -366,6 +424,12 @@ impl fmt::Display for ClientError {
             ClientError::BadReply(error) => write!(f, "unexpected reply from stackinit: {error}"),
             ClientError::BadRequest(error) => write!(f, "cannot build the request: {error}"),
             ClientError::Output(error) => write!(f, "cannot write output: {}", describe(error)),
+            ClientError::TimedOut { socket, limit } => write!(
+                f,
+                "no answer from {} within {} (stackinit is busy or stuck; --timeout sets the limit, 0 waits forever)",
+                socket.display(),
+                crate::config::Secs(*limit)
+            ),
             ClientError::NotAControlCommand => f.write_str("not a control command"),
         }
     }
@@ -433,6 +497,7 @@ mod tests {
                 name: None,
                 json: false,
             },
+            None,
             &mut out,
             &mut err,
         );

@@ -7,4 +7,5 @@ mod dashboard_events;
 mod dashboard_tcp;
 mod reply;
 pub mod server;
+mod streams;
 mod table;

@@ -41,6 +41,7 @@ use super::access::Policy;
 use super::reply::{
     error_response, json_response, method_not_allowed, with_content_type, ReplyBody,
 };
+use super::streams::{self, StreamPermit};
 use crate::api::{ApiError, StatusReply};
 use crate::logs::tail;
 use crate::supervise::handle::{Action, Handle, LogStream};
@@ -439,6 +440,7 @@ async fn logs(
             .map_err(|_| ApiError::bad_request(format!("lines must be a count, not {n:?}")))?,
     };
     let follow = query.flag("follow")?;
+    let permit = follow.then(streams::open).transpose()?;
     // The supervisor subscribes us to the live feed before it answers and the file is read after,
     // so no line falls between the two (one written in between may show up twice).
     let source = handle.logs(name, stream).await?;
@@ -452,10 +454,11 @@ async fn logs(
         Ok(Err(err)) => return Err(internal(format!("cannot read {}: {err}", path.display()))),
         Err(_) => return Err(internal(format!("reading {} failed", path.display()))),
     };
-    let body = if follow {
+    let body = if let Some(permit) = permit {
         FollowBody {
             first: Some(Bytes::from(complete_lines(text))),
             next: Some(next_line(source.lines)),
+            _permit: permit,
         }
         .boxed_unsync()
     } else {
@@ -494,6 +497,7 @@ fn next_line(mut lines: broadcast::Receiver<Bytes>) -> NextLine {
 struct FollowBody {
     first: Option<Bytes>,
     next: Option<NextLine>,
+    _permit: StreamPermit,
 }
 
 impl Body for FollowBody {
