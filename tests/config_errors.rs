@@ -531,6 +531,16 @@ shutdown_drain = "2h"
 "#,
     ),
     case(
+        "shutdown_timeout_zero",
+        2,
+        20,
+        "init.shutdown_timeout",
+        "shutdown_timeout must be more than 0",
+        r#"[init]
+shutdown_timeout = "0s"
+"#,
+    ),
+    case(
         "bad_log_level",
         2,
         13,

@@ -141,3 +141,48 @@ fn the_cli_gives_up_on_a_silent_socket() {
         "the default timeout is 10 s: took {took:?}"
     );
 }
+
+/// The ordered shutdown ends by `init.shutdown_timeout` even when a service ignores its stop signal
+/// and has an hour of grace: what is left is killed (it used to wait out the whole grace period).
+#[test]
+fn shutdown_ends_by_its_deadline_when_a_service_ignores_term() {
+    let mut stack = Stack::start(
+        r#"
+shutdown_timeout = "2s"
+
+[service.stubborn]
+command = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
+start_secs = "0s"
+stop_grace = "1h"
+
+[service.front]
+command = ["sleep", "100000"]
+start_secs = "0s"
+after = ["stubborn"]
+"#,
+    );
+    stack.wait_state("front", "running", Duration::from_secs(5));
+    let stubborn = stack.pid_of("stubborn").expect("stubborn pid");
+    let started = std::time::Instant::now();
+    stack.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = stack.wait_exit(Duration::from_secs(10));
+    let took = started.elapsed();
+    assert!(
+        status.is_some(),
+        "still running 10 s after SIGTERM:\n{}",
+        stack.stderr()
+    );
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "shutdown took {took:?}, the deadline is 2 s"
+    );
+    assert!(
+        !process_exists(stubborn),
+        "the stubborn service outlived the shutdown"
+    );
+    let log = stack.stderr();
+    assert!(
+        log.contains("shutdown_timeout") && log.contains("stubborn"),
+        "the log says the deadline passed and what was killed:\n{log}"
+    );
+}

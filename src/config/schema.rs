@@ -40,6 +40,9 @@ pub struct InitSpec {
     /// How long `/healthz` answers 503 before services are stopped on shutdown, so load balancers stop
     /// sending traffic first.
     pub shutdown_drain: Secs,
+    /// The ordered stop after the drain ends by this deadline: whatever still runs then is killed
+    /// (SIGKILL to its process group), whatever its `stop_grace`. systemd's DefaultTimeoutStopSec.
+    pub shutdown_timeout: Secs,
     /// Hostname to set when running as PID 1. Empty: leave it, or take it from instance facts.
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
@@ -86,6 +89,7 @@ impl Default for InitSpec {
             control_group: None,
             log_level: "info".into(),
             shutdown_drain: Secs::from_secs(0),
+            shutdown_timeout: Secs::from_secs(90),
             hostname: None,
             imds: ImdsSpec::default(),
             dashboard: None,

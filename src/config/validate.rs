@@ -13,6 +13,7 @@ mod ctx;
 mod dashboard_checks;
 mod doc;
 mod graph;
+mod limits;
 mod listens;
 mod proxy_checks;
 mod sections;

@@ -64,6 +64,16 @@ impl Leftovers {
         }
     }
 
+    /// The shutdown's deadline passed: every group still waiting for its grace period is killed now.
+    pub fn kill_all(&mut self, timers: &mut Timers) {
+        for (pgid, unit) in std::mem::take(&mut self.groups) {
+            timers.cancel(&Due::Leftovers(pgid.as_raw()));
+            if signal::killpg(pgid, Signal::SIGKILL).is_ok() {
+                warn!("{unit}: processes left in group {pgid} killed at the shutdown deadline");
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
