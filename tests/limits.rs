@@ -186,3 +186,63 @@ after = ["stubborn"]
         "the log says the deadline passed and what was killed:\n{log}"
     );
 }
+
+/// `/proc/PID/status` field `name` in KiB (VmRSS, VmHWM).
+fn proc_kib(pid: u32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .trim_start_matches(':')
+                .trim()
+                .strip_suffix(" kB")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+}
+
+/// Four tails of every line of a 20 MB log at once stream it from the file: the whole log arrives and
+/// PID 1's peak memory grows by a few MiB (it read each log whole into memory: 6 to 118 MiB).
+#[test]
+fn huge_tails_stream_with_bounded_memory() {
+    // 200,000 lines of 100 bytes.
+    let stack = Stack::start(&format!(
+        r#"
+[service.chatty]
+command = ["sh", "-c", "yes {line} | head -n 200000; exec sleep 100000"]
+start_secs = "0s"
+"#,
+        line = "x".repeat(99)
+    ));
+    let log = stack.path("logs/chatty.out.log");
+    let size = 20_000_000;
+    wait_for("the 20 MB log", Duration::from_secs(30), || {
+        std::fs::metadata(&log)
+            .ok()
+            .filter(|m| m.len() >= size as u64)
+    });
+    let before = proc_kib(stack.pid(), "VmHWM");
+    let path = "/v1/services/chatty/logs?lines=18446744073709551615";
+    let lengths: Vec<usize> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| http::Request::new(&stack.socket, "GET", path).reply()))
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| {
+                let reply = r.join().expect("reader");
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                reply.body.len()
+            })
+            .collect()
+    });
+    assert_eq!(lengths, vec![size; 4], "each tail is the whole log");
+    let grown_mib = proc_kib(stack.pid(), "VmHWM").saturating_sub(before) / 1024;
+    eprintln!("four 20 MB tails: PID 1's peak RSS grew by {grown_mib} MiB");
+    assert!(
+        grown_mib < 12,
+        "peak RSS grew by {grown_mib} MiB for four 20 MB tails"
+    );
+}

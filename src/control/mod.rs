@@ -5,6 +5,7 @@ pub mod client;
 pub mod dashboard;
 mod dashboard_events;
 mod dashboard_tcp;
+mod log_stream;
 mod reply;
 pub mod server;
 mod streams;
