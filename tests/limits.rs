@@ -246,3 +246,59 @@ start_secs = "0s"
         "peak RSS grew by {grown_mib} MiB for four 20 MB tails"
     );
 }
+
+/// A log file replaced by a symlink (as a service whose user may write in `logs_dir` can do) is never
+/// followed: at a restart that service fails to start with the reason, and a reopen after the swap
+/// writes nothing through the link. (Root used to create the link's target and fill it.)
+#[test]
+fn a_log_replaced_by_a_symlink_is_refused() {
+    let logs = temp_dir("stackinit-hostile-logs");
+    let target = logs.path().join("cron.d-x");
+    let victim_log = logs.path().join("victim.out.log");
+    std::os::unix::fs::symlink(&target, &victim_log).expect("plant the link");
+    let stack = Stack::start(&format!(
+        r#"
+[service.victim]
+{LONG}
+start_secs = "0s"
+start_limit = 1
+stdout = "{victim}"
+
+[service.ticker]
+command = ["sh", "-c", "while :; do echo tick; sleep 0.1; done"]
+start_secs = "0s"
+stdout = "{ticker}"
+"#,
+        victim = victim_log.display(),
+        ticker = logs.path().join("ticker.out.log").display(),
+    ));
+    stack.wait_state("ticker", "running", Duration::from_secs(5));
+    stack.wait_state("victim", "fatal", Duration::from_secs(10));
+    let reason = stack.unit("victim")["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        reason.contains("victim.out.log") && reason.contains("symbolic link"),
+        "{reason}"
+    );
+    let out = stack.cli(&["logs", "victim"]);
+    assert!(!out.status.success(), "logs of a refused log file: {out:?}");
+    // Swapped while running: the reopen (SIGUSR1, as after logrotate) refuses it too.
+    let ticker_log = logs.path().join("ticker.out.log");
+    let target2 = logs.path().join("shadow-x");
+    std::fs::remove_file(&ticker_log).expect("remove the ticker's log");
+    std::os::unix::fs::symlink(&target2, &ticker_log).expect("plant the second link");
+    stack.signal(nix::sys::signal::Signal::SIGUSR1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !target.exists() && !target2.exists(),
+        "a link's target was created"
+    );
+    assert_eq!(stack.state_of("ticker"), "running");
+    assert!(
+        stack.stderr().contains("symbolic link"),
+        "the refused reopen is logged:\n{}",
+        stack.stderr()
+    );
+}

@@ -43,61 +43,48 @@ fn open_in_dir(path: &Path, flags: OFlag) -> io::Result<File> {
     let dir = open_dir(dir_path)?;
     // O_NONBLOCK: a FIFO planted at the name must not block PID 1 in open(2); it is refused below.
     let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = openat(&dir, name, flags, Mode::from_bits_truncate(0o666))
-        .map_err(|errno| open_error(path, errno))?;
-    check_kind(path, &fd)?;
+    let fd = openat(&dir, name, flags, Mode::from_bits_truncate(0o666)).map_err(open_error)?;
+    check_kind(&fd)?;
     // Blocking again (writers and readers expect it); F_SETFL sets only the status flags.
     fcntl(&fd, FcntlArg::F_SETFL(flags & OFlag::O_APPEND))?;
     Ok(File::from(fd))
 }
 
-/// What a failed open found at `path`, for the errors a planted file gives.
-fn open_error(path: &Path, errno: Errno) -> io::Error {
+/// What a failed open found, for the errors a planted file gives. The caller names the path.
+fn open_error(errno: Errno) -> io::Error {
     match errno {
-        Errno::ELOOP => refused(
-            path,
-            "is a symbolic link; log files are never opened through one",
-        ),
+        Errno::ELOOP => refused("a symbolic link (log files are never opened through one)"),
         // O_NONBLOCK write-open of a FIFO (or a socket) with no reader.
-        Errno::ENXIO => refused(path, "is a FIFO or a socket, not a regular file"),
-        Errno::EISDIR => refused(path, "is a directory"),
-        _ => io::Error::new(
-            io::Error::from(errno).kind(),
-            format!("{}: {}", path.display(), errno.desc()),
-        ),
+        Errno::ENXIO => refused("a FIFO or a socket, not a regular file"),
+        Errno::EISDIR => refused("a directory"),
+        _ => io::Error::new(io::Error::from(errno).kind(), errno.desc()),
     }
 }
 
 /// A regular file with one link, or a character device; what a log may be.
-fn check_kind(path: &Path, fd: &OwnedFd) -> io::Result<()> {
+fn check_kind(fd: &OwnedFd) -> io::Result<()> {
     let stat = fstat(fd)?;
     let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
     match kind {
-        SFlag::S_IFREG if stat.st_nlink > 1 => Err(refused(
-            path,
-            &format!(
-                "has {} hard links; log files must not be linked elsewhere",
-                stat.st_nlink
-            ),
-        )),
+        SFlag::S_IFREG if stat.st_nlink > 1 => Err(refused(&format!(
+            "a file with {} hard links (log files must not be linked elsewhere)",
+            stat.st_nlink
+        ))),
         SFlag::S_IFREG | SFlag::S_IFCHR => Ok(()),
-        SFlag::S_IFIFO => Err(refused(path, "is a FIFO, not a regular file")),
-        SFlag::S_IFDIR => Err(refused(path, "is a directory")),
-        _ => Err(refused(path, "is not a regular file")),
+        SFlag::S_IFIFO => Err(refused("a FIFO, not a regular file")),
+        SFlag::S_IFDIR => Err(refused("a directory")),
+        _ => Err(refused("something other than a regular file")),
     }
 }
 
 /// A handle on `dir`, good for the `*at` calls and nothing else.
 fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
-    nix::fcntl::open(
-        dir,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(dir, flags, Mode::empty()).map_err(|errno| {
+        let kind = io::Error::from(errno).kind();
         io::Error::new(
-            io::Error::from(errno).kind(),
-            format!("{}: {errno}", dir.display()),
+            kind,
+            format!("directory {}: {}", dir.display(), errno.desc()),
         )
     })
 }
@@ -106,7 +93,7 @@ fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
 fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
     let name = path
         .file_name()
-        .ok_or_else(|| refused(path, "does not name a file"))?;
+        .ok_or_else(|| refused("a path that names no file"))?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -114,11 +101,9 @@ fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
     Ok((dir, name))
 }
 
-fn refused(path: &Path, why: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{} {why}", path.display()),
-    )
+/// An error that says what was found where a log file belongs.
+fn refused(found: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("refusing {found}"))
 }
 
 #[cfg(test)]
@@ -150,10 +135,10 @@ mod tests {
         let fifo = dir.path().join("fifo.log");
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
         for (path, says) in [
-            (&link, "is a symbolic link"),
-            (&hard, "has 2 hard links"),
+            (&link, "refusing a symbolic link"),
+            (&hard, "refusing a file with 2 hard links"),
             (&fifo, "FIFO"),
-            (&dir.path().to_path_buf(), "is a directory"),
+            (&dir.path().to_path_buf(), "refusing a directory"),
         ] {
             for result in [open_append(path), open_read(path)] {
                 let err = result.unwrap_err();

@@ -223,8 +223,8 @@ pub fn command_for<'a>(
         } else {
             Vec::new()
         },
-        stdout: unit.stdout.child_fd(),
-        stderr: unit.stderr.child_fd(),
+        stdout: unit.stdout.open()?.child_fd(),
+        stderr: unit.stderr.open()?.child_fd(),
         listen_fds: fds,
     })
 }

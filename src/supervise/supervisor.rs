@@ -390,9 +390,10 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, name: &str) {
-        let Some(unit) = self.units.get(name) else {
+        let Some(unit) = self.units.get_mut(name) else {
             return;
         };
+        self.logs.retry_failed(unit);
         if let Some(unmet) = launch::unmet_condition(&unit.spec) {
             info!("skipped {name}: {unmet}");
             let reason = format!("skipped: {unmet}");
