@@ -12,6 +12,7 @@ pub mod fault;
 pub mod fork_from;
 pub mod init;
 pub mod logs;
+pub mod nofile;
 pub mod paths;
 pub mod power_button;
 pub mod proxy;

@@ -302,3 +302,50 @@ stdout = "{ticker}"
         stack.stderr()
     );
 }
+
+/// RLIMIT_NOFILE (soft, hard) of a running process.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+/// Started with PID 1's 1024:4096, stackinit raises its own soft limit to the hard one; services keep
+/// the 1024 they would have had, under the raised hard limit, unless `nofile` says otherwise.
+#[test]
+fn the_file_limit_is_raised_for_init_and_kept_for_services() {
+    let launch = Launch {
+        nofile: Some((1024, 4096)),
+        ..Launch::default()
+    };
+    let stack = Stack::launch(
+        &format!(
+            "[service.plain]\n{LONG}\nstart_secs = \"0s\"\n\n[service.wide]\n{LONG}\nstart_secs = \"0s\"\nnofile = 2048\n"
+        ),
+        launch,
+    );
+    stack.wait_state("wide", "running", Duration::from_secs(5));
+    assert_eq!(nofile_of(stack.pid()), (4096, 4096), "stackinit itself");
+    let plain = stack.pid_of("plain").expect("pid") as u32;
+    assert_eq!(nofile_of(plain), (1024, 4096), "a service without nofile");
+    let wide = stack.pid_of("wide").expect("pid") as u32;
+    assert_eq!(
+        nofile_of(wide),
+        (2048, 2048),
+        "a service with nofile = 2048"
+    );
+    assert!(
+        stack
+            .stderr()
+            .contains("open file limit raised from 1024:4096 to 4096:4096"),
+        "{}",
+        stack.stderr()
+    );
+}

@@ -215,7 +215,11 @@ pub fn command_for<'a>(
         directory: spec.directory.clone(),
         credentials,
         umask: spec.umask.map(|m| m.0),
-        nofile: spec.nofile,
+        // `nofile` sets both limits; else the soft limit stackinit started with (see crate::nofile).
+        nofile: spec
+            .nofile
+            .map(|n| (n, n))
+            .or_else(crate::nofile::for_services),
         nice: spec.nice,
         no_new_privs: spec.no_new_privs,
         drop_bounding_caps: if is_root() {

@@ -34,7 +34,8 @@ pub struct Command<'a> {
     pub directory: Option<PathBuf>,
     pub credentials: Option<Credentials>,
     pub umask: Option<u32>,
-    pub nofile: Option<u64>,
+    /// RLIMIT_NOFILE (soft, hard); None: inherited.
+    pub nofile: Option<(u64, u64)>,
     pub nice: Option<i32>,
     pub no_new_privs: bool,
     /// Capability numbers to drop from the bounding set.
@@ -268,7 +269,7 @@ struct ChildPlan<'a> {
     high: &'a mut [RawFd],
     fd_count: RawFd,
     umask: Option<u32>,
-    nofile: Option<u64>,
+    nofile: Option<(u64, u64)>,
     nice: Option<i32>,
     drop_caps: &'a [u32],
     credentials: Option<(libc::uid_t, libc::gid_t)>,
@@ -351,10 +352,10 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if let Some(mask) = plan.umask {
             libc::umask(mask as libc::mode_t);
         }
-        if let Some(n) = plan.nofile {
+        if let Some((soft, hard)) = plan.nofile {
             let limit = libc::rlimit {
-                rlim_cur: n as libc::rlim_t,
-                rlim_max: n as libc::rlim_t,
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 fail(err, 4);
