@@ -303,6 +303,106 @@ stdout = "{ticker}"
     );
 }
 
+/// `stackinit check` on `config`: (exit code, stderr, how long it took).
+fn check(config: &str) -> (Option<i32>, String, Duration) {
+    let dir = temp_dir("stackinit-check");
+    let path = dir.path().join("stackinit.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Guarded::spawn(
+        std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+        "stackinit check",
+    );
+    let started = std::time::Instant::now();
+    let code = wait_exit(&mut child.child, Duration::from_secs(60));
+    let took = started.elapsed();
+    let mut stderr = String::new();
+    if let Some(mut e) = child.child.stderr.take() {
+        std::io::Read::read_to_string(&mut e, &mut stderr).ok();
+    }
+    (
+        code.and_then(|c| c.code()),
+        stderr.replace(&path.display().to_string(), "FILE"),
+        took,
+    )
+}
+
+/// A huge `replicas` is one error with FILE:LINE:COL, within a second (it ran past 10 s and aborted on
+/// allocation failure); the biggest config within the bounds is checked within a second too.
+#[test]
+fn check_bounds_replicas_and_answers_within_a_second() {
+    let (code, stderr, took) = check(
+        "[service.app]\ncommand = [\"sleep\", \"1\"]\nreplicas = 100000000\nlisten = \"unix:/run/app.sock\"\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr
+            .starts_with("FILE:3:12: service.app.replicas: replicas = 100000000 is more than 1024"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(1), "check took {took:?}");
+    // Four services of 1024 replicas, each with its own sockets: 4096 units, 4100 addresses.
+    let big: String = (0..4)
+        .map(|i| {
+            format!(
+                "[service.s{i}]\ncommand = [\"sleep\", \"1\"]\nreplicas = 1024\n\
+                 listen = \"unix:/run/s{i}/app.sock\"\nstdout = \"/logs/s{i}.log\"\nstderr = \"/logs/s{i}.log\"\n"
+            )
+        })
+        .collect();
+    let (code, stderr, took) = check(&big);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        took < Duration::from_secs(1),
+        "check of 4096 units took {took:?}"
+    );
+    let (code, stderr, _) = check(&format!("{big}[service.one_more]\ncommand = [\"x\"]\n"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("4097 units in all is more than 4096"),
+        "{stderr}"
+    );
+}
+
+/// A reload whose logs and sockets cannot fit in init's open-file limit is refused with FILE:LINE and
+/// changes nothing (adding 200 replicas past the limit made the supervisor panic).
+#[test]
+fn a_reload_that_cannot_fit_the_file_limit_is_refused() {
+    let launch = Launch {
+        nofile: Some((512, 512)),
+        ..Launch::default()
+    };
+    let config = format!("[service.app]\n{LONG}\nstart_secs = \"0s\"\n");
+    let stack = Stack::launch(&config, launch);
+    stack.wait_state("app", "running", Duration::from_secs(5));
+    let text = std::fs::read_to_string(&stack.config).expect("config");
+    std::fs::write(
+        &stack.config,
+        format!("{text}\n[service.many]\n{LONG}\nreplicas = 200\n"),
+    )
+    .expect("write config");
+    let out = stack.cli(&["reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the reload was accepted: {stderr}");
+    assert!(
+        stderr.contains("service.many.replicas") && stderr.contains("more than its limit of 512"),
+        "{stderr}"
+    );
+    let services = stack.status()["services"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        services.len(),
+        1,
+        "a refused reload changes nothing: {services:?}"
+    );
+    assert_eq!(stack.state_of("app"), "running");
+}
+
 /// RLIMIT_NOFILE (soft, hard) of a running process.
 fn nofile_of(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
