@@ -82,6 +82,42 @@ pub fn for_services() -> Option<(u64, u64)> {
     Some((soft.min(hard), hard))
 }
 
+/// The proxy's open-file limit when `[proxy] nofile` is unset: plenty for an instance's connections,
+/// within init's own hard limit (which the proxy cannot exceed unless init is root).
+pub fn proxy_default() -> u64 {
+    PROXY_DEFAULT.min(current().1)
+}
+
+const PROXY_DEFAULT: u64 = 65536;
+
+/// Files the proxy holds besides its client connections and their upstream connections: listeners,
+/// the state channel, stdout and stderr, the runtime, static files being sent.
+pub const PROXY_OVERHEAD: u64 = 64;
+
+/// Connections the proxy accepts above its cap only to answer `/healthz` (see `proxy::conn_limit`).
+pub const PROXY_RESERVE: u64 = 32;
+
+/// The files `connections` need in the proxy: two each (the client's, and an upstream's while it is
+/// proxied), the reserve's, and the overhead.
+pub fn proxy_files_for(connections: u64) -> u64 {
+    2 * connections + PROXY_RESERVE + PROXY_OVERHEAD
+}
+
+/// The most connections a proxy with `nofile` files can serve at once (the default `max_connections`).
+pub fn proxy_connections(nofile: u64) -> u64 {
+    (nofile.saturating_sub(PROXY_RESERVE + PROXY_OVERHEAD) / 2).max(1)
+}
+
+/// The most a child of this process can be given: `fs.nr_open` as root, else our hard limit.
+pub fn ceiling() -> u64 {
+    let hard = current().1;
+    if nix::unistd::geteuid().is_root() {
+        nr_open().map_or(hard, |n| n.max(hard))
+    } else {
+        hard
+    }
+}
+
 /// `/proc/sys/fs/nr_open`: the most any process may have.
 fn nr_open() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -102,5 +138,13 @@ mod tests {
         let (soft, hard) = current();
         assert!(soft <= hard);
         assert!(nr_open().is_some_and(|n| n >= 1024));
+    }
+
+    #[test]
+    fn proxy_connections_and_files_agree() {
+        assert_eq!(proxy_connections(1024), 464);
+        assert_eq!(proxy_files_for(464), 1024);
+        assert_eq!(proxy_connections(65536), 32720);
+        assert_eq!(proxy_connections(10), 1);
     }
 }

@@ -449,3 +449,142 @@ fn the_file_limit_is_raised_for_init_and_kept_for_services() {
         stack.stderr()
     );
 }
+
+/// `count` connections to `addr` that send nothing.
+fn idle_connections(addr: std::net::SocketAddr, count: usize) -> Vec<std::net::TcpStream> {
+    (0..count)
+        .map(|i| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}"))
+        })
+        .collect()
+}
+
+/// `/healthz` on a fresh connection, as a load balancer asks: 5 s to answer, like an ALB.
+fn healthz(addr: std::net::SocketAddr) -> std::io::Result<http::Reply> {
+    http::Request::new(addr, "GET", "/healthz")
+        .host("10.0.0.1")
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .send()
+}
+
+/// With PID 1's 1024:4096 open files, the proxy takes 1100 idle connections and still answers a fresh
+/// `/healthz` (it inherited 1024 files, stopped accepting, and the health check timed out).
+#[test]
+fn healthz_answers_with_1100_idle_connections_under_pid1_file_limits() {
+    let port = free_port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let launch = Launch {
+        nofile: Some((1024, 4096)),
+        ..Launch::default()
+    };
+    let stack = Stack::launch(
+        &format!(
+            "[proxy]\nlisten = [\"{addr}\"]\n[[proxy.server]]\nserver_name = [\"t\"]\n  \
+             [[proxy.server.location]]\n  path = \"/\"\n  return = 200\n"
+        ),
+        launch,
+    );
+    wait_for("the proxy's /healthz", Duration::from_secs(20), || {
+        healthz(addr).ok().filter(|r| r.status == 200)
+    });
+    let idle = idle_connections(addr, 1100);
+    let reply = healthz(addr).unwrap_or_else(|e| {
+        panic!(
+            "/healthz with 1100 idle connections: {e}\n{}",
+            stack.stderr()
+        )
+    });
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let proxy = stack.pid_of("proxy").expect("proxy pid") as u32;
+    assert_eq!(nofile_of(proxy), (4096, 4096), "the proxy's own limit");
+    drop(idle);
+}
+
+/// Whether the other end closed `conn` (end of stream or reset) rather than leaving it quiet.
+fn closed_by_peer(mut conn: &std::net::TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_millis(50))).ok();
+    match std::io::Read::read(&mut conn, &mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// A standalone proxy on a fresh port in front of `echo`, with `extra` in `[proxy]`.
+fn proxy_with(
+    dir: &std::path::Path,
+    echo: &proxy::Echo,
+    extra: &str,
+) -> (proxy::ProxyProcess, std::net::SocketAddr) {
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let config = format!(
+        "[init]\nlogs_dir = \"{logs}\"\n[proxy]\nlisten = [\"{addr}\"]\n{extra}\n\
+         [[proxy.server]]\nserver_name = [\"t\"]\n  [[proxy.server.location]]\n  path = \"/\"\n  upstream = \"{up}\"\n",
+        logs = dir.display(),
+        up = echo.addr
+    );
+    (proxy::ProxyProcess::start(dir, &config, addr), addr)
+}
+
+/// At `max_connections`, a new connection takes the place of the one idle longest: 200 idle clients
+/// against a cap of 50 keep neither `/healthz` nor a page out.
+#[test]
+fn at_max_connections_idle_connections_make_room() {
+    let dir = temp_dir("stackinit-cap-idle");
+    let echo = proxy::Echo::start("e");
+    let (proxy, addr) = proxy_with(dir.path(), &echo, "max_connections = 50");
+    let idle = idle_connections(addr, 200);
+    let reply = healthz(addr).unwrap_or_else(|e| panic!("/healthz: {e}\n{}", proxy.stderr()));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let page = http::Request::new(addr, "GET", "/")
+        .host("t")
+        .timeout(Duration::from_secs(5))
+        .reply();
+    assert_eq!(page.status, 200, "{}", page.text());
+    // The oldest idle ones were closed for them; the proxy holds at most its cap.
+    let closed = idle.iter().filter(|c| closed_by_peer(c)).count();
+    assert!(
+        closed >= 150,
+        "only {closed} of 200 idle connections were closed at a cap of 50"
+    );
+}
+
+/// With every connection busy at `max_connections`, a few more are accepted into a reserve that
+/// answers `/healthz` (200: the instance is busy, not broken) and 503 to anything else; the busy
+/// requests go on.
+#[test]
+fn with_every_connection_busy_the_reserve_answers_healthz() {
+    use std::io::Write;
+    let dir = temp_dir("stackinit-cap-busy");
+    let echo = proxy::Echo::start("e");
+    let (proxy, addr) = proxy_with(dir.path(), &echo, "max_connections = 10");
+    let busy: Vec<std::net::TcpStream> = (0..10)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(addr).expect("connect");
+            c.write_all(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("send");
+            c
+        })
+        .collect();
+    wait_for(
+        "10 requests hanging at the upstream",
+        Duration::from_secs(10),
+        || (echo.requests.load(std::sync::atomic::Ordering::Relaxed) >= 10).then_some(()),
+    );
+    let reply = healthz(addr).unwrap_or_else(|e| panic!("/healthz: {e}\n{}", proxy.stderr()));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let page = http::Request::new(addr, "GET", "/")
+        .host("t")
+        .timeout(Duration::from_secs(5))
+        .reply();
+    assert_eq!(page.status, 503, "{}", page.text());
+    assert_eq!(page.header("retry-after"), Some("1"));
+    for c in &busy {
+        assert!(!closed_by_peer(c), "a busy request was cut off");
+    }
+}

@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 
 use super::access_log::AccessLog;
+use super::conn_limit::{self, ConnLimit};
 use super::protocol::{InitMessage, ProxyRuntimeConfig, ProxyState};
 use super::routes::Routes;
 use super::tls::{self, TlsHolder};
@@ -14,6 +15,8 @@ pub struct Shared {
     health: RwLock<Arc<ProxyState>>,
     pub tls: TlsHolder,
     pub log: Arc<AccessLog>,
+    /// Open client connections and `max_connections`.
+    pub conns: Arc<ConnLimit>,
 }
 
 impl Shared {
@@ -26,6 +29,7 @@ impl Shared {
             health: RwLock::new(Arc::new(state)),
             tls: TlsHolder::default(),
             log: AccessLog::new(),
+            conns: ConnLimit::new(conn_limit::cap_for(&config.proxy)),
         };
         if let Some(spec) = &config.proxy.tls {
             shared.tls.set(Some(tls::load(spec).map_err(|e| vec![e])?));
@@ -79,6 +83,7 @@ impl Shared {
             None => self.tls.set(None),
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        self.conns.set_cap(conn_limit::cap_for(&config.proxy));
         tracing::info!("proxy config applied");
     }
 }

@@ -61,6 +61,8 @@ pub fn proxy_service_spec(proxy: &ProxySpec) -> ServiceSpec {
         start_secs: Secs::from_millis(300),
         stop_grace: Secs(proxy.stop_grace.0 + std::time::Duration::from_secs(1)),
         nice: proxy.nice.or(is_root().then_some(PROXY_NICE_AS_ROOT)),
+        // Its connections need far more than the 1024 services keep (see `proxy::conn_limit`).
+        nofile: Some(proxy.nofile.unwrap_or_else(crate::nofile::proxy_default)),
         log_max_bytes: proxy.log_max_bytes,
         log_backups: proxy.log_backups,
         stdout: proxy.access_log.clone(),

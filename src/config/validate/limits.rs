@@ -1,5 +1,6 @@
 //! Bounds that keep PID 1 inside its resources: how many replicas and units a config may ask for, whether
-//! their logs and sockets fit in init's open-file limit, and the shutdown's deadline.
+//! their logs and sockets fit in init's open-file limit, the proxy's files and connections, and the
+//! shutdown's deadline.
 //!
 //! The replica bounds are checked before anything expands replicas (the listen check skips a service
 //! over them), so `replicas = 100000000` is one error, at once, not minutes of work and an allocation
@@ -9,6 +10,7 @@
 use super::ctx::{check_max_duration, Ctx};
 use super::doc::KeyPath;
 use crate::config::{Config, ServiceSpec};
+use crate::nofile;
 
 /// Most replicas of one service: more than any instance runs, few enough to expand at once.
 pub(super) const MAX_REPLICAS: u32 = 1024;
@@ -21,9 +23,13 @@ const BASE_FDS: u64 = 256;
 /// Per log file: the pipe's two ends and the file.
 const FDS_PER_LOG: u64 = 3;
 
+/// Fewest open files the proxy may be given.
+const MIN_PROXY_NOFILE: u64 = 128;
+
 /// Every bound of this module, on the recovered config.
 pub(super) fn check_limits(ctx: &mut Ctx) {
     check_shutdown_timeout(ctx);
+    check_proxy_files(ctx);
     let mut bounded = true;
     for (name, spec) in &ctx.rec.config.service {
         if spec.replicas > MAX_REPLICAS {
@@ -104,6 +110,51 @@ fn fds_needed(config: &Config) -> u64 {
         sockets += (proxy.listen.len() + tls) as u64;
     }
     BASE_FDS + FDS_PER_LOG * logs + sockets
+}
+
+/// `[proxy] nofile` and `max_connections`: files the proxy may have, and enough of them for its
+/// connections (two each) and the reserve that answers `/healthz` at the cap.
+fn check_proxy_files(ctx: &mut Ctx) {
+    let Some(proxy) = &ctx.rec.config.proxy else {
+        return;
+    };
+    let pp = KeyPath::root().key("proxy");
+    let ceiling = nofile::ceiling();
+    let nofile = match proxy.nofile {
+        Some(n) if n < MIN_PROXY_NOFILE => {
+            let message =
+                format!("nofile = {n} is too few for the proxy: at least {MIN_PROXY_NOFILE}");
+            return ctx.at_value(&pp.key("nofile"), message);
+        }
+        Some(n) if n > ceiling => {
+            let message = format!(
+                "nofile = {n} is more than stackinit can give the proxy here ({ceiling}: fs.nr_open \
+                 as root, else the hard RLIMIT_NOFILE)"
+            );
+            return ctx.at_value(&pp.key("nofile"), message);
+        }
+        Some(n) => n,
+        None => nofile::proxy_default(),
+    };
+    let Some(max) = proxy.max_connections.map(u64::from) else {
+        return;
+    };
+    let needed = nofile::proxy_files_for(max);
+    if max == 0 {
+        ctx.at_value(
+            &pp.key("max_connections"),
+            "max_connections must be at least 1",
+        );
+    } else if needed > nofile {
+        let message = format!(
+            "max_connections = {max} needs {needed} open files in the proxy (2 per connection, {} in \
+             reserve for /healthz, {} of its own), more than its nofile of {nofile}: raise nofile or \
+             lower max_connections",
+            nofile::PROXY_RESERVE,
+            nofile::PROXY_OVERHEAD
+        );
+        ctx.at_value(&pp.key("max_connections"), message);
+    }
 }
 
 /// `shutdown_timeout` is a deadline: more than nothing, less than days.
