@@ -79,6 +79,8 @@ pub struct CountedBody {
     _request: RequestGuard,
 }
 
+// Not boxed: the large variant is every request's; a box would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Logged(LoggedBody),
     Local(ProxyBody),
