@@ -92,12 +92,7 @@ fn status_answers_while_64_log_followers_are_connected() {
     let refusal = followers
         .iter_mut()
         .find_map(|f| f.exited().then_some(f))
-        .and_then(|f| f.child.stderr.take())
-        .map(|mut e| {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut e, &mut text).ok();
-            text
-        })
+        .map(Guarded::stderr_text)
         .unwrap_or_default();
     assert!(refusal.contains("too many streaming clients"), "{refusal}");
     assert_eq!(
@@ -118,24 +113,17 @@ fn the_cli_gives_up_on_a_silent_socket() {
     let run = |args: &[&str]| {
         let mut command = std::process::Command::new(BIN);
         command.arg("--socket").arg(&path).args(args);
-        let mut cli = Guarded::spawn(command.stderr(std::process::Stdio::piped()), "stackinit");
-        let started = std::time::Instant::now();
-        let code = wait_exit(&mut cli.child, Duration::from_secs(20));
-        let mut stderr = String::new();
-        if let Some(mut e) = cli.child.stderr.take() {
-            std::io::Read::read_to_string(&mut e, &mut stderr).ok();
-        }
-        (code, started.elapsed(), stderr)
+        run_timed(&mut command, Duration::from_secs(20))
     };
-    let (code, took, stderr) = run(&["status", "--timeout", "1s"]);
-    assert_eq!(code.and_then(|c| c.code()), Some(1), "{stderr}");
+    let (code, stderr, took) = run(&["status", "--timeout", "1s"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(took < Duration::from_secs(3), "--timeout 1s took {took:?}");
     assert!(
         stderr.contains("no answer") && stderr.contains("1s"),
         "{stderr}"
     );
-    let (code, took, stderr) = run(&["stop", "app"]);
-    assert_eq!(code.and_then(|c| c.code()), Some(1), "{stderr}");
+    let (code, stderr, took) = run(&["stop", "app"]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         took >= Duration::from_secs(9) && took < Duration::from_secs(13),
         "the default timeout is 10 s: took {took:?}"
@@ -308,23 +296,14 @@ fn check(config: &str) -> (Option<i32>, String, Duration) {
     let dir = temp_dir("stackinit-check");
     let path = dir.path().join("stackinit.toml");
     std::fs::write(&path, config).expect("write config");
-    let mut child = Guarded::spawn(
-        std::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped()),
-        "stackinit check",
+    let mut command = std::process::Command::new(BIN);
+    command.args(["check", "--config"]).arg(&path);
+    let (code, stderr, took) = run_timed(
+        command.stdout(std::process::Stdio::null()),
+        Duration::from_secs(60),
     );
-    let started = std::time::Instant::now();
-    let code = wait_exit(&mut child.child, Duration::from_secs(60));
-    let took = started.elapsed();
-    let mut stderr = String::new();
-    if let Some(mut e) = child.child.stderr.take() {
-        std::io::Read::read_to_string(&mut e, &mut stderr).ok();
-    }
     (
-        code.and_then(|c| c.code()),
+        code,
         stderr.replace(&path.display().to_string(), "FILE"),
         took,
     )
@@ -460,13 +439,22 @@ fn idle_connections(addr: std::net::SocketAddr, count: usize) -> Vec<std::net::T
         .collect()
 }
 
-/// `/healthz` on a fresh connection, as a load balancer asks: 5 s to answer, like an ALB.
-fn healthz(addr: std::net::SocketAddr) -> std::io::Result<http::Reply> {
-    http::Request::new(addr, "GET", "/healthz")
-        .host("10.0.0.1")
+/// GET `path` with `Host: host` on a fresh connection, with 5 s to connect and to answer (an ALB's
+/// health check timeout).
+fn request(
+    addr: std::net::SocketAddr,
+    host: &'static str,
+    path: &'static str,
+) -> http::Request<'static> {
+    http::Request::new(addr, "GET", path)
+        .host(host)
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(5))
-        .send()
+}
+
+/// `/healthz` as a load balancer asks: by IP.
+fn healthz(addr: std::net::SocketAddr) -> std::io::Result<http::Reply> {
+    request(addr, "10.0.0.1", "/healthz").send()
 }
 
 /// With PID 1's 1024:4096 open files, the proxy takes 1100 idle connections and still answers a fresh
@@ -541,10 +529,7 @@ fn at_max_connections_idle_connections_make_room() {
     let idle = idle_connections(addr, 200);
     let reply = healthz(addr).unwrap_or_else(|e| panic!("/healthz: {e}\n{}", proxy.stderr()));
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let page = http::Request::new(addr, "GET", "/")
-        .host("t")
-        .timeout(Duration::from_secs(5))
-        .reply();
+    let page = request(addr, "t", "/").reply();
     assert_eq!(page.status, 200, "{}", page.text());
     // The oldest idle ones were closed for them; the proxy holds at most its cap.
     let closed = idle.iter().filter(|c| closed_by_peer(c)).count();
@@ -578,10 +563,7 @@ fn with_every_connection_busy_the_reserve_answers_healthz() {
     );
     let reply = healthz(addr).unwrap_or_else(|e| panic!("/healthz: {e}\n{}", proxy.stderr()));
     assert_eq!(reply.status, 200, "{}", reply.text());
-    let page = http::Request::new(addr, "GET", "/")
-        .host("t")
-        .timeout(Duration::from_secs(5))
-        .reply();
+    let page = request(addr, "t", "/").reply();
     assert_eq!(page.status, 503, "{}", page.text());
     assert_eq!(page.header("retry-after"), Some("1"));
     for c in &busy {
