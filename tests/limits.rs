@@ -382,20 +382,6 @@ fn a_reload_that_cannot_fit_the_file_limit_is_refused() {
     assert_eq!(stack.state_of("app"), "running");
 }
 
-/// RLIMIT_NOFILE (soft, hard) of a running process.
-fn nofile_of(pid: u32) -> (u64, u64) {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("Max open files");
-    let numbers: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    (numbers[0], numbers[1])
-}
-
 /// Started with PID 1's 1024:4096, stackinit raises its own soft limit to the hard one; services keep
 /// the 1024 they would have had, under the raised hard limit, unless `nofile` says otherwise.
 #[test]

@@ -217,6 +217,20 @@ pub fn nice_of(pid: i32) -> i32 {
     fields[16].parse().expect("nice field")
 }
 
+/// RLIMIT_NOFILE (soft, hard) of a running process.
+pub fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
 /// Whether `pid` runs (exists and is not a zombie).
 pub fn process_exists(pid: i32) -> bool {
     process_state(pid as u32).is_some_and(|state| state != 'Z')
