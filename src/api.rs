@@ -71,6 +71,23 @@ pub struct ServiceStatus {
     /// "liveness: ...". Stays after the new process runs, unlike `reason` (systemd's `Result=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_restart: Option<String>,
+    /// What the current process tree uses, read from its cgroup when status is asked (absent without
+    /// cgroups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// A unit's resource use, from its cgroup v2 files. A field is absent when its controller is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
 }
 
 /// Body of every error answer: `{"error": "..."}` with a 4xx/5xx status.
@@ -93,6 +110,87 @@ pub struct ReloadReply {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub unchanged: Vec<String>,
+}
+
+/// Body of the answer to `POST /v1/diff` (and `POST /v1/reload?dry_run=1`): what a reload would do,
+/// service by service, without doing it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffReply {
+    /// Every service of the running or the new config, by name.
+    pub services: Vec<ServiceDiff>,
+    pub proxy: ProxyDiff,
+    /// `[init]` differs: that takes effect at the next boot only.
+    pub init_changed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDiff {
+    pub name: String,
+    /// How its `[service.NAME]` differs: `added`, `removed`, `changed` or `unchanged`.
+    pub config: String,
+    /// What happens to its processes: the strongest of its units' actions.
+    pub action: DiffAction,
+    /// The keys of `[service.NAME]` that differ (for `changed`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Each process slot (`app@0`, `app@1`, or `app`) and what happens to it.
+    pub units: Vec<UnitDiff>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitDiff {
+    pub name: String,
+    pub action: DiffAction,
+}
+
+/// What a reload does to a process, or to the proxy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiffAction {
+    /// Nothing.
+    #[default]
+    Unchanged,
+    /// Gone from the config and not running: only forgotten.
+    Remove,
+    /// The proxy only: routes, names or limits change over its state channel, without a restart.
+    Reconfigure,
+    Stop,
+    Start,
+    Restart,
+    /// A replicated service: each replica's successor starts and is ready before the old one stops.
+    RollingRestart,
+}
+
+impl DiffAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffAction::Unchanged => "unchanged",
+            DiffAction::Remove => "remove",
+            DiffAction::Reconfigure => "reconfigure",
+            DiffAction::Stop => "stop",
+            DiffAction::Start => "start",
+            DiffAction::Restart => "restart",
+            DiffAction::RollingRestart => "rolling restart",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyDiff {
+    pub action: DiffAction,
+    /// One line per change: `listen: ["0.0.0.0:80"] -> [...]`, `server example.org: added`, ...
+    pub changes: Vec<String>,
+}
+
+/// Body of `POST /v1/diff`: a config to compare instead of the running stack's own file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffRequest {
+    /// The TOML text.
+    pub config: String,
+    /// The name its errors are reported under (the client's path).
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// An error from the supervisor to be sent back as HTTP `status` + `ErrorReply`.

@@ -50,9 +50,42 @@ pub enum Command {
     /// Stop a service (stop signal, grace period, then SIGKILL to its process group).
     Stop { name: String },
     /// Restart a service; replicas are replaced one at a time.
-    Restart { name: String },
-    /// Re-read the config and apply the difference.
-    Reload,
+    Restart {
+        name: String,
+        /// Wait until every replica is replaced and ready (exit 0), the rollout halts (exit 1), or
+        /// DURATION passes (exit 5; default 10m), as `kubectl rollout status` does.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10m")]
+        wait: Option<String>,
+    },
+    /// Re-read the config and apply the difference (`--dry-run`: only say what would change, as `diff`).
+    Reload {
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: the plan as JSON.
+        #[arg(long, requires = "dry_run")]
+        json: bool,
+    },
+    /// What `reload` would do, service by service, without doing it: against the running stack's own
+    /// config file, or against `--config PATH`.
+    Diff {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert a supervisord configuration and nginx sites into a commented stackinit.toml that passes
+    /// `stackinit check`; list what was not converted, with FILE:LINE and why.
+    Import {
+        /// supervisord files: supervisord.conf (its [include] files are read too) or conf.d/*.conf.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        supervisor: Vec<PathBuf>,
+        /// nginx files: sites (sites-enabled/*) or a whole nginx.conf; `include` is followed.
+        #[arg(long, num_args = 1.., value_name = "FILE")]
+        nginx: Vec<PathBuf>,
+        /// Where to write the config (default: standard output).
+        #[arg(long, short, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
     /// Print a service's log.
     Logs {
         name: String,

@@ -29,6 +29,11 @@ fn main() -> ExitCode {
         Some(Command::DemoWorker) => stackinit::demo::worker_main(),
         Some(Command::ForkFrom { socket }) => stackinit::fork_from::main(&socket),
         Some(Command::Readahead { list }) => stackinit::readahead::main(&list),
+        Some(Command::Import {
+            supervisor,
+            nginx,
+            out,
+        }) => stackinit::import::main(&supervisor, &nginx, out.as_deref()),
         Some(command) => stackinit::control::client::main(&socket, &cli.timeout, command),
     }
 }

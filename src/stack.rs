@@ -13,11 +13,16 @@ use crate::supervise::{launch, Outcome, RunOptions};
 pub struct StackOptions {
     pub config_path: Option<std::path::PathBuf>,
     pub config: crate::config::Config,
+    /// What `stackinit check` would warn about, logged once the stack starts.
+    pub warnings: Vec<crate::config::ConfigError>,
     pub pid1: bool,
 }
 
 /// Run the stack until shutdown completes. Builds its own single-threaded runtime.
 pub fn run(opts: StackOptions) -> Outcome {
+    for warning in &opts.warnings {
+        tracing::warn!("config: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -91,7 +96,11 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
     // Before the config is read: its checks count against the raised limit. The hard limit is the
     // parent's choice (systemd's LimitNOFILE=, ulimit -Hn) and stays.
     let raised = crate::nofile::raise(false);
-    let (config_path, config) = match crate::config::load_or_demo(&arg) {
+    let crate::config::Loaded {
+        path: config_path,
+        config,
+        warnings,
+    } = match crate::config::load_or_demo(&arg) {
         Ok(found) => found,
         Err(errors) => {
             for e in &errors {
@@ -122,6 +131,7 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
     match run(StackOptions {
         config_path,
         config,
+        warnings,
         pid1: false,
     }) {
         Outcome::Exit(code) => ExitCode::from(code),

@@ -599,6 +599,47 @@ listen = ["127.0.0.1:18089"]
 after = ["dhcp"]
 "#,
     ),
+    case(
+        "dashboard_short_token_off_loopback",
+        3,
+        19,
+        "init.dashboard_token",
+        "dashboard_token is 1 characters; a dashboard on 0.0.0.0:9001 can be reached from the network, so it needs at least 16",
+        r#"[init]
+dashboard = "0.0.0.0:9001"
+dashboard_token = "x"
+"#,
+    ),
+    case(
+        "upgrade_bad_protocol",
+        7,
+        27,
+        "proxy.server[0].location[0].upgrade",
+        "\"web socket\" is not a protocol name",
+        r#"[proxy]
+listen = ["127.0.0.1:18089"]
+[[proxy.server]]
+  [[proxy.server.location]]
+  path = "/"
+  upstream = "127.0.0.1:9"
+  upgrade = ["websocket", "web socket"]
+"#,
+    ),
+    case(
+        "upgrade_without_upstream",
+        6,
+        13,
+        "proxy.server[0].location[0].upgrade",
+        "upgrade only applies to a location with upstream",
+        r#"[proxy]
+listen = ["127.0.0.1:18089"]
+[[proxy.server]]
+  [[proxy.server.location]]
+  path = "/"
+  upgrade = ["websocket"]
+  return = 204
+"#,
+    ),
 ];
 
 fn check(path: &Path) -> Output {

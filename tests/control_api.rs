@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nix::unistd::Gid;
 use serde_json::Value;
-use stackinit::api::{ActionReply, ApiError, ReloadReply, ServiceStatus, State};
+use stackinit::api::{ActionReply, ApiError, DiffReply, ReloadReply, ServiceStatus, State};
 use stackinit::control::server::serve;
 use stackinit::supervise::handle::{Action, Handle, LogSource, LogStream, Request};
 use support::http;
@@ -246,6 +246,7 @@ fn answer(
             name,
             action,
             reply,
+            ..
         } => {
             let known = canned_services()
                 .iter()
@@ -282,6 +283,10 @@ fn answer(
                     unchanged: vec!["migrate".into(), "proxy".into()],
                 })
             });
+        }
+        // The dry run's own behaviour is tested against a real supervisor (tests/import.rs).
+        Request::Diff { reply, .. } => {
+            let _ = reply.send(Ok(DiffReply::default()));
         }
         Request::Shutdown { reboot, reply } => {
             let _ = events.send(Event::Shutdown { reboot });

@@ -16,7 +16,8 @@ use support::{csrf_token, free_port, wait_until, Stack};
 const TOKEN: &str = "test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn start_stack(port: u16) -> Stack {
+/// `init_extra` goes into `[init]` after the dashboard's keys.
+fn start_stack(port: u16, init_extra: &str) -> Stack {
     // alpha's first line is markup, to show log lines are text; bravo says its pid when it starts;
     // charlie ticks.
     let config = format!(
@@ -25,6 +26,7 @@ dashboard = "127.0.0.1:{port}"
 dashboard_token = "{TOKEN}"
 dashboard_user = "admin"
 dashboard_password = "s3cret pass"
+{init_extra}
 
 [service.alpha]
 command = ["sh", "-c", "echo '<img src=x onerror=window.pwned=1> alpha up'; exec sleep 100000"]
@@ -50,7 +52,7 @@ start_secs = "100ms"
 #[test]
 fn dashboard_in_a_real_browser() {
     let port = free_port();
-    let stack = start_stack(port);
+    let stack = start_stack(port, "");
     let base = format!("http://127.0.0.1:{port}");
     let browser = Browser::start();
 
@@ -242,7 +244,7 @@ fn dashboard_in_a_real_browser() {
 #[test]
 fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
     let port = free_port();
-    let stack = start_stack(port);
+    let stack = start_stack(port, "");
     let bearer = format!("Bearer {TOKEN}");
     let pid = stack.pid_of("bravo");
 
@@ -358,6 +360,72 @@ fn tcp_listener_refuses_missing_credentials_and_cross_origin_posts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn wrong_credentials_lock_the_client_out_for_a_while() {
+    let port = free_port();
+    let _stack = start_stack(port, "");
+    let bearer = format!("Bearer {TOKEN}");
+    // A few typos cost nothing...
+    for _ in 0..5 {
+        let reply = http(
+            port,
+            "GET",
+            "/v1/status",
+            &[("Authorization", "Bearer guess")],
+        );
+        assert_eq!(reply.status, 401, "{}", reply.text());
+    }
+    assert_eq!(
+        http(port, "GET", "/v1/status", &[("Authorization", &bearer)]).status,
+        200
+    );
+    // ...a success forgives them; then a guessing run locks the client out, the right token included.
+    for _ in 0..6 {
+        let reply = http(port, "GET", "/?token=guess", &[]);
+        assert_eq!(reply.status, 401, "{}", reply.text());
+    }
+    let locked = http(port, "GET", "/v1/status", &[("Authorization", &bearer)]);
+    assert_eq!(locked.status, 429, "{}", locked.text());
+    let wait: u64 = locked
+        .header("retry-after")
+        .and_then(|s| s.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&wait), "first lockout {wait} s");
+    std::thread::sleep(Duration::from_secs(wait));
+    assert_eq!(
+        http(port, "GET", "/v1/status", &[("Authorization", &bearer)]).status,
+        200,
+        "the lockout ends"
+    );
+}
+
+#[test]
+fn each_login_gets_its_own_session_and_sessions_expire() {
+    let port = free_port();
+    let _stack = start_stack(port, "dashboard_session_lifetime = \"2s\"");
+    let login = || {
+        let reply = http(port, "GET", &format!("/?token={TOKEN}"), &[]);
+        assert_eq!(reply.status, 303, "{}", reply.text());
+        let cookie = reply
+            .header("set-cookie")
+            .expect("a session cookie")
+            .to_string();
+        assert!(cookie.contains("Max-Age=2;"), "{cookie}");
+        cookie.split(';').next().unwrap_or("").to_string()
+    };
+    let (first, second) = (login(), login());
+    assert_ne!(first, second, "one id per login, not one per process");
+    for cookie in [&first, &second] {
+        let reply = http(port, "GET", "/v1/status", &[("Cookie", cookie)]);
+        assert_eq!(reply.status, 200, "{cookie}: {}", reply.text());
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    for cookie in [&first, &second] {
+        let reply = http(port, "GET", "/v1/status", &[("Cookie", cookie)]);
+        assert_eq!(reply.status, 401, "{cookie} outlived its lifetime");
+    }
 }
 
 /// One request to the dashboard's TCP listener (no body).

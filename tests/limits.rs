@@ -12,22 +12,24 @@ use support::*;
 
 const LONG: &str = r#"command = ["sleep", "100000"]"#;
 
+/// Start stackinit with the open-file limit the kernel gives PID 1.
+const PID1_NOFILE: [&str; 2] = ["prlimit", "--nofile=1024:4096"];
+
 /// A variable that is not UTF-8 in stackinit's own environment reaches the services byte for byte
 /// (it used to panic at the first spawn, so nothing started).
 #[test]
 fn a_non_utf8_environment_variable_is_passed_through() {
     let value = b"caf\xe9".to_vec();
-    let launch = Launch {
-        env: vec![("LEGACY_LATIN1".into(), OsString::from_vec(value.clone()))],
-        ..Launch::default()
-    };
-    let stack = Stack::launch(
+    let assignment = OsString::from_vec([b"LEGACY_LATIN1=".as_slice(), &value].concat());
+    // env(1) puts the variable in stackinit's environment and execs it.
+    let stack = Stack::start_under(
+        &[OsString::from("env"), assignment],
         r#"
 [service.env]
 command = ["sh", "-c", "printf '%s' \"$LEGACY_LATIN1\" > {dir}/seen; exec sleep 100000"]
 start_secs = "0s"
 "#,
-        launch,
+        &[],
     );
     stack.wait_state("env", "running", Duration::from_secs(5));
     let seen = wait_for(
@@ -249,7 +251,6 @@ fn a_log_replaced_by_a_symlink_is_refused() {
 [service.victim]
 {LONG}
 start_secs = "0s"
-start_limit = 1
 stdout = "{victim}"
 
 [service.ticker]
@@ -261,15 +262,19 @@ stdout = "{ticker}"
         ticker = logs.path().join("ticker.out.log").display(),
     ));
     stack.wait_state("ticker", "running", Duration::from_secs(5));
-    stack.wait_state("victim", "fatal", Duration::from_secs(10));
-    let reason = stack.unit("victim")["reason"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let victim = wait_for("victim's reason", Duration::from_secs(10), || {
+        let unit = stack.unit("victim");
+        let refused = unit["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot open log"));
+        refused.then_some(unit)
+    });
+    let reason = victim["reason"].as_str().unwrap_or("");
     assert!(
         reason.contains("victim.out.log") && reason.contains("symbolic link"),
         "{reason}"
     );
+    assert!(victim["pid"].is_null(), "victim runs: {victim}");
     let out = stack.cli(&["logs", "victim"]);
     assert!(!out.status.success(), "logs of a refused log file: {out:?}");
     // Swapped while running: the reopen (SIGUSR1, as after logrotate) refuses it too.
@@ -350,12 +355,8 @@ fn check_bounds_replicas_and_answers_within_a_second() {
 /// changes nothing (adding 200 replicas past the limit made the supervisor panic).
 #[test]
 fn a_reload_that_cannot_fit_the_file_limit_is_refused() {
-    let launch = Launch {
-        nofile: Some((512, 512)),
-        ..Launch::default()
-    };
     let config = format!("[service.app]\n{LONG}\nstart_secs = \"0s\"\n");
-    let stack = Stack::launch(&config, launch);
+    let stack = Stack::start_under(&["prlimit", "--nofile=512:512"], &config, &[]);
     stack.wait_state("app", "running", Duration::from_secs(5));
     let text = std::fs::read_to_string(&stack.config).expect("config");
     std::fs::write(
@@ -386,15 +387,12 @@ fn a_reload_that_cannot_fit_the_file_limit_is_refused() {
 /// the 1024 they would have had, under the raised hard limit, unless `nofile` says otherwise.
 #[test]
 fn the_file_limit_is_raised_for_init_and_kept_for_services() {
-    let launch = Launch {
-        nofile: Some((1024, 4096)),
-        ..Launch::default()
-    };
-    let stack = Stack::launch(
+    let stack = Stack::start_under(
+        &PID1_NOFILE,
         &format!(
             "[service.plain]\n{LONG}\nstart_secs = \"0s\"\n\n[service.wide]\n{LONG}\nstart_secs = \"0s\"\nnofile = 2048\n"
         ),
-        launch,
+        &[],
     );
     stack.wait_state("wide", "running", Duration::from_secs(5));
     assert_eq!(nofile_of(stack.pid()), (4096, 4096), "stackinit itself");
@@ -449,16 +447,13 @@ fn healthz(addr: std::net::SocketAddr) -> std::io::Result<http::Reply> {
 fn healthz_answers_with_1100_idle_connections_under_pid1_file_limits() {
     let port = free_port();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    let launch = Launch {
-        nofile: Some((1024, 4096)),
-        ..Launch::default()
-    };
-    let stack = Stack::launch(
+    let stack = Stack::start_under(
+        &PID1_NOFILE,
         &format!(
             "[proxy]\nlisten = [\"{addr}\"]\n[[proxy.server]]\nserver_name = [\"t\"]\n  \
              [[proxy.server.location]]\n  path = \"/\"\n  return = 200\n"
         ),
-        launch,
+        &[],
     );
     wait_for("the proxy's /healthz", Duration::from_secs(20), || {
         healthz(addr).ok().filter(|r| r.status == 200)

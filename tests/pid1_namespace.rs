@@ -482,6 +482,128 @@ fn early_boot_mounts_sets_the_hostname_and_brings_up_lo() {
     pid1.terminate();
 }
 
+/// An ext4 file system in a file, attached to a loop device for the life of the test.
+struct LoopDisk {
+    device: String,
+}
+
+impl LoopDisk {
+    fn new(image: &Path, uuid: &str, label: &str) -> LoopDisk {
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-U", uuid, "-L", label])
+            .arg(image)
+            .arg("8M")
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs) must be installed");
+        assert!(made.success(), "mkfs.ext4 failed");
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .expect("losetup (util-linux) must be installed");
+        assert!(out.status.success(), "losetup: {out:?}");
+        let device = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        LoopDisk { device }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.device]).status();
+    }
+}
+
+/// The file system type and source mounted at `mount_point` in `pid`'s mount namespace.
+fn mounted_at(pid: i32, mount_point: &Path) -> Option<(String, String)> {
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    mountinfo.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let tail: Vec<&str> = line.split(" - ").nth(1)?.split(' ').collect();
+        if Path::new(fields.get(4)?) != mount_point {
+            return None;
+        }
+        Some((tail.first()?.to_string(), tail.get(1)?.to_string()))
+    })
+}
+
+#[test]
+fn early_boot_mounts_fstab_entries_by_uuid_and_label_and_goes_on_past_missing_ones() {
+    let dir = test_dir();
+    let root = fs::canonicalize(dir.path()).expect("canonical dir");
+    let uuid = "3f1c2b4a-5d6e-4f70-8a9b-0c1d2e3f4a5b";
+    let disk = LoopDisk::new(&root.join("data.img"), uuid, "stackdata");
+    let logs_disk = LoopDisk::new(
+        &root.join("logs.img"),
+        "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d",
+        "stacklogs",
+    );
+    let fstab = format!(
+        "# an AMI's fstab: its data volume by UUID and by label, scratch space, and two that cannot mount
+UUID={uuid}  {r}/data  ext4  defaults,nofail  0 2
+LABEL=stacklogs  {r}/by-label  ext4  ro,noatime  0 2
+tmpfs  {r}/scratch  tmpfs  size=1m,mode=0700,nosuid  0 0
+LABEL=no-such-volume  {r}/optional  ext4  defaults,nofail  0 2
+/dev/no-such-disk  {r}/required  ext4  defaults  0 2
+/swapfile none swap sw 0 0
+",
+        r = root.display()
+    );
+    fs::write(root.join("fstab"), fstab).expect("write fstab");
+    let config = [
+        init_section(&root, ""),
+        recording_service(&root, "base", &[]),
+    ]
+    .concat();
+    let fstab_path = root.join("fstab").display().to_string();
+    let mut pid1 = Pid1::start(
+        dir,
+        &config,
+        &["--mount", "--uts", "--net"],
+        &[
+            ("STACKINIT_EARLY_BOOT", "1"),
+            ("STACKINIT_FSTAB", &fstab_path),
+        ],
+    );
+    // Boot went on past the entries that cannot mount: the service started.
+    wait_all_started(&pid1, 1);
+    let pid = pid1.host_pid;
+    assert_eq!(
+        mounted_at(pid, &root.join("data")),
+        Some(("ext4".into(), disk.device.clone())),
+        "{}",
+        pid1.console()
+    );
+    assert_eq!(
+        mounted_at(pid, &root.join("by-label")),
+        Some(("ext4".into(), logs_disk.device.clone()))
+    );
+    assert_eq!(
+        mounted_at(pid, &root.join("scratch")).map(|m| m.0),
+        Some("tmpfs".into())
+    );
+    assert_eq!(mounted_at(pid, &root.join("optional")), None);
+    let console = pid1.console();
+    for said in [
+        format!("mounted {}/data (UUID={uuid}, ext4)", root.display()),
+        format!(
+            "not mounted: {}/optional from LABEL=no-such-volume: no device with LABEL=no-such-volume (nofail)",
+            root.display()
+        ),
+        format!(
+            "could not mount {}/required from /dev/no-such-disk (fstab line 6)",
+            root.display()
+        ),
+    ] {
+        assert!(console.contains(&said), "console lacks {said:?}:\n{console}");
+    }
+    // The host saw none of it.
+    assert_eq!(
+        mounted_at(std::process::id() as i32, &root.join("data")),
+        None
+    );
+    pid1.terminate();
+}
+
 /// Whether this process may raise hard limits (CAP_SYS_RESOURCE, bit 24 of CapEff); a container may
 /// not grant it.
 fn may_raise_hard_limits() -> bool {

@@ -279,6 +279,54 @@ fn websocket_echo_through_the_proxy() {
     }
 }
 
+/// A request asking to switch to `protocol` (HTTP/1.1 `Connection: Upgrade`), and what the upstream saw of it.
+fn upgrade_headers_seen(addr: SocketAddr, path: &str, protocol: &str) -> (u16, Option<String>) {
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: t\r\nUpgrade: {protocol}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    );
+    let reply = raw_request(addr, raw.as_bytes()).unwrap();
+    if reply.status != 200 {
+        return (reply.status, None);
+    }
+    let json = reply.json();
+    let upgrade = json["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pair| pair[0] == "upgrade")
+        .map(|pair| pair[1].as_str().unwrap_or("").to_string());
+    (200, upgrade)
+}
+
+#[test]
+fn only_the_upgrades_a_location_allows_reach_the_upstream() {
+    let echo = Echo::start("e");
+    let locations = format!(
+        "[[proxy.server]]\nserver_name = [\"t\"]\n\
+           [[proxy.server.location]]\n  path = \"/\"\n  upstream = \"{up}\"\n\
+           [[proxy.server.location]]\n  path = \"/h2c/\"\n  upstream = \"{up}\"\n  upgrade = [\"h2c\"]\n\
+           [[proxy.server.location]]\n  path = \"/none/\"\n  upstream = \"{up}\"\n  upgrade = []\n",
+        up = echo.addr
+    );
+    let s = setup("", &locations);
+    // By default only WebSocket: an h2c (or any other) switch is forwarded as a plain request, so the
+    // upstream cannot open a tunnel past the location rules.
+    assert_eq!(upgrade_headers_seen(s.addr, "/", "h2c"), (200, None));
+    assert_eq!(upgrade_headers_seen(s.addr, "/", "foo/1"), (200, None));
+    assert_eq!(
+        upgrade_headers_seen(s.addr, "/h2c/", "h2c"),
+        (200, Some("h2c".to_string())),
+        "a location that allows h2c forwards it"
+    );
+    // `upgrade = []`: not even WebSocket (the echo would answer 101 if it saw the Upgrade).
+    assert_eq!(
+        upgrade_headers_seen(s.addr, "/none/", "websocket"),
+        (200, None)
+    );
+    assert_eq!(upgrade_headers_seen(s.addr, "/", "websocket").0, 101);
+}
+
 #[test]
 fn static_files_with_index_conditional_and_ranges() {
     let files = tempfile::tempdir().unwrap();

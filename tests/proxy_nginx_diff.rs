@@ -6,6 +6,12 @@
 //!   connections alive (HTTP/1.1) and sends no Connection header.
 //! - Headers named in the client's `Connection` header, and `Proxy-Connection`: nginx forwards them, stackinit
 //!   removes them as hop-by-hop (RFC 9110 §7.6.1).
+//! - An absolute-form request (`GET http://host/path`) is routed by the target's host in both, but nginx (with
+//!   Debian's `Host $http_host`) forwards the client's Host header, which may name another server; stackinit
+//!   forwards the target's host, the one it routed by (RFC 9112 §3.2.2). nginx accepts any scheme there
+//!   (`ftp://`); stackinit answers 400 to anything but http and https.
+//! - A request line over 8 KB gets 414 from nginx (`large_client_header_buffers`); stackinit's limit is
+//!   `max_header_size` (32 KB), so only longer ones are compared.
 
 mod support;
 
@@ -13,7 +19,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use support::http::raw_request;
-use support::nginx::start_nginx;
+use support::nginx::{outcome, request_for, start_nginx};
 use support::proxy::{Echo, ProxyProcess};
 use support::{free_port, Guarded};
 
@@ -212,7 +218,7 @@ struct Pair {
     _dir: tempfile::TempDir,
     _echoes: Vec<Echo>,
     _nginx: Guarded,
-    _proxy: ProxyProcess,
+    proxy: ProxyProcess,
     nginx: SocketAddr,
     stackinit: SocketAddr,
     ids: BTreeMap<String, usize>,
@@ -263,33 +269,11 @@ fn start_pair() -> Pair {
         _dir: dir,
         _echoes: echoes,
         _nginx: nginx,
-        _proxy: proxy,
+        proxy,
         nginx: nginx_addr,
         stackinit: proxy_addr,
         ids,
     }
-}
-
-/// What a request ended in: the status and, for a proxied 200, the server that answered.
-fn outcome(addr: SocketAddr, raw: &[u8]) -> String {
-    match raw_request(addr, raw) {
-        Ok(reply) if reply.status == 200 => {
-            format!("200 {}", reply.json()["id"].as_str().unwrap_or("?"))
-        }
-        Ok(reply) => format!("{}", reply.status),
-        Err(e) => format!("error {}", e.kind()),
-    }
-}
-
-fn request_for(host: &Option<Vec<u8>>, version: &str) -> Vec<u8> {
-    let mut raw = format!("GET /probe HTTP/{version}\r\n").into_bytes();
-    if let Some(h) = host {
-        raw.extend_from_slice(b"Host: ");
-        raw.extend_from_slice(h);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"Connection: close\r\n\r\n");
-    raw
 }
 
 #[test]
@@ -305,7 +289,7 @@ fn same_server_as_nginx_for_every_host() {
     let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
     for host in &corpus {
         for version in ["1.1", "1.0"] {
-            let raw = request_for(host, version);
+            let raw = request_for(host, "/probe", version);
             let want = outcome(pair.nginx, &raw);
             let got = outcome(pair.stackinit, &raw);
             *by_outcome.entry(want.clone()).or_default() += 1;
@@ -372,6 +356,9 @@ fn forwarded_headers_match_nginx() {
         "POST /h?q=1 HTTP/1.1\r\nHost: api.x\r\nContent-Length: 5\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nhello",
         "GET /h HTTP/1.0\r\n\r\n",
         "GET /h HTTP/1.1\r\nHost: ip-10-1-2-3.ec2.internal\r\nCookie: a=b\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n",
+        // nginx drops names with underscores (`underscores_in_headers off`): WSGI would read this one as
+        // HTTP_X_FORWARDED_PROTO, the header the proxy sets.
+        "GET /h HTTP/1.1\r\nHost: x.example.org\r\nX_Forwarded_Proto: https\r\nFoo_Bar: 1\r\nConnection: close\r\n\r\n",
     ];
     for raw in cases {
         let mut want = echoed_headers(pair.nginx, raw);
@@ -396,4 +383,111 @@ fn forwarded_headers_match_nginx() {
         "GET /h HTTP/1.1\r\nHost: x.example.org\r\nX-Hop: 1\r\nConnection: close, X-Hop\r\n\r\n";
     assert!(echoed_headers(pair.nginx, raw).contains_key("x-hop"));
     assert!(!echoed_headers(pair.stackinit, raw).contains_key("x-hop"));
+}
+
+#[test]
+fn absolute_form_is_routed_like_nginx_and_the_upstream_gets_the_host_it_was_routed_by() {
+    let pair = start_pair();
+    for (target, host) in [
+        ("http://www.example.org/p", "other.example"),
+        ("https://x.example.org:8443/p?q=1", "example.org"),
+        ("HTTP://api.x/p", "x.example.org"),
+    ] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (want, got) = (
+            outcome(pair.nginx, raw.as_bytes()),
+            outcome(pair.stackinit, raw.as_bytes()),
+        );
+        assert_eq!(want, got, "{target} with Host {host}: routed differently");
+        let authority = target.split("://").nth(1).and_then(|r| r.split('/').next());
+        let forwarded = echoed_headers(pair.stackinit, &raw);
+        assert_eq!(
+            forwarded.get("host").map(Vec::as_slice),
+            Some([authority.unwrap().to_string()].as_slice()),
+            "{target}: the upstream must get the host the request was routed by, not Host: {host}"
+        );
+    }
+    // Documented exception: nginx routes any scheme; only http and https are requests for this site.
+    for target in ["ftp://www.example.org/p", "foo://www.example.org/p"] {
+        let raw =
+            format!("GET {target} HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n");
+        assert_eq!(outcome(pair.nginx, raw.as_bytes()), "200 s0");
+        assert_eq!(outcome(pair.stackinit, raw.as_bytes()), "400", "{target}");
+    }
+}
+
+/// Each case must get the status nginx gives it, and every refusal must be in stackinit's access log, those
+/// hyper answers before the handler sees them included.
+fn same_status_as_nginx_and_logged(pair: &Pair, cases: &[(&str, Vec<u8>)]) {
+    let mut statuses = Vec::new();
+    for (what, raw) in cases {
+        let (want, got) = (outcome(pair.nginx, raw), outcome(pair.stackinit, raw));
+        assert_eq!(want, got, "{what}: nginx {want}, stackinit {got}");
+        statuses.push(got);
+    }
+    let logged = |status: &str| {
+        let log = pair.proxy.access_log();
+        log.lines()
+            .filter(|l| l.contains(&format!("\" {status} ")))
+            .count()
+    };
+    let mut distinct = statuses.clone();
+    distinct.dedup();
+    for status in distinct {
+        let sent = statuses.iter().filter(|s| **s == status).count();
+        assert!(
+            support::wait_until(std::time::Duration::from_secs(5), || logged(&status)
+                == sent),
+            "{sent} requests got {status}, access.log has {}:\n{}",
+            logged(&status),
+            pair.proxy.access_log()
+        );
+    }
+}
+
+#[test]
+fn request_lines_over_the_limit_get_414_like_nginx() {
+    let pair = start_pair();
+    let long_target = |n: usize| {
+        format!(
+            "GET /{} HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n",
+            "a".repeat(n)
+        )
+        .into_bytes()
+    };
+    same_status_as_nginx_and_logged(
+        &pair,
+        &[
+            ("a 40 KB URI", long_target(40_000)),
+            ("a 70 KB URI", long_target(70_000)),
+            ("a 120 KB URI", long_target(120_000)),
+        ],
+    );
+}
+
+#[test]
+fn malformed_requests_and_bodies_get_400_like_nginx() {
+    let pair = start_pair();
+    let chunked = |body: &str| {
+        format!(
+            "POST /h HTTP/1.1\r\nHost: www.example.org\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}"
+        )
+        .into_bytes()
+    };
+    same_status_as_nginx_and_logged(
+        &pair,
+        &[
+            ("a chunk size that is not hex", chunked("zz\r\nhello\r\n0\r\n\r\n")),
+            ("chunk data longer than its size", chunked("5\r\nhelloXX0\r\n\r\n")),
+            (
+                "a control character in the URI",
+                b"GET /\x01 HTTP/1.1\r\nHost: www.example.org\r\nConnection: close\r\n\r\n".to_vec(),
+            ),
+            (
+                "a header name with a space",
+                b"GET / HTTP/1.1\r\nHost: www.example.org\r\nBad Header: x\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            ),
+        ],
+    );
 }

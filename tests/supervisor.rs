@@ -64,6 +64,8 @@ fn goes_fatal_after_the_start_limit_with_the_reason() {
 command = ["sh", "-c", "echo cannot start >&2; exit 3"]
 start_limit = 3
 backoff_initial = "50ms"
+# Giving up is a choice: by default a crash loop retries for ever (tests/faults.rs).
+start_limit_action = "fatal"
 "#,
     );
     stack.wait_state("broken", "fatal", Duration::from_secs(10));

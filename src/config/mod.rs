@@ -4,6 +4,7 @@
 //! and a failed `reload` show the user all of them at once.
 #![forbid(unsafe_code)]
 
+pub mod diff;
 mod schema;
 pub mod units;
 mod validate;
@@ -13,7 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use schema::*;
-pub use units::{Bytes, Mode, Secs};
+pub use units::{Bytes, Mode, Percent, Secs};
 
 /// One problem in a config file, located by line and column (1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +40,21 @@ impl fmt::Display for ConfigError {
 /// The embedded demo stack that `stackinit run` uses when there is no config file.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
 
+/// A valid config, where it came from (`None`: the built-in demo), and what `check` would warn about.
+pub struct Loaded {
+    pub path: Option<PathBuf>,
+    pub config: Config,
+    /// `FILE:LINE:COL: key: warning: ...`, for `check` to print and startup to log.
+    pub warnings: Vec<ConfigError>,
+}
+
 /// Read and validate a config file.
 pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    load_checked(path).map(|(config, _)| config)
+}
+
+/// Read and validate a config file; the config and its warnings.
+fn load_checked(path: &Path) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             file: path.to_path_buf(),
@@ -50,12 +64,12 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
             message: format!("cannot read config: {e}"),
         }]
     })?;
-    parse(path, &text)
+    validate::parse_and_validate(path, &text)
 }
 
 /// Parse and validate config text; `path` is only used to name the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
-    validate::parse_and_validate(path, text)
+    validate::parse_and_validate(path, text).map(|(config, _)| config)
 }
 
 /// The demo config with its paths made usable by the current user (root gets `/logs`).
@@ -95,19 +109,35 @@ pub fn resolve_path(arg: &crate::cli::ConfigArg) -> Option<PathBuf> {
 }
 
 /// Load the config a command names; with no file, the demo stack (named `<built-in demo>` in errors).
-pub fn load_or_demo(
-    arg: &crate::cli::ConfigArg,
-) -> Result<(Option<PathBuf>, Config), Vec<ConfigError>> {
-    match resolve_path(arg) {
-        Some(path) => load(&path).map(|c| (Some(path), c)),
-        None => parse(Path::new("<built-in demo>"), &demo_text()).map(|c| (None, c)),
-    }
+pub fn load_or_demo(arg: &crate::cli::ConfigArg) -> Result<Loaded, Vec<ConfigError>> {
+    let (path, (config, warnings)) = match resolve_path(arg) {
+        Some(path) => {
+            let checked = load_checked(&path)?;
+            (Some(path), checked)
+        }
+        None => (
+            None,
+            validate::parse_and_validate(Path::new("<built-in demo>"), &demo_text())?,
+        ),
+    };
+    Ok(Loaded {
+        path,
+        config,
+        warnings,
+    })
 }
 
 /// `stackinit check`: print every error as `FILE:LINE:COL: key: message`, exit 1 if there are any.
 pub fn check_command(arg: crate::cli::ConfigArg) -> std::process::ExitCode {
     match load_or_demo(&arg) {
-        Ok((path, config)) => {
+        Ok(Loaded {
+            path,
+            config,
+            warnings,
+        }) => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
             let name = path.map_or_else(
                 || "<built-in demo>".to_string(),
                 |p| p.display().to_string(),

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::units::{Bytes, Mode, Secs};
+use super::units::{Bytes, Mode, Percent, Secs};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +55,8 @@ pub struct InitSpec {
     pub dashboard_password: Option<String>,
     /// Bearer token for the TCP dashboard (`Authorization: Bearer T`, or open `/?token=T` once).
     pub dashboard_token: Option<String>,
+    /// How long a browser stays signed in after opening `/?token=T` (its session cookie's lifetime).
+    pub dashboard_session_lifetime: Secs,
 }
 
 /// The EC2 instance metadata service (IMDSv2), asked once at boot for the instance's names and IPs.
@@ -96,6 +98,7 @@ impl Default for InitSpec {
             dashboard_user: None,
             dashboard_password: None,
             dashboard_token: None,
+            dashboard_session_lifetime: Secs::from_secs(12 * 3600),
         }
     }
 }
@@ -107,6 +110,18 @@ pub enum RestartPolicy {
     Always,
     OnFailure,
     Never,
+}
+
+/// What happens once `start_limit` starts in a row have failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartLimitAction {
+    /// Keep retrying every `backoff_max`, as kubelet's CrashLoopBackOff does: an unattended instance
+    /// never gives up on a service that may come back (a dependency, a disk, a secret that returns).
+    #[default]
+    Backoff,
+    /// Give up: the service goes `fatal` until `stackinit start` or a reload (supervisord's FATAL).
+    Fatal,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,8 +178,19 @@ pub struct ServiceSpec {
     pub success_exit_codes: Vec<i32>,
     /// A process that dies sooner than this after starting is a failed start.
     pub start_secs: Secs,
-    /// Consecutive failed starts before the service goes `fatal`.
+    /// Consecutive failed starts (exits before `start_secs` and before readiness) that make a crash loop.
     pub start_limit: u32,
+    /// In a crash loop: keep retrying every `backoff_max` (default), or go `fatal`.
+    pub start_limit_action: StartLimitAction,
+    /// cgroup v2 limits of each process (systemd's MemoryMax=, MemoryHigh=, CPUWeight=, CPUQuota=,
+    /// TasksMax=, IOWeight=; kubelet's memory and cpu limits).
+    pub memory_max: Option<Bytes>,
+    pub memory_high: Option<Bytes>,
+    pub cpu_weight: Option<u32>,
+    /// Percent of one CPU, as systemd's `CPUQuota=` (`"50%"`, `"200%"`).
+    pub cpu_max: Option<Percent>,
+    pub pids_max: Option<u32>,
+    pub io_weight: Option<u32>,
     /// Restart delays: the first restart is immediate, then `backoff_initial` doubling up to `backoff_max`,
     /// with ±10 % jitter. The series resets once the service has stayed up for `backoff_reset`.
     pub backoff_initial: Secs,
@@ -220,6 +246,13 @@ impl Default for ServiceSpec {
             success_exit_codes: vec![0],
             start_secs: Secs::from_secs(1),
             start_limit: 5,
+            start_limit_action: StartLimitAction::Backoff,
+            memory_max: None,
+            memory_high: None,
+            cpu_weight: None,
+            cpu_max: None,
+            pids_max: None,
+            io_weight: None,
             backoff_initial: Secs::from_millis(100),
             backoff_max: Secs::from_secs(30),
             backoff_reset: Secs::from_secs(60),
@@ -296,6 +329,10 @@ pub struct ProxySpec {
     pub client_max_body_size: Bytes,
     /// Largest request head (request line + headers) accepted; larger gets 431.
     pub max_header_size: Bytes,
+    /// Pass request headers whose names contain `_` to upstreams (nginx `underscores_in_headers`). Off, as in
+    /// nginx: WSGI servers map `X_Forwarded_Proto` and `X-Forwarded-Proto` to the same `HTTP_X_FORWARDED_PROTO`,
+    /// so a client could otherwise smuggle a value past the one the proxy sets.
+    pub underscores_in_headers: bool,
     pub connect_timeout: Secs,
     /// How long a request may wait in the proxy for a replica that is ready and has room (replicas
     /// restarting, or all at `max_in_flight`) before it gets 502.
@@ -337,6 +374,7 @@ impl Default for ProxySpec {
             after: Vec::new(),
             client_max_body_size: Bytes(1 << 20),
             max_header_size: Bytes(32 << 10),
+            underscores_in_headers: false,
             connect_timeout: Secs::from_secs(5),
             queue_timeout: Secs::from_secs(30),
             header_timeout: Secs::from_secs(60),
@@ -394,4 +432,11 @@ pub struct LocationSpec {
     #[serde(rename = "return")]
     pub return_status: Option<u16>,
     pub redirect: Option<String>,
+    /// Protocols a client may switch to through this upstream location (`Upgrade`, answered by a 101 and
+    /// then a raw tunnel the location rules no longer see). Unset: `["websocket"]`; `[]`: none. nginx forwards
+    /// no `Upgrade` unless a location sets `proxy_set_header Upgrade $http_upgrade`; others are dropped here.
+    pub upgrade: Option<Vec<String>>,
 }
+
+/// What a location allows when it does not say: WebSocket, the one upgrade browsers make.
+pub const DEFAULT_UPGRADE: &[&str] = &["websocket"];

@@ -27,11 +27,14 @@ use toml::Spanned;
 use super::{Config, ConfigError};
 use doc::KeyPath;
 
-/// Errors found so far, with the text needed to turn byte offsets into lines and columns.
+/// Errors (and warnings) found so far, with the text needed to turn byte offsets into lines and columns.
 pub(crate) struct Report<'t> {
     file: PathBuf,
     text: &'t str,
     errors: Vec<ConfigError>,
+    /// What may well be wrong but cannot be known from here (a permission an ACL may still grant): printed by
+    /// `check` and logged at startup, never a reason to refuse the config.
+    warnings: Vec<ConfigError>,
 }
 
 impl<'t> Report<'t> {
@@ -40,19 +43,31 @@ impl<'t> Report<'t> {
             file: file.to_path_buf(),
             text,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
     /// Record an error at byte `offset`, about the key `key` (may be empty).
     pub fn error(&mut self, offset: usize, key: &KeyPath, message: impl Into<String>) {
+        let error = self.located(offset, key, message.into());
+        self.errors.push(error);
+    }
+
+    /// Record a warning: said like an error, with `warning: ` before the message.
+    pub fn warning(&mut self, offset: usize, key: &KeyPath, message: impl Into<String>) {
+        let warning = self.located(offset, key, format!("warning: {}", message.into()));
+        self.warnings.push(warning);
+    }
+
+    fn located(&self, offset: usize, key: &KeyPath, message: String) -> ConfigError {
         let (line, col) = doc::line_col(self.text, offset);
-        self.errors.push(ConfigError {
+        ConfigError {
             file: self.file.clone(),
             line,
             col,
             key: key.to_string(),
-            message: message.into(),
-        });
+            message,
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -85,7 +100,11 @@ pub(crate) fn span_for(root: &Spanned<DeValue<'_>>, path: &KeyPath, at_key: bool
     }
 }
 
-pub(crate) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+/// The config and its warnings, or every error.
+pub(crate) fn parse_and_validate(
+    path: &Path,
+    text: &str,
+) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let mut report = Report::new(path, text);
     let (table, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -106,7 +125,9 @@ pub(crate) fn parse_and_validate(path: &Path, text: &str) -> Result<Config, Vec<
     let recovered = sections::deserialize(&root, &mut report);
     checks::run(&root, &recovered, &mut report);
     if report.is_empty() {
-        Ok(recovered.config)
+        let mut warnings = report.warnings;
+        warnings.sort_by_key(|w| (w.line, w.col));
+        Ok((recovered.config, warnings))
     } else {
         Err(report.into_errors())
     }

@@ -4,10 +4,12 @@
 //! `shutdown`):
 //! - 0: done. For `status NAME`: every matching process is running, or is a oneshot that finished
 //!   with exit 0.
-//! - 1: failed: cannot connect, permission denied, the supervisor refused, or a bad reply.
+//! - 1: failed: cannot connect, permission denied, the supervisor refused, a bad reply, or no answer
+//!   within `--timeout`.
 //! - 3: `status NAME` only: the service, or one of its replicas, is not running (as
 //!   `supervisorctl status` and LSB init scripts do).
 //! - 4: `status NAME` only: no such service or replica.
+//! - 5: `restart NAME --wait` only: the restart was still going when the wait ran out.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -25,16 +27,15 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use super::table::{format_reload, format_table, is_fine};
-use crate::api::{ActionReply, ErrorReply, ReloadReply, StatusReply};
+use super::table::{format_diff, format_reload, format_table, is_fine};
+use crate::api::{ActionReply, DiffReply, DiffRequest, ErrorReply, ReloadReply, StatusReply};
 use crate::cli::Command;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_NOT_RUNNING: u8 = 3;
 pub const EXIT_UNKNOWN_SERVICE: u8 = 4;
-/// A bad command line (as clap exits).
-pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_TIMED_OUT: u8 = 5;
 
 /// Largest JSON reply the client reads (thousands of services fit easily).
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
@@ -45,7 +46,7 @@ pub fn main(socket: &Path, timeout: &str, command: Command) -> ExitCode {
         Ok(limit) => Some(limit).filter(|limit| !limit.is_zero()),
         Err(error) => {
             eprintln!("stackinit: --timeout: {error}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(EXIT_FAILURE);
         }
     };
     ExitCode::from(run(
@@ -60,7 +61,7 @@ pub fn main(socket: &Path, timeout: &str, command: Command) -> ExitCode {
 /// Run one control command against `socket`, writing results to `out` and errors to `err`;
 /// returns the exit code. On its own current-thread runtime, so tests can call it directly.
 /// `timeout` bounds the whole command, except that `logs --follow` waits only for the first answer
-/// within it and then follows for as long as the log lasts.
+/// within it and then follows for as long as the log lasts, and `restart --wait` has its own limit.
 pub fn run(
     socket: &Path,
     command: Command,
@@ -78,9 +79,12 @@ pub fn run(
             return EXIT_FAILURE;
         }
     };
-    let follows = matches!(command, Command::Logs { follow: true, .. });
+    let open_ended = matches!(
+        command,
+        Command::Logs { follow: true, .. } | Command::Restart { wait: Some(_), .. }
+    );
     let client = Client::new(socket, timeout);
-    let whole = if follows { None } else { timeout };
+    let whole = if open_ended { None } else { timeout };
     let result = runtime.block_on(client.within(whole, execute(&client, command, out)));
     match result {
         Ok(code) => code,
@@ -100,8 +104,23 @@ async fn execute(
         Command::Status { name, json } => status(client, name.as_deref(), json, out).await,
         Command::Start { name } => action(client, &name, "start", out).await,
         Command::Stop { name } => action(client, &name, "stop", out).await,
-        Command::Restart { name } => action(client, &name, "restart", out).await,
-        Command::Reload => {
+        Command::Restart { name, wait: None } => action(client, &name, "restart", out).await,
+        Command::Restart {
+            name,
+            wait: Some(limit),
+        } => restart_and_wait(client, &name, &limit, out).await,
+        Command::Reload {
+            dry_run: true,
+            json,
+        } => diff(client, "/v1/reload?dry_run=1", None, json, out).await,
+        Command::Diff { config, json } => {
+            let body = match &config.config {
+                Some(path) => Some(diff_body(path)?),
+                None => None,
+            };
+            diff(client, "/v1/diff", body, json, out).await
+        }
+        Command::Reload { dry_run: false, .. } => {
             let reply: ReloadReply = client.call(Method::POST, "/v1/reload", None).await?;
             write_out(out, format_reload(&reply).as_bytes())?;
             Ok(EXIT_OK)
@@ -146,11 +165,7 @@ async fn status(
     }
     let reply: StatusReply = parse(&body)?;
     if json {
-        // The server's JSON as sent: already per the contract, and it keeps fields this client doesn't know.
-        write_out(out, &body)?;
-        if !body.ends_with(b"\n") {
-            write_out(out, b"\n")?;
-        }
+        write_json(out, &body)?;
     } else {
         write_out(out, format_table(&reply.services).as_bytes())?;
     }
@@ -162,6 +177,38 @@ async fn status(
     })
 }
 
+/// `diff` / `reload --dry-run`: the plan as a table, or the server's JSON as sent.
+async fn diff(
+    client: &Client,
+    path: &str,
+    body: Option<String>,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, ClientError> {
+    let (code, reply) = client.fetch(Method::POST, path, body).await?;
+    if !code.is_success() {
+        return Err(api_error(code, &reply));
+    }
+    let plan: DiffReply = parse(&reply)?;
+    if json {
+        write_json(out, &reply)?;
+    } else {
+        write_out(out, format_diff(&plan).as_bytes())?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `diff --config PATH`: the file's text goes to the supervisor, which never reads the client's files.
+fn diff_body(path: &Path) -> Result<String, ClientError> {
+    let config = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::BadRequest(format!("cannot read {}: {e}", path.display())))?;
+    let request = DiffRequest {
+        config,
+        path: Some(path.display().to_string()),
+    };
+    serde_json::to_string(&request).map_err(|e| ClientError::BadRequest(e.to_string()))
+}
+
 async fn action(
     client: &Client,
     name: &str,
@@ -171,6 +218,25 @@ async fn action(
     let path = format!("/v1/services/{}/{verb}", encode_segment(name));
     let reply: ActionReply = client.call(Method::POST, &path, None).await?;
     finish_action(reply, out)
+}
+
+/// `restart NAME --wait[=DURATION]`: the supervisor answers once the restart is over.
+async fn restart_and_wait(
+    client: &Client,
+    name: &str,
+    limit: &str,
+    out: &mut dyn Write,
+) -> Result<u8, ClientError> {
+    let limit = crate::config::units::parse_duration(limit)
+        .map_err(|e| ClientError::Usage(format!("--wait: {e}")))?;
+    let path = format!("/v1/services/{}/restart", encode_segment(name));
+    let body = Some(serde_json::json!({ "wait": true }).to_string());
+    match tokio::time::timeout(limit, client.call(Method::POST, &path, body)).await {
+        Ok(reply) => finish_action(reply?, out),
+        Err(_) => Err(ClientError::TimedOut(format!(
+            "{name}: the restart was still going after {limit:?}"
+        ))),
+    }
 }
 
 fn finish_action(reply: ActionReply, out: &mut dyn Write) -> Result<u8, ClientError> {
@@ -219,6 +285,15 @@ async fn logs(
     Ok(EXIT_OK)
 }
 
+/// The server's JSON as sent: already per the contract, and it keeps fields this client doesn't know.
+fn write_json(out: &mut dyn Write, body: &[u8]) -> Result<(), ClientError> {
+    write_out(out, body)?;
+    if !body.ends_with(b"\n") {
+        write_out(out, b"\n")?;
+    }
+    Ok(())
+}
+
 fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), ClientError> {
     out.write_all(bytes)
         .and_then(|()| out.flush())
@@ -251,7 +326,7 @@ impl Client {
         };
         match tokio::time::timeout(limit, work).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::TimedOut {
+            Err(_) => Err(ClientError::NoAnswer {
                 socket: self.socket.clone(),
                 limit,
             }),
@@ -386,17 +461,22 @@ pub enum ClientError {
     BadRequest(String),
     Output(io::Error),
     /// No (complete) answer within `--timeout`.
-    TimedOut {
+    NoAnswer {
         socket: PathBuf,
         limit: Duration,
     },
     NotAControlCommand,
+    /// A command-line value this client cannot use.
+    Usage(String),
+    /// `restart --wait`: the restart did not end in time.
+    TimedOut(String),
 }
 
 impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::UnknownService(_) => EXIT_UNKNOWN_SERVICE,
+            ClientError::TimedOut(_) => EXIT_TIMED_OUT,
             _ => EXIT_FAILURE,
         }
     }
@@ -420,11 +500,13 @@ impl fmt::Display for ClientError {
             ClientError::Transport(error) => write!(f, "lost the connection to stackinit: {error}"),
             ClientError::Api { message, .. }
             | ClientError::UnknownService(message)
-            | ClientError::Refused(message) => f.write_str(message),
+            | ClientError::Refused(message)
+            | ClientError::Usage(message)
+            | ClientError::TimedOut(message) => f.write_str(message),
             ClientError::BadReply(error) => write!(f, "unexpected reply from stackinit: {error}"),
             ClientError::BadRequest(error) => write!(f, "cannot build the request: {error}"),
             ClientError::Output(error) => write!(f, "cannot write output: {}", describe(error)),
-            ClientError::TimedOut { socket, limit } => write!(
+            ClientError::NoAnswer { socket, limit } => write!(
                 f,
                 "no answer from {} within {} (stackinit is busy or stuck; --timeout sets the limit, 0 waits forever)",
                 socket.display(),

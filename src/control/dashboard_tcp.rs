@@ -6,8 +6,11 @@
 //! - `Authorization: Basic ...` with `dashboard_user`/`dashboard_password` (browsers prompt for it);
 //! - `Authorization: Bearer TOKEN` with `dashboard_token` (scripts);
 //! - the session cookie a browser gets by opening `/?token=TOKEN` once (it is redirected to `/`, so
-//!   the token leaves the address bar). The cookie holds a per-process random session id, not the
-//!   token, and is `HttpOnly; SameSite=Strict`.
+//!   the token leaves the address bar). The cookie holds a random id made for that login, not the
+//!   token, is `HttpOnly; SameSite=Strict`, and expires after `dashboard_session_lifetime` (sessions.rs).
+//!
+//! Wrong credentials are counted per client: after a few, the client must wait, longer each time, before
+//! any credentials of its are looked at again (429; login_throttle.rs).
 //!
 //! Without configured credentials (allowed on loopback only, see the config check) the listener only
 //! answers requests whose `Host` is a loopback name, so a DNS-rebinding page can't reach it.
@@ -15,24 +18,27 @@
 
 use std::convert::Infallible;
 use std::io;
+use std::net::IpAddr;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, LOCATION, SET_COOKIE,
-    WWW_AUTHENTICATE,
+    HeaderValue, ACCEPT, AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST, LOCATION, RETRY_AFTER,
+    SET_COOKIE, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::dashboard::{constant_time_eq, random_hex};
+use super::login_throttle::Throttle;
 use super::reply::{error_response, with_content_type, ReplyBody};
 use super::server::respond_tcp;
+use super::sessions::Sessions;
 use crate::api::ApiError;
 use crate::config::InitSpec;
 use crate::supervise::handle::Handle;
@@ -42,12 +48,37 @@ const MAX_CONNECTIONS: usize = 32;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const SESSION_COOKIE: &str = "stackinit_session";
 
-/// The credentials the TCP listener accepts, from `[init]`.
-#[derive(Clone, Default)]
+/// The credentials the TCP listener accepts, from `[init]`, with its sessions and failed-login counts.
+#[derive(Clone)]
 pub struct Auth {
     /// `user:password` in base64, as a browser sends it after `Basic `.
     basic: Option<String>,
     token: Option<String>,
+    logins: Arc<Logins>,
+}
+
+/// What the listener remembers about logins; shared by its connections.
+struct Logins {
+    sessions: Mutex<Sessions>,
+    throttle: Mutex<Throttle>,
+}
+
+impl Logins {
+    fn new(session_lifetime: Duration) -> Arc<Logins> {
+        Arc::new(Logins {
+            sessions: Mutex::new(Sessions::new(session_lifetime)),
+            throttle: Mutex::new(Throttle::default()),
+        })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        // Poisoned only by a panic while held; the table is still usable.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -69,6 +100,7 @@ impl Auth {
         Auth {
             basic,
             token: init.dashboard_token.clone().filter(|t| !t.is_empty()),
+            logins: Logins::new(init.dashboard_session_lifetime.0),
         }
     }
 
@@ -76,6 +108,7 @@ impl Auth {
         Auth {
             basic: None,
             token: Some(token.to_string()),
+            logins: Logins::new(Duration::from_secs(3600)),
         }
     }
 
@@ -83,7 +116,13 @@ impl Auth {
         self.basic.is_none() && self.token.is_none()
     }
 
-    /// Whether the request's headers carry valid credentials.
+    /// Whether the request carries the cookie of a live session.
+    fn in_session(&self, request: &Request<Incoming>) -> bool {
+        cookie(request, SESSION_COOKIE)
+            .is_some_and(|id| self.logins.sessions().is_valid(id, Instant::now()))
+    }
+
+    /// Whether the request's `Authorization` header carries valid credentials.
     fn admits(&self, request: &Request<Incoming>) -> bool {
         let headers = request.headers();
         for value in headers.get_all(AUTHORIZATION) {
@@ -103,8 +142,7 @@ impl Auth {
                 }
             }
         }
-        cookie(request, SESSION_COOKIE)
-            .is_some_and(|session| constant_time_eq(session.as_bytes(), session_id().as_bytes()))
+        false
     }
 
     /// `GET /?token=TOKEN` with the right token: the browser's way in when it can't send a header.
@@ -117,6 +155,13 @@ impl Auth {
             && query_value(request.uri().query().unwrap_or(""), "token")
                 .is_some_and(|sent| constant_time_eq(sent.as_bytes(), token.as_bytes()))
     }
+}
+
+/// Whether a request offers credentials (an `Authorization` header, or `/?token=`): a wrong offer is a failed
+/// login. A request with none (a browser's first visit, a stale cookie) is only answered 401.
+fn offers_credentials(request: &Request<Incoming>) -> bool {
+    request.headers().contains_key(AUTHORIZATION)
+        || query_value(request.uri().query().unwrap_or(""), "token").is_some()
 }
 
 /// Bind `addr` and serve the dashboard there on the current runtime. Returns once bound.
@@ -182,11 +227,10 @@ async fn respond(
                 message: "this dashboard has no credentials and only answers Host: 127.0.0.1, [::1] or localhost".into(),
             });
         }
-    } else if auth.login_token_matches(&request) {
-        return login_redirect();
-    } else if !auth.admits(&request) {
-        tracing::info!(?peer, path = %request.uri().path(), "dashboard: request without valid credentials");
-        return unauthorized(auth, &request);
+    } else if !auth.in_session(&request) {
+        if let Some(refused) = check_credentials(auth, &request, peer) {
+            return refused;
+        }
     }
     if request.method() == Method::POST {
         tracing::info!(?peer, path = %request.uri().path(), "dashboard request");
@@ -194,15 +238,61 @@ async fn respond(
     respond_tcp(request, handle).await
 }
 
-fn login_redirect() -> Response<ReplyBody> {
+/// `None` when the request's credentials are good; else the answer: 429 while its client is locked out
+/// after failed logins, the login redirect for a good `/?token=`, or 401.
+fn check_credentials(
+    auth: &Auth,
+    request: &Request<Incoming>,
+    peer: Option<SocketAddr>,
+) -> Option<Response<ReplyBody>> {
+    let client = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+    let now = Instant::now();
+    if let Some(wait) = auth.logins.throttle().retry_after(client, now) {
+        tracing::info!(?peer, "dashboard: client locked out after failed logins");
+        return Some(too_many_failures(wait));
+    }
+    if auth.login_token_matches(request) {
+        auth.logins.throttle().succeeded(client);
+        return Some(login_redirect(auth));
+    }
+    if auth.admits(request) {
+        auth.logins.throttle().succeeded(client);
+        return None;
+    }
+    if offers_credentials(request) {
+        tracing::warn!(?peer, path = %request.uri().path(), "dashboard: wrong credentials");
+        auth.logins.throttle().failed(client, now);
+    } else {
+        tracing::info!(?peer, path = %request.uri().path(), "dashboard: request without credentials");
+    }
+    Some(unauthorized(auth, request))
+}
+
+/// 429 with the seconds left in the lockout.
+fn too_many_failures(wait: Duration) -> Response<ReplyBody> {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = error_response(&ApiError {
+        status: 429,
+        message: format!("too many failed logins from this address: try again in {seconds} s"),
+    });
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+fn login_redirect(auth: &Auth) -> Response<ReplyBody> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
     *response.status_mut() = StatusCode::SEE_OTHER;
     let headers = response.headers_mut();
     headers.insert(LOCATION, HeaderValue::from_static("/"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let id = random_hex(32);
+    let mut sessions = auth.logins.sessions();
+    let max_age = sessions.lifetime().as_secs();
+    sessions.open(id.clone(), Instant::now());
     if let Ok(cookie) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        session_id()
+        "{SESSION_COOKIE}={id}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict"
     )) {
         headers.insert(SET_COOKIE, cookie);
     }
@@ -257,12 +347,6 @@ const LOGIN_PAGE: &str = "<!doctype html><html lang=en><meta charset=utf-8>\
 <form method=get action=/><p><label for=t>Dashboard token</label> \
 <input id=t name=token type=password autocomplete=current-password required autofocus> \
 <button>Open dashboard</button></form></html>";
-
-/// The session cookie's value: random per process, so a restart signs every browser out.
-fn session_id() -> &'static str {
-    static SESSION: OnceLock<String> = OnceLock::new();
-    SESSION.get_or_init(|| random_hex(32))
-}
 
 fn cookie<'r>(request: &'r Request<Incoming>, name: &str) -> Option<&'r str> {
     request

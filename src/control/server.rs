@@ -5,6 +5,8 @@
 //!   replicas, or one replica `app@1`)
 //! - `POST /v1/services/NAME/start|stop|restart` -> `ActionReply`
 //! - `POST /v1/reload` -> `ReloadReply` (400 with the config errors when the new config is invalid)
+//! - `POST /v1/diff` (or `POST /v1/reload?dry_run=1`) -> `DiffReply`: what a reload would do, done by
+//!   nobody; with a body `{"config": "<toml>", "path": "name"}`, against that text instead of the file
 //! - `POST /v1/shutdown[?reboot=1]` (or body `{"reboot": true}`) -> `ActionReply`
 //! - `GET  /v1/services/NAME/logs?stream=stdout|stderr&lines=N&follow=1` -> `text/plain`, the last N
 //!   lines, then (follow) every new complete line as a chunked body until the client goes away
@@ -34,8 +36,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::access::Policy;
-use super::reply::{error_response, json_response, method_not_allowed, ReplyBody};
-use crate::api::{ApiError, StatusReply};
+use super::reply::{
+    error_response, json_response, method_not_allowed, with_content_type, ReplyBody,
+};
+use crate::api::{ApiError, DiffRequest, StatusReply};
 use crate::supervise::handle::{Action, Handle, LogStream};
 
 /// Largest request body accepted (the API's bodies are tiny JSON objects).
@@ -232,6 +236,18 @@ async fn handle_request(
         tracing::info!(uid = ?peer.uid, %path, "control request");
     }
     match route {
+        Route::Metrics => {
+            let services = handle.status(None).await?;
+            let unhealthy = handle.facts().await?.unhealthy;
+            let draining = handle.is_draining();
+            let text =
+                super::metrics::render(&services, unhealthy.is_empty() && !draining, draining);
+            let body = http_body_util::Full::new(bytes::Bytes::from(text)).boxed_unsync();
+            Ok(with_content_type(
+                Response::new(body),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ))
+        }
         Route::Status(name) => {
             let services = handle.status(name).await?;
             Ok(json_response(
@@ -243,16 +259,24 @@ async fn handle_request(
             ))
         }
         Route::Control(name, action) => {
-            read_json_body(request.into_body()).await?;
-            Ok(json_response(
-                StatusCode::OK,
-                &handle.control(name, action).await?,
-            ))
+            let body = read_json_body(request.into_body()).await?;
+            let wait = body
+                .as_ref()
+                .and_then(|b| b.get("wait"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+            let reply = match (action, wait) {
+                (Action::Restart, true) => handle.restart_and_wait(name).await?,
+                _ => handle.control(name, action).await?,
+            };
+            Ok(json_response(StatusCode::OK, &reply))
         }
+        Route::Reload if query.flag("dry_run")? => diff(handle, request.into_body()).await,
         Route::Reload => {
             read_json_body(request.into_body()).await?;
             Ok(json_response(StatusCode::OK, &handle.reload().await?))
         }
+        Route::Diff => diff(handle, request.into_body()).await,
         Route::Shutdown => {
             let body: ShutdownBody = match read_json_body(request.into_body()).await? {
                 Some(value) => serde_json::from_value(value).map_err(|err| {
@@ -276,12 +300,18 @@ enum Route {
     Control(String, Action),
     Logs(String),
     Reload,
+    Diff,
     Shutdown,
+    /// Prometheus scrape.
+    Metrics,
 }
 
 impl Route {
     fn parse(path: &str) -> Result<Route, ApiError> {
         let not_found = || ApiError::not_found(format!("no such endpoint: {path}"));
+        if path == "/metrics" {
+            return Ok(Route::Metrics);
+        }
         let rest = path.strip_prefix("/v1/").ok_or_else(not_found)?;
         let segments: Vec<&str> = rest.split('/').collect();
         let name = |raw: &str| -> Result<String, ApiError> {
@@ -298,6 +328,7 @@ impl Route {
             ["services", service, "restart"] => Route::Control(name(service)?, Action::Restart),
             ["services", service, "logs"] => Route::Logs(name(service)?),
             ["reload"] => Route::Reload,
+            ["diff"] => Route::Diff,
             ["shutdown"] => Route::Shutdown,
             _ => return Err(not_found()),
         })
@@ -305,8 +336,8 @@ impl Route {
 
     fn method(&self) -> Method {
         match self {
-            Route::Status(_) | Route::Logs(_) => Method::GET,
-            Route::Control(..) | Route::Reload | Route::Shutdown => Method::POST,
+            Route::Status(_) | Route::Logs(_) | Route::Metrics => Method::GET,
+            Route::Control(..) | Route::Reload | Route::Diff | Route::Shutdown => Method::POST,
         }
     }
 }
@@ -367,6 +398,18 @@ impl Query {
             ))),
         }
     }
+}
+
+/// A dry run of reload, against the body's config if it has one.
+async fn diff(handle: &Handle, body: Incoming) -> Result<Response<ReplyBody>, ApiError> {
+    let source: Option<DiffRequest> = match read_json_body(body).await? {
+        Some(value) => Some(
+            serde_json::from_value(value)
+                .map_err(|err| ApiError::bad_request(format!("invalid diff request: {err}")))?,
+        ),
+        None => None,
+    };
+    Ok(json_response(StatusCode::OK, &handle.diff(source).await?))
 }
 
 #[derive(Debug, Default, Deserialize)]

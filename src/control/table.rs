@@ -1,7 +1,7 @@
 //! How the CLI shows status and reload answers to people.
 #![forbid(unsafe_code)]
 
-use crate::api::{ReloadReply, ServiceStatus, State};
+use crate::api::{DiffAction, DiffReply, ReloadReply, ServiceStatus, State};
 
 /// `status` as a table: NAME STATE READY PID UPTIME RESTARTS LAST-EXIT, plus REASON when any
 /// service has one. Columns are padded to their widest cell; lines carry no trailing blanks.
@@ -123,6 +123,57 @@ pub fn format_reload(reply: &ReloadReply) -> String {
         list(&reply.changed),
         list(&reply.unchanged)
     )
+}
+
+/// The answer to `diff`: a line per service (its action, and what changed), then the proxy's changes.
+pub fn format_diff(reply: &DiffReply) -> String {
+    let mut out = String::new();
+    let width = reply
+        .services
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    for s in &reply.services {
+        let mut line = format!(
+            "{:<width$}  {:<15}  {}",
+            s.name,
+            s.action.as_str(),
+            s.config
+        );
+        if !s.keys.is_empty() {
+            line.push_str(&format!(" ({})", s.keys.join(", ")));
+        }
+        let mixed: Vec<String> = s
+            .units
+            .iter()
+            .filter(|u| u.action != s.action)
+            .map(|u| format!("{} {}", u.name, u.action.as_str()))
+            .collect();
+        if !mixed.is_empty() {
+            line.push_str(&format!("; {}", mixed.join(", ")));
+        }
+        out.push_str(&one_line(&line));
+        out.push('\n');
+    }
+    if reply.proxy.action != DiffAction::Unchanged || !reply.proxy.changes.is_empty() {
+        out.push_str(&format!(
+            "{:<width$}  {}\n",
+            "proxy",
+            reply.proxy.action.as_str()
+        ));
+        for change in &reply.proxy.changes {
+            out.push_str(&format!("  {}\n", one_line(change)));
+        }
+    }
+    if reply.init_changed {
+        out.push_str("[init] changed: that takes effect at the next boot\n");
+    }
+    if out.is_empty() {
+        out.push_str("no services\n");
+    }
+    out
 }
 
 /// Control characters would break the table's rows; show them as spaces.

@@ -5,11 +5,12 @@
 //! the power button and the ordered stop. Init wraps it so that PID 1 never exits or panics out: whatever
 //! happens, it ends in `reboot(2)` on a machine, or in a clean exit in a namespace, and until then it reaps.
 //!
-//! Modules, one job each: `role` (what kind of PID 1), `console`, `mounts`, `net` (lo, hostname), `reaper`
+//! Modules, one job each: `role` (what kind of PID 1), `console`, `mounts` (with `fstab`), `net` (lo, hostname), `reaper`
 //! (reaping while no supervisor runs) and `shutdown`. The power button (`crate::power_button`) and sd_notify
 //! (`crate::supervise::systemd_notify`) live with what uses them.
 
 pub mod console;
+pub mod fstab;
 pub mod mounts;
 pub mod net;
 pub mod reaper;
@@ -59,7 +60,11 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
         early_boot(role, mounted, &steps);
     }
     raise_file_limit(role, &steps);
-    let (config_path, config) = match crate::config::load_or_demo(&config) {
+    let crate::config::Loaded {
+        path: config_path,
+        config,
+        warnings,
+    } = match crate::config::load_or_demo(&config) {
         Ok(loaded) => loaded,
         Err(errors) => {
             shout(format_args!(
@@ -88,6 +93,7 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
     let options = crate::stack::StackOptions {
         config_path,
         config,
+        warnings,
         pid1: role.is_pid1(),
     };
     match catch_unwind(AssertUnwindSafe(|| crate::stack::run(options))) {
@@ -109,6 +115,7 @@ fn early_boot(role: Role, mounted: &mut Mounted, steps: &Steps) {
         env!("CARGO_PKG_VERSION")
     ));
     mounts::early_mounts(mounted, steps);
+    mounts::fstab_mounts(mounted, steps);
     if role == Role::Machine {
         console::attach_stdio_to_console();
         // The kernel then sends SIGINT to PID 1 on Ctrl-Alt-Del instead of rebooting on the spot.

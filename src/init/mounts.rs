@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::console::Steps;
+use super::console::{shout, Steps};
+use super::fstab::{self, FstabEntry, Plan, Spec};
+use nix::sys::statvfs::{statvfs, FsFlags};
 
 /// One line of `/proc/self/mountinfo`, the parts we use.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -195,6 +197,105 @@ fn mount_one(early: &EarlyMount, mounted: &mut Mounted) -> Result<(), Errno> {
         // Already mounted by someone else: fine.
         Err(Errno::EBUSY) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// `/etc/fstab` (or `$STACKINIT_FSTAB`, for tests): the root remounted with its options, then every other
+/// entry mounted, each reported on the console. A failure never stops boot.
+pub fn fstab_mounts(mounted: &mut Mounted, steps: &Steps) {
+    let path = std::env::var_os("STACKINIT_FSTAB")
+        .map_or_else(|| PathBuf::from("/etc/fstab"), PathBuf::from);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    for entry in fstab::parse(&text) {
+        match fstab::plan(&entry, is_mount_point(&entry.mount_point)) {
+            Plan::Skip(_) => {}
+            Plan::RemountRoot(flags) => remount_root(&entry, flags, steps),
+            Plan::Mount => mount_entry(&entry, mounted, steps),
+        }
+    }
+}
+
+/// GRUB boots with `ro`; fstab says what the root should be. Remount only when that differs.
+fn remount_root(entry: &FstabEntry, flags: MsFlags, steps: &Steps) {
+    let read_only = statvfs(Path::new("/")).is_ok_and(|s| s.flags().contains(FsFlags::ST_RDONLY));
+    let want_read_only = flags.contains(MsFlags::MS_RDONLY);
+    if read_only == want_read_only {
+        return;
+    }
+    let data = (!entry.options.data.is_empty()).then_some(entry.options.data.as_str());
+    let how = if want_read_only {
+        "read-only"
+    } else {
+        "read-write"
+    };
+    match mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | flags,
+        data,
+    ) {
+        Ok(()) => steps.step(format_args!(
+            "remounted / {how} (fstab line {})",
+            entry.line
+        )),
+        Err(e) => shout(format_args!(
+            "could not remount / {how} (fstab line {}): {e}",
+            entry.line
+        )),
+    }
+}
+
+fn mount_entry(entry: &FstabEntry, mounted: &mut Mounted, steps: &Steps) {
+    let target = &entry.mount_point;
+    let result = fstab_source(&entry.spec).and_then(|source| {
+        std::fs::create_dir_all(target)
+            .map_err(|e| format!("cannot create the mount point: {e}"))?;
+        let data = (!entry.options.data.is_empty()).then_some(entry.options.data.as_str());
+        let fs_type = Some(entry.fs_type.as_str()).filter(|t| *t != "auto");
+        mount(
+            Some(source.as_str()),
+            target,
+            fs_type,
+            entry.options.flags,
+            data,
+        )
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => {
+            mounted.targets.push(target.clone());
+            steps.step(format_args!(
+                "mounted {} ({}, {})",
+                target.display(),
+                entry.spec,
+                entry.fs_type
+            ));
+        }
+        Err(why) if entry.options.nofail => steps.step(format_args!(
+            "not mounted: {} from {}: {why} (nofail)",
+            target.display(),
+            entry.spec
+        )),
+        Err(why) => shout(format_args!(
+            "could not mount {} from {} (fstab line {}): {why}; boot goes on without it",
+            target.display(),
+            entry.spec,
+            entry.line
+        )),
+    }
+}
+
+/// What mount(2) is given as the source: the device a UUID or label names, or the spec as written.
+fn fstab_source(spec: &Spec) -> Result<String, String> {
+    match spec {
+        Spec::Path(path) => Ok(path.display().to_string()),
+        Spec::Other(text) => Ok(text.clone()),
+        Spec::Uuid(_) | Spec::Label(_) => fstab::find_device(spec)
+            .map(|dev| dev.display().to_string())
+            .ok_or_else(|| format!("no device with {spec}")),
     }
 }
 

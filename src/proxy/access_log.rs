@@ -47,9 +47,20 @@ impl AccessLog {
     }
 
     fn push(self: &Arc<Self>, entry: &Entry, bytes_sent: u64) {
+        self.push_with(|pending| pending.append(entry, bytes_sent));
+    }
+
+    /// A request hyper refused before the handler saw it (a malformed or oversized head), answered by hyper with
+    /// `status` and no body. Its request line is not known: logged as `"-"`, as nginx logs a request it could
+    /// not read.
+    pub fn rejected(self: &Arc<Self>, remote: &HeaderValue, status: u16) {
+        self.push_with(|pending| pending.append_rejected(remote, status));
+    }
+
+    fn push_with(self: &Arc<Self>, append: impl FnOnce(&mut Pending)) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let was_empty = pending.buffer.is_empty();
-        pending.append(entry, bytes_sent);
+        append(&mut pending);
         if pending.buffer.len() >= FLUSH_AT {
             write_out(&mut pending.buffer);
         } else if was_empty && !self.schedule_flush() {
@@ -116,19 +127,9 @@ impl Pending {
     /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
     /// $request_time $upstream_response_time`
     fn append(&mut self, entry: &Entry, bytes_sent: u64) {
-        let secs = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        if secs != self.date_secs || self.date.is_empty() {
-            self.date_secs = secs;
-            self.date = time_local(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-        }
+        self.start_line(&entry.remote);
         let out = &mut self.buffer;
         // Writes into a Vec cannot fail.
-        out.extend_from_slice(entry.remote.as_bytes());
-        out.extend_from_slice(b" - - [");
-        out.extend_from_slice(self.date.as_bytes());
-        out.extend_from_slice(b"] \"");
         escape_into(out, entry.method.as_str().as_bytes());
         out.push(b' ');
         request_target_into(out, &entry.uri, entry.version);
@@ -146,6 +147,27 @@ impl Pending {
             None => out.push(b'-'),
         }
         out.push(b'\n');
+    }
+
+    /// `$remote_addr - - [$time_local] "`: the start of every line.
+    fn start_line(&mut self, remote: &HeaderValue) {
+        let secs = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if secs != self.date_secs || self.date.is_empty() {
+            self.date_secs = secs;
+            self.date = time_local(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        }
+        self.buffer.extend_from_slice(remote.as_bytes());
+        self.buffer.extend_from_slice(b" - - [");
+        self.buffer.extend_from_slice(self.date.as_bytes());
+        self.buffer.extend_from_slice(b"] \"");
+    }
+
+    /// The line of a request hyper refused: no request line, no body, no times worth measuring.
+    fn append_rejected(&mut self, remote: &HeaderValue, status: u16) {
+        self.start_line(remote);
+        let _ = writeln!(self.buffer, "-\" {status} 0 \"-\" \"-\" 0.000 -");
     }
 }
 
@@ -350,6 +372,19 @@ mod tests {
         let (request_time, upstream_time) = times.split_once(' ').unwrap();
         assert!(request_time.parse::<f64>().is_ok(), "{request_time}");
         assert_eq!(upstream_time, "1.234\n");
+    }
+
+    #[test]
+    fn formats_a_rejected_request() {
+        let mut pending = Pending::default();
+        pending.append_rejected(&HeaderValue::from_static("127.0.0.9"), 414);
+        let line = String::from_utf8(pending.buffer).unwrap();
+        let (head, rest) = line.split_once(" [").unwrap();
+        assert_eq!(head, "127.0.0.9 - -");
+        assert_eq!(
+            rest.split_once("] ").unwrap().1,
+            "\"-\" 414 0 \"-\" \"-\" 0.000 -\n"
+        );
     }
 
     #[test]

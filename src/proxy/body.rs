@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -33,12 +33,43 @@ where
     body.map_err(Into::into).boxed_unsync()
 }
 
-/// A request body that fails once more than `limit` bytes have streamed through (`client_max_body_size` for
-/// chunked uploads, whose size is not known up front). `exceeded` tells the handler to answer 413.
+/// What went wrong with a client's request body while it streamed upstream, if anything. The upstream request
+/// then fails too, and this says whose fault that was: the client's (413, 400), not the upstream's (502).
+#[derive(Debug, Default)]
+pub struct BodyFault(AtomicU8);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// More than `client_max_body_size` (a chunked upload, whose size is not known up front).
+    TooLarge,
+    /// Malformed (a bad chunk), or cut off by the client.
+    Broken,
+}
+
+impl BodyFault {
+    pub fn get(&self) -> Option<Fault> {
+        match self.0.load(Ordering::Relaxed) {
+            1 => Some(Fault::TooLarge),
+            2 => Some(Fault::Broken),
+            _ => None,
+        }
+    }
+
+    fn set(&self, fault: Fault) {
+        let code = match fault {
+            Fault::TooLarge => 1,
+            Fault::Broken => 2,
+        };
+        self.0.store(code, Ordering::Relaxed);
+    }
+}
+
+/// A request body that fails once more than `limit` bytes have streamed through, and records in `fault` why
+/// it failed (too large, or the client's body was malformed).
 pub struct LimitedBody<B> {
     inner: B,
     remaining: u64,
-    exceeded: Arc<AtomicBool>,
+    fault: Arc<BodyFault>,
 }
 
 #[derive(Debug)]
@@ -53,11 +84,11 @@ impl std::fmt::Display for BodyTooLarge {
 impl std::error::Error for BodyTooLarge {}
 
 impl<B> LimitedBody<B> {
-    pub fn new(inner: B, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: B, limit: u64, fault: Arc<BodyFault>) -> Self {
         LimitedBody {
             inner,
             remaining: limit,
-            exceeded,
+            fault,
         }
     }
 }
@@ -80,14 +111,17 @@ where
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.fault.set(Fault::TooLarge);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     this.remaining -= len;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.fault.set(Fault::Broken);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

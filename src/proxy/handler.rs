@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,13 +13,13 @@ use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::access_log::{Entry, LoggedBody, ResponseBody};
-use super::body::{boxed, empty, full, LimitedBody, ProxyBody};
+use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
-use super::routes::{Action, Settings};
+use super::routes::{Action, ProxyTo, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
-use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight, Upstream};
-use super::{healthz, static_files, uri_path};
+use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight};
+use super::{head_limits, healthz, static_files, uri_path};
 
 /// Who is on the other end of a client connection.
 #[derive(Clone, Debug)]
@@ -93,6 +92,10 @@ fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
 }
 
 async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
+    let routes = shared.routes();
+    if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
+        return (local_error(status), None, None);
+    }
     if req.uri().path() == healthz::PATH {
         return (
             local(healthz::respond(
@@ -107,6 +110,9 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
         Ok(h) => h,
         Err(()) => return (local_error(StatusCode::BAD_REQUEST), None, None),
     };
+    if !scheme_is_http(req.uri()) {
+        return (local_error(StatusCode::BAD_REQUEST), None, None);
+    }
     // The Host used for routing: the request-line authority if any (absolute-form or HTTP/2), else the header.
     let routing_host = match req.uri().authority() {
         Some(authority) => Some(authority.as_str().as_bytes()),
@@ -125,7 +131,6 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
     let Some(path) = uri_path::normalize(req.uri().path()) else {
         return (local_error(StatusCode::BAD_REQUEST), None, None);
     };
-    let routes = shared.routes();
     let server_index = routes.names.select(host.as_deref());
     let Some(server) = routes.servers.get(server_index) else {
         return (local_error(StatusCode::NOT_FOUND), None, None);
@@ -145,10 +150,10 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
                     .await;
             (local(response), None, None)
         }
-        Action::Proxy(upstream) => {
+        Action::Proxy(to) => {
             // The path may borrow from the request, which the upstream request takes over.
             drop(path);
-            proxy(req, conn, host_header, upstream, &routes.settings).await
+            proxy(req, conn, host_header, to, &routes.settings).await
         }
     }
 }
@@ -158,25 +163,31 @@ async fn proxy(
     mut req: Request<Incoming>,
     conn: ConnInfo,
     host_header: Option<HeaderValue>,
-    upstream: &Upstream,
+    to: &ProxyTo,
     settings: &Settings,
 ) -> Routed {
+    let upstream = &to.upstream;
     let limit = settings.client_max_body_size;
     if declared_length(&req).is_some_and(|len| len > limit) {
         return (local_error(StatusCode::PAYLOAD_TOO_LARGE), None, None);
     }
     let upgrade = (req.version() == Version::HTTP_11)
-        .then(|| headers::upgrade_request(req.headers()))
+        .then(|| headers::upgrade_request(req.headers(), &to.upgrade))
         .flatten();
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    let forward_host = host_header.or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The upstream is told the Host the request was routed by: for an absolute-form target (or HTTP/2's
+    // `:authority`) that is the target's authority, not a Host header that may name another server
+    // (RFC 9112 §3.2.2: a proxy replaces Host with the target's host).
+    let forward_host = match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => host_header,
+    };
     let (parts, body) = req.into_parts();
     // The client's headers become the upstream's: moved and rewritten in place, not copied.
     let mut up_headers = parts.headers;
+    if !settings.underscores_in_headers {
+        headers::drop_underscored(&mut up_headers);
+    }
     headers::to_upstream(
         &mut up_headers,
         &conn.remote_addr,
@@ -197,15 +208,15 @@ async fn proxy(
         .as_ref()
         .map(|f| f as &(dyn Fn() -> Request<ProxyBody> + Sync));
     // A bodyless request sends `Empty`, a zero-sized box: no allocation, no size limit to watch.
-    let (first_body, exceeded) = if bodyless {
+    let (first_body, fault) = if bodyless {
         (empty(), None)
     } else {
-        let exceeded = Arc::new(AtomicBool::new(false));
-        let limited = LimitedBody::new(body, limit, Arc::clone(&exceeded));
-        (boxed(limited), Some(exceeded))
+        let fault = Arc::new(BodyFault::default());
+        let limited = LimitedBody::new(body, limit, Arc::clone(&fault));
+        (boxed(limited), Some(fault))
     };
-    let never_exceeded = AtomicBool::new(false);
-    let exceeded = exceeded.as_deref().unwrap_or(&never_exceeded);
+    let no_fault = BodyFault::default();
+    let fault = fault.as_deref().unwrap_or(&no_fault);
     let first = upstream_request(first_body, method, uri, up_headers);
     let forward_settings = ForwardSettings {
         connect_timeout: settings.connect_timeout,
@@ -214,7 +225,7 @@ async fn proxy(
     };
     let began = Instant::now();
     match upstream
-        .forward(first, retry, &forward_settings, exceeded)
+        .forward(first, retry, &forward_settings, fault)
         .await
     {
         Ok(Forwarded {
@@ -226,16 +237,18 @@ async fn proxy(
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::to_client(response.headers_mut(), switching);
             if switching {
-                match client_upgrade {
-                    Some(client) => {
+                match (client_upgrade, &upgrade) {
+                    (Some(client), Some(asked))
+                        if headers::switched_as_asked(response.headers(), asked) =>
+                    {
                         let upstream_side = hyper::upgrade::on(&mut response);
                         tokio::spawn(tunnel(client, upstream_side, in_flight));
                         let (parts, _) = response.into_parts();
                         let body = ResponseBody::Local(empty());
                         return (Response::from_parts(parts, body), upstream_time, None);
                     }
-                    None => {
-                        tracing::warn!(replica = %replica.name, "upstream switched protocols unasked");
+                    _ => {
+                        tracing::warn!(replica = %replica.name, "upstream switched protocols unasked, or to one not asked for");
                         return (local_error(StatusCode::BAD_GATEWAY), upstream_time, None);
                     }
                 }
@@ -296,6 +309,13 @@ async fn tunnel(
         }
         Err(e) => tracing::warn!("upgrade failed: {e}"),
     }
+}
+
+/// Whether a request target's scheme, if it has one (absolute-form, HTTP/2's `:scheme`), is one this server
+/// answers for: `http` or `https`. `ftp://`, `gopher://` and the like are not requests for this site.
+fn scheme_is_http(uri: &Uri) -> bool {
+    uri.scheme_str()
+        .is_none_or(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"))
 }
 
 /// The single Host header, `Ok(None)` if absent; two or more is a bad request (nginx: "duplicate host header").

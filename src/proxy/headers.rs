@@ -54,6 +54,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Remove request headers whose names contain `_`, as nginx does (`underscores_in_headers off`). CGI and WSGI
+/// turn `-` into `_`, so `X_Forwarded_Proto: https` would reach Django as `HTTP_X_FORWARDED_PROTO` beside, or
+/// instead of, the `X-Forwarded-Proto` the proxy sets.
+pub fn drop_underscored(headers: &mut HeaderMap) {
+    let underscored = |name: &HeaderName| name.as_str().contains('_');
+    // Nearly every request has none: one scan of the names, no allocation.
+    if !headers.keys().any(underscored) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| underscored(n)).cloned().collect();
+    for name in names {
+        tracing::debug!(header = %name, "dropped a request header with an underscore in its name");
+        headers.remove(name);
+    }
+}
+
 /// Rewrite a client request's headers for the upstream. `remote_addr` comes from `remote_addr`; `host` is the
 /// Host to send (the client's own, or the HTTP/2 `:authority`); `upgrade` keeps an `Upgrade` handshake intact
 /// for WebSocket pass-through.
@@ -122,19 +138,53 @@ pub fn to_client(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// The `Upgrade` value of a request that asks for a protocol switch (`Connection: upgrade` + `Upgrade: x`).
-pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
+/// The `Upgrade` value to forward for a request that asks for a protocol switch (`Connection: upgrade` +
+/// `Upgrade: x`): only the protocols in `allowed` (lowercased names), or `None`. A request asking for nothing
+/// allowed is forwarded as a plain request, as nginx forwards it without a `proxy_set_header Upgrade`: the
+/// upstream cannot answer 101, so no tunnel (which the location rules would no longer see) opens.
+pub fn upgrade_request(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
+    if !asks || allowed.is_empty() {
+        return None;
     }
+    let kept: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| {
+            allowed
+                .iter()
+                .any(|a| protocol_name(p).eq_ignore_ascii_case(a))
+        })
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
+/// Whether an upstream's 101 switched to one of the protocols the forwarded request offered (`requested`,
+/// from `upgrade_request`). Anything else would open a tunnel for a protocol nobody allowed.
+pub fn switched_as_asked(response: &HeaderMap, requested: &HeaderValue) -> bool {
+    let Some(chosen) = response.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let offered = requested.to_str().unwrap_or("");
+    offered
+        .split(',')
+        .any(|p| protocol_name(p.trim()).eq_ignore_ascii_case(protocol_name(chosen.trim())))
+}
+
+/// `websocket` of `websocket` or of `websocket/13` (RFC 9110 §7.8: protocol-name ["/" protocol-version]).
+fn protocol_name(protocol: &str) -> &str {
+    protocol.split('/').next().unwrap_or(protocol)
 }
 
 #[cfg(test)]
@@ -172,11 +222,51 @@ mod tests {
     }
 
     #[test]
+    fn underscored_names_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("x_forwarded_proto", HeaderValue::from_static("https"));
+        h.insert("foo_bar", HeaderValue::from_static("1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        drop_underscored(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_forwarded() {
+        let ws = ["websocket".to_string()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert_eq!(upgrade_request(&h, &ws), None);
+        assert_eq!(upgrade_request(&h, &["h2c".to_string()]).unwrap(), "h2c");
+        h.insert("upgrade", HeaderValue::from_static("foo/2, WebSocket/13"));
+        assert_eq!(upgrade_request(&h, &ws).unwrap(), "WebSocket/13");
+        assert_eq!(upgrade_request(&h, &[]), None);
+        h.remove("connection");
+        assert_eq!(upgrade_request(&h, &ws), None, "no Connection: upgrade");
+    }
+
+    #[test]
+    fn a_101_must_switch_to_what_was_asked() {
+        let asked = HeaderValue::from_static("websocket");
+        let mut response = HeaderMap::new();
+        assert!(!switched_as_asked(&response, &asked));
+        response.insert("upgrade", HeaderValue::from_static("h2c"));
+        assert!(!switched_as_asked(&response, &asked));
+        response.insert("upgrade", HeaderValue::from_static("WebSocket"));
+        assert!(switched_as_asked(&response, &asked));
+    }
+
+    #[test]
     fn upgrade_survives_for_websocket() {
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("Upgrade"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
-        let up = upgrade_request(&h);
+        let up = upgrade_request(&h, &["websocket".to_string()]);
         assert_eq!(up.as_ref().unwrap(), "websocket");
         to_upstream(&mut h, &remote_addr(None), true, None, up);
         assert_eq!(h["x-real-ip"], "unix:");

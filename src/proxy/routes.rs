@@ -18,12 +18,19 @@ use super::upstream::{Address, Replica, Upstream};
 
 /// What a location does with a request.
 pub enum Action {
-    Proxy(Arc<Upstream>),
+    Proxy(ProxyTo),
     Static(StaticSpec),
     Return {
         status: StatusCode,
         redirect: Option<String>,
     },
+}
+
+/// A location that proxies: where to, and which `Upgrade` protocols it lets through.
+pub struct ProxyTo {
+    pub upstream: Arc<Upstream>,
+    /// Lowercased protocol names (`websocket`); a request asking for any other is forwarded without them.
+    pub upgrade: Vec<String>,
 }
 
 pub struct Server {
@@ -36,6 +43,7 @@ pub struct Server {
 pub struct Settings {
     pub client_max_body_size: u64,
     pub max_header_size: usize,
+    pub underscores_in_headers: bool,
     pub connect_timeout: Duration,
     pub queue_timeout: Duration,
     pub header_timeout: Duration,
@@ -136,8 +144,12 @@ impl Routes {
                     continue;
                 }
                 if let Some(name) = &loc.upstream {
+                    let upgrade = upgrade_list(loc);
                     if let Some(up) = services.get(name) {
-                        actions.push(Action::Proxy(Arc::clone(up)));
+                        actions.push(Action::Proxy(ProxyTo {
+                            upstream: Arc::clone(up),
+                            upgrade,
+                        }));
                     } else if let Some(address) = Address::parse(name) {
                         let up = addressed.entry(name.clone()).or_insert_with(|| {
                             let gate = Gate::new();
@@ -145,7 +157,10 @@ impl Routes {
                                 Replica::new(name.clone(), address, true, Arc::clone(&gate));
                             Arc::new(Upstream::new(name.clone(), vec![replica], gate))
                         });
-                        actions.push(Action::Proxy(Arc::clone(up)));
+                        actions.push(Action::Proxy(ProxyTo {
+                            upstream: Arc::clone(up),
+                            upgrade,
+                        }));
                     } else {
                         errors.push(format!("{what}: upstream {name:?} is neither a service with `listen` nor an address"));
                         actions.push(Action::Return {
@@ -190,6 +205,7 @@ impl Routes {
         let settings = Settings {
             client_max_body_size: spec.client_max_body_size.0,
             max_header_size: spec.max_header_size.0.clamp(1024, 1 << 20) as usize,
+            underscores_in_headers: spec.underscores_in_headers,
             connect_timeout: spec.connect_timeout.0,
             queue_timeout: spec.queue_timeout.0,
             header_timeout: spec.header_timeout.0,
@@ -213,6 +229,17 @@ impl Routes {
             }
             upstream.update_slow_cap();
         }
+    }
+}
+
+/// A location's `upgrade` list, lowercased, with the default when unset.
+fn upgrade_list(location: &crate::config::LocationSpec) -> Vec<String> {
+    match &location.upgrade {
+        Some(list) => list.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        None => crate::config::DEFAULT_UPGRADE
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
     }
 }
 
@@ -295,10 +322,14 @@ mod tests {
         };
         routes.apply_state(&state);
         let again = Routes::build(&config(), Some(&routes)).unwrap();
-        let Action::Proxy(up) = &again.servers[0].actions[0] else {
+        let Action::Proxy(to) = &again.servers[0].actions[0] else {
             panic!("proxy action expected")
         };
-        assert!(up.replicas[0].is_ready(), "replica state survives a reload");
+        assert!(
+            to.upstream.replicas[0].is_ready(),
+            "replica state survives a reload"
+        );
+        assert_eq!(to.upgrade, ["websocket"], "WebSocket only, by default");
     }
 
     #[test]

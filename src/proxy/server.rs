@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::admitted;
 use super::conn_limit::{Admission, ConnHandle, Counted};
 use super::handler::ConnInfo;
+use super::head_limits;
 use super::idle_io::IdleTimeout;
 use super::shared::Shared;
 
@@ -164,32 +165,59 @@ async fn serve_http1<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // What the access log needs if hyper refuses a request itself (the handler then never sees it).
+    let (log, remote) = (Arc::clone(&shared.log), conn.info.remote_addr.clone());
     let handle = conn.handle.clone();
     let keep_alive = conn.admission == Admission::Normal;
     let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // No hyper `max_header_size`: the limit is applied to the parsed request (head_limits.rs), which can tell a
+    // long request line (414) from a large head (431).
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
-        .max_header_size(settings.max_header_size)
-        .max_buf_size(settings.max_header_size.max(64 * 1024))
+        .max_buf_size(head_limits::hyper_buffer(settings.max_header_size))
         .keep_alive(keep_alive);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => log_end(result.err()),
+    let error = tokio::select! {
+        result = conn.as_mut() => result.err(),
         _ = stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
-            log_end(conn.await.err());
+            conn.await.err()
         }
         // Idle, and its place is wanted: closed (dropped) at once, unless a request has just begun.
         _ = handle.evicted() => if handle.serving() {
             conn.as_mut().graceful_shutdown();
-            log_end(conn.await.err());
+            conn.await.err()
+        } else {
+            None
         },
+    };
+    if let Some(status) = error.as_ref().and_then(rejected_status) {
+        log.rejected(&remote, status);
     }
+    log_end(error);
+}
+
+/// The status hyper answered a request it refused with, if it answered one (its `on_error`): 431 for a head
+/// past its buffer, 414 for a URI past its maximum, 400 for a malformed request line or header. Others (an
+/// HTTP/2 preface on a plain listener, timeouts, I/O errors) get no response, so no log line either.
+fn rejected_status(error: &hyper::Error) -> Option<u16> {
+    if !error.is_parse() || error.is_parse_version_h2() {
+        return None;
+    }
+    if error.is_parse_too_large() {
+        // hyper has no accessor for its URI-too-long kind; its message is the only way to tell.
+        return Some(if error.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        });
+    }
+    Some(400)
 }
 
 async fn serve_http2<S>(

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use super::access_log::AccessLog;
 use super::conn_limit::{self, ConnLimit};
 use super::protocol::{InitMessage, ProxyRuntimeConfig, ProxyState};
+use super::reach;
 use super::routes::Routes;
 use super::tls::{self, TlsHolder};
 
@@ -24,6 +25,7 @@ impl Shared {
     pub fn new(config: &ProxyRuntimeConfig, state: ProxyState) -> Result<Arc<Shared>, Vec<String>> {
         let routes = Routes::build(config, None)?;
         routes.apply_state(&state);
+        reach::report_unreachable(&routes);
         let shared = Shared {
             routes: RwLock::new(Arc::new(routes)),
             health: RwLock::new(Arc::new(state)),
@@ -74,6 +76,7 @@ impl Shared {
             }
         };
         routes.apply_state(&self.health());
+        reach::report_unreachable(&routes);
         match &config.proxy.tls {
             Some(spec) => match tls::load(spec) {
                 // Open TLS sessions keep their keys; only new handshakes use the new certificate.

@@ -18,7 +18,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::admission::{Cost, Gate};
-use super::body::ProxyBody;
+use super::body::{BodyFault, Fault, ProxyBody};
 use super::idle_io::IdleTimeout;
 
 /// Idle keep-alive connections kept per replica (nginx tuned: `keepalive 64`).
@@ -157,7 +157,12 @@ impl Replica {
         };
         match tokio::time::timeout(settings.connect_timeout, handshake).await {
             Ok(Ok(sender)) => Ok(sender),
-            Ok(Err(e)) => Err(Failure::Connect(format!("{}: {e}", self.address))),
+            Ok(Err(e)) => Err(Failure::Connect(match &self.address {
+                Address::Unix(path) if crate::unix_reach::is_permission_denied(&e) => {
+                    format!("{}: {e}: {}", self.address, super::reach::why_refused(path))
+                }
+                _ => format!("{}: {e}", self.address),
+            })),
             Err(_) => Err(Failure::ConnectTimeout(format!(
                 "{}: connect timed out",
                 self.address
@@ -232,7 +237,8 @@ pub enum Failure {
     Connect(String),
     ConnectTimeout(String),
     ResponseTimeout,
-    BodyTooLarge,
+    /// The client's request body failed while it streamed upstream (see `BodyFault`).
+    ClientBody(Fault),
     Upstream(String),
 }
 
@@ -241,7 +247,9 @@ impl Failure {
         use hyper::StatusCode;
         match self {
             Failure::ConnectTimeout(_) | Failure::ResponseTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Failure::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::ClientBody(Fault::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            // nginx reads the whole body before it connects upstream, and answers a malformed one with 400.
+            Failure::ClientBody(Fault::Broken) => StatusCode::BAD_REQUEST,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
@@ -255,7 +263,10 @@ impl std::fmt::Display for Failure {
                 f.write_str(e)
             }
             Failure::ResponseTimeout => f.write_str("upstream response timed out"),
-            Failure::BodyTooLarge => f.write_str("request body too large"),
+            Failure::ClientBody(Fault::TooLarge) => f.write_str("request body too large"),
+            Failure::ClientBody(Fault::Broken) => {
+                f.write_str("the client's request body was malformed or cut off")
+            }
         }
     }
 }
@@ -389,13 +400,13 @@ impl Upstream {
 
     /// Send `request` to a replica. A failed connect moves on to the next replica whatever the method; a request
     /// lost on a connection that broke before any response byte is retried only when `rebuild` can make it again
-    /// (idempotent, no body). `exceeded` reports a request body cut off by `client_max_body_size`.
+    /// (idempotent, no body). `body` says whether the client's request body failed (too large, malformed).
     pub async fn forward(
         &self,
         request: Request<ProxyBody>,
         rebuild: Option<&(dyn Fn() -> Request<ProxyBody> + Sync)>,
         settings: &ForwardSettings,
-        exceeded: &AtomicBool,
+        body: &BodyFault,
     ) -> Result<Forwarded, Failure> {
         let mut tried: Vec<usize> = Vec::new();
         let cost = self.gate.classify(request.uri().path());
@@ -441,8 +452,8 @@ impl Upstream {
                         });
                     }
                     Err(mut e) => {
-                        if exceeded.load(Ordering::Relaxed) {
-                            return Err(Failure::BodyTooLarge);
+                        if let Some(fault) = body.get() {
+                            return Err(Failure::ClientBody(fault));
                         }
                         if timed_out(e.error()) {
                             return Err(Failure::ResponseTimeout);

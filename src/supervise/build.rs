@@ -117,11 +117,7 @@ fn make_units(
     let addresses = replica_listen_addresses(&spec, replicas);
     (0..replicas)
         .map(|i| {
-            let unit_name = if replicas > 1 {
-                format!("{name}@{i}")
-            } else {
-                name.to_string()
-            };
+            let unit_name = unit_name(name, replicas, i);
             let (out_default, err_default) = default_log_paths(config, kind, &unit_name);
             let stdout = spec.stdout.clone().unwrap_or(out_default);
             let stderr = spec.stderr.clone().unwrap_or(err_default);
@@ -146,11 +142,22 @@ fn make_units(
                 place: Place::Member,
                 draining: false,
                 rollout_note: None,
+                cgroup: None,
+                oom_killed: false,
                 health: Default::default(),
                 spec: spec.clone(),
             }
         })
         .collect()
+}
+
+/// The name of unit `index` of a service with `replicas` units: `app@1`, or `app` alone.
+pub fn unit_name(service: &str, replicas: u32, index: u32) -> String {
+    if replicas > 1 {
+        format!("{service}@{index}")
+    } else {
+        service.to_string()
+    }
 }
 
 /// Each replica's addresses, one per `listen` entry, in order.

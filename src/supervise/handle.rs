@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::api::{ActionReply, ApiError, ReloadReply, ServiceStatus};
+use crate::api::{ActionReply, ApiError, DiffReply, DiffRequest, ReloadReply, ServiceStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -42,10 +42,18 @@ pub enum Request {
     Control {
         name: String,
         action: Action,
+        /// Answer once the restart is over (every replica replaced and ready, or the rollout halted),
+        /// not when it begins.
+        wait: bool,
         reply: Reply<ActionReply>,
     },
     Reload {
         reply: Reply<ReloadReply>,
+    },
+    /// What a reload would do, without doing it; against `source` instead of the config file if given.
+    Diff {
+        source: Option<DiffRequest>,
+        reply: Reply<DiffReply>,
     },
     Shutdown {
         reboot: bool,
@@ -143,6 +151,18 @@ impl Handle {
         self.ask(|reply| Request::Control {
             name,
             action,
+            wait: false,
+            reply,
+        })
+        .await
+    }
+
+    /// `restart` that answers when the restart is over: `kubectl rollout status` for `stackinit`.
+    pub async fn restart_and_wait(&self, name: String) -> Result<ActionReply, ApiError> {
+        self.ask(|reply| Request::Control {
+            name,
+            action: Action::Restart,
+            wait: true,
             reply,
         })
         .await
@@ -150,6 +170,10 @@ impl Handle {
 
     pub async fn reload(&self) -> Result<ReloadReply, ApiError> {
         self.ask(|reply| Request::Reload { reply }).await
+    }
+
+    pub async fn diff(&self, source: Option<DiffRequest>) -> Result<DiffReply, ApiError> {
+        self.ask(|reply| Request::Diff { source, reply }).await
     }
 
     pub async fn shutdown(&self, reboot: bool) -> Result<ActionReply, ApiError> {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use nix::unistd::{Gid, Uid};
 
+use super::capabilities;
 use super::spawn::{self, Credentials};
 use super::unit::{Unit, UnitKind};
 use crate::config::{ProxySpec, Secs, ServiceSpec};
@@ -77,30 +78,25 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-/// Capability numbers to drop from the bounding set: all but the ones the service keeps.
-fn caps_to_drop(keep: &[String]) -> Result<Vec<u32>, String> {
-    if keep.iter().any(|c| c.eq_ignore_ascii_case("all")) {
-        return Ok(Vec::new());
+/// The capability plan for a service (see capabilities.rs); nothing to do when init is not root.
+fn capability_plan(
+    spec: &ServiceSpec,
+    credentials: Option<&Credentials>,
+) -> Result<capabilities::CapPlan, String> {
+    if !is_root() {
+        return Ok(capabilities::CapPlan::default());
     }
-    let mut kept = std::collections::HashSet::new();
-    for name in keep {
-        let upper = name.to_ascii_uppercase();
-        let full = if upper.starts_with("CAP_") {
-            upper
-        } else {
-            format!("CAP_{upper}")
-        };
-        let cap: caps::Capability = full
-            .parse()
-            .map_err(|_| format!("unknown capability {name:?}"))?;
-        kept.insert(cap);
-    }
-    let all = caps::runtime::thread_all_supported();
-    Ok(all
-        .into_iter()
-        .filter(|c| !kept.contains(c))
-        .map(|c| c.index() as u32)
-        .collect())
+    let bounding = caps::read(None, caps::CapSet::Bounding)
+        .map_err(|e| format!("cannot read the capability bounding set: {e}"))?;
+    let can_setpcap = caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP)
+        .unwrap_or(false);
+    capabilities::plan(&capabilities::Situation {
+        keep: &spec.capabilities,
+        bounding: &bounding,
+        can_setpcap,
+        runs_as_root: credentials.is_none_or(|c| c.uid.is_root()),
+        no_new_privs: spec.no_new_privs,
+    })
 }
 
 /// What every service gets from the supervisor besides its own spec.
@@ -210,6 +206,7 @@ pub fn command_for<'a>(
             .ok_or_else(|| format!("command not found: {first} (PATH={path_var})"))?
     };
 
+    let capabilities = capability_plan(spec, credentials.as_ref())?;
     Ok(spawn::Command {
         program,
         argv: spec.command.clone(),
@@ -224,14 +221,11 @@ pub fn command_for<'a>(
             .or_else(crate::nofile::for_services),
         nice: spec.nice,
         no_new_privs: spec.no_new_privs,
-        drop_bounding_caps: if is_root() {
-            caps_to_drop(&spec.capabilities)?
-        } else {
-            Vec::new()
-        },
+        capabilities,
         stdout: unit.stdout.open()?.child_fd(),
         stderr: unit.stderr.open()?.child_fd(),
         listen_fds: fds,
+        cgroup_procs: None,
     })
 }
 

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
 
 use nix::unistd::Gid;
@@ -201,6 +201,16 @@ impl Listeners {
                     .find(|a| !used.contains(a) && self.bound.contains_key(a))
             })
             .collect()
+    }
+
+    /// Every bound address.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.bound.keys().map(String::as_str)
+    }
+
+    /// A second handle on the socket at `addr` (the same socket, as a child gets it).
+    pub fn duplicate(&self, addr: &str) -> Option<OwnedFd> {
+        self.bound.get(addr)?.fd.try_clone().ok()
     }
 
     /// Close sockets that no unit, no proxy address and no pool uses any more.

@@ -12,7 +12,11 @@
 //! with the supervisor, so this module depends on neither `control` nor `init`.
 
 mod build;
+mod capabilities;
+mod cgroups;
+mod dry_run;
 mod exec_probes;
+mod hand_back;
 pub mod handle;
 mod health;
 mod inbox;
@@ -24,6 +28,7 @@ pub mod probes;
 mod proxy_link;
 mod publish;
 mod reload;
+mod reports;
 mod requests;
 mod rollout;
 mod rollout_view;
@@ -34,6 +39,7 @@ pub mod spawn;
 pub mod state;
 mod supervisor;
 pub mod systemd_notify;
+mod table;
 mod timers;
 pub mod unit;
 

@@ -3,10 +3,12 @@
 //! process can only speak for the service it belongs to.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     self, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
@@ -19,6 +21,8 @@ use tokio::sync::mpsc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notification {
     pub pid: i32,
+    /// The sender's uid, from SCM_CREDENTIALS like the pid.
+    pub uid: u32,
     pub fields: Vec<(String, String)>,
 }
 
@@ -71,7 +75,7 @@ pub fn drain(fd: &OwnedFd) -> Vec<Notification> {
     let mut messages = Vec::new();
     // Bounded: a sender flooding the socket cannot keep the reaper here.
     for _ in 0..256 {
-        match recv_one(fd.as_raw_fd(), &mut buf) {
+        match recv_one(fd.as_raw_fd(), &mut buf, |_| true) {
             Ok(Some(n)) => messages.push(n),
             Ok(None) => {}
             Err(_) => break, // EAGAIN: empty
@@ -95,37 +99,101 @@ fn stat_field(pid: i32, index: usize) -> Option<i32> {
 
 async fn receive(socket: UnixDatagram, tx: mpsc::UnboundedSender<Notification>) {
     let mut buf = vec![0u8; 4096];
+    let mut budget = SenderBudget::default();
     loop {
         if socket.readable().await.is_err() {
             return;
         }
-        match socket.try_io(Interest::READABLE, || {
-            recv_one(socket.as_raw_fd(), &mut buf)
-        }) {
-            Ok(Some(n)) => {
-                if tx.send(n).is_err() {
-                    return;
+        // Everything queued, per wake-up: a flood costs one wake for many datagrams.
+        let drained = socket.try_io(Interest::READABLE, || {
+            for _ in 0..1024 {
+                match recv_one(socket.as_raw_fd(), &mut buf, |uid| {
+                    budget.allows(uid, Instant::now())
+                }) {
+                    Ok(Some(n)) => {
+                        if tx.send(n).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                    Ok(None) => {} // over its sender's budget, no credentials, or not text
+                    Err(e) => return Err(e),
                 }
             }
-            Ok(None) => {} // no credentials or not text: ignore it
+            Ok(true)
+        });
+        match drained {
+            Ok(true) => tokio::task::yield_now().await,
+            Ok(false) => return,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => tracing::warn!("notify socket: {e}"),
         }
     }
 }
 
-fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<Notification>> {
+/// The socket is world-writable (services run as other users), so one sender could flood PID 1. Each
+/// uid gets a token bucket: `BURST` messages at once, `PER_SECOND` after that; the rest is dropped
+/// before the supervisor spends any work on it. A service says READY=1, STATUS= and WATCHDOG=1 a few
+/// times a second at most.
+#[derive(Default)]
+struct SenderBudget {
+    buckets: HashMap<u32, (f64, Instant)>,
+    dropped: u64,
+    last_report: Option<Instant>,
+}
+
+impl SenderBudget {
+    const BURST: f64 = 200.0;
+    const PER_SECOND: f64 = 100.0;
+    /// More uids than this and the table starts afresh: bounded memory whatever the senders.
+    const MAX_SENDERS: usize = 4096;
+
+    fn allows(&mut self, uid: u32, now: Instant) -> bool {
+        if self.buckets.len() >= Self::MAX_SENDERS && !self.buckets.contains_key(&uid) {
+            self.buckets.clear();
+        }
+        let (tokens, since) = self.buckets.entry(uid).or_insert((Self::BURST, now));
+        let refill = now.saturating_duration_since(*since).as_secs_f64() * Self::PER_SECOND;
+        *tokens = (*tokens + refill).min(Self::BURST);
+        *since = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return true;
+        }
+        self.dropped += 1;
+        if self
+            .last_report
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.last_report = Some(now);
+            tracing::warn!(
+                "notify socket: uid {uid} sends more than {} messages a second; {} dropped so far",
+                Self::PER_SECOND,
+                self.dropped
+            );
+        }
+        false
+    }
+}
+
+/// One datagram, if its sender may be heard (`admit` decides by uid before the text is parsed).
+fn recv_one(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+    mut admit: impl FnMut(u32) -> bool,
+) -> io::Result<Option<Notification>> {
     let mut cmsg = nix::cmsg_space!(socket::UnixCredentials);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = socket::recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)?;
     let len = msg.bytes;
-    let mut pid = None;
+    let mut sender = None;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmCredentials(cred) = c {
-            pid = Some(cred.pid());
+            sender = Some((cred.pid(), cred.uid()));
         }
     }
-    let Some(pid) = pid else { return Ok(None) };
+    let Some((pid, uid)) = sender.filter(|(_, uid)| admit(*uid)) else {
+        return Ok(None);
+    };
     let Some(data) = iov.first().map(|s| &s[..len]) else {
         return Ok(None);
     };
@@ -134,8 +202,16 @@ fn recv_one(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Option<Notific
     };
     Ok(Some(Notification {
         pid,
+        uid,
         fields: parse_fields(text),
     }))
+}
+
+/// The real uid of `pid`, from /proc.
+pub fn uid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The process group of `pid`, to attribute messages from a service's children (gunicorn workers).
@@ -148,9 +224,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_sender_has_a_budget_and_it_refills() {
+        let mut budget = SenderBudget::default();
+        let t0 = Instant::now();
+        let allowed = (0..1000).filter(|_| budget.allows(65534, t0)).count();
+        assert_eq!(allowed, SenderBudget::BURST as usize);
+        assert!(budget.allows(0, t0), "another uid has its own budget");
+        assert!(!budget.allows(65534, t0));
+        let later = t0 + Duration::from_millis(100);
+        let refilled = (0..1000).filter(|_| budget.allows(65534, later)).count();
+        assert_eq!(refilled, 10, "100 a second, so 10 after 100 ms");
+    }
+
+    #[test]
     fn fields() {
         let f = parse_fields("READY=1\nSTATUS=serving 3 workers\nWATCHDOG_USEC=500000\n");
-        let n = Notification { pid: 1, fields: f };
+        let n = Notification {
+            pid: 1,
+            uid: 0,
+            fields: f,
+        };
         assert_eq!(n.get("READY"), Some("1"));
         assert_eq!(n.get("STATUS"), Some("serving 3 workers"));
         assert_eq!(n.get("WATCHDOG_USEC"), Some("500000"));

@@ -118,6 +118,22 @@ impl Reporter {
         }
     }
 
+    /// A new state channel for a new proxy process; the old one's writer stops.
+    pub fn connect_proxy(&mut self) -> Option<std::os::fd::OwnedFd> {
+        match self.proxy_feeds.connect() {
+            Ok((fd, task)) => {
+                if let Some(old) = self.proxy_writer.replace(task) {
+                    old.abort();
+                }
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::error!("cannot create the proxy's state channel: {e}");
+                None
+            }
+        }
+    }
+
     pub fn send_proxy_config(&self, config: Option<ProxyRuntimeConfig>) {
         if let Some(config) = config {
             self.proxy_feeds.config.send_replace(Some(Arc::new(config)));

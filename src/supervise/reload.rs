@@ -131,12 +131,42 @@ pub fn summary(reply: &ReloadReply) -> String {
     )
 }
 
+/// What the plan needs to know of a unit the new config asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fresh {
+    pub want_up: bool,
+    pub replicated: bool,
+}
+
+impl Fresh {
+    pub fn of(unit: &Unit) -> Fresh {
+        Fresh {
+            want_up: unit.want_up,
+            replicated: unit.replica.is_some(),
+        }
+    }
+}
+
 /// The plan for every running unit. `fresh` are the units the new config asks for.
 pub fn plan(
     old: &Config,
     new: &Config,
     units: &BTreeMap<String, Unit>,
     fresh: &BTreeMap<String, Unit>,
+) -> ReloadPlan {
+    let fresh: BTreeMap<String, Fresh> = fresh
+        .iter()
+        .map(|(name, unit)| (name.clone(), Fresh::of(unit)))
+        .collect();
+    plan_with(old, new, units, &fresh)
+}
+
+/// `plan` from what the new units would be, without making them (a dry run opens no log files).
+pub fn plan_with(
+    old: &Config,
+    new: &Config,
+    units: &BTreeMap<String, Unit>,
+    fresh: &BTreeMap<String, Fresh>,
 ) -> ReloadPlan {
     let reply = compare(old, new);
     let proxy_restart = proxy_restart_needed(&old.proxy, &new.proxy);
@@ -157,7 +187,7 @@ pub fn plan(
                 _ if keep => Fate::Keep,
                 _ if unit.is_down() => Fate::Replace,
                 Some(new_unit) if !new_unit.want_up => Fate::TakeOver(Then::Stop),
-                Some(new_unit) if new_unit.replica.is_some() => Fate::TakeOver(Then::Roll),
+                Some(new_unit) if new_unit.replicated => Fate::TakeOver(Then::Roll),
                 Some(_) => Fate::TakeOver(Then::Restart),
                 None => Fate::Retire,
             };

@@ -1,13 +1,15 @@
 //! Answers to the control API that only read the unit table: which units a name selects, their status,
-//! and where their logs are.
+//! where their logs are, and whether a waited-for restart is over.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::handle::{LogSource, LogStream};
+use super::cgroups;
+use super::handle::{LogSource, LogStream, Reply};
+use super::rollouts::{RolloutEnd, Rollouts};
 use super::unit::{Place, Unit};
-use crate::api::{ApiError, ServiceStatus};
+use crate::api::{ActionReply, ApiError, ServiceStatus, State};
 
 type Units = BTreeMap<String, Unit>;
 
@@ -30,15 +32,24 @@ pub fn select(units: &Units, name: &str) -> Result<Vec<String>, ApiError> {
     Ok(names)
 }
 
-/// Every unit's status, or those `name` selects.
+/// Every unit's status, or those `name` selects, with what each running process uses.
 pub fn statuses(units: &Units, name: Option<&str>) -> Result<Vec<ServiceStatus>, ApiError> {
     let now = Instant::now();
+    let with_usage = |u: &Unit| {
+        let mut status = u.status(now);
+        status.usage = u
+            .cgroup
+            .as_deref()
+            .filter(|_| u.pid.is_some())
+            .map(cgroups::usage);
+        status
+    };
     match name {
-        None => Ok(units.values().map(|u| u.status(now)).collect()),
+        None => Ok(units.values().map(with_usage).collect()),
         Some(n) => Ok(select(units, n)?
             .iter()
             .filter_map(|n| units.get(n))
-            .map(|u| u.status(now))
+            .map(with_usage)
             .collect()),
     }
 }
@@ -66,4 +77,45 @@ pub fn log_source(units: &Units, name: &str, stream: LogStream) -> Result<LogSou
         path: log.path().to_path_buf(),
         lines: open.subscribe(),
     })
+}
+
+/// A `restart --wait` whose restart is not over yet.
+pub struct RestartWaiter {
+    /// The service (a rollout) or the unit restarted.
+    pub name: String,
+    pub rollout: bool,
+    pub reply: Reply<ActionReply>,
+}
+
+/// Whether `waiter`'s restart is over: every replica replaced and ready, or one unit ready again (Ok);
+/// the rollout halted or called off, or the unit given up or stopped (Err). None while it goes on.
+pub fn restart_outcome(
+    waiter: &RestartWaiter,
+    units: &BTreeMap<String, Unit>,
+    rollouts: &Rollouts,
+) -> Option<Result<ActionReply, ApiError>> {
+    let name = &waiter.name;
+    let done = |message: String| Some(Ok(ActionReply { ok: true, message }));
+    let failed = |message: String| Some(Err(ApiError::conflict(message)));
+    if waiter.rollout {
+        return match rollouts.ended(name) {
+            _ if rollouts.is_running(name) => None,
+            Some(RolloutEnd::Done) => done(format!("{name}: every replica replaced and ready")),
+            Some(RolloutEnd::Halted(reason)) => failed(format!("{name}: {reason}")),
+            Some(RolloutEnd::CalledOff) | None => {
+                failed(format!("{name}: the rolling restart was called off"))
+            }
+        };
+    }
+    let Some(unit) = units.get(name) else {
+        return failed(format!("{name}: no longer in the config"));
+    };
+    let why = || unit.status(Instant::now()).reason.unwrap_or_default();
+    match unit.machine.state {
+        _ if unit.is_ready() => done(format!("{name}: restarted and ready")),
+        State::Fatal => failed(format!("{name}: gave up: {}", why())),
+        State::Backoff if why().starts_with("crash loop") => failed(format!("{name}: {}", why())),
+        State::Stopped | State::Exited if !unit.want_up => failed(format!("{name}: stopped")),
+        _ => None,
+    }
 }

@@ -3,36 +3,31 @@
 //! the timers, and queues the machine events they imply for the loop to dispatch.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Instant;
 
-use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::build::{self, LogFiles};
-use super::listeners::Listeners;
+use super::build;
 use super::rollout::{Phase, Rollout, RolloutAction, RolloutEvent};
 use super::rollout_view::UnitsView;
 use super::state::Event;
-use super::timers::{Due, Timers};
-use super::unit::{Place, Unit};
-use crate::config::Config;
+use super::table::Table;
+use super::timers::Due;
+use super::unit::Place;
 
-/// What carrying out a rollout's actions may touch.
-pub struct Table<'a> {
-    pub units: &'a mut BTreeMap<String, Unit>,
-    pub pids: &'a mut HashMap<Pid, String>,
-    pub timers: &'a mut Timers,
-    pub logs: &'a mut LogFiles,
-    pub listeners: &'a Listeners,
-    pub config: &'a Config,
-    /// Machine events for the loop to dispatch.
-    pub events: &'a mut VecDeque<(String, Event)>,
+/// How a service's last rolling restart ended, for whoever waits on it (`restart --wait`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloutEnd {
+    Done,
+    Halted(String),
+    CalledOff,
 }
 
 #[derive(Default)]
 pub struct Rollouts {
     running: Vec<Rollout>,
+    ended: HashMap<String, RolloutEnd>,
 }
 
 impl Rollouts {
@@ -41,9 +36,19 @@ impl Rollouts {
         self.running.iter().filter_map(|r| r.current()).collect()
     }
 
+    pub fn is_running(&self, service: &str) -> bool {
+        self.running.iter().any(|r| r.service == service)
+    }
+
+    /// How the service's last rollout ended, once it has.
+    pub fn ended(&self, service: &str) -> Option<&RolloutEnd> {
+        self.ended.get(service)
+    }
+
     /// Start a rolling restart of `replicas`, calling off the service's running one first.
     pub fn start(&mut self, service: &str, replicas: Vec<String>, table: &mut Table<'_>) {
         self.cancel(service, table);
+        self.ended.remove(service);
         let mut ready_timeout = None;
         for name in &replicas {
             if let Some(u) = table.units.get_mut(name) {
@@ -63,6 +68,8 @@ impl Rollouts {
             .partition::<Vec<Rollout>, _>(|r| r.service == service);
         self.running = kept;
         for mut rollout in cancelled {
+            self.ended
+                .insert(service.to_string(), RolloutEnd::CalledOff);
             for action in rollout.on(RolloutEvent::Cancel, &view(table)) {
                 carry_out(service, action, table);
             }
@@ -96,16 +103,18 @@ impl Rollouts {
                 .timers
                 .set(Due::Rollout(rollout.service.clone()), deadline);
         }
-        self.running.retain(|r| {
-            if r.is_over() {
-                let how = match r.phase {
-                    Phase::Halted { .. } => "halted",
-                    _ => "done",
-                };
-                info!("rollout of {} {how}", r.service);
-            }
-            !r.is_over()
-        });
+        let (over, running): (Vec<Rollout>, Vec<Rollout>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|r| r.is_over());
+        self.running = running;
+        for rollout in over {
+            let end = match rollout.phase {
+                Phase::Halted { reason } => RolloutEnd::Halted(reason),
+                _ => RolloutEnd::Done,
+            };
+            info!("rollout of {} ended: {end:?}", rollout.service);
+            self.ended.insert(rollout.service, end);
+        }
         routing_changed
     }
 }

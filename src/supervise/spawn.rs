@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::OFlag;
 use nix::unistd::{Gid, Pid, Uid};
 
+use super::capabilities::CapPlan;
+
 /// Who the child runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
@@ -38,16 +40,18 @@ pub struct Command<'a> {
     pub nofile: Option<(u64, u64)>,
     pub nice: Option<i32>,
     pub no_new_privs: bool,
-    /// Capability numbers to drop from the bounding set.
-    pub drop_bounding_caps: Vec<u32>,
+    /// Capabilities to drop from the bounding set and to hold after the uid change (capabilities.rs).
+    pub capabilities: CapPlan,
     pub stdout: BorrowedFd<'a>,
     pub stderr: BorrowedFd<'a>,
     /// Passed as fds 3.. with LISTEN_FDS / LISTEN_FDNAMES / LISTEN_PID.
     pub listen_fds: Vec<(BorrowedFd<'a>, String)>,
+    /// The `cgroup.procs` of the cgroup the child joins before anything else.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 /// Which step failed in the child, reported through the exec-error pipe.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 17] = [
     "reset signals",
     "setsid",
     "set up file descriptors",
@@ -61,7 +65,43 @@ const STEPS: [&str; 13] = [
     "set no_new_privs",
     "exec",
     "setpriority",
+    "keep capabilities across setuid",
+    "set capabilities",
+    "raise ambient capabilities",
+    "join its cgroup",
 ];
+
+/// capset(2)'s header and data, version 3 (64-bit sets as two 32-bit halves).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The capset data that makes exactly `caps` permitted, effective and inheritable (inheritable is what
+/// PR_CAP_AMBIENT_RAISE requires).
+fn cap_data(caps: &[u32]) -> [CapData; 2] {
+    let mut data = [CapData::default(); 2];
+    for &cap in caps {
+        let (half, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        if let Some(d) = data.get_mut(half) {
+            d.effective |= bit;
+            d.permitted |= bit;
+            d.inheritable |= bit;
+        }
+    }
+    data
+}
 
 #[derive(Debug)]
 pub struct SpawnError {
@@ -180,6 +220,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
     let fd_count = sources.len() as RawFd;
     let mut high = vec![-1 as RawFd; sources.len()];
 
+    let ambient_data = cap_data(&cmd.capabilities.ambient);
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| prep(e.into()))?;
 
     // SAFETY: after fork the child runs only `child_after_fork`, which makes async-signal-safe libc calls on
@@ -212,13 +253,16 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                     umask: cmd.umask,
                     nofile: cmd.nofile,
                     nice: cmd.nice,
-                    drop_caps: &cmd.drop_bounding_caps,
+                    drop_caps: &cmd.capabilities.drop_bounding,
+                    ambient: &cmd.capabilities.ambient,
+                    ambient_data: &ambient_data,
                     credentials: cmd
                         .credentials
                         .as_ref()
                         .map(|c| (c.uid.as_raw(), c.gid.as_raw())),
                     groups: &groups,
                     no_new_privs: cmd.no_new_privs,
+                    cgroup_fd: cmd.cgroup_procs.map_or(-1, |fd| fd.as_raw_fd()),
                     err_fd: err_write.as_raw_fd(),
                 })
             }
@@ -272,9 +316,13 @@ struct ChildPlan<'a> {
     nofile: Option<(u64, u64)>,
     nice: Option<i32>,
     drop_caps: &'a [u32],
+    ambient: &'a [u32],
+    ambient_data: &'a [CapData; 2],
     credentials: Option<(libc::uid_t, libc::gid_t)>,
     groups: &'a [libc::gid_t],
     no_new_privs: bool,
+    /// `cgroup.procs` to write "0" to (the calling process joins), or -1.
+    cgroup_fd: RawFd,
     err_fd: RawFd,
 }
 
@@ -319,6 +367,11 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         // 1: own session and process group, so stop can signal the whole group and no terminal is shared.
         if libc::setsid() < 0 {
             fail(err, 1);
+        }
+        // 16: its own cgroup, before the fd plan can reuse the descriptor's number; children it forks
+        // from here on are born in it.
+        if plan.cgroup_fd >= 0 && libc::write(plan.cgroup_fd, b"0".as_ptr().cast(), 1) != 1 {
+            fail(err, 16);
         }
         // 2: fds. Move every source above the target range first, so no dup2 clobbers a later source.
         let base = plan.fd_count + 3;
@@ -370,15 +423,16 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if !plan.directory.is_null() && libc::chdir(plan.directory) != 0 {
             fail(err, 5);
         }
-        // 6: the bounding set can only shrink with CAP_SETPCAP; without it (unprivileged stackinit) there is
-        // nothing to drop from anyway, so EPERM is not an error.
+        // 6: only capabilities in the set now are listed, and only when init may drop them (capabilities.rs),
+        // so any failure means the service would keep what it must not: it does not start.
         for &cap in plan.drop_caps {
-            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
-                && *libc::__errno_location() != libc::EPERM
-                && *libc::__errno_location() != libc::EINVAL
-            {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
                 fail(err, 6);
             }
+        }
+        // 13: capabilities to hold as another user survive the setuid only with keep-caps (cleared by exec).
+        if !plan.ambient.is_empty() && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+            fail(err, 13);
         }
         // 7, 8, 9: groups before gid before uid, while we still may.
         if let Some((uid, gid)) = plan.credentials {
@@ -390,6 +444,22 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
             }
             if libc::setuid(uid) != 0 {
                 fail(err, 9);
+            }
+        }
+        // 14, 15: exactly the kept capabilities, then into the ambient set, which carries them through exec.
+        if !plan.ambient.is_empty() {
+            let mut header = CapHeader {
+                version: CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            if libc::syscall(libc::SYS_capset, &mut header, plan.ambient_data.as_ptr()) != 0 {
+                fail(err, 14);
+            }
+            for &cap in plan.ambient {
+                let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+                if libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0) != 0 {
+                    fail(err, 15);
+                }
             }
         }
         if plan.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {

@@ -53,6 +53,9 @@ pub enum Event {
     ConditionFailed { reason: String },
     /// It has stayed up for `start_secs`.
     StartSecsElapsed,
+    /// It said it is ready (READY=1, its startup and readiness probes passed): a successful start, however
+    /// soon it dies afterwards.
+    Ready,
     /// The backoff delay is over.
     BackoffElapsed,
     /// The stop grace period is over and it is still running.
@@ -84,6 +87,8 @@ pub struct Policy {
     pub success_exit_codes: Vec<i32>,
     pub start_secs: Duration,
     pub start_limit: u32,
+    /// Past `start_limit`: go `fatal` (true) or keep retrying every `backoff_max` (false).
+    pub give_up: bool,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub backoff_reset: Duration,
@@ -98,6 +103,7 @@ impl Policy {
             success_exit_codes: spec.success_exit_codes.clone(),
             start_secs: spec.start_secs.0,
             start_limit: spec.start_limit.max(1),
+            give_up: spec.start_limit_action == crate::config::StartLimitAction::Fatal,
             backoff_initial: spec.backoff_initial.0,
             backoff_max: spec.backoff_max.0,
             backoff_reset: spec.backoff_reset.0,
@@ -158,6 +164,26 @@ impl Default for Machine {
             last_exit: None,
             last_restart: None,
         }
+    }
+}
+
+/// Random numbers in [-1, 1] for backoff jitter, so replicas that fail together do not restart in step
+/// (xorshift; quality does not matter here).
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn seeded() -> Jitter {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Jitter(t ^ ((std::process::id() as u64) << 32) | 1)
+    }
+
+    pub fn sample(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % 2001) as f64 / 1000.0 - 1.0
     }
 }
 
@@ -232,6 +258,13 @@ impl Machine {
                 self.reason = None;
                 vec![]
             }
+            (Starting, Event::Ready) if !policy.oneshot => {
+                self.state = Running;
+                self.failed_starts = 0;
+                self.reason = None;
+                vec![CancelTimer]
+            }
+            (_, Event::Ready) => vec![],
             (Backoff, Event::BackoffElapsed) => self.begin_start(policy),
             (Stopping, Event::GraceElapsed) => {
                 self.reason = Some(format!(
@@ -346,12 +379,7 @@ impl Machine {
         if failed_start {
             self.failed_starts += 1;
             if self.failed_starts >= policy.start_limit {
-                self.state = State::Fatal;
-                self.reason = Some(format!(
-                    "start limit reached: {} failed starts (last: {})",
-                    self.failed_starts,
-                    status.describe()
-                ));
+                actions.extend(self.crash_loop(status, policy, jitter));
                 return actions;
             }
         } else if uptime >= policy.backoff_reset {
@@ -371,6 +399,32 @@ impl Machine {
             actions.push(Action::CancelTimer);
         }
         actions
+    }
+
+    /// `start_limit` failed starts in a row: give up if the policy says so, else retry every `backoff_max`
+    /// (kubelet's CrashLoopBackOff), with the reason in status until a start succeeds.
+    fn crash_loop(&mut self, status: ExitStatus, policy: &Policy, jitter: f64) -> Vec<Action> {
+        let failed = format!(
+            "{} failed starts (last: {})",
+            self.failed_starts,
+            status.describe()
+        );
+        if policy.give_up {
+            self.state = State::Fatal;
+            self.reason = Some(format!("start limit reached: {failed}"));
+            return vec![];
+        }
+        let delay = policy
+            .backoff_max
+            .mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0));
+        self.state = State::Backoff;
+        self.restarts += 1;
+        self.last_restart = Some(format!("exited: {}", status.describe()));
+        self.reason = Some(format!(
+            "crash loop: {failed}; retrying every {:?}",
+            policy.backoff_max
+        ));
+        vec![Action::ArmTimer(delay)]
     }
 
     fn schedule_restart(&mut self, policy: &Policy, jitter: f64) -> Vec<Action> {
@@ -466,23 +520,79 @@ mod tests {
 
     #[test]
     fn failed_starts_end_fatal() {
-        let p = policy();
+        let mut p = policy();
+        p.give_up = true;
         let mut m = Machine::default();
-        m.on(Event::Start, &p, 0.0);
-        for _ in 0..p.start_limit - 1 {
-            m.on(exit(1, 0), &p, 0.0);
-            if m.state == State::Backoff {
-                m.on(Event::BackoffElapsed, &p, 0.0);
-            }
-            assert_eq!(m.state, State::Starting);
-        }
-        m.on(exit(1, 0), &p, 0.0);
+        fail_every_start(&mut m, &p);
         assert_eq!(m.state, State::Fatal);
         assert!(m.reason.as_deref().unwrap_or("").contains("start limit"));
         // An explicit start clears it.
         m.on(Event::Start, &p, 0.0);
         assert_eq!(m.state, State::Starting);
         assert_eq!(m.failed_starts, 0);
+    }
+
+    /// Start, then fail `start_limit` starts in a row.
+    fn fail_every_start(m: &mut Machine, p: &Policy) {
+        m.on(Event::Start, p, 0.0);
+        for _ in 0..p.start_limit - 1 {
+            m.on(exit(1, 0), p, 0.0);
+            if m.state == State::Backoff {
+                m.on(Event::BackoffElapsed, p, 0.0);
+            }
+            assert_eq!(m.state, State::Starting);
+        }
+        m.on(exit(1, 0), p, 0.0);
+    }
+
+    #[test]
+    fn by_default_a_crash_loop_retries_every_backoff_max_and_never_gives_up() {
+        let p = policy();
+        assert!(!p.give_up, "giving up must be an explicit choice");
+        let mut m = Machine::default();
+        fail_every_start(&mut m, &p);
+        assert_eq!(m.state, State::Backoff);
+        let reason = m.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("crash loop: 5 failed starts (last: exit 1); retrying every 30s"),
+            "{reason}"
+        );
+        for _ in 0..10 {
+            assert!(m
+                .on(Event::BackoffElapsed, &p, 0.0)
+                .contains(&Action::Spawn));
+            assert_eq!(
+                m.on(exit(1, 0), &p, 0.0),
+                vec![
+                    Action::StopLeftovers,
+                    Action::CancelTimer,
+                    Action::ArmTimer(p.backoff_max)
+                ]
+            );
+            assert_eq!(m.state, State::Backoff);
+        }
+        // The day it comes up, the loop is over.
+        m.on(Event::BackoffElapsed, &p, 0.0);
+        m.on(Event::StartSecsElapsed, &p, 0.0);
+        assert_eq!(m.state, State::Running);
+        assert_eq!((m.failed_starts, m.reason.clone()), (0, None));
+    }
+
+    #[test]
+    fn readiness_makes_a_start_successful_however_short_the_run() {
+        let p = policy();
+        let mut m = Machine::default();
+        for _ in 0..p.start_limit * 3 {
+            m.on(Event::Start, &p, 0.0);
+            assert_eq!(m.on(Event::Ready, &p, 0.0), vec![Action::CancelTimer]);
+            assert_eq!(m.state, State::Running);
+            m.on(exit(1, 0), &p, 0.0);
+            if m.state == State::Backoff {
+                m.on(Event::BackoffElapsed, &p, 0.0);
+            }
+            assert_ne!(m.state, State::Fatal);
+            assert_eq!(m.failed_starts, 0, "a ready start is not a failed one");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
@@ -19,22 +19,27 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use super::build::{self, LogFiles};
+use super::cgroups::{self, Cgroups};
+use super::dry_run;
 use super::exec_probes::ExecProbes;
+use super::hand_back::{self, HandBack};
 use super::handle::{Action as ControlAction, Handle, Request};
-use super::health::{self, ProbeChannels, ProbeOutcome};
+use super::health::{self, ProbeChannels};
 use super::inbox::{self, Inbox};
 use super::launch::{self, Surroundings};
 use super::leftovers::Leftovers;
 use super::listeners::{self, Listeners};
 use super::notify::{self, Notification};
-use super::probes::{ExecRequest, ProbeKind, ProbeResult};
+use super::probes::{ExecRequest, ProbeResult};
 use super::publish::{self, Reporter};
 use super::reload::{self, Fate, Then};
-use super::requests;
-use super::rollouts::{Rollouts, Table};
+use super::reports;
+use super::requests::{self, RestartWaiter};
+use super::rollouts::Rollouts;
 use super::schedule;
-use super::state::{Action, Event, ExitStatus, State};
+use super::state::{Action, Event, ExitStatus, Jitter, State};
 use super::systemd_notify;
+use super::table::Table;
 use super::timers::{Due, Timers};
 use super::unit::{Place, Unit, UnitKind};
 use super::{Outcome, RunOptions};
@@ -58,12 +63,15 @@ pub struct Supervisor {
     listeners: Listeners,
     timers: Timers,
     rollouts: Rollouts,
+    restart_waiters: Vec<RestartWaiter>,
     leftovers: Leftovers,
+    cgroups: Cgroups,
+    hand_back: HandBack,
     exec_probes: ExecProbes,
     shutdown: Option<Shutdown>,
     /// Events raised while carrying out others, handled before the loop sleeps.
     pending: VecDeque<(String, Event)>,
-    rng: u64,
+    jitter: Jitter,
     inbox: Inbox,
     probe_channels: ProbeChannels,
     surroundings: Surroundings,
@@ -75,11 +83,11 @@ pub struct Supervisor {
     systemd_watchdog: Option<Duration>,
 }
 
-fn rng_seed() -> u64 {
-    let t = std::time::SystemTime::now()
+/// A number that orders a unit's processes (their cgroups are named by it).
+fn spawn_seq() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    t ^ ((std::process::id() as u64) << 32) | 1
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl Supervisor {
@@ -99,11 +107,14 @@ impl Supervisor {
             listeners: Listeners::default(),
             timers: Timers::default(),
             rollouts: Rollouts::default(),
+            restart_waiters: Vec::new(),
             leftovers: Leftovers::default(),
+            cgroups: Cgroups::default(),
+            hand_back: HandBack::default(),
             exec_probes: ExecProbes::default(),
             shutdown: None,
             pending: VecDeque::new(),
-            rng: rng_seed(),
+            jitter: Jitter::seeded(),
             inbox,
             probe_channels,
             surroundings: Surroundings::default(),
@@ -112,14 +123,6 @@ impl Supervisor {
             reporter: Reporter::new(handle),
             systemd_watchdog: None,
         }
-    }
-
-    /// A number in [-1, 1] for backoff jitter (xorshift; quality does not matter here).
-    fn jitter(&mut self) -> f64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng % 2001) as f64 / 1000.0 - 1.0
     }
 
     // ------------------------------------------------------------------ the loop
@@ -187,6 +190,7 @@ impl Supervisor {
                 notify_path.display()
             ),
         }
+        self.cgroups = Cgroups::discover(self.pid1);
         self.facts = crate::facts::discover(&self.config.init.imds).await;
         self.surroundings.facts = self.facts.environment();
         self.units = build::units_for_config(&self.config, &mut self.logs);
@@ -224,7 +228,7 @@ impl Supervisor {
                 Due::Unit(name) => self.unit_timer(&name),
                 Due::Watchdog(name) => self.watchdog_starved(&name),
                 Due::ExecProbe(pid) => self.exec_probes.timed_out(Pid::from_raw(pid)),
-                Due::Leftovers(pgid) => self.kill_leftovers(Pid::from_raw(pgid)),
+                Due::Leftovers(key) => self.kill_leftovers(key),
                 // Rollouts look at the time whenever the loop settles.
                 Due::Rollout(_) => {}
                 Due::ShutdownDrain => {
@@ -312,6 +316,10 @@ impl Supervisor {
             return;
         };
         let uptime = unit.started_at.map_or(Duration::ZERO, |t| t.elapsed());
+        unit.oom_killed = unit
+            .cgroup
+            .as_deref()
+            .is_some_and(|c| cgroups::oom_kills(c) > 0);
         unit.pid = None;
         unit.health.reset();
         let expected = unit.machine.state == State::Stopping
@@ -324,19 +332,20 @@ impl Supervisor {
         self.dispatch(&name, Event::Exited { status, uptime });
     }
 
-    fn kill_leftovers(&mut self, pgid: Pid) {
-        let in_use = self
-            .units
-            .values()
-            .any(|u| u.pid.is_some() && u.pgid == Some(pgid));
-        self.leftovers.kill(pgid, in_use);
+    fn kill_leftovers(&mut self, key: i32) {
+        let units = &self.units;
+        self.leftovers.kill(key, |pgid| {
+            units
+                .values()
+                .any(|u| u.pid.is_some() && u.pgid == Some(pgid))
+        });
     }
 
     // ------------------------------------------------------------------ carrying out a unit's actions
 
     /// Feed one event to a unit's machine and carry out what it says.
     fn dispatch(&mut self, name: &str, event: Event) {
-        let jitter = self.jitter();
+        let jitter = self.jitter.sample();
         let Some(unit) = self.units.get_mut(name) else {
             return;
         };
@@ -374,17 +383,19 @@ impl Supervisor {
                 }
             }
             Action::KillGroup => {
-                // ESRCH just means the group is already empty.
+                // ESRCH just means the group is already empty; the cgroup takes what left the group.
                 if let Some(pgid) = u.pgid {
                     let _ = signal::killpg(pgid, Signal::SIGKILL);
                 }
+                if let Some(cgroup) = &u.cgroup {
+                    cgroups::kill(cgroup);
+                }
             }
             Action::StopLeftovers => {
-                if let Some(pgid) = u.pgid {
-                    let kill_at = Instant::now() + u.policy.stop_grace;
-                    let (stop, timers) = (u.stop_signal, &mut self.timers);
-                    self.leftovers.stop(name, pgid, stop, kill_at, timers);
-                }
+                let kill_at = Instant::now() + u.policy.stop_grace;
+                let group = (u.pgid, u.cgroup.clone());
+                let (stop, timers) = (u.stop_signal, &mut self.timers);
+                self.leftovers.stop(name, group, stop, kill_at, timers);
             }
         }
     }
@@ -402,11 +413,15 @@ impl Supervisor {
             return;
         }
         let state_channel = match unit.kind {
-            UnitKind::Proxy => self.connect_proxy(),
+            UnitKind::Proxy => self.reporter.connect_proxy(),
             UnitKind::Service => None,
         };
         let Some(unit) = self.units.get(name) else {
             return;
+        };
+        let cgroup = match self.cgroups.prepare(name, &unit.spec, spawn_seq()) {
+            Ok(cgroup) => cgroup,
+            Err(e) => return self.record_spawn(name, Err((None, e)), None),
         };
         let mut fds = self.listeners.fds_for(unit, &self.config);
         if let Some(fd) = &state_channel {
@@ -414,32 +429,25 @@ impl Supervisor {
         }
         let result = launch::service_command(unit, fds, &self.surroundings)
             .map_err(|e| (None, e))
-            .and_then(|cmd| super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string())));
+            .and_then(|mut cmd| {
+                cmd.cgroup_procs = cgroup.as_ref().map(|(_, procs)| procs.as_fd());
+                super::spawn::spawn(&cmd).map_err(|(pid, e)| (pid, e.to_string()))
+            });
         drop(state_channel);
-        self.record_spawn(name, result);
+        self.record_spawn(name, result, cgroup.map(|(leaf, _)| leaf));
     }
 
-    /// A new state channel for a new proxy process; the old one's writer stops.
-    fn connect_proxy(&mut self) -> Option<OwnedFd> {
-        match self.reporter.proxy_feeds.connect() {
-            Ok((fd, task)) => {
-                if let Some(old) = self.reporter.proxy_writer.replace(task) {
-                    old.abort();
-                }
-                Some(fd)
-            }
-            Err(e) => {
-                error!("cannot create the proxy's state channel: {e}");
-                None
-            }
-        }
-    }
-
-    fn record_spawn(&mut self, name: &str, result: Result<Pid, (Option<Pid>, String)>) {
+    fn record_spawn(
+        &mut self,
+        name: &str,
+        result: Result<Pid, (Option<Pid>, String)>,
+        cgroup: Option<PathBuf>,
+    ) {
         let now = Instant::now();
         let Some(unit) = self.units.get_mut(name) else {
             return;
         };
+        unit.cgroup = cgroup;
         match result {
             Ok(pid) => {
                 info!("started {name} (pid {pid})");
@@ -508,7 +516,32 @@ impl Supervisor {
             }
         }
         self.drop_retired();
+        self.hand_back_queued();
+        self.answer_restart_waiters();
         self.report();
+    }
+
+    /// `restart --wait` answers once its restart is over; one whose client went away is dropped.
+    fn answer_restart_waiters(&mut self) {
+        for waiter in std::mem::take(&mut self.restart_waiters) {
+            if waiter.reply.is_closed() {
+                continue;
+            }
+            match requests::restart_outcome(&waiter, &self.units, &self.rollouts) {
+                Some(result) => {
+                    let _ = waiter.reply.send(result);
+                }
+                None => self.restart_waiters.push(waiter),
+            }
+        }
+    }
+
+    /// Requests queued on the socket of a replica that will not run again at once go back to the proxy.
+    fn hand_back_queued(&mut self) {
+        let idle = hand_back::idle_addresses(&self.units, &self.listeners, &self.config);
+        let listeners = &self.listeners;
+        self.hand_back
+            .watch(&idle, |addr| listeners.duplicate(addr));
     }
 
     /// Start units that want to be up, are stopped, and whose dependencies are ready. True if any started.
@@ -678,25 +711,9 @@ impl Supervisor {
 
     // ------------------------------------------------------------------ probes and notify
 
-    fn on_probe_result(&mut self, mut result: ProbeResult) {
-        // By pid: a surge successor's probes keep reporting under its `.next` name after it is renamed.
-        if let Some(name) = self.pids.get(&Pid::from_raw(result.generation)) {
-            result.unit = name.clone();
-        }
-        let name = result.unit.clone();
-        let Some(unit) = self.units.get_mut(&name) else {
-            return;
-        };
-        if unit.pid.map(Pid::as_raw) != Some(result.generation) {
-            return; // a result about a process that is gone
-        }
-        match health::on_probe_result(unit, result) {
-            ProbeOutcome::Nothing => {}
-            ProbeOutcome::StartReadiness => {
-                health::start_probes(unit, ProbeKind::Readiness, &self.probe_channels)
-            }
-            ProbeOutcome::Restart(why) => self.restart_unhealthy(&name, why),
-        }
+    fn on_probe_result(&mut self, result: ProbeResult) {
+        let channels = self.probe_channels.clone();
+        reports::probe_result(&mut self.table(), &channels, result);
     }
 
     fn run_exec_probe(&mut self, request: ExecRequest) {
@@ -706,45 +723,8 @@ impl Supervisor {
     }
 
     fn on_notification(&mut self, message: Notification) {
-        let Some(name) = health::sender_unit(&self.units, message.pid) else {
-            debug!(
-                "notify message from pid {} that is no service's: ignored",
-                message.pid
-            );
-            return;
-        };
-        let armed = self.timers.is_armed(&Due::Watchdog(name.clone()));
-        let Some(unit) = self.units.get_mut(&name) else {
-            return;
-        };
-        let outcome = health::on_notification(unit, &message, armed);
-        if let Some(watchdog) = outcome.watchdog {
-            let at = watchdog.map(|w| Instant::now() + w);
-            self.timers.set(Due::Watchdog(name.clone()), at);
-        }
-        if let Some(new) = outcome.main_pid {
-            self.adopt_main_pid(&name, message.pid, new);
-        }
-        if let (Some(first), Some(unit)) = (outcome.start_probes, self.units.get_mut(&name)) {
-            health::start_probes(unit, first, &self.probe_channels);
-        }
-    }
-
-    /// MAINPID=: only the main process may name its successor, and only a child of ours (so the one
-    /// reaper sees it end): a forking server's launcher, or `stackinit fork-from`.
-    fn adopt_main_pid(&mut self, name: &str, old: i32, new: i32) {
-        if new <= 1 || notify::parent_of(new) != Some(std::process::id() as i32) {
-            warn!("{name}: MAINPID={new} ignored: not a child of stackinit");
-            return;
-        }
-        info!("{name}: main pid is now {new} (MAINPID, was {old})");
-        self.pids.remove(&Pid::from_raw(old));
-        let group = health::own_group(new, |g| self.pids.keys().any(|p| p.as_raw() == g));
-        self.pids.insert(Pid::from_raw(new), name.to_string());
-        if let Some(unit) = self.units.get_mut(name) {
-            unit.pid = Some(Pid::from_raw(new));
-            unit.pgid = group.map(Pid::from_raw);
-        }
+        let channels = self.probe_channels.clone();
+        reports::notification(&mut self.table(), &channels, message);
     }
 
     // ------------------------------------------------------------------ requests
@@ -757,12 +737,34 @@ impl Supervisor {
             Request::Control {
                 name,
                 action,
+                wait,
                 reply,
-            } => {
-                let _ = reply.send(self.control(&name, action));
-            }
+            } => match self.control(&name, action) {
+                Ok(_) if wait && action == ControlAction::Restart => {
+                    let rollout = self.rollouts.is_running(&name);
+                    let waiter = RestartWaiter {
+                        name,
+                        rollout,
+                        reply,
+                    };
+                    self.restart_waiters.push(waiter);
+                }
+                result => {
+                    let _ = reply.send(result);
+                }
+            },
             Request::Reload { reply } => {
                 let _ = reply.send(self.reload());
+            }
+            Request::Diff { source, reply } => {
+                let (path, stopping) = (self.config_path.as_deref(), self.shutdown.is_some());
+                let _ = reply.send(dry_run::answer(
+                    &self.config,
+                    path,
+                    &self.units,
+                    stopping,
+                    source,
+                ));
             }
             Request::Shutdown { reboot, reply } => {
                 let outcome = Outcome::of_shutdown(self.pid1, reboot);
@@ -838,6 +840,7 @@ impl Supervisor {
     /// Drain every log pipe into its file before the runtime stops, so the last lines are not lost.
     async fn close_logs(&mut self) {
         self.units.clear();
+        self.cgroups.remove_all();
         if let Some(w) = self.reporter.proxy_writer.take() {
             w.abort();
         }
@@ -874,14 +877,7 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return Err(ApiError::conflict("shutting down"));
         }
-        let new = match &self.config_path {
-            Some(path) => crate::config::load(path),
-            None => crate::config::parse(Path::new("<built-in demo>"), &crate::config::demo_text()),
-        };
-        let new = new.map_err(|errors| {
-            let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-            ApiError::bad_request(lines.join("\n"))
-        })?;
+        let new = dry_run::new_config(self.config_path.as_deref(), None)?;
         let fresh = build::units_for_config(&new, &mut self.logs);
         let plan = reload::plan(&self.config, &new, &self.units, &fresh);
         if plan.init_changed {

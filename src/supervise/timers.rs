@@ -24,7 +24,7 @@ pub enum Due {
     Rollout(String),
     /// The next WATCHDOG=1 stackinit owes systemd.
     SystemdWatchdog,
-    /// What is left of a process group (by pgid) after its main process died: SIGKILLed now.
+    /// What is left of a process after its main process died (by `leftovers.rs`'s key): SIGKILLed now.
     Leftovers(i32),
 }
 

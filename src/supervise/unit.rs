@@ -91,6 +91,10 @@ pub struct Unit {
     pub draining: bool,
     /// Why the last rolling restart of this replica halted, until the next one.
     pub rollout_note: Option<String>,
+    /// The cgroup of the current (or last) process, when cgroups are on.
+    pub cgroup: Option<std::path::PathBuf>,
+    /// The last process was killed by the kernel's OOM killer (its cgroup's memory.events).
+    pub oom_killed: bool,
     /// Per-process readiness signals, reset at every spawn.
     pub health: Health,
 }
@@ -143,6 +147,16 @@ impl Unit {
             && (!self.spec.notify || self.health.notified_ready)
             && (self.spec.startup.is_none() || self.health.startup.passing)
             && (self.spec.readiness.is_none() || self.health.readiness.passing)
+    }
+
+    /// Whether the process has said it is ready by every signal its spec asks for (READY=1, startup and
+    /// readiness probes). False for a unit with no such signal: then only `start_secs` tells.
+    pub fn signals_ready(&self) -> bool {
+        let spec = &self.spec;
+        let asks = spec.notify || spec.startup.is_some() || spec.readiness.is_some();
+        asks && (!spec.notify || self.health.notified_ready)
+            && (spec.startup.is_none() || self.health.startup.passing)
+            && (spec.readiness.is_none() || self.health.readiness.passing)
     }
 
     /// Why a running process is not ready yet, for status.
@@ -198,6 +212,15 @@ impl Unit {
         self.spawn_error = Some(error);
     }
 
+    /// How the last process ended; an OOM kill says so, with the limit.
+    fn last_exit(&self) -> Option<String> {
+        if self.oom_killed {
+            let limit = self.spec.memory_max.map(|m| format!(" (memory_max {m})"));
+            return Some(format!("oom-killed{}", limit.unwrap_or_default()));
+        }
+        self.machine.last_exit.map(|e| e.describe())
+    }
+
     /// A reload made this unit afresh for a changed spec while `old`'s process still runs: that process
     /// becomes this unit's, with its sockets, probes and readiness, until it is replaced.
     pub fn take_over(&mut self, old: &mut Unit) {
@@ -214,15 +237,15 @@ impl Unit {
     }
 
     pub fn status(&self, now: Instant) -> ServiceStatus {
-        // A machine's reason ("start limit reached ...") says what happened; a spawn error says why.
-        let machine_reason = match (&self.machine.reason, &self.spawn_error) {
-            (Some(what), Some(why)) => Some(format!("{what}; {why}")),
-            (what, why) => what.clone().or_else(|| why.clone()),
+        // A process that could not even start says why first, with the machine's view after it.
+        let machine = match (&self.spawn_error, &self.machine.reason) {
+            (Some(spawn), Some(state)) => Some(format!("{spawn}; {state}")),
+            (spawn, state) => state.clone().or_else(|| spawn.clone()),
         };
         let reason = self
             .rollout_note
             .clone()
-            .or(machine_reason)
+            .or(machine)
             .or_else(|| self.not_ready_reason())
             .or_else(|| {
                 self.waiting_for
@@ -241,7 +264,7 @@ impl Unit {
                 .pid
                 .and(self.started_at)
                 .map(|t| (now.saturating_duration_since(t).as_millis() as f64) / 1000.0),
-            last_exit: self.machine.last_exit.map(|e| e.describe()),
+            last_exit: self.last_exit(),
             reason,
             oneshot: self.spec.oneshot,
             stdout: self.stdout.path().to_path_buf(),
@@ -249,6 +272,7 @@ impl Unit {
             probe: self.health.last_probe.clone(),
             status_text: self.health.status_text.clone(),
             last_restart: self.machine.last_restart.clone(),
+            usage: None,
         }
     }
 }

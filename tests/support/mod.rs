@@ -14,7 +14,7 @@ pub mod proxy;
 mod stack;
 
 #[allow(unused_imports)] // like dead_code: not every binary starts a Stack
-pub use stack::{Launch, Stack};
+pub use stack::Stack;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use super::http::raw_request;
 use super::{wait_for_port, Guarded};
 
 pub const NGINX: &str = "/usr/sbin/nginx";
@@ -36,4 +37,37 @@ pub fn start_nginx(dir: &Path, http_body: &str, wait_on: SocketAddr) -> Guarded 
     );
     wait_for_port(wait_on);
     guard
+}
+
+/// What a request ended in, for comparing nginx with stackinit: the status and, for a 200, which echo
+/// upstream answered (its `id`), or else the start of the body (a static file).
+pub fn outcome(addr: SocketAddr, raw: &[u8]) -> String {
+    match raw_request(addr, raw) {
+        Ok(reply) if reply.status == 200 => {
+            match serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|v| v.get("id")?.as_str().map(String::from))
+            {
+                Some(id) => format!("200 {id}"),
+                None => format!(
+                    "200 {:?}",
+                    reply.text().chars().take(40).collect::<String>()
+                ),
+            }
+        }
+        Ok(reply) => format!("{}", reply.status),
+        Err(e) => format!("error {}", e.kind()),
+    }
+}
+
+/// `GET PATH` with `host` as the Host header (none if None), closing the connection after the reply.
+pub fn request_for(host: &Option<Vec<u8>>, path: &str, version: &str) -> Vec<u8> {
+    let mut raw = format!("GET {path} HTTP/{version}\r\n").into_bytes();
+    if let Some(h) = host {
+        raw.extend_from_slice(b"Host: ");
+        raw.extend_from_slice(h);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"Connection: close\r\n\r\n");
+    raw
 }

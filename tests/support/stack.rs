@@ -1,7 +1,7 @@
 //! [`Stack`]: the real binary as `stackinit run` on a config in its own temp dir, asked things through
 //! the real CLI, and stopped with everything it started when it drops.
 
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
@@ -10,15 +10,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::{descendants_of, kill9, temp_dir, wait_exit, wait_until, BIN};
-
-/// How a [`Stack`] starts besides its config.
-#[derive(Default)]
-pub struct Launch {
-    /// Set for stackinit (any bytes: the environment need not be UTF-8).
-    pub env: Vec<(OsString, OsString)>,
-    /// RLIMIT_NOFILE (soft, hard) to start with, through prlimit(1); the kernel gives PID 1 (1024, 4096).
-    pub nofile: Option<(u64, u64)>,
-}
 
 /// A running `stackinit run` on its own temp dir. `{dir}` in the config is replaced by that dir.
 pub struct Stack {
@@ -36,12 +27,17 @@ impl Stack {
     /// With `env` set for stackinit (`NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` are removed
     /// otherwise, so a test never inherits the notify socket of whoever runs it).
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Stack {
-        let env = env.iter().map(|(k, v)| (k.into(), v.into())).collect();
-        Stack::launch(config, Launch { env, nofile: None })
+        Stack::start_under::<&str>(&[], config, env)
     }
 
-    /// Started as `launch` says (environment, file limit).
-    pub fn launch(config: &str, launch: Launch) -> Stack {
+    /// Through `wrapper` (a command that execs the rest of its arguments, like `setpriv ...`, `prlimit
+    /// --nofile=1024:4096` or `env NAME=any-bytes`), so stackinit starts with what the wrapper changed;
+    /// its pid is then stackinit's.
+    pub fn start_under<W: AsRef<OsStr>>(
+        wrapper: &[W],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Stack {
         let dir = temp_dir("stackinit-test");
         let socket = dir.path().join("control.sock");
         let full = format!(
@@ -58,19 +54,18 @@ impl Stack {
             socket,
             child: None,
         };
-        stack.spawn(launch);
+        stack.spawn(wrapper, env);
         stack
     }
 
-    fn spawn(&mut self, launch: Launch) {
+    fn spawn<W: AsRef<OsStr>>(&mut self, wrapper: &[W], env: &[(&str, &str)]) {
         let stderr =
             std::fs::File::create(self.dir.path().join("stackinit.stderr")).expect("stderr file");
-        // prlimit(1) sets the limits and execs stackinit, so the pid is still stackinit's.
-        let mut command = match launch.nofile {
-            Some((soft, hard)) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={soft}:{hard}")).arg(BIN);
-                c
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
             }
             None => Command::new(BIN),
         };
@@ -80,7 +75,7 @@ impl Stack {
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
-            .envs(launch.env)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

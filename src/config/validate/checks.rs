@@ -106,6 +106,17 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
             format!("invalid umask \"{umask}\": at most 0777"),
         );
     }
+    for (key, weight) in [
+        ("cpu_weight", spec.cpu_weight),
+        ("io_weight", spec.io_weight),
+    ] {
+        if let Some(w) = weight.filter(|w| !(1..=10000).contains(w)) {
+            ctx.at_value(
+                &sp.key(key),
+                format!("{key} {w} is out of range: 1 to 10000"),
+            );
+        }
+    }
     if spec.replicas == 0 {
         ctx.at_value(
             &sp.key("replicas"),

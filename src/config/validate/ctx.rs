@@ -42,6 +42,12 @@ impl Ctx<'_, '_, '_> {
         self.report.error(span.start, key, message);
     }
 
+    /// A warning pointing at the value of `path`.
+    pub fn warn_value(&mut self, path: &KeyPath, message: impl Into<String>) {
+        let span = span_for(self.root, path, false);
+        self.report.warning(span.start, path, message);
+    }
+
     /// Whether `path` was dropped after a type error (already reported; its default must not be checked).
     pub fn dropped(&self, path: &KeyPath) -> bool {
         self.rec.is_dropped(path)

@@ -1,11 +1,16 @@
 //! Checks of the `[init] dashboard*` keys: a parseable address, credentials that come in complete
-//! pairs, and no dashboard reachable from the network without credentials.
+//! pairs, no dashboard reachable from the network without credentials, and none there with a short
+//! secret.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 
 use super::ctx::Ctx;
 use super::doc::KeyPath;
+
+/// The shortest token or password accepted off loopback, where anyone on the network may guess: 16
+/// characters of `openssl rand -hex 8`, at the least.
+const MIN_SECRET_OFF_LOOPBACK: usize = 16;
 
 pub(super) fn check_dashboard(ctx: &mut Ctx) {
     let init = &ctx.rec.config.init;
@@ -48,6 +53,12 @@ pub(super) fn check_dashboard(ctx: &mut Ctx) {
         ),
         _ => {}
     }
+    if init.dashboard_session_lifetime.0.is_zero() {
+        ctx.at_value(
+            &path.key("dashboard_session_lifetime"),
+            "dashboard_session_lifetime must be longer than 0",
+        );
+    }
     let Some(text) = init.dashboard.clone() else {
         return;
     };
@@ -67,6 +78,23 @@ pub(super) fn check_dashboard(ctx: &mut Ctx) {
             return;
         }
     };
+    if !addr.ip().is_loopback() {
+        for (key, secret) in [
+            ("dashboard_token", &token),
+            ("dashboard_password", &password),
+        ] {
+            let length = secret.as_deref().map_or(0, |s| s.chars().count());
+            if (1..MIN_SECRET_OFF_LOOPBACK).contains(&length) {
+                ctx.at_value(
+                    &path.key(key),
+                    format!(
+                        "{key} is {length} characters; a dashboard on {addr} can be reached from the network, \
+                         so it needs at least {MIN_SECRET_OFF_LOOPBACK} (e.g. `openssl rand -hex 16`)"
+                    ),
+                );
+            }
+        }
+    }
     let has_credentials = token.is_some() || (user.is_some() && password.is_some());
     if !addr.ip().is_loopback() && !has_credentials {
         ctx.at_value(
@@ -106,13 +134,37 @@ mod tests {
             e[0].starts_with("t.toml:2:13: init.dashboard: dashboard on non-loopback address"),
             "{e:#?}"
         );
-        assert!(
-            errors("[init]\ndashboard = \"0.0.0.0:9001\"\ndashboard_token = \"t\"\n").is_empty()
-        );
-        assert!(errors(
-            "[init]\ndashboard = \"0.0.0.0:9001\"\ndashboard_user = \"u\"\ndashboard_password = \"p\"\n"
-        )
+        let token = "t".repeat(16);
+        assert!(errors(&format!(
+            "[init]\ndashboard = \"0.0.0.0:9001\"\ndashboard_token = \"{token}\"\n"
+        ))
         .is_empty());
+        assert!(errors(&format!(
+            "[init]\ndashboard = \"0.0.0.0:9001\"\ndashboard_user = \"u\"\ndashboard_password = \"{token}\"\n"
+        ))
+        .is_empty());
+    }
+
+    #[test]
+    fn short_secrets_are_refused_off_loopback_only() {
+        let e = errors("[init]\ndashboard = \"0.0.0.0:9001\"\ndashboard_token = \"t\"\n");
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].starts_with("t.toml:3:19: init.dashboard_token: dashboard_token is 1 characters"),
+            "{e:#?}"
+        );
+        let e = errors(
+            "[init]\ndashboard = \"[::]:9001\"\ndashboard_user = \"u\"\ndashboard_password = \"short pass\"\n",
+        );
+        assert!(
+            e.iter()
+                .any(|e| e
+                    .starts_with("t.toml:4:22: init.dashboard_password: dashboard_password is 10")),
+            "{e:#?}"
+        );
+        assert!(
+            errors("[init]\ndashboard = \"127.0.0.1:9001\"\ndashboard_token = \"t\"\n").is_empty()
+        );
     }
 
     #[test]

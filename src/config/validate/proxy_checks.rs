@@ -3,13 +3,15 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use super::ctx::{
     check_group, check_max_duration, check_min_log_bytes, check_nice, check_user, Ctx,
 };
 use super::doc::KeyPath;
 use crate::config::values::ListenAddr;
-use crate::config::{LocationSpec, ServerSpec};
+use crate::config::{Config, LocationSpec, ServerSpec};
+use crate::unix_reach::{self, SocketPerms, Who};
 
 pub(super) fn check_proxy(ctx: &mut Ctx) {
     let rec = ctx.rec;
@@ -129,6 +131,15 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
     }
     if let Some(upstream) = &location.upstream {
         check_upstream(ctx, &lp.key("upstream"), upstream);
+        check_reach(ctx, &lp.key("upstream"), upstream);
+    }
+    if let Some(protocols) = &location.upgrade {
+        check_upgrade(
+            ctx,
+            &lp.key("upgrade"),
+            protocols,
+            location.upstream.is_some(),
+        );
     }
     if let Some(status) = location.return_status {
         if !(100..=599).contains(&status) {
@@ -148,6 +159,106 @@ fn check_location(ctx: &mut Ctx, lp: &KeyPath, location: &LocationSpec) {
             "redirect needs a 3xx return status, like return = 302",
         );
     }
+}
+
+/// `upgrade` names protocols (RFC 9110 tokens, like `websocket`) and only means something where requests
+/// are proxied.
+fn check_upgrade(ctx: &mut Ctx, path: &KeyPath, protocols: &[String], proxies: bool) {
+    if !proxies {
+        ctx.at_value(
+            path,
+            "upgrade only applies to a location with upstream (it says which protocol switches to forward)",
+        );
+    }
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    for (i, protocol) in protocols.iter().enumerate() {
+        if protocol.is_empty() || !protocol.chars().all(is_tchar) {
+            ctx.at(
+                &path.index(i),
+                path,
+                format!("{protocol:?} is not a protocol name (like \"websocket\")"),
+            );
+        }
+    }
+}
+
+/// Whether the proxy's user can connect to the unix sockets behind `upstream`: a warning naming the directory
+/// (or socket) in the way and the user, since an ACL this cannot see may still let it through. The user is the
+/// one the proxy would run as if whoever runs this started the stack: `[proxy] user` for root, else themselves.
+fn check_reach(ctx: &mut Ctx, path: &KeyPath, upstream: &str) {
+    let config = &ctx.rec.config;
+    let Some(proxy) = &config.proxy else {
+        return;
+    };
+    let who = if nix::unistd::geteuid().is_root() {
+        Who::of_user(&proxy.user, proxy.group.as_deref())
+    } else {
+        Some(Who::current())
+    };
+    let Some(who) = who else {
+        return;
+    };
+    let blocked = sockets_of(config, upstream)
+        .into_iter()
+        .find_map(|(socket, will_be)| {
+            unix_reach::check(&socket, &who, will_be).map(|denied| (socket, denied))
+        });
+    if let Some((socket, denied)) = blocked {
+        ctx.warn_value(
+            path,
+            format!(
+                "the proxy, as {who}, cannot connect to unix:{}: {denied}; every request here would get 502",
+                socket.display()
+            ),
+        );
+    }
+}
+
+/// The unix sockets an upstream names, each with the permissions init will give it when it binds it (a
+/// service's socket: `listen_mode`, owned by the service's user and the proxy's group, as listeners.rs does).
+fn sockets_of(config: &Config, upstream: &str) -> Vec<(PathBuf, Option<SocketPerms>)> {
+    if let Some(path) = upstream.strip_prefix("unix:") {
+        return vec![(PathBuf::from(path), None)];
+    }
+    let Some(spec) = config.service.get(upstream) else {
+        return Vec::new();
+    };
+    let id_of_user = |name: &str| {
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    };
+    let id_of_group = |name: &str| {
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw())
+    };
+    let proxy_group = config.proxy.as_ref().and_then(|p| match &p.group {
+        Some(group) => id_of_group(group),
+        None => nix::unistd::User::from_name(&p.user)
+            .ok()
+            .flatten()
+            .map(|u| u.gid.as_raw()),
+    });
+    let will_be = SocketPerms {
+        mode: spec.listen_mode.0,
+        owner: spec
+            .user
+            .as_deref()
+            .and_then(id_of_user)
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+        group: proxy_group
+            .or_else(|| spec.group.as_deref().and_then(id_of_group))
+            .unwrap_or_else(|| nix::unistd::getegid().as_raw()),
+    };
+    spec.listen
+        .iter()
+        .flat_map(|l| l.to_vec())
+        .filter_map(|address| address.strip_prefix("unix:").map(PathBuf::from))
+        .map(|path| (path, Some(will_be)))
+        .collect()
 }
 
 /// An upstream is an address (`unix:/path`, `IP:PORT`), or the name of a service that has `listen`.
