@@ -14,8 +14,9 @@ use crate::nofile;
 
 /// Most replicas of one service: more than any instance runs, few enough to expand at once.
 pub(super) const MAX_REPLICAS: u32 = 1024;
-/// Most units (services, replicas and the proxy) of one config: a reload of this many stays well
-/// under a second of the supervisor's loop.
+/// Most units (services, replicas and the proxy) of one config: a reload from 1 to 4093 units held the
+/// supervisor's loop for 0.86 s (release build, binding 4093 sockets), and 0.21 s when nothing changed;
+/// 20,000 held it for 22 s.
 pub(super) const MAX_UNITS: u64 = 4096;
 /// Open files init needs besides the units' logs and sockets: the control socket's connections (64)
 /// and the dashboard's (32), tails being read, probes, the notify socket, its own log, the runtime.
