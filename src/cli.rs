@@ -15,6 +15,10 @@ pub struct Cli {
     /// Control socket (default: $STACKINIT_SOCKET, else /run/stackinit/control.sock).
     #[arg(long, global = true, env = "STACKINIT_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// How long a control command waits for stackinit's answer: "10s", "500ms"; 0 waits forever.
+    /// `logs --follow` waits this long for the first answer, then follows until the log ends.
+    #[arg(long, global = true, env = "STACKINIT_TIMEOUT", default_value = "10s")]
+    pub timeout: String,
     #[command(subcommand)]
     pub command: Option<Command>,
 }

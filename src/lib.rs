@@ -13,6 +13,7 @@ pub mod fork_from;
 pub mod import;
 pub mod init;
 pub mod logs;
+pub mod nofile;
 pub mod paths;
 pub mod power_button;
 pub mod proxy;

@@ -34,6 +34,6 @@ fn main() -> ExitCode {
             nginx,
             out,
         }) => stackinit::import::main(&supervisor, &nginx, out.as_deref()),
-        Some(command) => stackinit::control::client::main(&socket, command),
+        Some(command) => stackinit::control::client::main(&socket, &cli.timeout, command),
     }
 }

@@ -93,6 +93,9 @@ async fn serve_dashboard(init: &InitSpec, handle: &Handle) {
 
 /// `stackinit run`: the stack in the foreground, not PID 1.
 pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
+    // Before the config is read: its checks count against the raised limit. The hard limit is the
+    // parent's choice (systemd's LimitNOFILE=, ulimit -Hn) and stays.
+    let raised = crate::nofile::raise(false);
     let crate::config::Loaded {
         path: config_path,
         config,
@@ -112,6 +115,11 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
             config.init.logs_dir.display()
         );
         return ExitCode::FAILURE;
+    }
+    match raised {
+        Ok(raised) if raised.changed() => tracing::info!("{raised}"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("{e}"),
     }
     tracing::info!(
         "stackinit {} starting with {}",

@@ -531,6 +531,39 @@ shutdown_drain = "2h"
 "#,
     ),
     case(
+        "shutdown_timeout_zero",
+        2,
+        20,
+        "init.shutdown_timeout",
+        "shutdown_timeout must be more than 0",
+        r#"[init]
+shutdown_timeout = "0s"
+"#,
+    ),
+    case(
+        "proxy_nofile_too_few",
+        3,
+        10,
+        "proxy.nofile",
+        "nofile = 10 is too few for the proxy: at least 128",
+        r#"[proxy]
+listen = ["127.0.0.1:18090"]
+nofile = 10
+"#,
+    ),
+    case(
+        "proxy_max_connections_over_nofile",
+        4,
+        19,
+        "proxy.max_connections",
+        "max_connections = 1000 needs 2096 open files in the proxy",
+        r#"[proxy]
+listen = ["127.0.0.1:18091"]
+nofile = 1024
+max_connections = 1000
+"#,
+    ),
+    case(
         "bad_log_level",
         2,
         13,

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{all_pids, poll_every, process_exists, process_state, wait_exit, Guarded, BIN};
+use support::{
+    all_pids, children_of, nofile_of, poll_every, process_exists, process_state, wait_exit,
+    Guarded, BIN,
+};
 
 /// A PID namespace running `stackinit init`; killed (with everything in it) when dropped.
 struct Pid1 {
@@ -597,6 +600,57 @@ LABEL=no-such-volume  {r}/optional  ext4  defaults,nofail  0 2
     assert_eq!(
         mounted_at(std::process::id() as i32, &root.join("data")),
         None
+    );
+    pid1.terminate();
+}
+
+/// Whether this process may raise hard limits (CAP_SYS_RESOURCE, bit 24 of CapEff); a container may
+/// not grant it.
+fn may_raise_hard_limits() -> bool {
+    let status = fs::read_to_string("/proc/self/status").expect("proc status");
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("CapEff");
+    caps & (1 << 24) != 0
+}
+
+/// Started with the kernel's 1024 soft limit, PID 1 raises its own soft limit to its hard limit, and the
+/// hard limit to fs.nr_open where it may; its services keep 1024 under the raised hard limit.
+#[test]
+fn as_pid1_the_file_limit_is_raised_and_services_keep_their_soft_limit() {
+    let dir = test_dir();
+    let config = [
+        init_section(dir.path(), ""),
+        recording_service(dir.path(), "base", &[]),
+    ]
+    .concat();
+    let hard = nofile_of(std::process::id()).1;
+    let prlimit = format!("--nofile=1024:{hard}");
+    // unshare's child is prlimit, which execs stackinit: PID 1 of the namespace.
+    let mut pid1 = Pid1::start(dir, &config, &["prlimit", &prlimit], &[]);
+    wait_all_started(&pid1, 1);
+    let nr_open: u64 = fs::read_to_string("/proc/sys/fs/nr_open")
+        .expect("fs.nr_open")
+        .trim()
+        .parse()
+        .expect("a number");
+    let raised = if may_raise_hard_limits() {
+        nr_open
+    } else {
+        hard
+    };
+    assert_eq!(nofile_of(pid1.host_pid as u32), (raised, raised), "PID 1");
+    let service = children_of(pid1.host_pid as u32)
+        .into_iter()
+        .map(|(pid, _)| nofile_of(pid))
+        .next()
+        .expect("the service's process");
+    assert_eq!(service, (1024, raised), "the service keeps the soft limit");
+    pid1.wait_console(
+        &format!("open file limit raised from 1024:{hard} to {raised}:{raised}"),
+        Duration::from_secs(5),
     );
     pid1.terminate();
 }

@@ -40,6 +40,9 @@ pub struct InitSpec {
     /// How long `/healthz` answers 503 before services are stopped on shutdown, so load balancers stop
     /// sending traffic first.
     pub shutdown_drain: Secs,
+    /// The ordered stop after the drain ends by this deadline: whatever still runs then is killed
+    /// (SIGKILL to its process group), whatever its `stop_grace`. systemd's DefaultTimeoutStopSec.
+    pub shutdown_timeout: Secs,
     /// Hostname to set when running as PID 1. Empty: leave it, or take it from instance facts.
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
@@ -88,6 +91,7 @@ impl Default for InitSpec {
             control_group: None,
             log_level: "info".into(),
             shutdown_drain: Secs::from_secs(0),
+            shutdown_timeout: Secs::from_secs(90),
             hostname: None,
             imds: ImdsSpec::default(),
             dashboard: None,
@@ -345,6 +349,14 @@ pub struct ProxySpec {
     /// workers keep every core busy, the proxy still forwards (and answers `/healthz`) without waiting for a
     /// time slice behind them; it uses a few percent of the CPU they do.
     pub nice: Option<i32>,
+    /// The proxy's open-file limit (RLIMIT_NOFILE, nginx's `worker_rlimit_nofile`). Default 65536, or
+    /// init's own hard limit if that is lower.
+    pub nofile: Option<u64>,
+    /// Client connections served at once (nginx's `worker_connections`). Default: what `nofile` holds,
+    /// two files per connection (the client's and its upstream's) after a reserve. At the cap, the
+    /// longest-idle connection is closed for a new one; with none idle, a few more connections are
+    /// accepted to answer `/healthz` (and 503 to anything else).
+    pub max_connections: Option<u32>,
     /// Where the access log goes; default `<logs_dir>/access.log`.
     pub access_log: Option<PathBuf>,
     pub log_max_bytes: Bytes,
@@ -370,6 +382,8 @@ impl Default for ProxySpec {
             idle_timeout: Secs::from_secs(75),
             stop_grace: Secs::from_secs(30),
             nice: None,
+            nofile: None,
+            max_connections: None,
             access_log: None,
             log_max_bytes: Bytes(50 << 20),
             log_backups: 10,

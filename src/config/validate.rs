@@ -14,6 +14,7 @@ mod dashboard_checks;
 pub use dashboard_checks::MIN_SECRET_OFF_LOOPBACK;
 mod doc;
 mod graph;
+mod limits;
 mod listens;
 mod proxy_checks;
 mod sections;

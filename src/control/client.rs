@@ -4,7 +4,8 @@
 //! `shutdown`):
 //! - 0: done. For `status NAME`: every matching process is running, or is a oneshot that finished
 //!   with exit 0.
-//! - 1: failed: cannot connect, permission denied, the supervisor refused, or a bad reply.
+//! - 1: failed: cannot connect, permission denied, the supervisor refused, a bad reply, or no answer
+//!   within `--timeout`.
 //! - 3: `status NAME` only: the service, or one of its replicas, is not running (as
 //!   `supervisorctl status` and LSB init scripts do).
 //! - 4: `status NAME` only: no such service or replica.
@@ -15,6 +16,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -38,13 +40,35 @@ pub const EXIT_TIMED_OUT: u8 = 5;
 /// Largest JSON reply the client reads (thousands of services fit easily).
 const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 
-pub fn main(socket: &Path, command: Command) -> ExitCode {
-    ExitCode::from(run(socket, command, &mut io::stdout(), &mut io::stderr()))
+/// `--timeout` as the user wrote it (`"10s"`, `"500ms"`; `"0"`: wait as long as it takes).
+pub fn main(socket: &Path, timeout: &str, command: Command) -> ExitCode {
+    let timeout = match crate::config::units::parse_duration(timeout) {
+        Ok(limit) => Some(limit).filter(|limit| !limit.is_zero()),
+        Err(error) => {
+            eprintln!("stackinit: --timeout: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    ExitCode::from(run(
+        socket,
+        command,
+        timeout,
+        &mut io::stdout(),
+        &mut io::stderr(),
+    ))
 }
 
 /// Run one control command against `socket`, writing results to `out` and errors to `err`;
 /// returns the exit code. On its own current-thread runtime, so tests can call it directly.
-pub fn run(socket: &Path, command: Command, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+/// `timeout` bounds the whole command, except that `logs --follow` waits only for the first answer
+/// within it and then follows for as long as the log lasts, and `restart --wait` has its own limit.
+pub fn run(
+    socket: &Path,
+    command: Command,
+    timeout: Option<Duration>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,7 +79,14 @@ pub fn run(socket: &Path, command: Command, out: &mut dyn Write, err: &mut dyn W
             return EXIT_FAILURE;
         }
     };
-    match runtime.block_on(execute(&Client::new(socket), command, out)) {
+    let open_ended = matches!(
+        command,
+        Command::Logs { follow: true, .. } | Command::Restart { wait: Some(_), .. }
+    );
+    let client = Client::new(socket, timeout);
+    let whole = if open_ended { None } else { timeout };
+    let result = runtime.block_on(client.within(whole, execute(&client, command, out)));
+    match result {
         Ok(code) => code,
         Err(error) => {
             let _ = writeln!(err, "stackinit: {error}");
@@ -230,7 +261,10 @@ async fn logs(
         "/v1/services/{}/logs?stream={stream}&lines={lines}{follow}",
         encode_segment(name)
     );
-    let response = client.send(Method::GET, &path, None).await?;
+    // With --follow the command as a whole has no deadline, but the first answer still has.
+    let response = client
+        .within(client.timeout, client.send(Method::GET, &path, None))
+        .await?;
     let code = response.status();
     if !code.is_success() {
         let body = read_reply(response.into_body()).await?;
@@ -269,12 +303,33 @@ fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), ClientError> {
 /// One connection per command: the CLI makes a single request.
 struct Client {
     socket: PathBuf,
+    /// `--timeout`: how long to wait for the answer (None: as long as it takes).
+    timeout: Option<Duration>,
 }
 
 impl Client {
-    fn new(socket: &Path) -> Client {
+    fn new(socket: &Path, timeout: Option<Duration>) -> Client {
         Client {
             socket: socket.to_path_buf(),
+            timeout,
+        }
+    }
+
+    /// `work`, or a timeout error once `limit` has passed.
+    async fn within<T>(
+        &self,
+        limit: Option<Duration>,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let Some(limit) = limit else {
+            return work.await;
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::NoAnswer {
+                socket: self.socket.clone(),
+                limit,
+            }),
         }
     }
 
@@ -405,6 +460,11 @@ pub enum ClientError {
     BadReply(String),
     BadRequest(String),
     Output(io::Error),
+    /// No (complete) answer within `--timeout`.
+    NoAnswer {
+        socket: PathBuf,
+        limit: Duration,
+    },
     NotAControlCommand,
     /// A command-line value this client cannot use.
     Usage(String),
@@ -446,6 +506,12 @@ impl fmt::Display for ClientError {
             ClientError::BadReply(error) => write!(f, "unexpected reply from stackinit: {error}"),
             ClientError::BadRequest(error) => write!(f, "cannot build the request: {error}"),
             ClientError::Output(error) => write!(f, "cannot write output: {}", describe(error)),
+            ClientError::NoAnswer { socket, limit } => write!(
+                f,
+                "no answer from {} within {} (stackinit is busy or stuck; --timeout sets the limit, 0 waits forever)",
+                socket.display(),
+                crate::config::Secs(*limit)
+            ),
             ClientError::NotAControlCommand => f.write_str("not a control command"),
         }
     }
@@ -513,6 +579,7 @@ mod tests {
                 name: None,
                 json: false,
             },
+            None,
             &mut out,
             &mut err,
         );

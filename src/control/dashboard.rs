@@ -67,7 +67,7 @@ pub(super) async fn route(
         return Ok(Some(method_not_allowed(method, path, &Method::GET)));
     }
     Ok(Some(match path {
-        "/v1/events" => super::dashboard_events::stream(handle.clone()),
+        "/v1/events" => super::dashboard_events::stream(handle.clone())?,
         "/v1/facts" => {
             let info = handle.facts().await?;
             json_response(

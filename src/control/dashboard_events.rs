@@ -27,6 +27,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
 use super::reply::{with_content_type, ReplyBody};
+use super::streams::{self, StreamPermit};
+use crate::api::ApiError;
 use crate::api::StatusReply;
 use crate::supervise::handle::Handle;
 
@@ -35,13 +37,16 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 /// Events buffered for a slow client before the task waits for it.
 const BUFFERED_EVENTS: usize = 64;
 
-pub(super) fn stream(handle: Handle) -> Response<ReplyBody> {
+/// The stream, or 503 when as many streams as allowed are open (`streams`).
+pub(super) fn stream(handle: Handle) -> Result<Response<ReplyBody>, ApiError> {
+    let permit = streams::open()?;
     let (tx, rx) = mpsc::channel(BUFFERED_EVENTS);
     tokio::spawn(feed(handle, tx));
-    let mut response = with_content_type(
-        Response::new(ChannelBody { rx }.boxed_unsync()),
-        "text/event-stream",
-    );
+    let body = ChannelBody {
+        rx,
+        _permit: permit,
+    };
+    let mut response = with_content_type(Response::new(body.boxed_unsync()), "text/event-stream");
     response
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -49,7 +54,7 @@ pub(super) fn stream(handle: Handle) -> Response<ReplyBody> {
     response
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Ok(response)
 }
 
 /// Writes events into `tx` until the client goes away or the supervisor does.
@@ -121,6 +126,7 @@ fn event_text(name: &str, value: &impl Serialize) -> String {
 /// A response body fed by a channel; dropping it (the client left) closes the channel.
 struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
+    _permit: StreamPermit,
 }
 
 impl Body for ChannelBody {

@@ -9,7 +9,8 @@
 //!   nobody; with a body `{"config": "<toml>", "path": "name"}`, against that text instead of the file
 //! - `POST /v1/shutdown[?reboot=1]` (or body `{"reboot": true}`) -> `ActionReply`
 //! - `GET  /v1/services/NAME/logs?stream=stdout|stderr&lines=N&follow=1` -> `text/plain`, the last N
-//!   lines, then (follow) every new complete line as a chunked body until the client goes away.
+//!   lines, then (follow) every new complete line as a chunked body until the client goes away
+//!   (`log_stream`: streamed from the file, never held whole).
 //!
 //! The dashboard's endpoints (`GET /`, `/v1/events`, `/v1/facts`) and its CSRF rule for POSTs live in
 //! `dashboard`; its optional TCP listener serves through `respond_tcp`.
@@ -18,25 +19,20 @@
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::{Body, Frame, Incoming};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nix::unistd::Gid;
 use serde::Deserialize;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Semaphore;
 
 use super::access::Policy;
@@ -44,7 +40,6 @@ use super::reply::{
     error_response, json_response, method_not_allowed, with_content_type, ReplyBody,
 };
 use crate::api::{ApiError, DiffRequest, StatusReply};
-use crate::logs::tail;
 use crate::supervise::handle::{Action, Handle, LogStream};
 
 /// Largest request body accepted (the API's bodies are tiny JSON objects).
@@ -459,6 +454,7 @@ async fn read_json_body(body: Incoming) -> Result<Option<serde_json::Value>, Api
         .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
 }
 
+/// The query of a logs request, then `log_stream` answers it.
 async fn logs(
     handle: &Handle,
     name: String,
@@ -480,108 +476,7 @@ async fn logs(
             .map_err(|_| ApiError::bad_request(format!("lines must be a count, not {n:?}")))?,
     };
     let follow = query.flag("follow")?;
-    // The supervisor subscribes us to the live feed before it answers and the file is read after,
-    // so no line falls between the two (one written in between may show up twice).
-    let source = handle.logs(name, stream).await?;
-    let path = source.path;
-    let read = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || read_tail(&path, lines)).await
-    };
-    let text = match read {
-        Ok(Ok(text)) => text,
-        Ok(Err(err)) => return Err(internal(format!("cannot read {}: {err}", path.display()))),
-        Err(_) => return Err(internal(format!("reading {} failed", path.display()))),
-    };
-    let body = if follow {
-        FollowBody {
-            first: Some(Bytes::from(complete_lines(text))),
-            next: Some(next_line(source.lines)),
-        }
-        .boxed_unsync()
-    } else {
-        Full::new(Bytes::from(text)).boxed_unsync()
-    };
-    Ok(with_content_type(Response::new(body), "text/plain"))
-}
-
-/// A log file that doesn't exist yet has no lines.
-/// Drop an unterminated last line: it is still being written, and follow sends it once complete.
-fn complete_lines(mut text: Vec<u8>) -> Vec<u8> {
-    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    text.truncate(keep);
-    text
-}
-
-fn read_tail(path: &Path, lines: usize) -> io::Result<Vec<u8>> {
-    match tail(path, lines) {
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        other => other,
-    }
-}
-
-type NextLine =
-    Pin<Box<dyn Future<Output = (broadcast::Receiver<Bytes>, Result<Bytes, RecvError>)> + Send>>;
-
-fn next_line(mut lines: broadcast::Receiver<Bytes>) -> NextLine {
-    Box::pin(async move {
-        let line = lines.recv().await;
-        (lines, line)
-    })
-}
-
-/// The tail, then each new line as its own chunk. Dropped (and so unsubscribed) when the client goes
-/// away; ends when the log itself goes away (service removed).
-struct FollowBody {
-    first: Option<Bytes>,
-    next: Option<NextLine>,
-}
-
-impl Body for FollowBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(first) = self.first.take().filter(|first| !first.is_empty()) {
-            return Poll::Ready(Some(Ok(Frame::data(first))));
-        }
-        let Some(next) = self.next.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let (lines, line) = ready!(next.as_mut().poll(cx));
-        let chunk = match line {
-            Ok(line) => with_newline(line),
-            Err(RecvError::Lagged(skipped)) => Bytes::from(format!(
-                "[stackinit: {skipped} lines skipped: this reader fell behind]\n"
-            )),
-            Err(RecvError::Closed) => {
-                self.next = None;
-                return Poll::Ready(None);
-            }
-        };
-        self.next = Some(next_line(lines));
-        Poll::Ready(Some(Ok(Frame::data(chunk))))
-    }
-}
-
-fn with_newline(line: Bytes) -> Bytes {
-    if line.ends_with(b"\n") {
-        return line;
-    }
-    let mut owned = Vec::with_capacity(line.len() + 1);
-    owned.extend_from_slice(&line);
-    owned.push(b'\n');
-    Bytes::from(owned)
-}
-
-fn internal(message: String) -> ApiError {
-    ApiError {
-        status: 500,
-        message,
-    }
+    super::log_stream::logs(handle, name, stream, lines, follow).await
 }
 
 #[cfg(test)]
@@ -658,18 +553,6 @@ mod tests {
         assert_eq!(
             error_response(&ApiError::conflict("busy")).status(),
             StatusCode::CONFLICT
-        );
-    }
-
-    #[test]
-    fn lines_get_a_newline() {
-        assert_eq!(
-            with_newline(Bytes::from_static(b"a")),
-            Bytes::from_static(b"a\n")
-        );
-        assert_eq!(
-            with_newline(Bytes::from_static(b"a\n")),
-            Bytes::from_static(b"a\n")
         );
     }
 }

@@ -59,6 +59,7 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
     if role.does_early_boot() {
         early_boot(role, mounted, &steps);
     }
+    raise_file_limit(role, &steps);
     let crate::config::Loaded {
         path: config_path,
         config,
@@ -130,6 +131,16 @@ fn early_boot(role: Role, mounted: &mut Mounted, steps: &Steps) {
         Ok(net::LoopbackState::BroughtUp) => steps.step(format_args!("brought up lo")),
         Ok(net::LoopbackState::AlreadyUp) => {}
         Err(e) => steps.step(format_args!("could not bring up lo: {e}")),
+    }
+}
+
+/// The kernel's 1024 open files are too few for PID 1 and everything it forks (see `crate::nofile`).
+/// Before the config is read: its checks count against the raised limit.
+fn raise_file_limit(role: Role, steps: &Steps) {
+    match crate::nofile::raise(role.is_pid1()) {
+        Ok(raised) if raised.changed() => steps.step(format_args!("{raised}")),
+        Ok(_) => {}
+        Err(e) => steps.step(format_args!("{e}")),
     }
 }
 

@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dir;
+mod files;
 pub mod lines;
 mod pump;
 pub mod rotating;
@@ -43,7 +44,6 @@ use tokio::task::JoinHandle;
 
 pub use dir::prepare_logs_dir;
 pub use rotating::{backup_path, FileStats};
-pub use tail::tail;
 pub use tracing_setup::{close_own_log, init_tracing};
 
 use pump::{lock, Pump, SharedFile};

@@ -10,10 +10,11 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::files;
 use super::lines::{memchr_newline, memrchr_newline};
 
 /// Something worth telling the operator about a log file.
@@ -101,11 +102,12 @@ pub fn backup_path(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Opens `path` for appending, never through a symlink (see `files`), creating its directories first.
 fn open_append(path: &Path) -> io::Result<File> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    OpenOptions::new().create(true).append(true).open(path)
+    files::open_append(path)
 }
 
 impl RotatingFile {
@@ -335,12 +337,12 @@ impl RotatingFile {
             return Ok(());
         }
         for n in (1..self.backups).rev() {
-            match std::fs::rename(backup_path(&self.path, n), backup_path(&self.path, n + 1)) {
+            match files::rename(&backup_path(&self.path, n), &backup_path(&self.path, n + 1)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}
             }
         }
-        std::fs::rename(&self.path, backup_path(&self.path, 1))?;
+        files::rename(&self.path, &backup_path(&self.path, 1))?;
         // From here the old file is path.1; whatever happens, new lines must not go there.
         self.file = None;
         self.size = 0;

@@ -7,7 +7,9 @@
 
 pub mod access_log;
 pub mod admission;
+pub mod admitted;
 pub mod body;
+pub mod conn_limit;
 pub mod handler;
 pub mod head_limits;
 pub mod headers;

@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
-use super::handler::{self, ConnInfo};
+use super::admitted;
+use super::conn_limit::{Admission, ConnHandle, Counted};
+use super::handler::ConnInfo;
 use super::head_limits;
 use super::idle_io::IdleTimeout;
 use super::shared::Shared;
@@ -38,21 +39,34 @@ pub async fn accept_loop(
     drain: DrainGuard,
 ) {
     loop {
+        // At max_connections and the reserve, new connections wait in the backlog (conn_limit).
         let accepted = tokio::select! {
             _ = stopped(&mut stop) => break,
-            accepted = accept(&bound.listener) => accepted,
+            accepted = async {
+                shared.conns.room().await;
+                accept(&bound.listener).await
+            } => accepted,
         };
         match accepted {
             Ok((stream, remote)) => {
-                let info = ConnInfo::new(remote, bound.tls);
-                let shared = Arc::clone(&shared);
-                let stop = stop.clone();
-                let drain = drain.clone();
-                let tls = bound.tls;
+                let admitted = shared.conns.admit();
+                let (admission, handle) = (admitted.admission, admitted.handle);
+                let conn = Conn {
+                    info: ConnInfo::new(remote, bound.tls),
+                    tls: bound.tls,
+                    admission,
+                    handle,
+                };
+                let (shared, stop, drain) = (Arc::clone(&shared), stop.clone(), drain.clone());
+                let guard = admitted.guard;
                 tokio::spawn(async move {
                     match stream {
-                        Stream::Tcp(s) => connection(s, info, tls, shared, stop).await,
-                        Stream::Unix(s) => connection(s, info, tls, shared, stop).await,
+                        Stream::Tcp(s) => {
+                            connection(Counted::new(s, guard), conn, shared, stop).await
+                        }
+                        Stream::Unix(s) => {
+                            connection(Counted::new(s, guard), conn, shared, stop).await
+                        }
                     }
                     drop(drain);
                 });
@@ -86,19 +100,39 @@ async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<std::net
     }
 }
 
-async fn connection<S>(
-    stream: S,
+/// A client connection: who it is from, and how `conn_limit` admitted it.
+#[derive(Clone)]
+struct Conn {
     info: ConnInfo,
     tls: bool,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-) where
+    admission: Admission,
+    handle: ConnHandle,
+}
+
+async fn connection<S>(stream: S, conn: Conn, shared: Arc<Shared>, stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handle = conn.handle.clone();
+    if conn.admission == Admission::Overflow {
+        // In the reserve: one request, and out within RESERVE_LIFETIME whatever the client does.
+        let served = serve(stream, conn, shared, stop);
+        let _ = tokio::time::timeout(admitted::RESERVE_LIFETIME, served).await;
+    } else {
+        serve(stream, conn, shared, stop).await;
+    }
+    // An upgraded connection's stream lives on in its tunnel: it is not idle.
+    handle.retire();
+}
+
+async fn serve<S>(stream: S, conn: Conn, shared: Arc<Shared>, stop: watch::Receiver<bool>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = shared.routes().settings.clone();
     let stream = IdleTimeout::new(stream, settings.idle_timeout);
-    if !tls {
-        return serve_http1(stream, info, shared, stop, &settings).await;
+    if !conn.tls {
+        return serve_http1(stream, conn, shared, stop, &settings).await;
     }
     let Some(config) = shared.tls.get() else {
         tracing::warn!("TLS connection but no certificate loaded");
@@ -116,15 +150,15 @@ async fn connection<S>(
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
-        serve_http2(stream, info, shared, stop, &settings).await
+        serve_http2(stream, conn, shared, stop, &settings).await
     } else {
-        serve_http1(stream, info, shared, stop, &settings).await
+        serve_http1(stream, conn, shared, stop, &settings).await
     }
 }
 
 async fn serve_http1<S>(
     stream: S,
-    info: ConnInfo,
+    conn: Conn,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     settings: &super::routes::Settings,
@@ -132,8 +166,10 @@ async fn serve_http1<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // What the access log needs if hyper refuses a request itself (the handler then never sees it).
-    let (log, remote) = (Arc::clone(&shared.log), info.remote_addr.clone());
-    let service = service_fn(move |req| handler::handle(req, info.clone(), Arc::clone(&shared)));
+    let (log, remote) = (Arc::clone(&shared.log), conn.info.remote_addr.clone());
+    let handle = conn.handle.clone();
+    let keep_alive = conn.admission == Admission::Normal;
+    let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
     let mut builder = hyper::server::conn::http1::Builder::new();
     // No hyper `max_header_size`: the limit is applied to the parsed request (head_limits.rs), which can tell a
     // long request line (414) from a large head (431).
@@ -141,7 +177,7 @@ async fn serve_http1<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .max_buf_size(head_limits::hyper_buffer(settings.max_header_size))
-        .keep_alive(true);
+        .keep_alive(keep_alive);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -152,6 +188,13 @@ async fn serve_http1<S>(
             conn.as_mut().graceful_shutdown();
             conn.await.err()
         }
+        // Idle, and its place is wanted: closed (dropped) at once, unless a request has just begun.
+        _ = handle.evicted() => if handle.serving() {
+            conn.as_mut().graceful_shutdown();
+            conn.await.err()
+        } else {
+            None
+        },
     };
     if let Some(status) = error.as_ref().and_then(rejected_status) {
         log.rejected(&remote, status);
@@ -179,14 +222,15 @@ fn rejected_status(error: &hyper::Error) -> Option<u16> {
 
 async fn serve_http2<S>(
     stream: S,
-    info: ConnInfo,
+    conn: Conn,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     settings: &super::routes::Settings,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| handler::handle(req, info.clone(), Arc::clone(&shared)));
+    let handle = conn.handle.clone();
+    let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -199,6 +243,10 @@ async fn serve_http2<S>(
             conn.as_mut().graceful_shutdown();
             log_end(conn.await.err());
         }
+        _ = handle.evicted() => if handle.serving() {
+            conn.as_mut().graceful_shutdown();
+            log_end(conn.await.err());
+        },
     }
 }
 

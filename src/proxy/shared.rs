@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 
 use super::access_log::AccessLog;
+use super::conn_limit::{self, ConnLimit};
 use super::protocol::{InitMessage, ProxyRuntimeConfig, ProxyState};
 use super::reach;
 use super::routes::Routes;
@@ -15,6 +16,8 @@ pub struct Shared {
     health: RwLock<Arc<ProxyState>>,
     pub tls: TlsHolder,
     pub log: Arc<AccessLog>,
+    /// Open client connections and `max_connections`.
+    pub conns: Arc<ConnLimit>,
 }
 
 impl Shared {
@@ -28,6 +31,7 @@ impl Shared {
             health: RwLock::new(Arc::new(state)),
             tls: TlsHolder::default(),
             log: AccessLog::new(),
+            conns: ConnLimit::new(conn_limit::cap_for(&config.proxy)),
         };
         if let Some(spec) = &config.proxy.tls {
             shared.tls.set(Some(tls::load(spec).map_err(|e| vec![e])?));
@@ -82,6 +86,7 @@ impl Shared {
             None => self.tls.set(None),
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        self.conns.set_cap(conn_limit::cap_for(&config.proxy));
         tracing::info!("proxy config applied");
     }
 }

@@ -3,7 +3,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use nix::sys::signal::Signal;
@@ -12,7 +12,7 @@ use tracing::error;
 use super::launch;
 use super::sockets;
 use super::state::{Machine, Policy};
-use super::unit::{Place, Unit, UnitKind};
+use super::unit::{Place, Unit, UnitKind, UnitLog};
 use crate::config::{Config, ServiceSpec};
 use crate::logs::ServiceLog;
 
@@ -25,27 +25,39 @@ pub struct LogFiles {
 }
 
 impl LogFiles {
-    /// The log at `path`, opened now if no unit uses it yet; the newest limits apply.
-    pub fn get(&mut self, path: PathBuf, max_bytes: u64, backups: u32) -> Rc<ServiceLog> {
+    /// The log at `path`, opened now if no unit uses it yet; the newest limits apply. A log that cannot
+    /// be opened is an error for the units that write to it, never a reason to stop supervising.
+    pub fn get(&mut self, path: PathBuf, max_bytes: u64, backups: u32) -> UnitLog {
         if let Some(log) = self.open.get(&path) {
             log.set_limits(max_bytes, backups);
-            return log.clone();
+            return UnitLog::Open(log.clone());
         }
-        let log = match ServiceLog::open(&path, max_bytes, backups) {
-            Ok(log) => Rc::new(log),
-            Err(e) => {
-                error!("cannot open log {}: {e}; using /dev/null", path.display());
-                // No size limit: /dev/null must never be rotated. If even this fails (no fds, no runtime),
-                // supervision cannot go on; the panic ends in init's reap-only fallback, which is the designed
-                // way out (an abort would skip it and, as PID 1, panic the kernel).
-                match ServiceLog::open(Path::new("/dev/null"), 0, 0) {
-                    Ok(log) => Rc::new(log),
-                    Err(e) => panic!("cannot open any log pipe, not even for /dev/null: {e}"),
-                }
+        match ServiceLog::open(&path, max_bytes, backups) {
+            Ok(log) => {
+                let log = Rc::new(log);
+                self.open.insert(path, log.clone());
+                UnitLog::Open(log)
             }
-        };
-        self.open.insert(path, log.clone());
-        log
+            Err(e) => {
+                let reason = e.to_string();
+                let log = UnitLog::Failed { path, reason };
+                if let Err(message) = log.open() {
+                    error!("{message}; the units writing to it cannot start");
+                }
+                log
+            }
+        }
+    }
+
+    /// Before a spawn: try again to open a log that could not be opened before (fds freed since, the
+    /// planted file removed), so the unit's next start may succeed.
+    pub fn retry_failed(&mut self, unit: &mut Unit) {
+        let (max_bytes, backups) = (unit.spec.log_max_bytes.0, unit.spec.log_backups);
+        for log in [&mut unit.stdout, &mut unit.stderr] {
+            if let UnitLog::Failed { path, .. } = log {
+                *log = self.get(path.clone(), max_bytes, backups);
+            }
+        }
     }
 
     /// SIGUSR1: reopen every file (after an outside rotation).

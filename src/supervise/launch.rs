@@ -1,6 +1,7 @@
 //! Turning a unit into a spawnable command: program lookup, environment, credentials, capabilities.
 #![forbid(unsafe_code)]
 
+use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 
@@ -61,6 +62,8 @@ pub fn proxy_service_spec(proxy: &ProxySpec) -> ServiceSpec {
         start_secs: Secs::from_millis(300),
         stop_grace: Secs(proxy.stop_grace.0 + std::time::Duration::from_secs(1)),
         nice: proxy.nice.or(is_root().then_some(PROXY_NICE_AS_ROOT)),
+        // Its connections need far more than the 1024 services keep (see `proxy::conn_limit`).
+        nofile: Some(proxy.nofile.unwrap_or_else(crate::nofile::proxy_default)),
         log_max_bytes: proxy.log_max_bytes,
         log_backups: proxy.log_backups,
         stdout: proxy.access_log.clone(),
@@ -114,22 +117,21 @@ pub fn service_command<'a>(
 ) -> Result<spawn::Command<'a>, String> {
     let mut cmd = command_for(unit, fds)?;
     let own = &unit.spec.environment;
-    let from_facts = |k: &String| !own.contains_key(k) && around.facts.iter().any(|(f, _)| f == k);
-    cmd.env.retain(|(k, _)| !from_facts(k));
-    cmd.env.extend(
-        around
-            .facts
-            .iter()
-            .filter(|(k, _)| !own.contains_key(k))
-            .cloned(),
-    );
+    let facts: Vec<&(String, String)> = around
+        .facts
+        .iter()
+        .filter(|(k, _)| !own.contains_key(k))
+        .collect();
+    cmd.env
+        .retain(|(k, _)| !facts.iter().any(|(f, _)| OsStr::new(f) == k));
+    cmd.env
+        .extend(facts.into_iter().map(|(k, v)| (k.into(), v.into())));
     if let Some(p) = &around.notify_socket {
-        cmd.env
-            .push(("NOTIFY_SOCKET".into(), p.display().to_string()));
+        cmd.env.push(("NOTIFY_SOCKET".into(), p.into()));
     }
     if let Some(w) = unit.spec.watchdog {
         cmd.env
-            .push(("WATCHDOG_USEC".into(), w.0.as_micros().to_string()));
+            .push(("WATCHDOG_USEC".into(), w.0.as_micros().to_string().into()));
     }
     Ok(cmd)
 }
@@ -138,12 +140,7 @@ pub fn service_command<'a>(
 pub fn probe_command<'a>(unit: &'a Unit, argv: &[String]) -> Result<spawn::Command<'a>, String> {
     let mut cmd = command_for(unit, Vec::new())?;
     let first = argv.first().ok_or("empty exec probe")?;
-    let path = cmd
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let path = path_of(&cmd.env);
     cmd.program = spawn::resolve_program(first, &path, unit.spec.directory.as_deref())
         .ok_or_else(|| format!("command not found: {first}"))?;
     cmd.argv = argv.to_vec();
@@ -173,12 +170,10 @@ pub fn command_for<'a>(
         },
     };
 
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| !NOT_INHERITED.contains(&k.as_str()) && k != "STACKINIT_TEST_PANIC")
-        .collect();
+    let mut env = inherited_environment();
     let mut set = |k: &str, v: String| {
         env.retain(|(key, _)| key != k);
-        env.push((k.to_string(), v));
+        env.push((k.into(), v.into()));
     };
     if std::env::var_os("PATH").is_none() {
         set("PATH", DEFAULT_PATH.into());
@@ -201,10 +196,7 @@ pub fn command_for<'a>(
         set(k, v.clone());
     }
 
-    let path_var = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map_or(DEFAULT_PATH.to_string(), |(_, v)| v.clone());
+    let path_var = path_of(&env);
     let first = spec.command.first().ok_or("empty command")?;
     // `stackinit` means this very binary, so the proxy and demo workers match the running init.
     let program: PathBuf = if first == "stackinit" {
@@ -222,15 +214,40 @@ pub fn command_for<'a>(
         directory: spec.directory.clone(),
         credentials,
         umask: spec.umask.map(|m| m.0),
-        nofile: spec.nofile,
+        // `nofile` sets both limits; else the soft limit stackinit started with (see crate::nofile).
+        nofile: spec
+            .nofile
+            .map(|n| (n, n))
+            .or_else(crate::nofile::for_services),
         nice: spec.nice,
         no_new_privs: spec.no_new_privs,
         capabilities,
-        stdout: unit.stdout.child_fd(),
-        stderr: unit.stderr.child_fd(),
+        stdout: unit.stdout.open()?.child_fd(),
+        stderr: unit.stderr.open()?.child_fd(),
         listen_fds: fds,
         cgroup_procs: None,
     })
+}
+
+/// What a service inherits of stackinit's own environment: every variable but those meant for stackinit
+/// itself, as bytes. A variable need not be UTF-8 (a Latin-1 locale value, a binary token): it is passed
+/// on unchanged, never a reason to fail.
+fn inherited_environment() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| {
+            let own = NOT_INHERITED.iter().any(|n| OsStr::new(n) == k);
+            !own && k != "STACKINIT_TEST_PANIC"
+        })
+        .collect()
+}
+
+/// The PATH a command is looked up in: the child's own (lossy if it is not UTF-8), else the default.
+fn path_of(env: &[(OsString, OsString)]) -> String {
+    env.iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(DEFAULT_PATH.to_string(), |(_, v)| {
+            v.to_string_lossy().into_owned()
+        })
 }
 
 /// The first `condition_path_exists` entry that does not hold, described for status and the log.

@@ -105,6 +105,16 @@ impl Leftovers {
         }
     }
 
+    /// The shutdown's deadline passed: all that still waits for its grace period is killed now (every
+    /// unit is going down, so no group is anyone else's).
+    pub fn kill_all(&mut self, timers: &mut Timers) {
+        let keys: Vec<i32> = self.remains.keys().copied().collect();
+        for key in keys {
+            timers.cancel(&Due::Leftovers(key));
+            self.kill(key, |_| false);
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.remains.is_empty()
     }

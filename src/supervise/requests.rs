@@ -72,9 +72,10 @@ pub fn log_source(units: &Units, name: &str, stream: LogStream) -> Result<LogSou
         LogStream::Stdout => &unit.stdout,
         LogStream::Stderr => &unit.stderr,
     };
+    let open = log.open().map_err(ApiError::conflict)?;
     Ok(LogSource {
         path: log.path().to_path_buf(),
-        lines: log.subscribe(),
+        lines: open.subscribe(),
     })
 }
 

@@ -67,3 +67,12 @@ pub fn shutdown_stops(config: &Config, units: &Units) -> Vec<String> {
         .map(|u| u.name.clone())
         .collect()
 }
+
+/// Units not down yet (a process, or a start on its way), by name: what a shutdown deadline kills.
+pub fn still_up(units: &Units) -> Vec<String> {
+    units
+        .values()
+        .filter(|u| !u.is_down())
+        .map(|u| u.name.clone())
+        .collect()
+}

@@ -8,7 +8,7 @@
 //! points at a buffer the child fills in after fork.
 #![allow(unsafe_code)] // audited: fork/exec (see the SAFETY comments)
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -31,11 +31,13 @@ pub struct Credentials {
 pub struct Command<'a> {
     pub program: PathBuf,
     pub argv: Vec<String>,
-    pub env: Vec<(String, String)>,
+    /// Bytes, not text: stackinit's own environment may hold any bytes, and passes them on as they are.
+    pub env: Vec<(OsString, OsString)>,
     pub directory: Option<PathBuf>,
     pub credentials: Option<Credentials>,
     pub umask: Option<u32>,
-    pub nofile: Option<u64>,
+    /// RLIMIT_NOFILE (soft, hard); None: inherited.
+    pub nofile: Option<(u64, u64)>,
     pub nice: Option<i32>,
     pub no_new_privs: bool,
     /// Capabilities to drop from the bounding set and to hold after the uid change (capabilities.rs).
@@ -153,7 +155,7 @@ fn c_strings(cmd: &Command<'_>) -> io::Result<(CString, Vec<CString>, Vec<CStrin
         .collect::<Result<_, _>>()?;
     let mut env: Vec<CString> = Vec::with_capacity(cmd.env.len() + 3);
     for (k, v) in &cmd.env {
-        env.push(cstring(format!("{k}={v}").as_bytes())?);
+        env.push(cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
     }
     if !cmd.listen_fds.is_empty() {
         env.push(cstring(
@@ -311,7 +313,7 @@ struct ChildPlan<'a> {
     high: &'a mut [RawFd],
     fd_count: RawFd,
     umask: Option<u32>,
-    nofile: Option<u64>,
+    nofile: Option<(u64, u64)>,
     nice: Option<i32>,
     drop_caps: &'a [u32],
     ambient: &'a [u32],
@@ -403,10 +405,10 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
         if let Some(mask) = plan.umask {
             libc::umask(mask as libc::mode_t);
         }
-        if let Some(n) = plan.nofile {
+        if let Some((soft, hard)) = plan.nofile {
             let limit = libc::rlimit {
-                rlim_cur: n as libc::rlim_t,
-                rlim_max: n as libc::rlim_t,
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 fail(err, 4);

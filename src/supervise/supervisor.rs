@@ -237,6 +237,7 @@ impl Supervisor {
                         info!("drain period over; stopping services");
                     }
                 }
+                Due::ShutdownDeadline => self.shutdown_overdue(),
                 Due::SystemdWatchdog => {
                     systemd_notify::notify_watchdog();
                     if let Some(every) = self.systemd_watchdog {
@@ -400,9 +401,10 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, name: &str) {
-        let Some(unit) = self.units.get(name) else {
+        let Some(unit) = self.units.get_mut(name) else {
             return;
         };
+        self.logs.retry_failed(unit);
         if let Some(unmet) = launch::unmet_condition(&unit.spec) {
             info!("skipped {name}: {unmet}");
             let reason = format!("skipped: {unmet}");
@@ -633,7 +635,27 @@ impl Supervisor {
         if draining {
             self.timers.arm(Due::ShutdownDrain, Instant::now() + drain);
         }
+        let deadline = Instant::now() + drain + self.config.init.shutdown_timeout.0;
+        self.timers.arm(Due::ShutdownDeadline, deadline);
         self.shutdown = Some(Shutdown { outcome, draining });
+    }
+
+    /// `shutdown_timeout` has passed: whatever still runs is killed now, dependency order or not.
+    fn shutdown_overdue(&mut self) {
+        let Some(shutdown) = &mut self.shutdown else {
+            return;
+        };
+        shutdown.draining = false;
+        let left = schedule::still_up(&self.units);
+        let limit = self.config.init.shutdown_timeout;
+        warn!(
+            "shutdown not done within {limit} (init.shutdown_timeout); killing what runs: {left:?}"
+        );
+        for name in &left {
+            self.dispatch(name, Event::Stop);
+            self.perform(name, Action::KillGroup);
+        }
+        self.leftovers.kill_all(&mut self.timers);
     }
 
     fn on_stop_signal(&mut self, sig: Signal) {

@@ -18,6 +18,8 @@ pub enum Due {
     ExecProbe(i32),
     /// The shutdown's drain period, before services are stopped.
     ShutdownDrain,
+    /// The shutdown's deadline (`shutdown_timeout`): whatever still runs is killed.
+    ShutdownDeadline,
     /// A rolling restart's next deadline (its drain ends, or a new process must be ready).
     Rollout(String),
     /// The next WATCHDOG=1 stackinit owes systemd.

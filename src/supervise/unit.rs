@@ -1,6 +1,7 @@
 //! A unit is one supervised process slot: a service, one replica of it, or the proxy.
 #![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -32,6 +33,34 @@ pub enum Place {
     Retiring,
 }
 
+/// A unit's stdout or stderr: the log pipe it shares with every unit that names the same file, or why
+/// that file could not be opened (no file descriptors left, a symlink planted in its place). Such a unit
+/// cannot start, and says why; everything else keeps running.
+#[derive(Clone, Debug)]
+pub enum UnitLog {
+    Open(Rc<ServiceLog>),
+    Failed { path: PathBuf, reason: String },
+}
+
+impl UnitLog {
+    pub fn path(&self) -> &Path {
+        match self {
+            UnitLog::Open(log) => log.path(),
+            UnitLog::Failed { path, .. } => path,
+        }
+    }
+
+    /// The pipe, or why there is none (a spawn error, an API error).
+    pub fn open(&self) -> Result<&ServiceLog, String> {
+        match self {
+            UnitLog::Open(log) => Ok(log),
+            UnitLog::Failed { path, reason } => {
+                Err(format!("cannot open log {}: {reason}", path.display()))
+            }
+        }
+    }
+}
+
 pub struct Unit {
     /// `app@0`, `app`, or `proxy`.
     pub name: String,
@@ -51,8 +80,8 @@ pub struct Unit {
     pub started_at: Option<Instant>,
     /// This replica's listen addresses (keys into the supervisor's listener table).
     pub listen: Vec<String>,
-    pub stdout: Rc<ServiceLog>,
-    pub stderr: Rc<ServiceLog>,
+    pub stdout: UnitLog,
+    pub stderr: UnitLog,
     /// Why the last spawn failed, if it did.
     pub spawn_error: Option<String>,
     /// Why it waits instead of starting (dependencies).

@@ -128,6 +128,25 @@ impl Guarded {
         self.signal(Signal::SIGTERM);
         wait_exit(&mut self.child, limit)
     }
+
+    /// What it wrote to a piped stderr, read to the end (empty if stderr was not piped).
+    pub fn stderr_text(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            std::io::Read::read_to_string(&mut stderr, &mut text).ok();
+        }
+        text
+    }
+}
+
+/// Run `command` (stderr piped, read once it exits: for short outputs) until it exits, or kill it after
+/// `limit`: its exit code (None if killed or signalled), its stderr, and how long it ran.
+pub fn run_timed(command: &mut Command, limit: Duration) -> (Option<i32>, String, Duration) {
+    let mut child = Guarded::spawn(command.stderr(std::process::Stdio::piped()), "a command");
+    let started = Instant::now();
+    let status = wait_exit(&mut child.child, limit);
+    let took = started.elapsed();
+    (status.and_then(|s| s.code()), child.stderr_text(), took)
 }
 
 impl Drop for Guarded {
@@ -196,6 +215,20 @@ pub fn process_state(pid: u32) -> Option<char> {
 pub fn nice_of(pid: i32) -> i32 {
     let fields = stat_fields(pid as u32).expect("process gone");
     fields[16].parse().expect("nice field")
+}
+
+/// RLIMIT_NOFILE (soft, hard) of a running process.
+pub fn nofile_of(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
 }
 
 /// Whether `pid` runs (exists and is not a zombie).

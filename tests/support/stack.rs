@@ -1,6 +1,7 @@
 //! [`Stack`]: the real binary as `stackinit run` on a config in its own temp dir, asked things through
 //! the real CLI, and stopped with everything it started when it drops.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
@@ -26,12 +27,17 @@ impl Stack {
     /// With `env` set for stackinit (`NOTIFY_SOCKET`, `WATCHDOG_USEC` and `WATCHDOG_PID` are removed
     /// otherwise, so a test never inherits the notify socket of whoever runs it).
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Stack {
-        Stack::start_under(&[], config, env)
+        Stack::start_under::<&str>(&[], config, env)
     }
 
-    /// Through `wrapper` (a command that execs the rest of its arguments, like `setpriv ...`), so stackinit
-    /// starts with what the wrapper changed; its pid is then stackinit's.
-    pub fn start_under(wrapper: &[&str], config: &str, env: &[(&str, &str)]) -> Stack {
+    /// Through `wrapper` (a command that execs the rest of its arguments, like `setpriv ...`, `prlimit
+    /// --nofile=1024:4096` or `env NAME=any-bytes`), so stackinit starts with what the wrapper changed;
+    /// its pid is then stackinit's.
+    pub fn start_under<W: AsRef<OsStr>>(
+        wrapper: &[W],
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Stack {
         let dir = temp_dir("stackinit-test");
         let socket = dir.path().join("control.sock");
         let full = format!(
@@ -52,7 +58,7 @@ impl Stack {
         stack
     }
 
-    fn spawn(&mut self, wrapper: &[&str], env: &[(&str, &str)]) {
+    fn spawn<W: AsRef<OsStr>>(&mut self, wrapper: &[W], env: &[(&str, &str)]) {
         let stderr =
             std::fs::File::create(self.dir.path().join("stackinit.stderr")).expect("stderr file");
         let mut command = match wrapper.split_first() {

@@ -1,0 +1,444 @@
+//! The proxy's connection cap (`max_connections`, nginx's `worker_connections`), and how `/healthz`
+//! stays answerable at it.
+//!
+//! Every client connection costs a file, and a proxied one a second (its upstream connection); the proxy
+//! has `nofile` of them. Without a cap, 1000 idle connections used up PID 1's inherited 1024: accept(2)
+//! failed, and a load balancer's fresh `/healthz` connection waited in the backlog until it timed out.
+//! What happens at the cap, decided here:
+//!
+//! 1. A new connection closes the connection that has been idle longest (no request in progress,
+//!    nothing left to write: kept alive, or never used) and takes its place, as nginx reuses its idle
+//!    keep-alive connections. Idle connections cost nothing to drop, so a crowd of them (or of slowloris
+//!    clients between requests) cannot keep anyone out.
+//! 2. With none idle, every connection is busy with a request: the new one is accepted into a small
+//!    reserve (`PROXY_RESERVE`, kept out of `max_connections` in the file budget, as nginx keeps
+//!    `worker_connections` below its file limit) and gets one request, within a few seconds: `/healthz`
+//!    is answered as usual (the instance is busy, not broken), anything else gets 503 with Retry-After.
+//! 3. With the reserve full too, nothing more is accepted until a connection ends: the backlog holds them.
+//!
+//! A connection's file is counted from accept to close, by a guard inside its stream, so an upgraded
+//! connection (WebSocket) still counts while its tunnel runs, and is never taken for idle.
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// Connections accepted above the cap to answer `/healthz` (see the module doc).
+pub const RESERVE: usize = crate::nofile::PROXY_RESERVE as usize;
+
+/// `max_connections`, or what the proxy's own open-file limit holds (see `crate::nofile`).
+pub fn cap_for(spec: &crate::config::ProxySpec) -> usize {
+    let soft = crate::nofile::current().0;
+    let cap = spec
+        .max_connections
+        .map_or_else(|| crate::nofile::proxy_connections(soft), u64::from);
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
+/// The open connections of one proxy process, shared by its accept loops and connections.
+pub struct ConnLimit {
+    table: Mutex<Table>,
+    /// A connection closed: an accept loop waiting for room may go on.
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct Table {
+    cap: usize,
+    open: usize,
+    next_id: u64,
+    /// Orders idle connections by when they became idle.
+    next_seq: u64,
+    conns: HashMap<u64, Entry>,
+    /// Idle connections, longest idle first: sequence number -> id.
+    idle: BTreeMap<u64, u64>,
+    /// Whether the cap was reached (logged once per episode).
+    at_cap: bool,
+}
+
+struct Entry {
+    requests: u32,
+    idle_since: Option<u64>,
+    /// Told to close for a new connection: never idle again.
+    evicting: bool,
+    conn: Arc<ConnState>,
+}
+
+/// How a just-accepted connection is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Normal,
+    /// Above the cap, in the reserve: one request, `/healthz` or 503.
+    Overflow,
+}
+
+/// What a connection task holds: its admission, the guard its stream carries, and the handle.
+pub struct Admitted {
+    pub admission: Admission,
+    pub guard: FileGuard,
+    pub handle: ConnHandle,
+}
+
+/// Shared between a connection's stream, its task and its requests.
+struct ConnState {
+    id: u64,
+    evict: Notify,
+    /// Bytes written and not yet flushed: the connection is still answering.
+    unflushed: AtomicBool,
+}
+
+impl ConnLimit {
+    pub fn new(cap: usize) -> Arc<ConnLimit> {
+        Arc::new(ConnLimit {
+            table: Mutex::new(Table {
+                cap: cap.max(1),
+                ..Table::default()
+            }),
+            freed: Notify::new(),
+        })
+    }
+
+    /// A new `max_connections` (a reload); open connections stay.
+    pub fn set_cap(&self, cap: usize) {
+        self.lock().cap = cap.max(1);
+        self.freed.notify_waiters();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resolves once fewer than `max_connections` + the reserve are open, so one more may be accepted.
+    pub async fn room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let table = self.lock();
+                if table.open < table.cap + RESERVE {
+                    return;
+                }
+            }
+            freed.await;
+        }
+    }
+
+    /// Count a just-accepted connection, and decide how it is served (see the module doc).
+    pub fn admit(self: &Arc<ConnLimit>) -> Admitted {
+        let mut table = self.lock();
+        let admission = if table.open < table.cap {
+            table.at_cap = false;
+            Admission::Normal
+        } else if let Some(victim) = table.longest_idle() {
+            victim.evict.notify_one();
+            Admission::Normal
+        } else {
+            if !std::mem::replace(&mut table.at_cap, true) {
+                tracing::warn!(
+                    max_connections = table.cap,
+                    "every connection is busy: new ones get /healthz answered, 503 otherwise"
+                );
+            }
+            Admission::Overflow
+        };
+        let id = table.next_id;
+        table.next_id += 1;
+        table.open += 1;
+        let conn = Arc::new(ConnState {
+            id,
+            evict: Notify::new(),
+            unflushed: AtomicBool::new(false),
+        });
+        // A new connection waits for its first request: idle, but the last one to be taken for it.
+        let entry = Entry {
+            requests: u32::from(admission == Admission::Overflow),
+            idle_since: None,
+            evicting: false,
+            conn: Arc::clone(&conn),
+        };
+        table.conns.insert(id, entry);
+        if admission == Admission::Normal {
+            table.mark_idle(id);
+        }
+        drop(table);
+        Admitted {
+            admission,
+            guard: FileGuard {
+                limit: Arc::clone(self),
+                conn: Arc::clone(&conn),
+            },
+            handle: ConnHandle {
+                limit: Arc::clone(self),
+                conn,
+            },
+        }
+    }
+
+    fn release(&self, id: u64) {
+        let mut table = self.lock();
+        if let Some(entry) = table.conns.remove(&id) {
+            if let Some(seq) = entry.idle_since {
+                table.idle.remove(&seq);
+            }
+            table.open -= 1;
+        }
+        drop(table);
+        self.freed.notify_one();
+    }
+
+    fn request_started(&self, id: u64) {
+        let mut table = self.lock();
+        let Some(entry) = table.conns.get_mut(&id) else {
+            return;
+        };
+        entry.requests += 1;
+        if let Some(seq) = entry.idle_since.take() {
+            table.idle.remove(&seq);
+        }
+    }
+
+    fn request_ended(&self, id: u64) {
+        let mut table = self.lock();
+        let Some(entry) = table.conns.get_mut(&id) else {
+            return;
+        };
+        entry.requests = entry.requests.saturating_sub(1);
+        if entry.requests == 0 && !entry.evicting {
+            table.mark_idle(id);
+        }
+    }
+
+    fn serving(&self, id: u64) -> bool {
+        self.lock().conns.get(&id).is_some_and(|e| e.requests > 0)
+    }
+}
+
+impl Table {
+    fn mark_idle(&mut self, id: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(entry) = self.conns.get_mut(&id) {
+            entry.idle_since = Some(seq);
+            self.idle.insert(seq, id);
+        }
+    }
+
+    /// Take the connection idle longest out of the idle set (it is about to close). One still writing
+    /// its last response is not idle yet and stays.
+    fn longest_idle(&mut self) -> Option<Arc<ConnState>> {
+        let (seq, id) = self
+            .idle
+            .iter()
+            .map(|(&seq, &id)| (seq, id))
+            .find(|(_, id)| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|e| !e.conn.unflushed.load(Ordering::Relaxed))
+            })?;
+        self.idle.remove(&seq);
+        let entry = self.conns.get_mut(&id)?;
+        entry.idle_since = None;
+        entry.evicting = true;
+        Some(Arc::clone(&entry.conn))
+    }
+}
+
+/// Counts a connection's file from accept to close; it lives in the connection's stream.
+pub struct FileGuard {
+    limit: Arc<ConnLimit>,
+    conn: Arc<ConnState>,
+}
+
+impl Drop for FileGuard {
+    fn drop(&mut self) {
+        self.limit.release(self.conn.id);
+    }
+}
+
+/// A connection task's view of its entry: requests in progress, and the call to close when idle.
+#[derive(Clone)]
+pub struct ConnHandle {
+    limit: Arc<ConnLimit>,
+    conn: Arc<ConnState>,
+}
+
+impl ConnHandle {
+    /// A request began; it counts until the guard (held by its response body) is dropped.
+    pub fn request(&self) -> RequestGuard {
+        self.limit.request_started(self.conn.id);
+        RequestGuard {
+            handle: self.clone(),
+        }
+    }
+
+    /// Resolves when a new connection needs this one's place: close it, unless [`Self::serving`].
+    pub async fn evicted(&self) {
+        self.conn.evict.notified().await
+    }
+
+    /// A request is in progress (one that began just as the connection was chosen to close).
+    pub fn serving(&self) -> bool {
+        self.limit.serving(self.conn.id)
+    }
+
+    /// Its HTTP serving is over but its stream may live on (an upgrade's tunnel): never idle again.
+    pub fn retire(&self) {
+        self.limit.request_started(self.conn.id);
+    }
+}
+
+/// One request in progress on a connection.
+pub struct RequestGuard {
+    handle: ConnHandle,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.handle.limit.request_ended(self.handle.conn.id);
+    }
+}
+
+/// A client stream that carries its connection's [`FileGuard`] and tells whether it has bytes written
+/// but not flushed (a response still going out is not idle).
+pub struct Counted<S> {
+    inner: S,
+    conn: Arc<ConnState>,
+    _guard: FileGuard,
+}
+
+impl<S> Counted<S> {
+    pub fn new(inner: S, guard: FileGuard) -> Counted<S> {
+        Counted {
+            inner,
+            conn: Arc::clone(&guard.conn),
+            _guard: guard,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.unflushed.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.conn.unflushed.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let flushed = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.conn.unflushed.store(false, Ordering::Relaxed);
+        }
+        flushed
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    fn open(limit: &Arc<ConnLimit>) -> Admitted {
+        limit.admit()
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connection_makes_room() {
+        let limit = ConnLimit::new(2);
+        let first = open(&limit);
+        let second = open(&limit);
+        let busy = first.handle.request();
+        drop(busy); // first is idle again, after second: second is now the longest idle
+        let third = open(&limit);
+        assert_eq!(third.admission, Admission::Normal);
+        // second was told to close; first was not.
+        assert!(second.told_to_close());
+        assert!(!first.told_to_close());
+    }
+
+    #[test]
+    fn with_every_connection_busy_the_reserve_takes_overflow_until_full() {
+        let limit = ConnLimit::new(1);
+        let only = open(&limit);
+        let _busy = only.handle.request();
+        let mut overflow = Vec::new();
+        for _ in 0..RESERVE {
+            let admitted = open(&limit);
+            assert_eq!(admitted.admission, Admission::Overflow);
+            overflow.push(admitted);
+        }
+        assert_eq!(limit.lock().open, 1 + RESERVE);
+        // No room until one closes; then exactly as many as closed.
+        drop(overflow.pop());
+        assert_eq!(limit.lock().open, RESERVE);
+        drop(only);
+        assert_eq!(limit.lock().open, RESERVE - 1);
+    }
+
+    #[test]
+    fn a_connection_still_writing_or_retired_is_not_taken_for_idle() {
+        let limit = ConnLimit::new(1);
+        let writing = open(&limit);
+        writing.handle.conn.unflushed.store(true, Ordering::Relaxed);
+        assert_eq!(open(&limit).admission, Admission::Overflow);
+        writing
+            .handle
+            .conn
+            .unflushed
+            .store(false, Ordering::Relaxed);
+        writing.handle.retire();
+        assert_eq!(open(&limit).admission, Admission::Overflow);
+    }
+
+    impl Admitted {
+        /// Whether this connection has been told to close (consumes the notification).
+        fn told_to_close(&self) -> bool {
+            let notified = self.handle.conn.evict.notified();
+            tokio::pin!(notified);
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            notified.as_mut().poll(&mut cx).is_ready()
+        }
+    }
+}
