@@ -15,6 +15,7 @@ mod env_pairs;
 mod expand;
 mod gunicorn;
 mod ini;
+mod names;
 mod nginx;
 mod nginx_lex;
 mod nginx_location;

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use super::emit::Table;
-use super::programs::Names;
+use super::names::Names;
 use super::report::{ImportError, Skips};
 use super::supervisord::{boolean, byte_size, integer, Section, Value};
 

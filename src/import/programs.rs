@@ -4,15 +4,14 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use toml::Value as Toml;
 
 use super::emit::{strings, Table};
-use super::expand::{self, Val};
+use super::names::Names;
 use super::program_logs;
 use super::report::{ImportError, Origin, Skips};
-use super::supervisord::{self, boolean, integer, Section, Value};
+use super::supervisord::{boolean, integer, Section, Value};
 use super::web_app;
 
 /// A converted program: its table, and what the rest of the import needs to know about it.
@@ -26,48 +25,6 @@ pub struct Service {
     /// Addresses other configs reach it at (nginx `proxy_pass`): what it bound under supervisord, and
     /// what stackinit binds for it now.
     pub addresses: Vec<String>,
-}
-
-/// What a program's values may expand to besides the common names.
-pub struct Names<'a> {
-    pub program: &'a str,
-    pub group: &'a str,
-    pub numprocs: i64,
-    /// `[supervisord] environment` merged with the program's own, for `%(ENV_X)s`.
-    pub env: BTreeMap<String, String>,
-}
-
-impl Names<'_> {
-    /// A value as supervisord sees it in process `num`.
-    pub fn expand(&self, value: &Value, num: i64) -> Result<String, ImportError> {
-        let here = value.at.dir();
-        expand::expand(&value.text, &|name| self.lookup(name, num, &here))
-            .map_err(|e| ImportError::at(&value.at, e))
-    }
-
-    fn lookup(&self, name: &str, num: i64, here: &Path) -> Option<Val> {
-        match name {
-            "program_name" => Some(Val::Str(self.program.to_string())),
-            "group_name" => Some(Val::Str(self.group.to_string())),
-            "process_num" => Some(Val::Int(num)),
-            "numprocs" => Some(Val::Int(self.numprocs)),
-            _ => match name.strip_prefix("ENV_").and_then(|v| self.env.get(v)) {
-                Some(v) => Some(Val::Str(v.clone())),
-                None => supervisord::common_expansion(name, here),
-            },
-        }
-    }
-
-    /// `%(ENV_X)s` names a value takes from the importing shell rather than from the config.
-    pub fn shell_names(&self, value: &Value) -> Vec<String> {
-        value
-            .text
-            .split("%(ENV_")
-            .skip(1)
-            .filter_map(|rest| rest.split_once(')').map(|(name, _)| name.to_string()))
-            .filter(|name| !self.env.contains_key(name))
-            .collect()
-    }
 }
 
 /// Keys handled by this module; anything else in a program section is reported.

@@ -5,7 +5,7 @@
 
 use super::emit::{strings, Table};
 use super::gunicorn;
-use super::programs::Names;
+use super::names::Names;
 use super::report::{ImportError, Origin, Skips};
 use super::supervisord::Section;
 use super::words;

@@ -4,11 +4,12 @@
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use super::refusal::explain;
 use super::routes::{Action, Routes};
 use super::upstream::Address;
-use crate::unix_reach::{self, Who};
+use crate::unix_reach;
 
 /// Log an error for each upstream socket this process cannot reach, naming the directory (or socket) in the
 /// way and the user the proxy runs as. Sockets that do not exist yet (a service still starting) are skipped.
@@ -22,18 +23,6 @@ pub fn report_unreachable(routes: &Routes) {
             }
         }
     }
-}
-
-/// The reason for a connect to `path` refused with EACCES: what is in the way, for whom.
-pub fn why_refused(path: &Path) -> String {
-    match unix_reach::check_as_me(path) {
-        Some(denied) => explain(&denied),
-        None => format!("permission denied for {}", Who::current()),
-    }
-}
-
-fn explain(denied: &unix_reach::Denied) -> String {
-    format!("the proxy runs as {}: {denied}", Who::current())
 }
 
 /// Every unix socket a location proxies to.

@@ -159,7 +159,11 @@ impl Replica {
             Ok(Ok(sender)) => Ok(sender),
             Ok(Err(e)) => Err(Failure::Connect(match &self.address {
                 Address::Unix(path) if crate::unix_reach::is_permission_denied(&e) => {
-                    format!("{}: {e}: {}", self.address, super::reach::why_refused(path))
+                    format!(
+                        "{}: {e}: {}",
+                        self.address,
+                        super::refusal::why_refused(path)
+                    )
                 }
                 _ => format!("{}: {e}", self.address),
             })),

@@ -79,8 +79,37 @@ pub fn log_source(units: &Units, name: &str, stream: LogStream) -> Result<LogSou
     })
 }
 
+/// The `restart --wait`s whose restart is not over yet.
+#[derive(Default)]
+pub struct RestartWaiters(Vec<RestartWaiter>);
+
+impl RestartWaiters {
+    pub fn wait(&mut self, name: String, rollout: bool, reply: Reply<ActionReply>) {
+        self.0.push(RestartWaiter {
+            name,
+            rollout,
+            reply,
+        });
+    }
+
+    /// Answer those whose restart is over; one whose client went away is dropped.
+    pub fn answer(&mut self, units: &BTreeMap<String, Unit>, rollouts: &Rollouts) {
+        for waiter in std::mem::take(&mut self.0) {
+            if waiter.reply.is_closed() {
+                continue;
+            }
+            match restart_outcome(&waiter, units, rollouts) {
+                Some(result) => {
+                    let _ = waiter.reply.send(result);
+                }
+                None => self.0.push(waiter),
+            }
+        }
+    }
+}
+
 /// A `restart --wait` whose restart is not over yet.
-pub struct RestartWaiter {
+struct RestartWaiter {
     /// The service (a rollout) or the unit restarted.
     pub name: String,
     pub rollout: bool,
@@ -89,7 +118,7 @@ pub struct RestartWaiter {
 
 /// Whether `waiter`'s restart is over: every replica replaced and ready, or one unit ready again (Ok);
 /// the rollout halted or called off, or the unit given up or stopped (Err). None while it goes on.
-pub fn restart_outcome(
+fn restart_outcome(
     waiter: &RestartWaiter,
     units: &BTreeMap<String, Unit>,
     rollouts: &Rollouts,

@@ -34,7 +34,7 @@ use super::probes::{ExecRequest, ProbeResult};
 use super::publish::{self, Reporter};
 use super::reload::{self, Fate, Then};
 use super::reports;
-use super::requests::{self, RestartWaiter};
+use super::requests::{self, RestartWaiters};
 use super::rollouts::Rollouts;
 use super::schedule;
 use super::state::{Action, Event, ExitStatus, Jitter, State};
@@ -63,7 +63,7 @@ pub struct Supervisor {
     listeners: Listeners,
     timers: Timers,
     rollouts: Rollouts,
-    restart_waiters: Vec<RestartWaiter>,
+    restart_waiters: RestartWaiters,
     leftovers: Leftovers,
     cgroups: Cgroups,
     hand_back: HandBack,
@@ -107,7 +107,7 @@ impl Supervisor {
             listeners: Listeners::default(),
             timers: Timers::default(),
             rollouts: Rollouts::default(),
-            restart_waiters: Vec::new(),
+            restart_waiters: RestartWaiters::default(),
             leftovers: Leftovers::default(),
             cgroups: Cgroups::default(),
             hand_back: HandBack::default(),
@@ -517,23 +517,8 @@ impl Supervisor {
         }
         self.drop_retired();
         self.hand_back_queued();
-        self.answer_restart_waiters();
+        self.restart_waiters.answer(&self.units, &self.rollouts);
         self.report();
-    }
-
-    /// `restart --wait` answers once its restart is over; one whose client went away is dropped.
-    fn answer_restart_waiters(&mut self) {
-        for waiter in std::mem::take(&mut self.restart_waiters) {
-            if waiter.reply.is_closed() {
-                continue;
-            }
-            match requests::restart_outcome(&waiter, &self.units, &self.rollouts) {
-                Some(result) => {
-                    let _ = waiter.reply.send(result);
-                }
-                None => self.restart_waiters.push(waiter),
-            }
-        }
     }
 
     /// Requests queued on the socket of a replica that will not run again at once go back to the proxy.
@@ -742,12 +727,7 @@ impl Supervisor {
             } => match self.control(&name, action) {
                 Ok(_) if wait && action == ControlAction::Restart => {
                     let rollout = self.rollouts.is_running(&name);
-                    let waiter = RestartWaiter {
-                        name,
-                        rollout,
-                        reply,
-                    };
-                    self.restart_waiters.push(waiter);
+                    self.restart_waiters.wait(name, rollout, reply);
                 }
                 result => {
                     let _ = reply.send(result);
