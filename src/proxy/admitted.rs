@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::service::{service_fn, Service};
@@ -55,11 +56,11 @@ async fn respond(
     admission: Admission,
 ) -> Result<Response<CountedBody>, Infallible> {
     if admission == Admission::Overflow && req.uri().path() != healthz::PATH {
-        let response = busy().map(Inner::Local);
+        let response = busy().map(Either::Right);
         return Ok(response.map(|inner| CountedBody::new(inner, request)));
     }
     let response = handler::handle(req, info, shared).await?;
-    Ok(response.map(|body| CountedBody::new(Inner::Logged(body), request)))
+    Ok(response.map(|body| CountedBody::new(Either::Left(body), request)))
 }
 
 /// 503 for a request on a connection in the reserve: every connection is busy.
@@ -79,12 +80,8 @@ pub struct CountedBody {
     _request: RequestGuard,
 }
 
-// Not boxed: the large variant is every request's; a box would cost an allocation per request.
-#[allow(clippy::large_enum_variant)]
-enum Inner {
-    Logged(LoggedBody),
-    Local(ProxyBody),
-}
+/// The handler's logged body, or the reserve's own 503 (`Either` delegates every call to the one it holds).
+type Inner = Either<LoggedBody, ProxyBody>;
 
 impl CountedBody {
     fn new(inner: Inner, request: RequestGuard) -> CountedBody {
@@ -103,23 +100,14 @@ impl Body for CountedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.inner {
-            Inner::Logged(body) => Pin::new(body).poll_frame(cx),
-            Inner::Local(body) => Pin::new(body).poll_frame(cx),
-        }
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Logged(body) => body.is_end_stream(),
-            Inner::Local(body) => body.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Logged(body) => body.size_hint(),
-            Inner::Local(body) => body.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
