@@ -326,8 +326,14 @@ impl Vm {
                 "unix:{},server=on,wait=off",
                 dir.join("qmp.sock").display()
             ))
-            .arg("-serial")
-            .arg(format!("file:{}", dir.join("console.log").display()))
+            // The serial console: everything it prints goes to console.log, and the test can type into it.
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={}",
+                dir.join("console.sock").display(),
+                dir.join("console.log").display()
+            ))
+            .args(["-serial", "chardev:console"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);
@@ -459,6 +465,54 @@ impl Vm {
                 self.console_tail()
             )
         })
+    }
+
+    /// Log in on the serial console (as on EC2's Serial Console) with `password`, run `command` in the login
+    /// shell and log out; what the command printed, as the console showed it. The test reads all the while
+    /// it is connected: a console nobody reads would block the guest's writes to it, PID 1's included.
+    fn serial_login(&self, password: &str, command: &str) -> String {
+        let mut console =
+            UnixStream::connect(self.dir.join("console.sock")).expect("connect the serial console");
+        console
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut seen = String::new();
+        let mut read_until = |console: &mut UnixStream, wanted: &str, from: usize| -> usize {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(at) = strip_ansi(&seen)[from..].find(wanted) {
+                    return from + at + wanted.len();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: no {wanted:?} on the serial console:\n{}",
+                    self.name,
+                    strip_ansi(&seen)
+                );
+                if let Ok(n) = std::io::Read::read(console, &mut buf) {
+                    seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        };
+        // The prompt was printed before anyone listened: an empty line makes agetty print it again.
+        console.write_all(b"\n").expect("type");
+        let at = read_until(&mut console, "login: ", 0);
+        console
+            .write_all(format!("{SSH_USER}\n").as_bytes())
+            .expect("type");
+        let at = read_until(&mut console, "Password: ", at);
+        console
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("type");
+        let at = read_until(&mut console, "$ ", at);
+        // The marker's exit code is expanded by the shell, so only the output (not the echoed line) has it.
+        console
+            .write_all(format!("{command}; echo serial-done-$?\n").as_bytes())
+            .expect("type");
+        let end = read_until(&mut console, "serial-done-0", at);
+        console.write_all(b"exit\n").expect("type");
+        strip_ansi(&seen)[at..end].to_string()
     }
 
     /// The ed25519 host key sshd presents (as a client sees it, not as a file says).
@@ -799,6 +853,22 @@ fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
     check_serves_own_name(&b, NAME_B, NAME_A);
     check_status(&a);
     check_status(&b);
+
+    // The serial console has a login prompt named after the instance; nobody has a password in the image,
+    // so the test sets one over SSH (sudo) and logs in on the console.
+    assert!(
+        a.console().contains("ip-10-0-2-15 login:"),
+        "a: no login prompt on the serial console\n{}",
+        a.console_tail()
+    );
+    a.ssh("echo admin:serial-test-password | sudo chpasswd");
+    let on_console = a.serial_login("serial-test-password", "stackinit status");
+    assert!(
+        on_console
+            .lines()
+            .any(|l| l.starts_with("proxy ") && l.contains("running")),
+        "a: stackinit status on the serial console:\n{on_console}"
+    );
 
     // Both went through GRUB, which boots with `ro`; the fstab root line made the root read-write.
     for vm in [&a, &b] {
