@@ -420,10 +420,15 @@ if [ "$CHROOT" = 1 ]; then
         rm -f $STATE/machine-id # /etc/machine-id links there; firstboot makes it
     else
         : >/etc/machine-id # systemd makes one at first boot
-        # Debian's ssh.service expects keys from the package's postinst: make them at first start instead.
+        # Debian's ssh.service expects keys from the package's postinst: make them at first start instead,
+        # ed25519 and ECDSA as in pid1 mode (RSA would take the single vCPU for most of a minute under TCG).
         mkdir -p /etc/systemd/system/ssh.service.d
-        printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' \
-            >/etc/systemd/system/ssh.service.d/stackinit-host-keys.conf
+        cat >/etc/systemd/system/ssh.service.d/stackinit-host-keys.conf <<'EOF'
+[Service]
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do [ -f /etc/ssh/ssh_host_$${t}_key ] || ssh-keygen -q -t $$t -N "" -f /etc/ssh/ssh_host_$${t}_key; done'
+ExecStartPre=/usr/sbin/sshd -t
+EOF
     fi
     rm -f /etc/ssh/ssh_host_*
     rm -f /var/lib/dbus/machine-id
