@@ -87,8 +87,10 @@ new_ssh_state() {
         ssh-keygen -q -t "$type" -N '' -C "host key of $1" -f "$new/ssh_host_${type}_key"
         say "host key $(ssh-keygen -l -f "$new/ssh_host_${type}_key.pub")"
     done
+    # No instance id: stackinit found no IMDS at boot, so do not wait for it again here.
     rc=0
-    key=$("$LIB/imds-get" public-keys/0/openssh-key) || rc=$?
+    key=""
+    if [ "$1" != unknown ]; then key=$("$LIB/imds-get" public-keys/0/openssh-key) || rc=$?; fi
     if [ "$rc" -eq 0 ] && [ -n "$key" ]; then
         printf '%s\n' "$key" >"$new/authorized_keys/$SSH_USER"
         chmod 0644 "$new/authorized_keys/$SSH_USER"
@@ -107,7 +109,8 @@ new_ssh_state() {
 # ip-10-0-2-15.ec2.internal -> ip-10-0-2-15, as cloud-init names EC2 instances: what shells, the login
 # prompt and logs show. Nothing to do without IMDS (the kernel's "(none)" stays).
 name_machine() {
-    name=${STACKINIT_PRIVATE_HOSTNAME%%.*}
+    name=${STACKINIT_PRIVATE_HOSTNAME:-}
+    name=${name%%.*}
     [ -n "$name" ] || return 0
     [ "$(hostname)" = "$name" ] || hostname "$name" || say "could not set the hostname to $name"
 }
