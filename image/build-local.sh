@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Build the image locally and offline (once cached): the `null.local` source of packer/stackinit.pkr.hcl runs
 # this. It debootstraps a minimal Debian bookworm root (cached under $IMAGE_CACHE_DIR, keyed by everything that
-# goes into it), runs image/install.sh in a chroot of a copy, and writes to $IMAGE_OUTPUT_DIR:
-#   vmlinuz, initrd.img   the Debian cloud kernel and the initramfs install.sh rebuilt (virtio, ena, nvme,
-#                         button, evdev)
-#   root.ext4             the root file system (mkfs.ext4 -d), to boot as a raw virtio disk
-#   cmdline               kernel command line for the mode (QEMU -append): root=/dev/vda ... init=...
-#   image.env             mode, sizes and build times, for scripts
+# goes into it), runs image/install.sh in a chroot of a copy, writes the root's /etc/fstab and GRUB menu, and
+# makes one bootable disk of it (image/make-disk.sh) in $IMAGE_OUTPUT_DIR:
+#   disk.raw    GPT: BIOS boot partition + EFI system partition (GRUB for BIOS and for UEFI) + the ext4 root
+#               (label stackinit-root, a UUID per build). Boots under SeaBIOS or OVMF from NVMe or virtio, and
+#               is what the amazon-import post-processor uploads as an AMI.
+#   image.env   mode, root UUID, kernel command line, sizes and build time, for scripts
 #
 # Environment (set by the Packer template; defaults for running it by hand from the repo root):
 #   STACKINIT_BINARY (required)   STACKINIT_BOOT_MODE=pid1|systemd|seed   STACKINIT_SRC=.
 #   STACKINIT_APP_DIR, STACKINIT_SYSTEMD_DIR: take app/ or systemd/ from elsewhere (default: $STACKINIT_SRC/...)
 #   STACKINIT_IMDS_ENDPOINT=http://10.0.2.100:80 (where the tests' guestfwd puts a fake IMDS; "" for none)
 #   IMAGE_OUTPUT_DIR=.cache/image/out   IMAGE_CACHE_DIR=.cache/image   IMAGE_MIRROR (default: this host's apt mirror)
-#   STACKINIT_STATUS_AGENT=0 (1: a `stackinit status` agent on /dev/ttyS1, for the tests)
-#   IMAGE_SIZE (e.g. 2G; default: the tree plus headroom)   IMAGE_SUITE=bookworm
+#   IMAGE_ROOT_MODE=rw|ro (ro: fstab keeps the root read-only, with a tmpfs for the per-instance state)
+#   IMAGE_SIZE (root file system, e.g. 2G or 1500M; default: the tree plus headroom)   IMAGE_SUITE=bookworm
 set -euo pipefail
 START=$SECONDS
 
@@ -26,18 +26,19 @@ CACHE=${IMAGE_CACHE_DIR:-.cache/image}
 MIRROR=${IMAGE_MIRROR:-}
 SIZE=${IMAGE_SIZE:-}
 SUITE=${IMAGE_SUITE:-bookworm}
+ROOT_MODE=${IMAGE_ROOT_MODE:-rw}
 IMDS_ENDPOINT=${STACKINIT_IMDS_ENDPOINT-http://10.0.2.100:80}
-STATUS_AGENT=${STACKINIT_STATUS_AGENT:-0}
-[ "$STATUS_AGENT" = 1 ] || STATUS_AGENT=""
 
 say() { printf 'build-local: [%4ds] %s\n' $((SECONDS - START)) "$*"; }
 die() { printf 'build-local: error: %s\n' "$*" >&2; exit 1; }
 
 case "$MODE" in pid1|systemd|seed) ;; *) die "STACKINIT_BOOT_MODE must be pid1, systemd or seed" ;; esac
+case "$ROOT_MODE" in rw|ro) ;; *) die "IMAGE_ROOT_MODE must be rw or ro" ;; esac
 [ "$(id -u)" -eq 0 ] || die "needs root (debootstrap, chroot, mounts)"
 [ -n "$BINARY" ] || die "STACKINIT_BINARY is required (the stackinit binary to bake in)"
-for tool in debootstrap mkfs.ext4 chroot mount tar sha256sum; do
-    command -v "$tool" >/dev/null || die "missing tool: $tool (apt-get install debootstrap e2fsprogs)"
+for tool in debootstrap mkfs.ext4 chroot mount tar sha256sum sgdisk mkfs.fat mcopy; do
+    command -v "$tool" >/dev/null ||
+        die "missing tool: $tool (apt-get install debootstrap e2fsprogs gdisk dosfstools mtools)"
 done
 mkdir -p "$OUT" "$CACHE"
 OUT=$(cd "$OUT" && pwd)
@@ -59,13 +60,18 @@ host_mirror() {
 
 # ---- the base tree, cached by its inputs ----------------------------------------------------------------
 # Everything install.sh would otherwise apt-get goes in here, so a cached build needs no apt network at all.
-packages=(linux-image-cloud-amd64 initramfs-tools busybox iproute2 python3 python3-venv ca-certificates kmod)
+packages=(linux-image-cloud-amd64 initramfs-tools busybox iproute2 python3 python3-venv ca-certificates kmod
+    # The bootloader the disk boots with (BIOS and UEFI), made from the image's own packages.
+    grub-pc-bin grub-efi-amd64-bin
+    # What an instance nobody logs into still needs: SSH for the day someone must, time, a root that grows
+    # with its volume, and sudo for the SSH user.
+    openssh-server chrony cloud-guest-utils sudo)
 case "$MODE" in
     # dbus: logind needs it, and logind is what powers off on the ACPI power button under systemd.
     systemd) packages+=(systemd-sysv dbus) ;;
     seed) packages+=(systemd-sysv dbus nginx-light supervisor) ;;
 esac
-RECIPE=2 # bump when the debootstrap recipe below changes
+RECIPE=3 # bump when the debootstrap recipe below changes
 key_input="recipe=$RECIPE suite=$SUITE arch=amd64 mirror=$MIRROR variant=minbase packages=${packages[*]} debootstrap=$(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo unknown)"
 KEY=$(printf '%s' "$key_input" | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$KEY
@@ -169,7 +175,7 @@ t0=$SECONDS
 chroot "$ROOT" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
     LANG=C.UTF-8 STACKINIT_WHEELS=/var/cache/stackinit-wheels \
     bash /tmp/stackinit-src/image/install.sh --src /tmp/stackinit-src --mode "$MODE" --chroot \
-    ${IMDS_ENDPOINT:+--imds-endpoint "$IMDS_ENDPOINT"} ${STATUS_AGENT:+--status-agent}
+    ${IMDS_ENDPOINT:+--imds-endpoint "$IMDS_ENDPOINT"}
 say "install.sh took $((SECONDS - t0)) s"
 if [ ! -f "$VENV_CACHE" ]; then
     tar -C "$ROOT/srv/app" -cf "$VENV_CACHE.tmp" venv && mv -f "$VENV_CACHE.tmp" "$VENV_CACHE"
@@ -177,39 +183,116 @@ fi
 unmount_inner
 rm -rf "$STAGE"
 
-# ---- outputs --------------------------------------------------------------------------------------------
+# ---- boot: fstab, GRUB for BIOS and UEFI, one disk ---------------------------------------------------------
 kernel=$(ls "$ROOT"/boot/vmlinuz-* | sort -V | tail -n1)
-initrd=$(ls "$ROOT"/boot/initrd.img-* | sort -V | tail -n1)
-[ -f "$kernel" ] && [ -f "$initrd" ] || die "no kernel or initrd in the image's /boot"
-cp "$kernel" "$OUT/vmlinuz.new" && mv "$OUT/vmlinuz.new" "$OUT/vmlinuz"
-cp "$initrd" "$OUT/initrd.img.new" && mv "$OUT/initrd.img.new" "$OUT/initrd.img"
-# QEMU boots the kernel directly, so the image's /boot copies are dead weight (an AMI boots them via GRUB).
-rm -f "$ROOT"/boot/initrd.img-* "$ROOT"/boot/vmlinuz-* "$ROOT"/boot/System.map-*
+KVER=${kernel##*/vmlinuz-}
+[ -f "$kernel" ] && [ -f "$ROOT/boot/initrd.img-$KVER" ] || die "no kernel or initrd in the image's /boot"
+# One UUID per build (every clone of this image shares it, as clones of any AMI do), chosen now because the
+# fstab and GRUB name it before the file system exists.
+ROOT_UUID=$(cat /proc/sys/kernel/random/uuid)
+ROOT_LABEL=stackinit-root
 
-extra=$(cat "$ROOT/etc/stackinit/kernel-cmdline" 2>/dev/null || true)
-echo "root=/dev/vda rootfstype=ext4 rw console=ttyS0 quiet fsck.mode=skip panic=-1 ${extra}" | sed 's/ *$//' >"$OUT/cmdline"
+write_fstab() {
+    local root_options=defaults
+    [ "$ROOT_MODE" = ro ] && root_options=ro
+    cat >"$ROOT/etc/fstab" <<EOF
+# /etc/fstab of the stackinit image (image/build-local.sh), read by stackinit as PID 1 at boot.
+# The root: GRUB boots it read-only ("ro" on the kernel command line); its options here say what it becomes.
+UUID=$ROOT_UUID  /  ext4  $root_options,errors=remount-ro  0  1
+EOF
+    if [ "$ROOT_MODE" = ro ]; then
+        cat >>"$ROOT/etc/fstab" <<EOF
+# Read-only root: the per-instance state (host keys, machine id) lives until power-off, unless a volume is
+# mounted here instead.
+tmpfs  /var/lib/stackinit  tmpfs  mode=0755,size=16m,nosuid,nodev  0  0
+EOF
+    fi
+    cat >>"$ROOT/etc/fstab" <<EOF
+# An optional data volume: any attached volume with the ext4 label stackinit-data (mkfs.ext4 -L stackinit-data).
+LABEL=stackinit-data  /srv/data  ext4  defaults,nofail  0  2
+EOF
+}
+
+# The one menu, read by both GRUBs from the root file system. timeout=0: nobody is at the console of an
+# instance; EC2's serial console can still reach GRUB's prompt by holding Esc.
+write_grub_cfg() {
+    local extra cmdline
+    extra=$(cat "$ROOT/etc/stackinit/kernel-cmdline" 2>/dev/null || true)
+    # ro: as Debian and Ubuntu boot; fstab decides. The serial console last, so it is /dev/console (EC2's
+    # serial console and QEMU's -serial). nvme_core.io_timeout: what AWS asks for EBS on NVMe.
+    # no_timer_check: a virtual machine on a busy host (TCG here, a noisy neighbour there) can miss the
+    # kernel's early check of the IO-APIC timer, which then panics ("IO-APIC + timer doesn't work"), as
+    # cloud images of other distributions guard against.
+    cmdline="root=UUID=$ROOT_UUID ro console=tty0 console=ttyS0,115200 nvme_core.io_timeout=4294967295"
+    cmdline="$cmdline no_timer_check quiet panic=-1 $extra"
+    CMDLINE=$(echo "$cmdline" | sed 's/ *$//')
+    mkdir -p "$ROOT/boot/grub"
+    cat >"$ROOT/boot/grub/grub.cfg" <<EOF
+# GRUB menu of the stackinit image (image/build-local.sh), for the BIOS and the UEFI GRUB alike.
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+set timeout=0
+menuentry "stackinit, Debian $SUITE, $KVER" {
+    linux /boot/vmlinuz-$KVER $CMDLINE
+    initrd /boot/initrd.img-$KVER
+}
+EOF
+}
+
+# GRUB images made by the image's own grub-mkimage (grub-pc-bin, grub-efi-amd64-bin), every module built in,
+# with an embedded config that finds the root by UUID and reads the menu there.
+grub_images() {
+    local boot=$WORK/boot common
+    mkdir -p "$boot" "$ROOT/tmp/grub"
+    cat >"$ROOT/tmp/grub/early.cfg" <<EOF
+search --no-floppy --fs-uuid --set=root $ROOT_UUID
+set prefix=(\$root)/boot/grub
+configfile \$prefix/grub.cfg
+EOF
+    common="part_gpt ext2 search search_fs_uuid configfile normal linux echo serial terminal test"
+    # shellcheck disable=SC2086 # module lists
+    chroot "$ROOT" grub-mkimage -O i386-pc -o /tmp/grub/core.img -c /tmp/grub/early.cfg -p /boot/grub \
+        biosdisk $common || die "grub-mkimage (i386-pc) failed"
+    # shellcheck disable=SC2086
+    chroot "$ROOT" grub-mkimage -O x86_64-efi -o /tmp/grub/BOOTX64.EFI -c /tmp/grub/early.cfg -p /boot/grub \
+        fat efi_gop $common || die "grub-mkimage (x86_64-efi) failed"
+    cp "$ROOT/tmp/grub/core.img" "$ROOT/tmp/grub/BOOTX64.EFI" "$ROOT/usr/lib/grub/i386-pc/boot.img" "$boot/"
+    rm -rf "$ROOT/tmp/grub"
+}
+
+write_fstab
+write_grub_cfg
+grub_images
 
 tree_kb=$(du -sk "$ROOT" | cut -f1)
-if [ -z "$SIZE" ]; then
-    # The tree plus a quarter and 64 MiB: room for logs and the sqlite db on a writable root.
-    SIZE=$(((tree_kb + tree_kb / 4 + 65536) / 1024))M
-fi
+case "$SIZE" in
+    "") ROOT_MIB=$(((tree_kb + tree_kb / 4 + 65536) / 1024)) ;; # the tree, a quarter more and 64 MiB for logs
+    *[Gg]) ROOT_MIB=$((${SIZE%[Gg]} * 1024)) ;;
+    *[Mm]) ROOT_MIB=${SIZE%[Mm]} ;;
+    *) die "IMAGE_SIZE must be like 2G or 1500M, not $SIZE" ;;
+esac
 t0=$SECONDS
-rm -f "$OUT/root.ext4.new"
-mkfs.ext4 -q -F -L stackinit-root -d "$ROOT" "$OUT/root.ext4.new" "$SIZE" ||
-    die "mkfs.ext4 -d failed"
-mv "$OUT/root.ext4.new" "$OUT/root.ext4"
-say "mkfs.ext4 -d took $((SECONDS - t0)) s"
+bash "$SRC/image/make-disk.sh" --tree "$ROOT" --uuid "$ROOT_UUID" --label "$ROOT_LABEL" --root-mib "$ROOT_MIB" \
+    --boot-img "$WORK/boot/boot.img" --core-img "$WORK/boot/core.img" --efi-img "$WORK/boot/BOOTX64.EFI" \
+    --out "$OUT/disk.raw"
+say "disk (GPT, GRUB for BIOS and UEFI, ext4 root of $ROOT_MIB MiB) took $((SECONDS - t0)) s"
 cleanup
 safe_rm_work
+rm -f "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/root.ext4" "$OUT/cmdline" # outputs of older builds
 
 {
     echo "MODE=$MODE"
+    echo "ROOT_MODE=$ROOT_MODE"
     echo "BASE_KEY=$KEY"
+    echo "ROOT_UUID=$ROOT_UUID"
+    echo "ROOT_LABEL=$ROOT_LABEL"
+    echo "KERNEL=vmlinuz-$KVER"
+    echo "CMDLINE=\"$CMDLINE\""
+    echo "ROOT_MIB=$ROOT_MIB"
     echo "TREE_BYTES=$((tree_kb * 1024))"
-    echo "IMAGE_BYTES=$(stat -c %s "$OUT/root.ext4")"
-    echo "IMAGE_USED_BYTES=$(($(stat -c %b "$OUT/root.ext4") * 512))"
-    echo "KERNEL=$(basename "$kernel")"
+    echo "IMAGE_BYTES=$(stat -c %s "$OUT/disk.raw")"
+    echo "IMAGE_USED_BYTES=$(($(stat -c %b "$OUT/disk.raw") * 512))"
     echo "BUILD_SECONDS=$((SECONDS - START))"
 } >"$OUT/image.env"
-say "done in $((SECONDS - START)) s: $OUT/{vmlinuz,initrd.img,root.ext4,cmdline} (mode $MODE, tree $((tree_kb / 1024)) MiB)"
+say "done in $((SECONDS - START)) s: $OUT/disk.raw (mode $MODE, root $ROOT_MODE, tree $((tree_kb / 1024)) MiB)"

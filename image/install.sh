@@ -6,16 +6,16 @@
 #   install.sh --src DIR [--binary PATH] [--mode pid1|systemd|seed] [--imds-endpoint URL] [--chroot]
 #
 #   --src DIR      staged tree with image/, app/, systemd/ (and `stackinit` unless --binary is given)
-#   --mode         pid1:    the kernel runs stackinit as init (GRUB `init=` on an AMI; on the local image
-#                           the kernel command line comes from QEMU -append). DHCP is a supervised service.
+#   --mode         pid1:    the kernel runs stackinit as init (`init=` on GRUB's command line: the AMI's
+#                           /etc/default/grub.d, or the local disk's grub.cfg written by build-local.sh).
+#                           DHCP, sshd, chronyd, a serial-console getty and the per-instance firstboot job
+#                           are supervised services.
 #                  systemd: systemd boots; stackinit.service is enabled; no nginx, no supervisor.
 #                  seed:    the stack stackinit replaces (systemd + nginx + supervisor + gunicorn), same app,
 #                           for the boot-time comparison only.
 #   --imds-endpoint URL  bake `[init.imds] enabled = true, endpoint = URL` (local images: the fake IMDS that
 #                  the tests forward into the guest). Unset on AMIs: the real IMDS, asked when DMI says EC2.
 #   --chroot       building a chroot, not a running machine: start nothing, touch no bootloader.
-#   --status-agent test images only: a service answering `stackinit status` on the second serial port
-#                  (/dev/ttyS1), for VMs with no shell and no SSH. Never on an AMI.
 # Environment: STACKINIT_BOOT_MODE, STACKINIT_SRC, STACKINIT_BINARY, STACKINIT_IMDS_ENDPOINT, IMAGE_CHROOT=1,
 # STACKINIT_WHEELS=DIR (install the app's wheels from DIR with --no-index: the local build is offline).
 #
@@ -30,7 +30,6 @@ SRC=${STACKINIT_SRC:-}
 BINARY=${STACKINIT_BINARY:-}
 IMDS_ENDPOINT=${STACKINIT_IMDS_ENDPOINT:-}
 CHROOT=${IMAGE_CHROOT:-0}
-STATUS_AGENT=${STACKINIT_STATUS_AGENT:-0}
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -42,7 +41,6 @@ while [ $# -gt 0 ]; do
         --mode) MODE=$2; shift 2 ;;
         --imds-endpoint) IMDS_ENDPOINT=$2; shift 2 ;;
         --chroot) CHROOT=1; shift ;;
-        --status-agent) STATUS_AGENT=1; shift ;;
         -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) die "unknown argument: $1" ;;
     esac
@@ -68,6 +66,9 @@ want=(python3 python3-venv iproute2 ca-certificates initramfs-tools kmod)
 # udhcpc comes from busybox: the Debian root has `busybox`; a stock Ubuntu AMI gets `busybox-static` (main).
 command -v busybox >/dev/null || want+=(busybox-static)
 case "$MODE" in
+    # What systemd would run beside the app, run by stackinit instead: sshd, chronyd, growpart (firstboot),
+    # and sudo for the SSH user.
+    pid1) want+=(openssh-server chrony cloud-guest-utils sudo) ;;
     # dbus for logind, which turns the ACPI power button (EC2 stop/terminate) into a clean shutdown.
     systemd) want+=(systemd-sysv dbus) ;;
     seed) want+=(systemd-sysv dbus nginx-light supervisor) ;;
@@ -99,10 +100,12 @@ install -D -m 0755 "$BINARY" /usr/local/bin/stackinit
 install -D -m 0755 "$SRC/image/udhcpc.script" $LIB/udhcpc.script
 install -D -m 0755 "$SRC/image/dhcp.sh" $LIB/dhcp
 install -D -m 0755 "$SRC/image/dhcp-ready.sh" $LIB/dhcp-ready
-if [ "$STATUS_AGENT" = 1 ]; then
-    install -D -m 0755 "$SRC/image/status-agent.sh" $LIB/status-agent
+if [ "$MODE" = pid1 ]; then
+    install -D -m 0755 "$SRC/image/firstboot.sh" $LIB/firstboot
+    install -D -m 0755 "$SRC/image/sshd.sh" $LIB/sshd
+    install -D -m 0755 "$SRC/image/imds-get.py" $LIB/imds-get
 else
-    rm -f $LIB/status-agent
+    rm -f $LIB/firstboot $LIB/sshd $LIB/imds-get
 fi
 
 getent passwd www-data >/dev/null || die "no www-data user on this base"
@@ -171,9 +174,109 @@ for root, dirs, names in os.walk(os.getcwd()):
 print("\n".join(sorted(f for f in files if os.path.isfile(f))))
 PY
 
+# ---- the machine's own services (pid1 mode) ---------------------------------------------------------------
+# Under systemd, systemd runs sshd and chronyd and cloud-init makes each instance's host keys; as PID 1
+# stackinit runs them as services from the config below. What is per instance (host keys, machine id, the SSH
+# key from IMDS) is made at each instance's first boot by the firstboot job in /var/lib/stackinit, never here.
+STATE=/var/lib/stackinit
+# The login user: the base's cloud user where there is one (Ubuntu AMIs: ubuntu), else admin (as on Debian's
+# AMIs). It may use the control socket (group stackinit) and sudo.
+SSH_USER=ubuntu
+machine_services() {
+    getent group stackinit >/dev/null || groupadd --system stackinit
+    getent passwd ubuntu >/dev/null || SSH_USER=admin
+    if ! getent passwd "$SSH_USER" >/dev/null; then
+        # "*": no password (not "!", locked, which sshd refuses even with a key). Serial-console logins need
+        # one set by hand (`sudo passwd admin`).
+        useradd --create-home --shell /bin/bash --password '*' "$SSH_USER"
+    fi
+    usermod -a -G stackinit "$SSH_USER"
+    printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$SSH_USER" >/etc/sudoers.d/90-stackinit-ssh-user
+    chmod 0440 /etc/sudoers.d/90-stackinit-ssh-user
+    visudo -cq -f /etc/sudoers.d/90-stackinit-ssh-user || die "bad sudoers drop-in"
+
+    # sshd reads its host keys and authorized keys from the instance's state. The first file of
+    # sshd_config.d wins for single-valued options, hence 10-.
+    mkdir -p /etc/ssh/sshd_config.d
+    cat >/etc/ssh/sshd_config.d/10-stackinit.conf <<EOF
+# image/install.sh (pid1 mode): per-instance keys, made by the firstboot job at an instance's first boot.
+HostKey $STATE/ssh/ssh_host_ed25519_key
+HostKey $STATE/ssh/ssh_host_ecdsa_key
+AuthorizedKeysFile $STATE/ssh/authorized_keys/%u .ssh/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+EOF
+    # The SSH user's `stackinit status` reaches the system's socket (a non-root user's default is its own);
+    # pam_env reads this file for SSH and console logins alike.
+    grep -qx 'STACKINIT_SOCKET=/run/stackinit/control.sock' /etc/environment 2>/dev/null ||
+        echo 'STACKINIT_SOCKET=/run/stackinit/control.sock' >>/etc/environment
+
+    # Amazon Time Sync Service, on every EC2 instance at a link-local address (Debian's chrony.conf reads
+    # sources.d; the pool stays as a fallback).
+    mkdir -p /etc/chrony/sources.d
+    echo "server 169.254.169.123 prefer iburst minpoll 4 maxpoll 4" >/etc/chrony/sources.d/amazon-time-sync.sources
+
+    mkdir -p $STATE
+    chmod 0755 $STATE
+    # One machine id per instance, made by firstboot; readers of /etc/machine-id follow the link.
+    if [ "$(readlink /etc/machine-id 2>/dev/null)" != $STATE/machine-id ]; then
+        rm -f /etc/machine-id
+        ln -s $STATE/machine-id /etc/machine-id
+    fi
+}
+if [ "$MODE" = pid1 ]; then machine_services; fi
+
 # ---- config -----------------------------------------------------------------------------------------------
 mkdir -p /etc/stackinit /logs
 chmod 0755 /logs
+# The services systemd would otherwise run (pid1 mode). None of them is critical: /healthz is about the app,
+# and a load balancer must not drop an instance whose SSH or clock is unwell.
+machine_services_config() {
+    local imds_env=""
+    [ -z "$IMDS_ENDPOINT" ] || imds_env=", STACKINIT_IMDS_ENDPOINT = \"$IMDS_ENDPOINT\""
+    cat <<TOML
+
+# Added by image/install.sh (pid1 mode): the machine's own services.
+
+# Once per instance (by instance id): host keys, machine id, the SSH key from IMDS, the root grown to the volume;
+# and at every boot the hostname. sethostname and growpart's BLKPG need CAP_SYS_ADMIN; resize2fs's online
+# resize, CAP_SYS_RESOURCE.
+[service.firstboot]
+command = ["$LIB/firstboot"]
+oneshot = true
+critical = false
+environment = { STACKINIT_SSH_USER = "$SSH_USER"$imds_env }
+capabilities = ["CAP_SYS_ADMIN", "CAP_SYS_RESOURCE"]
+
+[service.sshd]
+command = ["$LIB/sshd"]
+after = ["firstboot"]
+critical = false
+# sshd switches to each user, and their sessions are full logins (sudo): every capability, setuid allowed.
+capabilities = ["ALL"]
+no_new_privs = false
+readiness = { tcp = "127.0.0.1:22", period = "2s" }
+stop_grace = "5s"
+
+[service.chronyd]
+# -d: in the foreground, logging to stderr; it drops to _chrony itself, keeping only CAP_SYS_TIME.
+command = ["chronyd", "-d", "-u", "_chrony"]
+critical = false
+capabilities = ["CAP_SYS_TIME", "CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
+
+# A login prompt on the serial console (EC2 Serial Console, QEMU -serial). No --hangup: a vhangup would also
+# cut off stackinit's own console output on the same port. Logging in needs a password, which no image has.
+[service.console-getty]
+command = ["agetty", "--keep-baud", "115200,57600,38400,9600", "ttyS0", "vt220"]
+after = ["firstboot"]                           # the prompt shows the instance's hostname
+critical = false
+capabilities = ["ALL"]
+no_new_privs = false
+stop_grace = "2s"
+TOML
+}
+
 render_config() {
     # app/stackinit.toml is the AMI's config. As PID 1 nothing else configures the network, so the pid1 mode
     # adds the DHCP client as a service and makes the proxy wait for it; under systemd, systemd's own
@@ -181,6 +284,12 @@ render_config() {
     local src=$SRC/app/stackinit.toml
     if [ "$MODE" = pid1 ]; then
         awk '
+            /^\[init\][[:space:]]*$/ {
+                print
+                print "# Added by image/install.sh (pid1 mode): the SSH user may ask for status and restarts."
+                print "control_group = \"stackinit\""
+                next
+            }
             /^\[proxy\][[:space:]]*$/ && !done {
                 print "# Added by image/install.sh (pid1 mode): the network, as a supervised service. The lease is"
                 print "# usually already there (the initramfs took one so that instance facts come from IMDS at"
@@ -202,10 +311,7 @@ render_config() {
     else
         cat "$src"
     fi
-    if [ "$STATUS_AGENT" = 1 ] && [ "$MODE" = pid1 ]; then
-        printf '\n# Added by image/install.sh --status-agent (test images only): `stackinit status` over /dev/ttyS1.\n'
-        printf '[service.status-agent]\ncommand = ["%s/status-agent", "/dev/ttyS1"]\nrestart = "always"\n' "$LIB"
-    fi
+    if [ "$MODE" = pid1 ]; then machine_services_config; fi
     if [ -n "$IMDS_ENDPOINT" ]; then
         printf '\n# Added by image/install.sh: where instance facts come from on this platform.\n'
         # A generous timeout: a stand-in IMDS (QEMU guestfwd spawning a program per connection) is much slower
@@ -308,8 +414,23 @@ EOF
 esac
 
 if [ "$CHROOT" = 1 ]; then
-    # Nothing per host: no machine id, no host keys, no apt lists in the image.
-    : >/etc/machine-id
+    # Nothing per host: no machine id, no host keys, no apt lists in the image. (openssh-server's postinst
+    # made host keys in the base tree; every clone would share them.)
+    if [ "$MODE" = pid1 ]; then
+        rm -f $STATE/machine-id # /etc/machine-id links there; firstboot makes it
+    else
+        : >/etc/machine-id # systemd makes one at first boot
+        # Debian's ssh.service expects keys from the package's postinst: make them at first start instead,
+        # ed25519 and ECDSA as in pid1 mode (RSA would take the single vCPU for most of a minute under TCG).
+        mkdir -p /etc/systemd/system/ssh.service.d
+        cat >/etc/systemd/system/ssh.service.d/stackinit-host-keys.conf <<'EOF'
+[Service]
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do [ -f /etc/ssh/ssh_host_$${t}_key ] || ssh-keygen -q -t $$t -N "" -f /etc/ssh/ssh_host_$${t}_key; done'
+ExecStartPre=/usr/sbin/sshd -t
+EOF
+    fi
+    rm -f /etc/ssh/ssh_host_*
     rm -f /var/lib/dbus/machine-id
     apt-get clean
     rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*

@@ -1,14 +1,24 @@
-# The golden image: one template, two sources, one install script.
+# The golden image: one template, three sources, one install script.
 #
-#   amazon-ebs.ubuntu  the AMI: a stock Ubuntu AMI (ENA, IMDSv2 required), the binary and the app uploaded,
+#   amazon-ebs.ubuntu  an AMI from a stock Ubuntu AMI (ENA, IMDSv2 required): the binary and the app uploaded,
 #                      image/install.sh run over SSH.
-#   null.local         the same image built offline on this machine: image/build-local.sh debootstraps a
-#                      minimal Debian root (cached by its inputs), runs image/install.sh in a chroot, and writes
-#                      a kernel, an initramfs and an ext4 root into var.output_dir, ready for QEMU.
+#   null.local         the image built offline on this machine: image/build-local.sh debootstraps a minimal
+#                      Debian root (cached by its inputs), runs image/install.sh in a chroot, and writes one
+#                      bootable disk, var.output_dir/disk.raw (GPT; GRUB for BIOS and UEFI; ext4 root), for QEMU.
+#   null.ami           the same disk as null.local, built for AWS (the real IMDS, no test agent) and turned
+#                      into an AMI by the amazon-import post-processor (S3 upload + EC2 VM Import).
 #
-# AWS:   packer build -only=amazon-ebs.ubuntu -var binary=target/x86_64-unknown-linux-musl/release/stackinit packer/
-# Local: packer build -only=null.local -var binary=target/debug/stackinit -var output_dir=/tmp/img packer/
-# Check: packer validate packer/   (needs no AWS credentials)
+# AWS:    packer build -only=amazon-ebs.ubuntu -var binary=target/x86_64-unknown-linux-musl/release/stackinit packer/
+# Import: packer build -only=null.ami -var s3_bucket=BUCKET -var binary=... packer/
+# Local:  packer build -only=null.local -var binary=target/debug/stackinit -var output_dir=/tmp/img packer/
+# Check:  packer validate packer/   (needs no AWS credentials)
+# Plugins: Packer >= 1.7 takes the amazon builder and post-processor from the amazon plugin, declared in
+# packer/plugins/ (`packer init packer/plugins/` once). Debian's packer 1.6.6 has them built in and rejects the
+# `required_plugins` block, which is why it is not in this directory.
+
+packer {
+  required_version = ">= 1.6.6"
+}
 
 variable "region" {
   type        = string
@@ -66,7 +76,7 @@ variable "repo_dir" {
 variable "output_dir" {
   type        = string
   default     = ".cache/image/out"
-  description = "null.local: where vmlinuz, initrd.img and root.ext4 are written."
+  description = "null.local, null.ami: where disk.raw and image.env are written."
 }
 
 variable "cache_dir" {
@@ -84,19 +94,25 @@ variable "debian_mirror" {
 variable "imds_endpoint" {
   type        = string
   default     = "http://10.0.2.100:80"
-  description = "null.local: the IMDS endpoint baked into the local image (QEMU guestfwd puts a fake one there); empty for the default 169.254.169.254. The AMI always uses the real one."
-}
-
-variable "status_agent" {
-  type        = bool
-  default     = false
-  description = "null.local, tests only: a service answering `stackinit status` on the second serial port."
+  description = "null.local: the IMDS endpoint baked into the local image (QEMU guestfwd puts a fake one there); empty for the default 169.254.169.254. AMIs (amazon-ebs, null.ami) always use the real one."
 }
 
 variable "image_size" {
   type        = string
   default     = ""
-  description = "null.local: ext4 size (e.g. 2G); empty means the tree's size plus headroom."
+  description = "null.local, null.ami: size of the root file system (e.g. 2G); empty means the tree's size plus headroom. Instances launched with a bigger volume grow it at their first boot."
+}
+
+variable "root_mode" {
+  type        = string
+  default     = "rw"
+  description = "null.local, null.ami: rw, or ro for a root that stays read-only (fstab; writable state on tmpfs)."
+}
+
+variable "s3_bucket" {
+  type        = string
+  default     = ""
+  description = "null.ami: the S3 bucket amazon-import uploads disk.raw to (the vmimport service role must read it)."
 }
 
 source "amazon-ebs" "ubuntu" {
@@ -115,6 +131,9 @@ source "amazon-ebs" "ubuntu" {
     owners      = var.base_ami_owners
     most_recent = true
   }
+
+  # The builder's temporary key must not stay in the AMI: under stackinit nothing removes it at boot.
+  ssh_clear_authorized_keys = true
 
   # Instances launched from the AMI get the ENA NIC (ens5) and NVMe disks; install.sh puts ena and nvme
   # into the initramfs because nothing loads modules after boot when stackinit is PID 1.
@@ -138,8 +157,12 @@ source "null" "local" {
   communicator = "none"
 }
 
+source "null" "ami" {
+  communicator = "none"
+}
+
 build {
-  sources = ["source.amazon-ebs.ubuntu", "source.null.local"]
+  sources = ["source.amazon-ebs.ubuntu", "source.null.local", "source.null.ami"]
 
   # ---- AMI: IMDSv2 on the builder, upload, then install over SSH ----------------------------------------
   provisioner "shell-local" {
@@ -181,9 +204,15 @@ build {
     ]
   }
 
-  # ---- Local: debootstrap + chroot install + ext4, offline once cached ---------------------------------
   provisioner "shell-local" {
-    only = ["null.local"]
+    only   = ["null.ami"]
+    inline = ["[ -n '${var.s3_bucket}' ] || { echo 'null.ami needs -var s3_bucket=BUCKET (amazon-import uploads the disk there)' >&2; exit 1; }"]
+  }
+
+  # ---- The disk: debootstrap + chroot install + GPT disk, offline once cached --------------------------
+  # null.ami bakes in nothing for tests: the real IMDS.
+  provisioner "shell-local" {
+    only = ["null.local", "null.ami"]
     environment_vars = [
       "STACKINIT_BOOT_MODE=${var.boot_mode}",
       "STACKINIT_BINARY=${var.binary}",
@@ -192,8 +221,8 @@ build {
       "IMAGE_CACHE_DIR=${var.cache_dir}",
       "IMAGE_MIRROR=${var.debian_mirror}",
       "IMAGE_SIZE=${var.image_size}",
-      "STACKINIT_IMDS_ENDPOINT=${var.imds_endpoint}",
-      "STACKINIT_STATUS_AGENT=${var.status_agent ? "1" : "0"}",
+      "IMAGE_ROOT_MODE=${var.root_mode}",
+      "STACKINIT_IMDS_ENDPOINT=${source.name == "ami" ? "" : var.imds_endpoint}",
     ]
     command = "bash ${var.repo_dir}/image/build-local.sh"
   }
@@ -207,6 +236,47 @@ build {
     }
     post-processor "shell-local" {
       only = ["amazon-ebs.ubuntu"]
+      environment_vars = [
+        "AWS_REGION=${var.region}",
+        "MANIFEST=${var.output_dir}/manifest.json",
+      ]
+      command = "bash ${var.repo_dir}/packer/require-imdsv2.sh"
+    }
+  }
+
+  # ---- null.ami: the disk becomes an AMI -----------------------------------------------------------------
+  # artifice makes disk.raw the build's artifact; amazon-import uploads it to S3 and imports it with EC2 VM
+  # Import (the image boots BIOS and UEFI; VM Import registers it for BIOS). Then, as for amazon-ebs, the
+  # AMI is made IMDSv2-only.
+  post-processors {
+    post-processor "artifice" {
+      only  = ["null.ami"]
+      files = ["${var.output_dir}/disk.raw"]
+    }
+    post-processor "amazon-import" {
+      only   = ["null.ami"]
+      region = var.region
+      # Packer checks for a bucket name before any build runs; without -var s3_bucket the build stops in its
+      # first step. The stand-in is not a valid bucket name (underscore), so it can never be someone's bucket.
+      s3_bucket_name  = var.s3_bucket != "" ? var.s3_bucket : "needs-var-s3_bucket"
+      s3_key_name     = "stackinit/disk-{{timestamp}}.raw"
+      format          = "raw"
+      license_type    = "BYOL"
+      ami_name        = var.ami_name
+      ami_description = "stackinit (${var.boot_mode}) on Debian bookworm"
+      tags = {
+        Name      = var.ami_name
+        boot_mode = var.boot_mode
+        built_by  = "stackinit packer template (null.ami)"
+      }
+    }
+    post-processor "manifest" {
+      only       = ["null.ami"]
+      output     = "${var.output_dir}/manifest.json"
+      strip_path = true
+    }
+    post-processor "shell-local" {
+      only = ["null.ami"]
       environment_vars = [
         "AWS_REGION=${var.region}",
         "MANIFEST=${var.output_dir}/manifest.json",

@@ -1,21 +1,30 @@
-//! The golden image, built and booted for real (issue 6).
+//! The golden image, built and booted for real through its firmware and bootloader (issues 6 and 13).
 //!
 //! `packer build -only=null.local` builds the local image with the binary under test (debootstrapped root,
-//! cached under `/var/cache/stackinit-image` or `$STACKINIT_IMAGE_CACHE`, `image/install.sh` in a chroot,
-//! `mkfs.ext4 -d`). Two VMs are then cloned from
-//! that one image (qcow2 overlays over the same raw file) and booted under QEMU TCG with user-mode
-//! networking, `restrict=on`, HTTP forwarded from 127.0.0.1, and each its own fake IMDS reached through
-//! `guestfwd` (tests/support/image_imds.py, spawned per guest connection). Clone A has a writable root,
-//! clone B boots with `ro`. Both must become healthy, serve the Django page under their own EC2 names and
-//! refuse the other's, answer `stackinit status` (over a serial-port agent: the guests have no shell), and
-//! power off by themselves within the drain + grace budget when QMP presses the power button.
+//! cached under `/var/cache/stackinit-image` or `$STACKINIT_IMAGE_CACHE`, `image/install.sh` in a chroot),
+//! as one GPT disk with GRUB for BIOS and UEFI; a second build makes the read-only-root variant. Clones are
+//! copy-on-write overlays over a built disk, booted under QEMU TCG from NVMe, with user-mode networking
+//! (`restrict=on`, HTTP and SSH forwarded from 127.0.0.1) and each its own fake IMDS reached through
+//! `guestfwd` (tests/support/image_imds.py, spawned per guest connection), which also hands out the test's
+//! SSH key as `public-keys/0/openssh-key`.
 //!
-//! Needs root, packer, qemu-system-x86, qemu-utils, debootstrap and e2fsprogs (scripts/test installs them).
-//! A missing tool fails the test; it never skips. Every VM is killed by pid and every temp dir removed, also
-//! when an assertion fails.
+//! First, two clones of one image: A through SeaBIOS, on a volume 512 MiB larger than the image and with a
+//! second volume labelled `stackinit-data`; B through OVMF (UEFI). Both must boot GRUB's `ro` command line
+//! into a read-write root (fstab), become healthy, serve the Django page under their own EC2 names and refuse
+//! the other's, run sshd, chronyd and the serial getty, and let the test in over SSH with the key from IMDS
+//! to run `stackinit status`. A must have grown its root and mounted the data volume; the two must differ
+//! in host keys and machine id. Then A is booted again as the same instance (same disk, same IMDS) beside C,
+//! a clone of the read-only variant: A keeps its host keys and machine id and its first-boot job does
+//! nothing; C serves with a read-only root and its logs on a tmpfs. Every boot ends with the power button
+//! (QMP `system_powerdown`): an ordered stop and a power-off within the drain + grace budget.
+//!
+//! Needs root, packer, qemu-system-x86, qemu-utils, ovmf, debootstrap, e2fsprogs, gdisk, dosfstools, mtools
+//! and openssh-client (scripts/test installs them). A missing tool fails the test; it never skips. Every VM
+//! is killed by pid and every temp dir removed, also when an assertion fails.
 
 mod support;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -27,12 +36,33 @@ use support::{free_port, poll_every, repo, temp_dir, Guarded, BIN};
 
 /// From QEMU start to `/healthz` 200. Quiet runs take 1–2 minutes under TCG; contended CI runs much longer.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
+/// From `/healthz` 200 to every machine service (sshd, chronyd, the getty) running and ready.
+const SERVICES_TIMEOUT: Duration = Duration::from_secs(300);
 /// Power button to QEMU exit: the image's drain (0 s) + the longest stop_grace (app, 40 s) + final
 /// shutdown, plus slack for TCG. A guest that ignores the button never exits and fails this.
 const POWEROFF_BUDGET: Duration = Duration::from_secs(90);
+/// How much larger than the image A's volume is: its first boot grows the root by this much.
+const GROW_MIB: u64 = 512;
+/// UEFI firmware for QEMU (Debian's `ovmf`): a single image, so no per-VM variable store is needed (the
+/// disk boots by the removable-media path, with no NVRAM entry).
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+const SSH_USER: &str = "admin";
 
 const NAME_A: &str = "ec2-198-51-100-10.compute-1.amazonaws.com";
 const NAME_B: &str = "ec2-203-0-113-20.us-west-2.compute.amazonaws.com";
+const NAME_C: &str = "ec2-192-0-2-30.eu-west-1.compute.amazonaws.com";
+
+/// The units every booted image must have running and ready.
+const RUNNING: [&str; 8] = [
+    "app@0",
+    "app@1",
+    "app@2",
+    "proxy",
+    "dhcp",
+    "sshd",
+    "chronyd",
+    "console-getty",
+];
 
 fn require_tools() {
     let path = std::env::var("PATH").unwrap_or_default();
@@ -47,6 +77,12 @@ fn require_tools() {
         "qemu-img",
         "debootstrap",
         "mkfs.ext4",
+        "sgdisk",
+        "mkfs.fat",
+        "mcopy",
+        "ssh",
+        "ssh-keygen",
+        "ssh-keyscan",
         "python3",
     ]
     .into_iter()
@@ -54,8 +90,12 @@ fn require_tools() {
     .collect();
     assert!(
         missing.is_empty(),
-        "missing tools for the image boot test: {missing:?} \
-         (apt-get install packer qemu-system-x86 qemu-utils debootstrap e2fsprogs; scripts/test does it)"
+        "missing tools for the image boot test: {missing:?} (apt-get install packer qemu-system-x86 \
+         qemu-utils debootstrap e2fsprogs gdisk dosfstools mtools openssh-client; scripts/test does it)"
+    );
+    assert!(
+        Path::new(OVMF).is_file(),
+        "no UEFI firmware at {OVMF} (apt-get install ovmf; scripts/test does it)"
     );
     assert!(
         nix_is_root(),
@@ -83,14 +123,21 @@ fn packer() -> Command {
     cmd
 }
 
+/// A built disk and what the build says about it (`image.env`).
 struct Image {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    root: PathBuf,
-    cmdline: String,
+    disk: PathBuf,
+    env: HashMap<String, String>,
 }
 
-fn build_image(out: &Path) -> Image {
+impl Image {
+    fn var(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("image.env has no {key}: {:?}", self.env))
+    }
+}
+
+fn build_image(out: &Path, root_mode: &str) -> Image {
     // Outside the checkout by default: CI runs in a fresh clone each time, and the debootstrapped tree
     // (keyed by its inputs) is what makes a run take seconds instead of minutes.
     let cache = std::env::var_os("STACKINIT_IMAGE_CACHE")
@@ -104,7 +151,7 @@ fn build_image(out: &Path) -> Image {
         .arg(format!("-var=output_dir={}", out.display()))
         .arg(format!("-var=cache_dir={}", cache.display()))
         .arg("-var=boot_mode=pid1")
-        .arg("-var=status_agent=true")
+        .arg(format!("-var=root_mode={root_mode}"))
         .arg("packer/")
         .stdin(Stdio::null())
         .output()
@@ -113,24 +160,106 @@ fn build_image(out: &Path) -> Image {
         + &String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "packer build failed:\n{log}");
     eprintln!(
-        "image built in {:.0} s:\n{}",
+        "image ({root_mode} root) built in {:.0} s:\n{}",
         started.elapsed().as_secs_f64(),
         log.lines()
             .filter(|l| l.contains("build-local:"))
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let cmdline = std::fs::read_to_string(out.join("cmdline")).expect("cmdline written");
-    assert!(
-        cmdline.contains("init=/usr/local/bin/stackinit"),
-        "pid1 mode boots stackinit as init: {cmdline}"
-    );
-    Image {
-        kernel: out.join("vmlinuz"),
-        initrd: out.join("initrd.img"),
-        root: out.join("root.ext4"),
-        cmdline: cmdline.trim().to_string(),
+    let env: HashMap<String, String> = std::fs::read_to_string(out.join("image.env"))
+        .expect("image.env written")
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect();
+    let image = Image {
+        disk: out.join("disk.raw"),
+        env,
+    };
+    // GRUB boots Debian's way, read-only with the root by UUID; fstab then decides.
+    let cmdline = image.var("CMDLINE");
+    let root = format!("root=UUID={} ro ", image.var("ROOT_UUID"));
+    for needle in [root.as_str(), "init=/usr/local/bin/stackinit"] {
+        assert!(cmdline.contains(needle), "{needle} in {cmdline}");
     }
+    image
+}
+
+/// A clone's volume: a copy-on-write overlay over the built disk (which stays untouched), `grow_mib` larger.
+fn clone_disk(image: &Image, path: &Path, grow_mib: u64) -> PathBuf {
+    let size = std::fs::metadata(&image.disk).expect("disk.raw").len() + grow_mib * 1024 * 1024;
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&image.disk)
+        .arg(path)
+        .arg(size.to_string())
+        .status()
+        .expect("run qemu-img");
+    assert!(status.success(), "qemu-img create failed");
+    path.to_path_buf()
+}
+
+/// An empty ext4 volume labelled as the image's fstab expects of its optional data volume.
+fn data_volume(path: &Path) -> PathBuf {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(64 * 1024 * 1024))
+        .expect("data volume file");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "stackinit-data"])
+        .arg(path)
+        .status()
+        .expect("run mkfs.ext4");
+    assert!(status.success(), "mkfs.ext4 of the data volume failed");
+    path.to_path_buf()
+}
+
+/// The key the test logs in with; IMDS hands its public half to every clone.
+struct SshKey {
+    private: PathBuf,
+    public: String,
+}
+
+impl SshKey {
+    fn generate(dir: &Path) -> SshKey {
+        let private = dir.join("id_ed25519");
+        let status = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "image-boot-test",
+                "-f",
+            ])
+            .arg(&private)
+            .status()
+            .expect("run ssh-keygen");
+        assert!(status.success(), "ssh-keygen failed");
+        let public = std::fs::read_to_string(private.with_extension("pub"))
+            .expect("public key")
+            .trim()
+            .to_string();
+        SshKey { private, public }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Firmware {
+    /// SeaBIOS, QEMU's default: GRUB's core.img from the BIOS boot partition.
+    Bios,
+    /// OVMF: GRUB's \EFI\BOOT\BOOTX64.EFI from the EFI system partition.
+    Uefi,
+}
+
+struct VmSpec<'a> {
+    name: &'static str,
+    firmware: Firmware,
+    disk: &'a Path,
+    data: Option<&'a Path>,
+    facts: serde_json::Value,
 }
 
 /// One QEMU guest. Dropping it kills QEMU by pid (if still running) and reaps it.
@@ -139,35 +268,21 @@ struct Vm {
     qemu: Guarded,
     dir: PathBuf,
     http_port: u16,
+    ssh_port: u16,
+    key: PathBuf,
     started: Instant,
 }
 
 impl Vm {
-    fn boot(
-        name: &'static str,
-        image: &Image,
-        dir: &Path,
-        root_mode: &str,
-        facts: serde_json::Value,
-    ) -> Vm {
-        let dir = dir.join(name);
+    fn boot(spec: VmSpec, dir: &Path, key: &SshKey) -> Vm {
+        let dir = dir.join(spec.name);
         std::fs::create_dir_all(&dir).expect("vm dir");
-        // A clone: a copy-on-write overlay over the one built image, which stays untouched.
-        let disk = dir.join("disk.qcow2");
-        let status = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&image.root)
-            .arg(&disk)
-            .status()
-            .expect("run qemu-img");
-        assert!(status.success(), "qemu-img create failed");
         let facts_path = dir.join("facts.json");
-        std::fs::write(&facts_path, facts.to_string()).expect("facts file");
+        std::fs::write(&facts_path, spec.facts.to_string()).expect("facts file");
         let imds = repo().join("tests/support/image_imds.py");
-        let http_port = free_port();
-        let cmdline = image.cmdline.replacen(" rw ", &format!(" {root_mode} "), 1);
+        let (http_port, ssh_port) = (free_port(), free_port());
         // QEMU option values split on commas; none of these paths may contain one.
-        for p in [&dir, &imds, &image.root] {
+        for p in [&dir, &imds, spec.disk] {
             assert!(
                 !p.to_string_lossy().contains(','),
                 "path with a comma: {p:?}"
@@ -175,54 +290,60 @@ impl Vm {
         }
         let netdev = format!(
             "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{http_port}-:80,\
+             hostfwd=tcp:127.0.0.1:{ssh_port}-:22,\
              guestfwd=tcp:10.0.2.100:80-cmd:python3 {} {} {}",
             imds.display(),
             facts_path.display(),
             dir.join("imds.log").display()
         );
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-machine", "pc,accel=tcg", "-m", "1024", "-smp", "1"])
+            .args(["-display", "none", "-monitor", "none", "-nodefaults"])
+            .arg("-no-reboot");
+        if spec.firmware == Firmware::Uefi {
+            qemu.args(["-bios", OVMF]);
+        }
+        // EC2's Nitro disks are NVMe: the root first in the boot order, then any data volume.
+        qemu.arg("-drive")
+            .arg(format!(
+                "file={},format=qcow2,if=none,id=root",
+                spec.disk.display()
+            ))
+            .args(["-device", "nvme,drive=root,serial=root,bootindex=0"]);
+        if let Some(data) = spec.data {
+            qemu.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=data",
+                    data.display()
+                ))
+                .args(["-device", "nvme,drive=data,serial=data"]);
+        }
         let log = std::fs::File::create(dir.join("qemu.log")).expect("qemu log");
-        let qemu = Guarded::spawn(
-            Command::new("qemu-system-x86_64")
-                .args(["-machine", "pc,accel=tcg", "-m", "1024", "-smp", "1"])
-                .args([
-                    "-display",
-                    "none",
-                    "-monitor",
-                    "none",
-                    "-nodefaults",
-                    "-no-reboot",
-                ])
-                .arg("-kernel")
-                .arg(&image.kernel)
-                .arg("-initrd")
-                .arg(&image.initrd)
-                .args(["-append", &cmdline])
-                .arg("-drive")
-                .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
-                .args(["-netdev", &netdev])
-                .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
-                .arg("-qmp")
-                .arg(format!(
-                    "unix:{},server=on,wait=off",
-                    dir.join("qmp.sock").display()
-                ))
-                .arg("-serial")
-                .arg(format!("file:{}", dir.join("console.log").display()))
-                .arg("-serial")
-                .arg(format!(
-                    "unix:{},server=on,wait=off",
-                    dir.join("agent.sock").display()
-                ))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log),
-            "qemu-system-x86_64",
-        );
+        qemu.args(["-netdev", &netdev])
+            .args(["-device", "virtio-net-pci,netdev=n0,romfile="])
+            .arg("-qmp")
+            .arg(format!(
+                "unix:{},server=on,wait=off",
+                dir.join("qmp.sock").display()
+            ))
+            // The serial console: everything it prints goes to console.log, and the test can type into it.
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={}",
+                dir.join("console.sock").display(),
+                dir.join("console.log").display()
+            ))
+            .args(["-serial", "chardev:console"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
         Vm {
-            name,
-            qemu,
+            name: spec.name,
+            qemu: Guarded::spawn(&mut qemu, "qemu-system-x86_64"),
             dir,
             http_port,
+            ssh_port,
+            key: key.private.clone(),
             started: Instant::now(),
         }
     }
@@ -274,48 +395,148 @@ impl Vm {
         (reply.status, reply.text())
     }
 
-    /// `stackinit status ARGS` inside the guest, through the serial-port agent.
-    fn status(&self, args: &str) -> String {
-        let sock = self.dir.join("agent.sock");
-        let mut stream = UnixStream::connect(&sock).expect("connect to the status agent");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .expect("timeout");
-        let command = if args.is_empty() {
-            "status\n".to_string()
+    /// `ssh admin@guest COMMAND` with the test's key: its stdout, or why it failed.
+    fn try_ssh(&self, command: &str) -> Result<String, String> {
+        let output = Command::new("ssh")
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-p", &self.ssh_port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=60"])
+            // Each clone has host keys of its own, made at its first boot: nothing to pin them to here.
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "LogLevel=ERROR"])
+            .arg(format!("{SSH_USER}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh");
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
-            format!("status {args}\n")
-        };
-        stream.write_all(command.as_bytes()).expect("send");
-        let mut out = String::new();
-        let mut reader = BufReader::new(stream);
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut started = false;
-        while Instant::now() < deadline {
-            let mut l = String::new();
-            match reader.read_line(&mut l) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => panic!("reading the status agent of {}: {e}", self.name),
-            }
-            let l = l.trim_end_matches(['\r', '\n']);
-            if l == "BEGIN" {
-                started = true;
-                continue;
-            }
-            if started && l.starts_with("END rc=") {
-                assert_eq!(
-                    l, "END rc=0",
-                    "stackinit status failed in the guest:\n{out}"
-                );
-                return out;
-            }
-            if started {
-                out.push_str(l);
-                out.push('\n');
-            }
+            Err(format!(
+                "{}\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
         }
-        panic!("no answer from the status agent of {}:\n{out}", self.name)
+    }
+
+    fn ssh(&self, command: &str) -> String {
+        self.try_ssh(command).unwrap_or_else(|e| {
+            panic!(
+                "{}: ssh {command:?} failed: {e}\n{}",
+                self.name,
+                self.console_tail()
+            )
+        })
+    }
+
+    /// `stackinit status --json` over SSH, once every unit of [`RUNNING`] is running and ready (sshd and the
+    /// first-boot job come up after `/healthz`, and SSH itself is the first thing to wait for).
+    fn wait_services(&self) -> Vec<serde_json::Value> {
+        let mut last = String::new();
+        let services = poll_every(Duration::from_secs(3), SERVICES_TIMEOUT, || {
+            match self.try_ssh("stackinit status --json") {
+                Ok(out) => last = out,
+                Err(e) => {
+                    last = e;
+                    return None;
+                }
+            }
+            let json: serde_json::Value = serde_json::from_str(&last).ok()?;
+            let services = json["services"].as_array()?.clone();
+            let up = |unit: &str| {
+                services
+                    .iter()
+                    .any(|s| s["name"] == unit && s["state"] == "running" && s["ready"] == true)
+            };
+            RUNNING.iter().all(|u| up(u)).then_some(services)
+        });
+        services.unwrap_or_else(|| {
+            panic!(
+                "{}: not every one of {RUNNING:?} running and ready within {SERVICES_TIMEOUT:?}:\n{last}\n{}",
+                self.name,
+                self.console_tail()
+            )
+        })
+    }
+
+    /// Log in on the serial console (as on EC2's Serial Console) with `password`, run `command` in the login
+    /// shell and log out; what the command printed, as the console showed it. The test reads all the while
+    /// it is connected: a console nobody reads would block the guest's writes to it, PID 1's included.
+    fn serial_login(&self, password: &str, command: &str) -> String {
+        let mut console =
+            UnixStream::connect(self.dir.join("console.sock")).expect("connect the serial console");
+        console
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut seen = String::new();
+        let mut read_until = |console: &mut UnixStream, wanted: &str, from: usize| -> usize {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut buf = [0u8; 4096];
+            loop {
+                if let Some(at) = strip_ansi(&seen)[from..].find(wanted) {
+                    return from + at + wanted.len();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: no {wanted:?} on the serial console:\n{}",
+                    self.name,
+                    strip_ansi(&seen)
+                );
+                if let Ok(n) = std::io::Read::read(console, &mut buf) {
+                    seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        };
+        // The prompt was printed before anyone listened: an empty line makes agetty print it again.
+        console.write_all(b"\n").expect("type");
+        let at = read_until(&mut console, "login: ", 0);
+        console
+            .write_all(format!("{SSH_USER}\n").as_bytes())
+            .expect("type");
+        let at = read_until(&mut console, "Password: ", at);
+        console
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("type");
+        let at = read_until(&mut console, "$ ", at);
+        // The marker's exit code is expanded by the shell, so only the output (not the echoed line) has it.
+        console
+            .write_all(format!("{command}; echo serial-done-$?\n").as_bytes())
+            .expect("type");
+        let end = read_until(&mut console, "serial-done-0", at);
+        console.write_all(b"exit\n").expect("type");
+        strip_ansi(&seen)[at..end].to_string()
+    }
+
+    /// The ed25519 host key sshd presents (as a client sees it, not as a file says).
+    fn host_key(&self) -> String {
+        let output = Command::new("ssh-keyscan")
+            .args([
+                "-T",
+                "60",
+                "-t",
+                "ed25519",
+                "-p",
+                &self.ssh_port.to_string(),
+            ])
+            .arg("127.0.0.1")
+            .stderr(Stdio::null())
+            .output()
+            .expect("run ssh-keyscan");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let key = text
+            .lines()
+            .find(|l| l.contains("ssh-ed25519"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("{}: no ed25519 host key from ssh-keyscan", self.name));
+        key.to_string()
     }
 
     fn press_power_button(&self) {
@@ -394,189 +615,370 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
-fn facts(public_name: &str, public_ip: &str, instance_id: &str) -> serde_json::Value {
+fn facts(public_name: &str, public_ip: &str, instance_id: &str, key: &SshKey) -> serde_json::Value {
     serde_json::json!({
         "instance-id": instance_id,
         "local-ipv4": "10.0.2.15",
         "local-hostname": "ip-10-0-2-15.ec2.internal",
         "public-ipv4": public_ip,
         "public-hostname": public_name,
+        "public-keys/0/openssh-key": key.public,
     })
+}
+
+/// The Django page under its own name, a 400 under another clone's (ALLOWED_HOSTS comes from this
+/// instance's IMDS facts), static files through the proxy, `/healthz` for any Host, facts read the
+/// IMDSv2 way.
+fn check_serves_own_name(vm: &Vm, own: &str, other: &str) {
+    let (code, body) = vm.get(own, "/");
+    let imds_log = std::fs::read_to_string(vm.dir.join("imds.log")).unwrap_or_default();
+    assert_eq!(
+        code,
+        200,
+        "{} under its own name {own}:\n{body}\nIMDS requests:\n{imds_log}\n{}",
+        vm.name,
+        vm.console_tail()
+    );
+    assert!(
+        body.contains("Hello from Django") && body.contains(own),
+        "{}: not the Django page for {own}:\n{body}",
+        vm.name
+    );
+    let (code, body) = vm.get(other, "/");
+    assert_eq!(
+        code, 400,
+        "{} must refuse the other clone's name {other}:\n{body}",
+        vm.name
+    );
+    let (code, css) = vm.get(own, "/static/style.css");
+    assert_eq!(
+        code, 200,
+        "{}: static file through the proxy:\n{css}",
+        vm.name
+    );
+    // Load balancers send the instance's IP as Host: /healthz answers before any Host check.
+    assert_eq!(vm.get("10.0.2.15", "/healthz").0, 200);
+    assert!(
+        imds_log.starts_with("PUT /latest/api/token 200")
+            && imds_log.contains("GET /latest/meta-data/public-hostname 200"),
+        "{}: facts not read with the IMDSv2 token flow:\n{imds_log}",
+        vm.name
+    );
+}
+
+/// `stackinit status` over SSH as the SSH user (group `stackinit`): the table a person reads, and the
+/// JSON's jobs: migrate and collectstatic ran at build time (skipped at boot, still done for the app),
+/// firstboot ran and succeeded.
+fn check_status(vm: &Vm) {
+    let services = vm.wait_services();
+    let table = vm.ssh("stackinit status");
+    for unit in RUNNING {
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(unit))
+            .unwrap_or_else(|| panic!("{}: no {unit} in `stackinit status`:\n{table}", vm.name));
+        assert!(
+            line.contains("running") && line.contains("yes"),
+            "{}: {unit} not running and ready:\n{table}",
+            vm.name
+        );
+    }
+    let job = |name: &str| {
+        services
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{}: no {name} in status --json", vm.name))
+    };
+    for name in ["migrate", "collectstatic"] {
+        let s = job(name);
+        assert!(
+            s["state"] == "exited"
+                && s["ready"] == true
+                && s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("skipped:") && r.contains("-at-build exists")),
+            "{}: {name} should be skipped at boot (done at build): {s}",
+            vm.name
+        );
+    }
+    let firstboot = job("firstboot");
+    assert!(
+        firstboot["state"] == "exited" && firstboot["ready"] == true,
+        "{}: firstboot did not succeed: {firstboot}\n{}",
+        vm.name,
+        vm.ssh("cat /logs/firstboot.out.log /logs/firstboot.err.log")
+    );
+}
+
+/// What makes an instance itself: its host key (as sshd presents it) and its machine id.
+#[derive(Debug, PartialEq)]
+struct Identity {
+    host_key: String,
+    machine_id: String,
+}
+
+fn identity(vm: &Vm) -> Identity {
+    let machine_id = vm.ssh("cat /etc/machine-id").trim().to_string();
+    assert!(
+        machine_id.len() == 32 && machine_id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{}: not a machine id: {machine_id:?}",
+        vm.name
+    );
+    Identity {
+        host_key: vm.host_key(),
+        machine_id,
+    }
+}
+
+/// The last line the first-boot job wrote at this boot.
+fn firstboot_said(vm: &Vm) -> String {
+    vm.ssh("tail -n 1 /logs/firstboot.out.log")
+        .trim()
+        .to_string()
+}
+
+/// Root size in MiB as `df` sees it.
+fn root_mib(vm: &Vm) -> u64 {
+    let out = vm.ssh("df --output=size -BM / | tail -n 1");
+    out.trim()
+        .trim_end_matches('M')
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: df said {out:?}", vm.name))
+}
+
+/// Power button on every VM at once, then each one's ordered stop and clean power-off.
+fn power_off(vms: &mut [&mut Vm]) {
+    let pressed: Vec<Instant> = vms
+        .iter()
+        .map(|vm| {
+            let at = Instant::now();
+            vm.press_power_button();
+            at
+        })
+        .collect();
+    for (vm, at) in vms.iter_mut().zip(pressed) {
+        let took = vm.wait_poweroff(at, POWEROFF_BUDGET);
+        eprintln!(
+            "power button -> QEMU exit: {} {:.1} s",
+            vm.name,
+            took.as_secs_f64()
+        );
+        check_ordered_shutdown(vm);
+    }
+}
+
+fn check_ordered_shutdown(vm: &Vm) {
+    let console = vm.console();
+    let stopped = |unit: &str| {
+        console.contains(&format!("stopping {unit} "))
+            && console
+                .lines()
+                .any(|l| l.contains(&format!("{unit} (pid")) && l.contains("ended"))
+    };
+    for unit in ["proxy", "app@0", "app@1", "app@2", "dhcp", "sshd"] {
+        assert!(
+            stopped(unit),
+            "{}: no stop lines for {unit}\n{}",
+            vm.name,
+            vm.console_tail()
+        );
+    }
+    assert!(
+        console.contains("power button pressed") && console.contains("all services stopped"),
+        "{}: shutdown was not the ordered one\n{}",
+        vm.name,
+        vm.console_tail()
+    );
+    // The proxy stops first (no new requests), the app after it.
+    let proxy_at = console.find("stopping proxy ").unwrap_or(usize::MAX);
+    let app_at = console.find("stopping app@0 ").unwrap_or(0);
+    assert!(
+        proxy_at < app_at,
+        "{}: proxy must stop before the app\n{}",
+        vm.name,
+        vm.console_tail()
+    );
+    // Nothing left open for writing (stackinit.log closes last): the root is clean at power-off.
+    assert!(
+        console.contains("remounted / read-only")
+            && !console.contains("could not remount / read-only"),
+        "{}: / was not remounted read-only at shutdown\n{}",
+        vm.name,
+        vm.console_tail()
+    );
+    assert!(
+        console.contains("reboot: Power down"),
+        "{}: no power-off\n{}",
+        vm.name,
+        vm.console_tail()
+    );
 }
 
 #[test]
 fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
     require_tools();
     let tmp = temp_dir("stackinit-image-");
-    let image = build_image(&tmp.path().join("out"));
+    let key = SshKey::generate(tmp.path());
+    let image = build_image(&tmp.path().join("out"), "rw");
+    let image_ro = build_image(&tmp.path().join("out-ro"), "ro");
 
-    // Two clones of one image: A with a writable root, B read-only; nothing differs but their IMDS.
-    let mut a = Vm::boot(
-        "a",
-        &image,
-        tmp.path(),
-        "rw",
-        facts(NAME_A, "198.51.100.10", "i-0aaaaaaaaaaaaaaaa"),
-    );
-    let mut b = Vm::boot(
-        "b",
-        &image,
-        tmp.path(),
-        "ro",
-        facts(NAME_B, "203.0.113.20", "i-0bbbbbbbbbbbbbbbb"),
-    );
+    // ---- Two clones of one image: A through the BIOS, on a larger volume, with a data volume; B via UEFI.
+    let disk_a = clone_disk(&image, &tmp.path().join("a.qcow2"), GROW_MIB);
+    let data = data_volume(&tmp.path().join("data.img"));
+    let facts_a = facts(NAME_A, "198.51.100.10", "i-0aaaaaaaaaaaaaaaa", &key);
+    let spec_a = |name| VmSpec {
+        name,
+        firmware: Firmware::Bios,
+        disk: &disk_a,
+        data: Some(&data),
+        facts: facts_a.clone(),
+    };
+    let mut a = Vm::boot(spec_a("a"), tmp.path(), &key);
+    let disk_b = clone_disk(&image, &tmp.path().join("b.qcow2"), 0);
+    let spec_b = VmSpec {
+        name: "b",
+        firmware: Firmware::Uefi,
+        disk: &disk_b,
+        data: None,
+        facts: facts(NAME_B, "203.0.113.20", "i-0bbbbbbbbbbbbbbbb", &key),
+    };
+    let mut b = Vm::boot(spec_b, tmp.path(), &key);
     let [healthy_a, healthy_b] = wait_all_healthy([&mut a, &mut b]);
     eprintln!(
-        "QEMU start -> /healthz 200: a (rw) {:.1} s, b (ro) {:.1} s (two TCG guests at once)",
+        "QEMU start -> /healthz 200: a (SeaBIOS) {:.1} s, b (OVMF) {:.1} s (two TCG guests at once)",
         healthy_a.as_secs_f64(),
         healthy_b.as_secs_f64()
     );
+    check_serves_own_name(&a, NAME_A, NAME_B);
+    check_serves_own_name(&b, NAME_B, NAME_A);
+    check_status(&a);
+    check_status(&b);
 
-    for (vm, own, other) in [(&a, NAME_A, NAME_B), (&b, NAME_B, NAME_A)] {
-        let (code, body) = vm.get(own, "/");
-        let imds_log = std::fs::read_to_string(vm.dir.join("imds.log")).unwrap_or_default();
-        assert_eq!(
-            code,
-            200,
-            "{} under its own name {own}:\n{body}\nIMDS requests:\n{imds_log}\n{}",
-            vm.name,
-            vm.console_tail()
-        );
-        assert!(
-            body.contains("Hello from Django") && body.contains(own),
-            "{}: not the Django page for {own}:\n{body}",
-            vm.name
-        );
-        // Django's ALLOWED_HOSTS comes from this instance's IMDS facts, so the other clone's name is refused.
-        let (code, body) = vm.get(other, "/");
-        assert_eq!(
-            code, 400,
-            "{} must refuse the other clone's name {other}:\n{body}",
-            vm.name
-        );
-        let (code, css) = vm.get(own, "/static/style.css");
-        assert_eq!(
-            code, 200,
-            "{}: static file through the proxy:\n{css}",
-            vm.name
-        );
-        // Load balancers send the instance's IP as Host: /healthz answers before any Host check.
-        assert_eq!(vm.get("10.0.2.15", "/healthz").0, 200);
-        assert!(
-            imds_log.starts_with("PUT /latest/api/token 200")
-                && imds_log.contains("GET /latest/meta-data/public-hostname 200"),
-            "{}: facts not read with the IMDSv2 token flow:\n{imds_log}",
-            vm.name
-        );
-    }
-
-    for vm in [&a, &b] {
-        let table = vm.status("");
-        for unit in ["app@0", "app@1", "app@2", "proxy", "dhcp"] {
-            let line = table
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(unit))
-                .unwrap_or_else(|| {
-                    panic!("{}: no {unit} in `stackinit status`:\n{table}", vm.name)
-                });
-            assert!(
-                line.contains("running") && line.contains("yes"),
-                "{}: {unit} not running and ready:\n{table}",
-                vm.name
-            );
-        }
-        let json: serde_json::Value = serde_json::from_str(&vm.status("--json"))
-            .unwrap_or_else(|e| panic!("{}: status --json: {e}", vm.name));
-        let services = json["services"].as_array().expect("services array");
-        // The build ran both jobs and left their stamps: a booting instance skips them (and does not
-        // load Django twice more), and they still count as done for the app.
-        for job in ["migrate", "collectstatic"] {
-            let s = services
-                .iter()
-                .find(|s| s["name"] == job)
-                .unwrap_or_else(|| panic!("{}: no {job} in status --json", vm.name));
-            assert_eq!(s["state"], "exited", "{}: {job}: {s}", vm.name);
-            assert_eq!(s["ready"], true, "{}: {job}: {s}", vm.name);
-            assert!(
-                s["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("skipped:") && r.contains("-at-build exists")),
-                "{}: {job} should be skipped at boot (done at build): {s}",
-                vm.name
-            );
-        }
-    }
-
-    // Read-only root: B runs with / mounted ro; init put /logs on a tmpfs, and everything above passed.
-    let console_b = b.console();
+    // The serial console has a login prompt named after the instance; nobody has a password in the image,
+    // so the test sets one over SSH (sudo) and logs in on the console.
     assert!(
-        console_b.contains("root is read-only: mounted a tmpfs on /logs"),
-        "b was meant to boot with a read-only root\n{}",
-        b.console_tail()
+        a.console().contains("ip-10-0-2-15 login:"),
+        "a: no login prompt on the serial console\n{}",
+        a.console_tail()
     );
+    a.ssh("echo admin:serial-test-password | sudo chpasswd");
+    let on_console = a.serial_login("serial-test-password", "stackinit status");
     assert!(
-        !a.console().contains("root is read-only"),
-        "a has a writable root"
+        on_console
+            .lines()
+            .any(|l| l.starts_with("proxy ") && l.contains("running")),
+        "a: stackinit status on the serial console:\n{on_console}"
     );
 
-    // The power button (EC2 stop/terminate; here QMP system_powerdown): ordered stop, then power-off.
-    let pressed_a = Instant::now();
-    a.press_power_button();
-    let pressed_b = Instant::now();
-    b.press_power_button();
-    let off_a = a.wait_poweroff(pressed_a, POWEROFF_BUDGET);
-    let off_b = b.wait_poweroff(pressed_b, POWEROFF_BUDGET);
-    eprintln!(
-        "power button -> QEMU exit: a {:.1} s, b {:.1} s",
-        off_a.as_secs_f64(),
-        off_b.as_secs_f64()
-    );
+    // Both went through GRUB, which boots with `ro`; the fstab root line made the root read-write.
     for vm in [&a, &b] {
         let console = vm.console();
-        let stopped = |unit: &str| {
-            console.contains(&format!("stopping {unit} "))
-                && console
-                    .lines()
-                    .any(|l| l.contains(&format!("{unit} (pid")) && l.contains("ended"))
-        };
-        for unit in ["proxy", "app@0", "app@1", "app@2", "dhcp"] {
-            assert!(
-                stopped(unit),
-                "{}: no stop lines for {unit}\n{}",
-                vm.name,
-                vm.console_tail()
-            );
-        }
         assert!(
-            console.contains("power button pressed") && console.contains("all services stopped"),
-            "{}: shutdown was not the ordered one\n{}",
-            vm.name,
-            vm.console_tail()
-        );
-        // The proxy stops first (no new requests), the app after it.
-        let proxy_at = console.find("stopping proxy ").unwrap_or(usize::MAX);
-        let app_at = console.find("stopping app@0 ").unwrap_or(0);
-        assert!(
-            proxy_at < app_at,
-            "{}: proxy must stop before the app\n{}",
-            vm.name,
-            vm.console_tail()
-        );
-        // Nothing left open for writing (stackinit.log closes last): the root is clean at power-off.
-        assert!(
-            console.contains("remounted / read-only")
-                && !console.contains("could not remount / read-only"),
-            "{}: / was not remounted read-only at shutdown\n{}",
-            vm.name,
-            vm.console_tail()
-        );
-        assert!(
-            console.contains("reboot: Power down"),
-            "{}: no power-off\n{}",
+            console.contains("Booting `stackinit")
+                && console.contains("remounted / read-write (fstab line")
+                && !console.contains("root is read-only"),
+            "{}: not booted by GRUB into a read-write root\n{}",
             vm.name,
             vm.console_tail()
         );
     }
+    assert_eq!(
+        [&a, &b].map(|vm| vm.ssh("test -d /sys/firmware/efi && echo uefi || echo bios")),
+        ["bios\n", "uefi\n"],
+        "a booted through the BIOS, b through UEFI"
+    );
+    // fstab: the data volume by label where it is attached, quietly skipped (nofail) where it is not.
+    assert!(
+        a.console()
+            .contains("mounted /srv/data (LABEL=stackinit-data, ext4)"),
+        "a: data volume not mounted\n{}",
+        a.console_tail()
+    );
+    assert!(
+        b.console()
+            .contains("not mounted: /srv/data from LABEL=stackinit-data")
+            && b.console().contains("(nofail)"),
+        "b: a missing nofail volume is reported and skipped\n{}",
+        b.console_tail()
+    );
+    assert_eq!(
+        a.ssh("findmnt -n -o SOURCE,FSTYPE /srv/data").trim(),
+        "/dev/nvme1n1 ext4"
+    );
+    // The logs are on the root disk.
+    assert_eq!(a.ssh("findmnt -n -o TARGET -T /logs").trim(), "/");
+
+    // First boot: A's root grew to its larger volume, B's already filled its own.
+    let image_root_mib: u64 = image.var("ROOT_MIB").parse().expect("ROOT_MIB");
+    let (grown, same) = (root_mib(&a), root_mib(&b));
+    assert!(
+        grown > image_root_mib + GROW_MIB / 2 && same < image_root_mib,
+        "a's root ({grown} MiB) grown by ~{GROW_MIB} MiB over the image's {image_root_mib} MiB, \
+         b's ({same} MiB) not:\n{}",
+        a.ssh("cat /logs/firstboot.out.log")
+    );
+    // Clones of one image differ in what makes them themselves.
+    let (id_a, id_b) = (identity(&a), identity(&b));
+    assert_ne!(id_a.host_key, id_b.host_key, "clones share a host key");
+    assert_ne!(
+        id_a.machine_id, id_b.machine_id,
+        "clones share a machine id"
+    );
+    power_off(&mut [&mut a, &mut b]);
+    drop(b);
+
+    // ---- A again, the same instance on the same volume; beside it C, a clone of the read-only variant.
+    let mut a2 = Vm::boot(spec_a("a-reboot"), tmp.path(), &key);
+    let disk_c = clone_disk(&image_ro, &tmp.path().join("c.qcow2"), 0);
+    let spec_c = VmSpec {
+        name: "c",
+        firmware: Firmware::Bios,
+        disk: &disk_c,
+        data: None,
+        facts: facts(NAME_C, "192.0.2.30", "i-0cccccccccccccccc", &key),
+    };
+    let mut c = Vm::boot(spec_c, tmp.path(), &key);
+    let [healthy_a2, healthy_c] = wait_all_healthy([&mut a2, &mut c]);
+    eprintln!(
+        "QEMU start -> /healthz 200: a again (SeaBIOS) {:.1} s, c (read-only root, SeaBIOS) {:.1} s",
+        healthy_a2.as_secs_f64(),
+        healthy_c.as_secs_f64()
+    );
+    check_serves_own_name(&a2, NAME_A, NAME_C);
+    check_serves_own_name(&c, NAME_C, NAME_A);
+    check_status(&a2);
+    check_status(&c);
+    assert_eq!(
+        identity(&a2),
+        id_a,
+        "a reboot of the same instance keeps its host keys and machine id"
+    );
+    let said = firstboot_said(&a2);
+    assert!(
+        said.contains("i-0aaaaaaaaaaaaaaaa was set up at its first boot")
+            && said.contains("nothing to do"),
+        "a's first-boot job ran again on a reboot: {said}"
+    );
+    assert!(root_mib(&a2) > image_root_mib + GROW_MIB / 2);
+
+    // Read-only root: C runs with / mounted ro (fstab says so), init put /logs on a tmpfs, the per-instance
+    // state is on the tmpfs fstab gives it, and everything above passed.
+    assert!(
+        c.console()
+            .contains("root is read-only: mounted a tmpfs on /logs"),
+        "c was meant to boot with a read-only root\n{}",
+        c.console_tail()
+    );
+    assert_eq!(
+        c.ssh("findmnt -n -o OPTIONS / | cut -d, -f1; findmnt -n -o FSTYPE /var/lib/stackinit"),
+        "ro\ntmpfs\n"
+    );
+    assert_ne!(identity(&c).machine_id, id_a.machine_id);
+    assert!(
+        !a2.console().contains("root is read-only"),
+        "a has a writable root"
+    );
+    power_off(&mut [&mut a2, &mut c]);
 }
 
 #[test]
@@ -600,20 +1002,27 @@ fn packer_template_validates_without_aws_credentials() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    // Both sources exist, and the AMI one is IMDSv2-only and ENA.
-    let template =
-        std::fs::read_to_string(repo().join("packer/stackinit.pkr.hcl")).expect("template");
+    // The sources exist: the AMI from a stock AMI is IMDSv2-only and ENA, and the local disk becomes an
+    // AMI through amazon-import, IMDSv2-only too; the amazon plugin is declared for Packer >= 1.7.
+    let read = |path: &str| std::fs::read_to_string(repo().join(path)).expect(path);
+    let files = [
+        read("packer/stackinit.pkr.hcl"),
+        read("packer/require-imdsv2.sh"),
+        read("packer/plugins/plugins.pkr.hcl"),
+    ];
     for needle in [
         "source \"amazon-ebs\" \"ubuntu\"",
         "source \"null\" \"local\"",
+        "source \"null\" \"ami\"",
+        "post-processor \"amazon-import\"",
         "ena_support = true",
         "--http-tokens required",
         "--imds-support v2.0",
+        "source  = \"github.com/hashicorp/amazon\"",
     ] {
-        let found = template.contains(needle)
-            || std::fs::read_to_string(repo().join("packer/require-imdsv2.sh"))
-                .map(|s| s.contains(needle))
-                .unwrap_or(false);
-        assert!(found, "template lacks {needle}");
+        assert!(
+            files.iter().any(|f| f.contains(needle)),
+            "template lacks {needle}"
+        );
     }
 }
