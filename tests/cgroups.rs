@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use support::*;
 
-/// Whether this machine's cgroup2 hierarchy offers `controller` to stackinit's services.
-fn controller_available(controller: &str) -> bool {
+/// Where cgroup2 is mounted on this machine.
+fn cgroup2_mount() -> String {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let mount = mountinfo
+    mountinfo
         .lines()
         .find(|l| {
             l.split(" - ")
@@ -19,8 +19,12 @@ fn controller_available(controller: &str) -> bool {
                 .is_some_and(|t| t.starts_with("cgroup2 "))
         })
         .and_then(|l| l.split(' ').nth(4).map(String::from))
-        .expect("a cgroup2 mount");
-    std::fs::read_to_string(format!("{mount}/cgroup.controllers"))
+        .expect("a cgroup2 mount")
+}
+
+/// Whether this machine's cgroup2 hierarchy offers `controller` to stackinit's services.
+fn controller_available(controller: &str) -> bool {
+    std::fs::read_to_string(format!("{}/cgroup.controllers", cgroup2_mount()))
         .is_ok_and(|c| c.split_whitespace().any(|x| x == controller))
 }
 
@@ -50,6 +54,24 @@ start_secs = "0s"
         wait_until(Duration::from_secs(5), || !process_exists(daemon)),
         "the daemonised child {daemon} survived the stop"
     );
+    // A clean exit leaves no cgroup of stackinit's behind.
+    let subtree = stackinit_subtree(stack.pid());
+    assert!(subtree.exists(), "{} was never made", subtree.display());
+    let mut stack = stack;
+    stack.stop();
+    assert!(!subtree.exists(), "{} left behind", subtree.display());
+}
+
+/// Where `stackinit run` (pid `pid`) keeps its services' cgroups: beside this process's own.
+fn stackinit_subtree(pid: u32) -> std::path::PathBuf {
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a unified cgroup");
+    std::path::Path::new(&cgroup2_mount())
+        .join(own.trim_start_matches('/'))
+        .join(format!("stackinit-{pid}"))
 }
 
 #[test]

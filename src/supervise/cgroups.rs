@@ -184,14 +184,21 @@ pub fn usage(dir: &Path) -> Usage {
 }
 
 impl Cgroups {
-    /// At exit: the units' cgroups and the subtree, which are empty once every unit stopped.
-    pub fn remove_all(&self) {
+    /// At exit: the units' cgroups and the subtree. A cgroup.kill is asynchronous, so what it killed may
+    /// still be leaving: try again for up to half a second (at exit only) rather than leave them behind.
+    pub async fn remove_all(&self) {
         let Some(root) = &self.root else { return };
-        for unit in children(root) {
-            remove_empty_children(&unit);
-            let _ = fs::remove_dir(unit);
+        for _ in 0..20 {
+            for unit in children(root) {
+                remove_empty_children(&unit);
+                let _ = fs::remove_dir(unit);
+            }
+            if fs::remove_dir(root).is_ok() || !root.exists() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
-        let _ = fs::remove_dir(root);
+        warn!("{} still holds processes; left in place", root.display());
     }
 }
 

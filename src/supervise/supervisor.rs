@@ -820,7 +820,7 @@ impl Supervisor {
     /// Drain every log pipe into its file before the runtime stops, so the last lines are not lost.
     async fn close_logs(&mut self) {
         self.units.clear();
-        self.cgroups.remove_all();
+        self.cgroups.remove_all().await;
         if let Some(w) = self.reporter.proxy_writer.take() {
             w.abort();
         }
