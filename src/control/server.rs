@@ -399,6 +399,9 @@ fn percent_decode(text: &str) -> Result<String, ApiError> {
         if bytes[i] == b'%' {
             let hex = bytes
                 .get(i + 1..i + 3)
+                // Exactly two hex digits: from_str_radix alone also takes a sign, so "%+F" decoded to
+                // 0x0F (found by fuzz/fuzz_targets/control.rs).
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|hex| std::str::from_utf8(hex).ok())
                 .ok_or_else(bad)?;
             out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
@@ -661,6 +664,9 @@ mod tests {
         assert_eq!(Route::parse("/v1/status/%zz").unwrap_err().status, 400);
         assert_eq!(Route::parse("/v1/status/%ff").unwrap_err().status, 400);
         assert_eq!(Route::parse("/v1/status/%4").unwrap_err().status, 400);
+        // fuzz/regressions/control/percent-plus-hex-decoded: a sign is not a hex digit.
+        assert_eq!(Route::parse("/v1/status/%+F").unwrap_err().status, 400);
+        assert_eq!(Query::parse("lines=%+5").err().map(|e| e.status), Some(400));
     }
 
     #[test]
