@@ -484,6 +484,21 @@ server_name = ["b.example"]
 "#,
     ),
     case(
+        "server_name_wildcard_in_the_middle",
+        4,
+        35,
+        "proxy.server[0].server_name",
+        "a wildcard may only be `*.` at the start or `.*` at the end",
+        r#"[proxy]
+listen = ["127.0.0.1:18091"]
+[[proxy.server]]
+server_name = ["www.example.org", "www.*.org"]
+  [[proxy.server.location]]
+  path = "/"
+  return = 204
+"#,
+    ),
+    case(
         "redirect_without_3xx",
         7,
         14,

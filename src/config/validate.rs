@@ -189,6 +189,31 @@ mod tests {
     }
 
     #[test]
+    fn server_names_the_proxy_cannot_compile_are_errors() {
+        // fuzz/regressions/config/server-name-star-passes-check-but-not-the-proxy, as found.
+        let e = one_error("[[proxy.server]]\nserver_name=[\"*\"]");
+        assert_eq!(
+            e,
+            "t.toml:2:14: proxy.server[0].server_name: server name \"*\": \
+             a wildcard may only be `*.` at the start or `.*` at the end"
+        );
+        let server = |name: &str| format!("[[proxy.server]]\nserver_name = [{name:?}]\n");
+        for bad in ["a*b", "*.", ".", ".*", "*.*.x", "x.*.*", "w*.example.org"] {
+            let e = one_error(&server(bad));
+            assert!(e.contains("wildcard"), "{bad}: {e}");
+        }
+        for good in [
+            "*.example.org",
+            ".example.org",
+            "www.example.*",
+            "~^a*$",
+            "a.b",
+        ] {
+            assert_eq!(errors(&server(good)), Vec::<String>::new(), "{good}");
+        }
+    }
+
+    #[test]
     fn demo_config_is_valid() {
         let text = crate::config::demo_text();
         assert_eq!(errors(&text), Vec::<String>::new());

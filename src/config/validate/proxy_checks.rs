@@ -69,6 +69,12 @@ fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
                 &names,
                 format!("server name {name:?} contains whitespace"),
             );
+        } else if let Some(problem) = wildcard_problem(name) {
+            ctx.at(
+                &names.index(i),
+                &names,
+                format!("server name {name:?}: {problem}"),
+            );
         }
     }
     // nginx refuses two locations with the same path and kind; a second one here could never match.
@@ -87,6 +93,28 @@ fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
                 ),
             );
         }
+    }
+}
+
+/// What the proxy's `ServerNames` refuses in a name that is not a regex: a `*` anywhere but in `*.` at
+/// the start or `.*` at the end, and a wildcard without a name part. Checked here because the proxy
+/// refuses the whole config for one such name (it exits at start, or ignores a reload init applied):
+/// `server_name = ["*"]` passed this check until the `config` fuzz target found it. That target also
+/// keeps the two in agreement (a valid config's routes must build).
+fn wildcard_problem(name: &str) -> Option<&'static str> {
+    let part = name
+        .strip_prefix("*.")
+        .or_else(|| name.strip_prefix('.'))
+        .or_else(|| name.strip_suffix(".*"));
+    match part {
+        Some(part) if part.is_empty() || part.contains('*') => {
+            Some("a wildcard needs a name part and only one `*`, like \"*.example.org\"")
+        }
+        Some(_) => None,
+        None if name.contains('*') => {
+            Some("a wildcard may only be `*.` at the start or `.*` at the end")
+        }
+        None => None,
     }
 }
 
