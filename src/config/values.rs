@@ -173,6 +173,15 @@ pub fn check_log_level(text: &str) -> Result<(), String> {
     if levels.contains(&text.to_ascii_lowercase().as_str()) {
         return Ok(());
     }
+    // ASCII only, so no byte offset can fall inside a character: tracing-subscriber 0.3.23 slices each
+    // directive by the offsets of its trimmed copy, and panics on leading whitespace before a non-ASCII
+    // character (`log_level = " [\u{fffd}{="`, found by the config fuzz target), which would take down
+    // the supervisor in PID 1 on a reload. Levels are words and targets module paths: ASCII anyway.
+    if !text.is_ascii() {
+        return Err(format!(
+            "invalid log level {text:?}: only ASCII characters ({usage})"
+        ));
+    }
     if !text.contains('=') && !text.contains(',') {
         return Err(format!("invalid log level {text:?} ({usage})"));
     }
@@ -278,6 +287,9 @@ mod tests {
         assert!(check_log_level("info").is_ok());
         assert!(check_log_level("info,stackinit=debug").is_ok());
         assert!(check_log_level("verbose").is_err());
+        // fuzz/regressions/config/log-level-panics-tracing-subscriber: refused, not a panic.
+        assert!(check_log_level(" [\u{fffd}{=").is_err());
+        assert!(check_log_level("info, [\u{e9}]=debug").is_err());
         assert!(parse_capability("net_admin").unwrap().is_some());
         assert!(parse_capability("CAP_FLY").is_err());
     }
