@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::values::ListenAddr;
 use crate::config::{Config, ConfigError, Secs};
 use crate::proxy::protocol::{self, InitMessage, ProxyRuntimeConfig, UpstreamReplica};
 use crate::proxy::routes::Routes;
@@ -48,6 +49,18 @@ fn check_valid_config(config: &Config) {
             d.0 <= MAX_DURATION,
             "{what} = {d} passed validation but is above the 1-year limit of the string form"
         );
+    }
+    // `replica_addresses` falls back to the address as written, trusting the checker to have refused
+    // every address that does not expand to its replicas.
+    for (name, service) in &config.service {
+        for listen in service.listen.iter().flat_map(|l| l.to_vec()) {
+            let expanded =
+                ListenAddr::parse(&listen).and_then(|a| a.for_replicas(service.replicas));
+            assert!(
+                expanded.is_ok(),
+                "service.{name}.listen {listen:?}: {expanded:?}"
+            );
+        }
     }
     let Some(proxy) = config.proxy.clone() else {
         return;
