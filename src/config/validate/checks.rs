@@ -8,7 +8,7 @@ use toml::de::DeValue;
 use toml::Spanned;
 
 use super::ctx::{
-    check_group, check_max_duration, check_min_log_bytes, check_nice, check_user, Ctx,
+    check_group, check_max_duration, check_min_log_bytes, check_nice, check_user, Ctx, MAX_REPLICAS,
 };
 use super::doc::KeyPath;
 use super::sections::Recovered;
@@ -114,6 +114,14 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
         ctx.at_value(
             &sp.key("replicas"),
             "a oneshot job runs once: replicas must be 1 when oneshot = true",
+        );
+    } else if spec.replicas > MAX_REPLICAS {
+        ctx.at_value(
+            &sp.key("replicas"),
+            format!(
+                "replicas = {} is too many: at most {MAX_REPLICAS}",
+                spec.replicas
+            ),
         );
     }
     if spec.max_in_flight == Some(0) {

@@ -16,6 +16,10 @@ use crate::config::{Bytes, Secs};
 pub(super) const MAX_GRACE: Duration = Duration::from_secs(3600);
 /// Smallest log file size before rotation; smaller would rotate on nearly every line.
 pub(super) const MIN_LOG_BYTES: u64 = 1024;
+/// Most replicas of one service: each is a process and a socket, so more is a typo. Unbounded,
+/// `replicas = 4000000000` with a unix `listen` made the checker expand four billion socket paths: out of
+/// memory in init on a reload (found while checking what the config fuzz target had not reached).
+pub(super) const MAX_REPLICAS: u32 = 1000;
 
 /// What every check needs: the document (for spans), the recovered config, and where errors go.
 pub(super) struct Ctx<'a, 'i, 't> {
