@@ -10,6 +10,8 @@ pub mod demo;
 pub mod facts;
 pub mod fault;
 pub mod fork_from;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod init;
 pub mod logs;

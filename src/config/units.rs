@@ -64,6 +64,10 @@ impl<'de> Deserialize<'de> for Percent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Mode(pub u32);
 
+/// The longest duration a config may give, in seconds: a year. Longer ones are typos, and near the top of
+/// `u64` seconds `Instant + duration` overflows, a panic in the supervisor.
+const MAX_DURATION_SECS: u64 = 365 * 86400;
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -90,10 +94,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     let seconds = value * scale;
-    if !seconds.is_finite() || seconds > 365.0 * 86400.0 {
+    if !seconds.is_finite() || seconds > MAX_DURATION_SECS as f64 {
         return Err(format!("invalid duration {text:?}: out of range"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Whole milliseconds, the precision `Secs` is written back with: the proxy gets its durations as
+    // text, and "0.5ms" used to arrive there as "0s" (found while writing the config fuzz target's
+    // JSON round-trip check).
+    Ok(Duration::from_millis((seconds * 1000.0).round() as u64))
+}
+
+/// A bare integer duration, in seconds, held to the same limit as the written form: without it
+/// `ready_timeout = 9223372036854775807` passed the checker and overflowed `Instant` in a rollout
+/// (found while writing the config fuzz target's duration check).
+fn whole_seconds(v: u64) -> Result<Secs, String> {
+    if v > MAX_DURATION_SECS {
+        return Err(format!("invalid duration {v}: out of range"));
+    }
+    Ok(Secs::from_secs(v))
 }
 
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -164,12 +181,13 @@ impl<'de> Deserialize<'de> for Secs {
                 parse_duration(v).map(Secs).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secs, E> {
-                u64::try_from(v)
-                    .map(Secs::from_secs)
-                    .map_err(|_| E::custom(format!("invalid duration {v}: must not be negative")))
+                let v = u64::try_from(v).map_err(|_| {
+                    E::custom(format!("invalid duration {v}: must not be negative"))
+                })?;
+                whole_seconds(v).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secs, E> {
-                Ok(Secs::from_secs(v))
+                whole_seconds(v).map_err(E::custom)
             }
         }
         d.deserialize_any(V)
@@ -254,6 +272,48 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("s").is_err());
+        assert!(parse_duration("8761h").is_err());
+    }
+
+    /// fuzz/regressions/config/integer-duration-beyond-a-year and
+    /// sub-millisecond-duration-lost-on-the-way-to-the-proxy.
+    #[test]
+    fn durations_stay_within_a_year_and_survive_being_written_back() {
+        let secs = |toml: &str| -> Result<Secs, String> {
+            #[derive(Deserialize)]
+            struct T {
+                d: Secs,
+            }
+            toml::from_str::<T>(toml)
+                .map(|t| t.d)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(secs("d = 31536000"), Ok(Secs::from_secs(31_536_000)));
+        for too_long in ["d = 31536001", "d = 9223372036854775807"] {
+            let err = secs(too_long).unwrap_err();
+            assert!(err.contains("out of range"), "{too_long}: {err}");
+        }
+        assert!(secs("d = -1").is_err());
+        for text in [
+            "0.5ms", "1.0005s", "0.1s", "1.5s", "2.5m", "250ms", "1h", "0s",
+        ] {
+            let d = Secs(parse_duration(text).unwrap());
+            assert_eq!(
+                d.0.subsec_nanos() % 1_000_000,
+                0,
+                "{text}: whole milliseconds"
+            );
+            assert_eq!(
+                Secs(parse_duration(&d.to_string()).unwrap()),
+                d,
+                "{text} -> {d}"
+            );
+        }
+        assert_eq!(parse_duration("0.5ms").unwrap(), Duration::from_millis(1));
+        assert_eq!(
+            parse_duration("1.0005s").unwrap(),
+            Duration::from_millis(1001)
+        );
     }
 
     #[test]

@@ -237,6 +237,22 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_bounded_before_any_is_expanded() {
+        // fuzz/regressions/config/four-billion-replicas-exhaust-the-checker: an error, at once.
+        let started = std::time::Instant::now();
+        let e = one_error(
+            "[service.a]\ncommand = [\"x\"]\nreplicas = 4000000000\nlisten = \"unix:/run/a.sock\"\n",
+        );
+        assert_eq!(
+            e,
+            "t.toml:3:12: service.a.replicas: replicas = 4000000000 is more than 1024, the most one service may have"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let ok = "[service.a]\ncommand = [\"x\"]\nreplicas = 1024\nlisten = \"unix:/run/a.sock\"\n";
+        assert_eq!(errors(ok), Vec::<String>::new());
+    }
+
+    #[test]
     fn demo_config_is_valid() {
         let text = crate::config::demo_text();
         assert_eq!(errors(&text), Vec::<String>::new());

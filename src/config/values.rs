@@ -173,6 +173,24 @@ pub fn check_log_level(text: &str) -> Result<(), String> {
     if levels.contains(&text.to_ascii_lowercase().as_str()) {
         return Ok(());
     }
+    // ASCII only, so no byte offset can fall inside a character: tracing-subscriber 0.3.23 slices each
+    // directive by the offsets of its trimmed copy, and panics on leading whitespace before a non-ASCII
+    // character (`log_level = " [\u{fffd}{="`, found by the config fuzz target), which would take down
+    // the supervisor in PID 1 on a reload. Levels are words and targets module paths: ASCII anyway.
+    if !text.is_ascii() {
+        return Err(format!(
+            "invalid log level {text:?}: only ASCII characters ({usage})"
+        ));
+    }
+    // No span or field filters (`[span{field=value}]`): EnvFilter compiles a field's value into a DFA,
+    // which for `[{b=3......................}]` (from a config fuzz target timeout) was still building
+    // after two minutes: on the supervisor's one thread on a reload, and in init_tracing at boot. Levels
+    // per target are what a service manager's log needs.
+    if text.contains('[') {
+        return Err(format!(
+            "invalid log level {text:?}: span and field filters ([...]) are not supported ({usage})"
+        ));
+    }
     if !text.contains('=') && !text.contains(',') {
         return Err(format!("invalid log level {text:?} ({usage})"));
     }
@@ -278,6 +296,14 @@ mod tests {
         assert!(check_log_level("info").is_ok());
         assert!(check_log_level("info,stackinit=debug").is_ok());
         assert!(check_log_level("verbose").is_err());
+        // fuzz/regressions/config/log-level-panics-tracing-subscriber: refused, not a panic.
+        assert!(check_log_level(" [\u{fffd}{=").is_err());
+        assert!(check_log_level("info, [\u{e9}]=debug").is_err());
+        // fuzz/regressions/config/log-level-field-regex-hangs: refused at once, no DFA is built.
+        let started = std::time::Instant::now();
+        assert!(check_log_level("[{b=3......................}]").is_err());
+        assert!(check_log_level("stackinit[span]=debug").is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
         assert!(parse_capability("net_admin").unwrap().is_some());
         assert!(parse_capability("CAP_FLY").is_err());
     }

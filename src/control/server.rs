@@ -226,17 +226,22 @@ async fn handle_request(
         return Ok(response);
     }
     let path = request.uri().path().to_owned();
-    let route = Route::parse(&path)?;
-    let method = route.method();
-    if request.method() != method {
-        return Ok(method_not_allowed(request.method(), &path, &method));
-    }
-    let query = Query::parse(request.uri().query().unwrap_or(""))?;
-    if method == Method::POST {
+    let (route, query) = match parse_head(request.method(), &path, request.uri().query())? {
+        Head::Call(route, query) => (route, query),
+        Head::WrongMethod(allowed) => {
+            return Ok(method_not_allowed(request.method(), &path, &allowed))
+        }
+    };
+    if route.method() == Method::POST {
         tracing::info!(uid = ?peer.uid, %path, "control request");
     }
-    match route {
-        Route::Metrics => {
+    let body = if route.reads_body() {
+        Some(read_body(request.into_body()).await?)
+    } else {
+        None
+    };
+    match parse_call(route, &query, body.as_deref())? {
+        Call::Metrics => {
             let services = handle.status(None).await?;
             let unhealthy = handle.facts().await?.unhealthy;
             let draining = handle.is_draining();
@@ -248,7 +253,7 @@ async fn handle_request(
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
             ))
         }
-        Route::Status(name) => {
+        Call::Status(name) => {
             let services = handle.status(name).await?;
             Ok(json_response(
                 StatusCode::OK,
@@ -258,39 +263,124 @@ async fn handle_request(
                 },
             ))
         }
-        Route::Control(name, action) => {
-            let body = read_json_body(request.into_body()).await?;
-            let wait = body
-                .as_ref()
-                .and_then(|b| b.get("wait"))
-                .and_then(serde_json::Value::as_bool)
-                .unwrap_or(false);
+        Call::Control { name, action, wait } => {
             let reply = match (action, wait) {
                 (Action::Restart, true) => handle.restart_and_wait(name).await?,
                 _ => handle.control(name, action).await?,
             };
             Ok(json_response(StatusCode::OK, &reply))
         }
-        Route::Reload if query.flag("dry_run")? => diff(handle, request.into_body()).await,
-        Route::Reload => {
-            read_json_body(request.into_body()).await?;
-            Ok(json_response(StatusCode::OK, &handle.reload().await?))
+        Call::Reload => Ok(json_response(StatusCode::OK, &handle.reload().await?)),
+        Call::Diff(source) => Ok(json_response(StatusCode::OK, &handle.diff(source).await?)),
+        Call::Shutdown { reboot } => Ok(json_response(
+            StatusCode::OK,
+            &handle.shutdown(reboot).await?,
+        )),
+        Call::Logs(name, options) => {
+            let LogOptions {
+                stream,
+                lines,
+                follow,
+            } = options;
+            super::log_stream::logs(handle, name, stream, lines, follow).await
         }
-        Route::Diff => diff(handle, request.into_body()).await,
+    }
+}
+
+/// What a request asks of the supervisor, parsed from its method, target and body without any I/O.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Metrics,
+    Status(Option<String>),
+    /// `wait`: a restart answers once the service is ready again (`restart --wait`).
+    Control {
+        name: String,
+        action: Action,
+        wait: bool,
+    },
+    Reload,
+    /// A dry run of reload, against the body's config if it has one.
+    Diff(Option<DiffRequest>),
+    Shutdown {
+        reboot: bool,
+    },
+    Logs(String, LogOptions),
+}
+
+/// `?stream=stdout|stderr&lines=N&follow=1` of a logs request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct LogOptions {
+    pub stream: LogStream,
+    pub lines: usize,
+    pub follow: bool,
+}
+
+/// A request's head once checked: its route and query, or the method its route wants instead.
+enum Head {
+    Call(Route, Query),
+    WrongMethod(Method),
+}
+
+/// Route, method, query: what is checked first, before any body is read.
+fn parse_head(method: &Method, path: &str, query: Option<&str>) -> Result<Head, ApiError> {
+    let route = Route::parse(path)?;
+    let allowed = route.method();
+    if *method != allowed {
+        return Ok(Head::WrongMethod(allowed));
+    }
+    Ok(Head::Call(route, Query::parse(query.unwrap_or(""))?))
+}
+
+/// The rest of a request, once its body is read (`body` is `Some` exactly when `route.reads_body()`).
+fn parse_call(route: Route, query: &Query, body: Option<&[u8]>) -> Result<Call, ApiError> {
+    let json = match body {
+        Some(body) => parse_json_body(body)?,
+        None => None,
+    };
+    Ok(match route {
+        Route::Metrics => Call::Metrics,
+        Route::Status(name) => Call::Status(name),
+        Route::Control(name, action) => Call::Control {
+            name,
+            action,
+            wait: json
+                .as_ref()
+                .and_then(|b| b.get("wait"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+        },
+        Route::Reload if query.flag("dry_run")? => Call::Diff(diff_request(json)?),
+        Route::Reload => Call::Reload,
+        Route::Diff => Call::Diff(diff_request(json)?),
         Route::Shutdown => {
-            let body: ShutdownBody = match read_json_body(request.into_body()).await? {
+            let body: ShutdownBody = match json {
                 Some(value) => serde_json::from_value(value).map_err(|err| {
                     ApiError::bad_request(format!("invalid shutdown request: {err}"))
                 })?,
                 None => ShutdownBody::default(),
             };
-            let reboot = query.flag("reboot")? || body.reboot;
-            Ok(json_response(
-                StatusCode::OK,
-                &handle.shutdown(reboot).await?,
-            ))
+            Call::Shutdown {
+                reboot: query.flag("reboot")? || body.reboot,
+            }
         }
-        Route::Logs(name) => logs(handle, name, &query).await,
+        Route::Logs(name) => Call::Logs(name, LogOptions::parse(query)?),
+    })
+}
+
+/// Everything the server decides about a request before it asks the supervisor, in the same order, with
+/// `body` standing for the whole request body; `Ok(Err(allowed))` is a wrong method. For `crate::fuzzing`.
+pub(crate) fn parse_request(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Result<Call, Method>, ApiError> {
+    match parse_head(method, path, query)? {
+        Head::WrongMethod(allowed) => Ok(Err(allowed)),
+        Head::Call(route, query) => {
+            let body = route.reads_body().then_some(body);
+            parse_call(route, &query, body).map(Ok)
+        }
     }
 }
 
@@ -339,6 +429,11 @@ impl Route {
             Route::Status(_) | Route::Logs(_) | Route::Metrics => Method::GET,
             Route::Control(..) | Route::Reload | Route::Diff | Route::Shutdown => Method::POST,
         }
+    }
+
+    /// The POSTs read a body (which must be empty or JSON); the GETs never do.
+    fn reads_body(&self) -> bool {
+        self.method() == Method::POST
     }
 }
 
@@ -403,16 +498,13 @@ impl Query {
     }
 }
 
-/// A dry run of reload, against the body's config if it has one.
-async fn diff(handle: &Handle, body: Incoming) -> Result<Response<ReplyBody>, ApiError> {
-    let source: Option<DiffRequest> = match read_json_body(body).await? {
-        Some(value) => Some(
-            serde_json::from_value(value)
-                .map_err(|err| ApiError::bad_request(format!("invalid diff request: {err}")))?,
-        ),
-        None => None,
-    };
-    Ok(json_response(StatusCode::OK, &handle.diff(source).await?))
+/// The config a diff compares against, when its body names one.
+fn diff_request(json: Option<serde_json::Value>) -> Result<Option<DiffRequest>, ApiError> {
+    json.map(|value| {
+        serde_json::from_value(value)
+            .map_err(|err| ApiError::bad_request(format!("invalid diff request: {err}")))
+    })
+    .transpose()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,64 +514,58 @@ struct ShutdownBody {
     reboot: bool,
 }
 
-/// The request body, bounded in size and time; None when empty, else it must be JSON.
-async fn read_json_body(body: Incoming) -> Result<Option<serde_json::Value>, ApiError> {
-    let collected = match tokio::time::timeout(
-        READ_TIMEOUT,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
-    )
-    .await
-    {
-        Err(_) => {
-            return Err(ApiError {
-                status: 408,
-                message: "timed out reading the request body".into(),
-            })
-        }
-        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError {
-                status: 413,
-                message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
-            })
-        }
-        Ok(Err(err)) => {
-            return Err(ApiError::bad_request(format!(
-                "cannot read the request body: {err}"
-            )))
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    if collected.iter().all(u8::is_ascii_whitespace) {
+/// The request body, bounded in size and time.
+async fn read_body(body: Incoming) -> Result<bytes::Bytes, ApiError> {
+    match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => Err(ApiError {
+            status: 408,
+            message: "timed out reading the request body".into(),
+        }),
+        Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError {
+            status: 413,
+            message: format!("request body larger than {MAX_BODY_BYTES} bytes"),
+        }),
+        Ok(Err(err)) => Err(ApiError::bad_request(format!(
+            "cannot read the request body: {err}"
+        ))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// A request body: None when empty (or only whitespace), else it must be JSON.
+fn parse_json_body(body: &[u8]) -> Result<Option<serde_json::Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    serde_json::from_slice(&collected)
+    serde_json::from_slice(body)
         .map(Some)
         .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
 }
 
-/// The query of a logs request, then `log_stream` answers it.
-async fn logs(
-    handle: &Handle,
-    name: String,
-    query: &Query,
-) -> Result<Response<ReplyBody>, ApiError> {
-    let stream = match query.get("stream") {
-        None | Some("stdout") => LogStream::Stdout,
-        Some("stderr") => LogStream::Stderr,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "stream must be stdout or stderr, not {other:?}"
-            )))
-        }
-    };
-    let lines = match query.get("lines") {
-        None => DEFAULT_TAIL_LINES,
-        Some(n) => n
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("lines must be a count, not {n:?}")))?,
-    };
-    let follow = query.flag("follow")?;
-    super::log_stream::logs(handle, name, stream, lines, follow).await
+impl LogOptions {
+    fn parse(query: &Query) -> Result<LogOptions, ApiError> {
+        let stream = match query.get("stream") {
+            None | Some("stdout") => LogStream::Stdout,
+            Some("stderr") => LogStream::Stderr,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "stream must be stdout or stderr, not {other:?}"
+                )))
+            }
+        };
+        let lines = match query.get("lines") {
+            None => DEFAULT_TAIL_LINES,
+            Some(n) => n
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("lines must be a count, not {n:?}")))?,
+        };
+        let follow = query.flag("follow")?;
+        Ok(LogOptions {
+            stream,
+            lines,
+            follow,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -542,6 +628,59 @@ mod tests {
                 .status,
             400
         );
+    }
+
+    #[test]
+    fn requests_parse_in_the_order_the_server_checks_them() {
+        let parse = |method: Method, target: &str, body: &str| {
+            let uri: hyper::Uri = target.parse().unwrap();
+            parse_request(&method, uri.path(), uri.query(), body.as_bytes())
+        };
+        assert_eq!(
+            parse(Method::GET, "/v1/services/web/logs?lines=5&follow", "").unwrap(),
+            Ok(Call::Logs(
+                "web".into(),
+                LogOptions {
+                    stream: LogStream::Stdout,
+                    lines: 5,
+                    follow: true
+                }
+            ))
+        );
+        assert_eq!(
+            parse(Method::POST, "/v1/shutdown", r#"{"reboot": true}"#).unwrap(),
+            Ok(Call::Shutdown { reboot: true })
+        );
+        assert_eq!(
+            parse(Method::POST, "/v1/shutdown?reboot=1", " \n").unwrap(),
+            Ok(Call::Shutdown { reboot: true })
+        );
+        // The route before the method, the method before the query, the body before the query's flag.
+        assert_eq!(parse(Method::GET, "/v2/x?%zz", "").unwrap_err().status, 404);
+        assert_eq!(
+            parse(Method::GET, "/v1/reload?%zz", "").unwrap(),
+            Err(Method::POST)
+        );
+        assert_eq!(
+            parse(Method::POST, "/v1/reload?%zz", "")
+                .unwrap_err()
+                .status,
+            400
+        );
+        let err = parse(Method::POST, "/v1/shutdown?reboot=x", "{").unwrap_err();
+        assert!(
+            err.message.starts_with("invalid JSON body"),
+            "{}",
+            err.message
+        );
+        let err = parse(Method::POST, "/v1/shutdown", r#"{"rebot": true}"#).unwrap_err();
+        assert!(
+            err.message.starts_with("invalid shutdown request"),
+            "{}",
+            err.message
+        );
+        // A GET's body is never read, so never judged.
+        assert!(parse(Method::GET, "/v1/status", "{").unwrap().is_ok());
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod inbox;
 pub mod launch;
 mod leftovers;
 mod listeners;
-mod notify;
+pub(crate) mod notify;
 pub mod probes;
 mod proxy_link;
 mod publish;

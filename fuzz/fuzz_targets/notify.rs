@@ -1,0 +1,4 @@
+//! See `stackinit::fuzzing::notify` for the input's form and the invariants checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| stackinit::fuzzing::notify(data));
