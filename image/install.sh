@@ -77,7 +77,8 @@ command -v busybox >/dev/null || want+=(busybox-static)
 case "$MODE" in
     # What systemd would run beside the app, run by stackinit instead: sshd, chronyd, growpart (firstboot),
     # and sudo for the SSH user.
-    pid1) want+=(openssh-server chrony cloud-guest-utils sudo) ;;
+    pid1) want+=(openssh-server chrony cloud-guest-utils sudo)
+        [ "$CHROOT" = 1 ] || want+=(curl) ;; # the SSM agent download
     # dbus for logind, which turns the ACPI power button (EC2 stop/terminate) into a clean shutdown.
     systemd) want+=(systemd-sysv dbus) ;;
     seed) want+=(systemd-sysv dbus nginx-light supervisor) ;;
@@ -250,6 +251,35 @@ EOF
 }
 if [ "$MODE" = pid1 ]; then machine_services; fi
 
+# ---- SSM agent (pid1 mode on an EC2 build instance) --------------------------------------------------------
+# Session Manager is how many fleets reach instances that have no SSH. Ubuntu's AMIs carry the agent as a snap,
+# which needs snapd and systemd's mount units, neither of which runs under stackinit: the snap is replaced by
+# AWS's .deb from the build region's bucket, and stackinit runs the agent as a service (`ssm-agent` below,
+# skipped where the binary is missing, as on the local image, which is built offline).
+SSM_AGENT=/usr/bin/amazon-ssm-agent
+install_ssm_agent() {
+    local region deb
+    if [ -x $SSM_AGENT ]; then return 0; fi
+    region=$(python3 "$SRC/image/imds-get.py" placement/region 2>/dev/null) || {
+        say "no IMDS at build time: not an EC2 build, no SSM agent"
+        return 0
+    }
+    if command -v snap >/dev/null && snap list amazon-ssm-agent >/dev/null 2>&1; then
+        say "removing the amazon-ssm-agent snap (snapd does not run under stackinit)"
+        snap remove --purge amazon-ssm-agent >/dev/null
+    fi
+    deb=$(mktemp --suffix=.deb)
+    say "amazon-ssm-agent .deb from the $region bucket"
+    curl -fsSL --retry 3 -o "$deb" \
+        "https://s3.$region.amazonaws.com/amazon-ssm-$region/latest/debian_amd64/amazon-ssm-agent.deb" ||
+        die "cannot download the SSM agent for $region"
+    dpkg -i "$deb" >/dev/null || die "cannot install the SSM agent"
+    rm -f "$deb"
+    # The package enables a systemd unit; under stackinit the service below runs it.
+    [ -x $SSM_AGENT ] || die "the SSM agent package has no $SSM_AGENT"
+}
+if [ "$MODE" = pid1 ] && [ "$CHROOT" != 1 ]; then install_ssm_agent; fi
+
 # ---- config -----------------------------------------------------------------------------------------------
 mkdir -p /etc/stackinit /logs
 chmod 0755 /logs
@@ -287,6 +317,17 @@ stop_grace = "5s"
 command = ["chronyd", "-d", "-u", "_chrony"]
 critical = false
 capabilities = ["CAP_SYS_TIME", "CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
+
+# Session Manager (AWS Systems Manager), where the agent is installed (the amazon-ebs build): the instance's
+# role and region come from IMDS. It runs shells for the operators it lets in: every capability.
+[service.ssm-agent]
+command = ["$SSM_AGENT"]
+condition_path_exists = "$SSM_AGENT"
+after = ["firstboot"]
+critical = false
+capabilities = ["ALL"]
+no_new_privs = false
+stop_grace = "10s"
 
 # A login prompt on the serial console (EC2 Serial Console, QEMU -serial). No --hangup: a vhangup would also
 # cut off stackinit's own console output on the same port. Logging in needs a password, which no image has.
@@ -553,7 +594,8 @@ ExecStartPre=/usr/sbin/sshd -t
 EOF
     fi
     rm -f /etc/ssh/ssh_host_*
-    rm -f /var/lib/dbus/machine-id
+    # Nor a random seed that every clone would start from.
+    rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
     apt-get clean
     rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*
 fi
