@@ -356,6 +356,8 @@ app_config() {
 [init]
 logs_dir = "/logs"
 control_socket = "/run/stackinit/control.sock"
+# As the sample's: long enough for a load balancer's health checks to take the instance out before it stops.
+shutdown_drain = "25s"
 TOML
     if [ -n "$APP_SETTINGS" ]; then
         after+=('"migrate"')

@@ -1170,10 +1170,13 @@ impl Load {
 }
 
 /// Power button on one instance while the fleet serves: it drains (`/healthz` 503 while it still answers),
-/// the load balancer takes it out, and it powers off.
-fn scale_in(vm: &mut Vm) {
-    let pressed = Instant::now();
+/// the load balancer takes it out, and it powers off. The wait is `powered_off`.
+fn press_scale_in(vm: &Vm) -> Instant {
     vm.press_power_button();
+    Instant::now()
+}
+
+fn powered_off(vm: &mut Vm, pressed: Instant) {
     let took = vm.wait_poweroff(pressed, POWEROFF_BUDGET);
     eprintln!(
         "fleet: {} powered off {:.1} s after the power button",
@@ -1232,26 +1235,32 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
     let steps = Instant::now();
     let step = |what: String| eprintln!("fleet [{:5.1} s] {what}", steps.elapsed().as_secs_f64());
 
-    // Instance refresh: one new instance at a time, healthy and registered before an old one goes.
-    for slot in instances[2..].iter() {
-        let mut new = launch(*slot);
-        wait_all_healthy([&mut new]);
-        check_serves_storefront(&new);
-        lb.register(new.name);
-        step(format!("{} launched and registered", new.name));
-        let mut old = fleet.remove(0);
-        scale_in(&mut old);
-        step(format!("{} scaled in", old.name));
-        fleet.push(new);
-    }
+    // Instance refresh, one at a time: a new instance is in service before an old one's power button, and
+    // the next new one boots while that old one drains (as an Auto Scaling group's refresh does).
+    let [old1, old2] = &mut fleet[..] else {
+        unreachable!()
+    };
+    let mut new1 = launch(instances[2]);
+    wait_all_healthy([&mut new1]);
+    check_serves_storefront(&new1);
+    lb.register("new1");
+    step("new1 in service".into());
+    let pressed = press_scale_in(old1);
+    let mut new2 = launch(instances[3]);
+    powered_off(old1, pressed);
+    step("old1 scaled in".into());
+    wait_all_healthy([&mut new2]);
+    check_serves_storefront(&new2);
+    lb.register("new2");
+    step("new2 in service".into());
+    let pressed = press_scale_in(old2);
+    powered_off(old2, pressed);
     let refreshed = Instant::now();
+    step("old2 scaled in: refreshed".into());
     // Scale-in of the refreshed fleet: one of the two new instances goes.
-    let mut gone = fleet.remove(0);
-    scale_in(&mut gone);
-    step(format!(
-        "{} scaled in; {} serves alone",
-        gone.name, fleet[0].name
-    ));
+    let pressed = press_scale_in(&new1);
+    powered_off(&mut new1, pressed);
+    step("new1 scaled in; new2 serves alone".into());
     std::thread::sleep(Duration::from_secs(3));
     let outcomes = load.finish();
 
@@ -1292,7 +1301,8 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
                 .all(|o| matches!(&o.result, Ok((_, body)) if body.contains("storefront on"))),
         "once refreshed, only the new image serves"
     );
-    scale_in(&mut fleet[0]);
+    let pressed = press_scale_in(&new2);
+    powered_off(&mut new2, pressed);
 }
 
 /// The second app, baked from its manifest: its page from its own WSGI callable, its static files as they
