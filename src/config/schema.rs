@@ -333,6 +333,16 @@ pub struct ProxySpec {
     /// nginx: WSGI servers map `X_Forwarded_Proto` and `X-Forwarded-Proto` to the same `HTTP_X_FORWARDED_PROTO`,
     /// so a client could otherwise smuggle a value past the one the proxy sets.
     pub underscores_in_headers: bool,
+    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: a load balancer in front (nginx's
+    /// `set_real_ip_from` with `real_ip_header X-Forwarded-For` and `real_ip_recursive on`). Addresses,
+    /// networks (`"10.0.0.0/8"`) or `"unix:"`. From such a peer the client is the rightmost untrusted address
+    /// of `X-Forwarded-For` (the app's `X-Real-IP`, the access log) and its `http`/`https` reaches the app;
+    /// from anyone else both are overwritten with what the proxy sees. Empty: nobody is trusted.
+    pub trusted_proxies: Vec<String>,
+    /// Names this instance is also reached by, beside the ones discovered at boot: a load balancer's DNS name,
+    /// a custom domain. They join the servers the discovered names join, and the app's
+    /// `STACKINIT_ALLOWED_HOSTS` (discovered ∪ these). Exact names or IPs only.
+    pub extra_server_names: Vec<String>,
     pub connect_timeout: Secs,
     /// How long a request may wait in the proxy for a replica that is ready and has room (replicas
     /// restarting, or all at `max_in_flight`) before it gets 502.
@@ -375,6 +385,8 @@ impl Default for ProxySpec {
             client_max_body_size: Bytes(1 << 20),
             max_header_size: Bytes(32 << 10),
             underscores_in_headers: false,
+            trusted_proxies: Vec::new(),
+            extra_server_names: Vec::new(),
             connect_timeout: Secs::from_secs(5),
             queue_timeout: Secs::from_secs(30),
             header_timeout: Secs::from_secs(60),
