@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use serde::Serialize;
 
-use crate::config::ImdsSpec;
+use crate::config::{Config, ImdsSpec};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Facts {
@@ -51,8 +51,21 @@ impl Facts {
         out
     }
 
-    /// The environment every service gets.
-    pub fn environment(&self) -> Vec<(String, String)> {
+    /// `allowed_hosts` and then the config's `[proxy] extra_server_names` (a load balancer's name, a custom
+    /// domain): every name the app must accept. Lowercased and deduplicated.
+    pub fn allowed_hosts_with(&self, config: &Config) -> Vec<String> {
+        let mut out = self.allowed_hosts();
+        let extra = config.proxy.iter().flat_map(|p| &p.extra_server_names);
+        for name in extra.map(|n| n.to_ascii_lowercase()) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// The environment every service gets, for a stack running `config`.
+    pub fn environment(&self, config: &Config) -> Vec<(String, String)> {
         let mut env = Vec::new();
         let mut put = |k: &str, v: &Option<String>| {
             if let Some(v) = v {
@@ -66,7 +79,7 @@ impl Facts {
         put("STACKINIT_PUBLIC_HOSTNAME", &self.public_hostname);
         env.push((
             "STACKINIT_ALLOWED_HOSTS".into(),
-            self.allowed_hosts().join(","),
+            self.allowed_hosts_with(config).join(","),
         ));
         env
     }
@@ -265,7 +278,23 @@ mod tests {
             ]
         );
         assert!(f
-            .environment()
+            .environment(&Config::default())
             .contains(&("STACKINIT_PRIVATE_IP".into(), "10.0.0.5".into())));
+    }
+
+    #[test]
+    fn extra_server_names_add_to_the_allowed_hosts() {
+        let f = Facts {
+            private_ip: Some("10.0.0.5".into()),
+            ..Facts::default()
+        };
+        let mut config = Config::default();
+        config.proxy = Some(crate::config::ProxySpec {
+            extra_server_names: vec!["My-ALB.elb.amazonaws.com".into(), "10.0.0.5".into()],
+            ..Default::default()
+        });
+        let env = f.environment(&config);
+        let allowed = env.iter().find(|(k, _)| k == "STACKINIT_ALLOWED_HOSTS");
+        assert_eq!(allowed.unwrap().1, "10.0.0.5,my-alb.elb.amazonaws.com");
     }
 }

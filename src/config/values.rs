@@ -261,11 +261,7 @@ impl TrustedSource {
         // Canonical form (an IPv4-mapped IPv6 address is its IPv4 address) so a match compares like with like.
         let addr = match addr {
             IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
-                return TrustedSource::parse(&format!(
-                    "{}/{}",
-                    addr.to_canonical(),
-                    prefix - 96
-                ))
+                return TrustedSource::parse(&format!("{}/{}", addr.to_canonical(), prefix - 96))
             }
             other => other,
         };
@@ -276,17 +272,15 @@ impl TrustedSource {
     pub fn contains(&self, peer: Option<IpAddr>) -> bool {
         match (self, peer) {
             (TrustedSource::Unix, None) => true,
-            (TrustedSource::Net { addr, prefix }, Some(ip)) => {
-                match (addr, ip.to_canonical()) {
-                    (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                        same_prefix(u32::from(*net).into(), u32::from(ip).into(), *prefix, 32)
-                    }
-                    (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                        same_prefix(u128::from(*net), u128::from(ip), *prefix, 128)
-                    }
-                    _ => false,
+            (TrustedSource::Net { addr, prefix }, Some(ip)) => match (addr, ip.to_canonical()) {
+                (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                    same_prefix(u32::from(*net).into(), u32::from(ip).into(), *prefix, 32)
                 }
-            }
+                (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                    same_prefix(u128::from(*net), u128::from(ip), *prefix, 128)
+                }
+                _ => false,
+            },
             _ => false,
         }
     }
@@ -325,7 +319,14 @@ mod tests {
         let mapped = TrustedSource::parse("::ffff:10.0.0.0/104").unwrap();
         assert_eq!(mapped, net);
         assert!(TrustedSource::parse("unix:").unwrap().contains(None));
-        for bad in ["10.0.0.0/33", "10.0.0.0/", "example.com", "10.0.0.0/+8", "::/129", ""] {
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "example.com",
+            "10.0.0.0/+8",
+            "::/129",
+            "",
+        ] {
             assert!(TrustedSource::parse(bad).is_err(), "{bad}");
         }
     }

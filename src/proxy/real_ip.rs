@@ -149,7 +149,10 @@ mod tests {
         assert_eq!(c.proto, "http");
         let nobody = trusted(&[]);
         let c = ask("10.0.0.1:5000", &["198.51.100.1"], Some("https"), &nobody);
-        assert_eq!((c.addr.to_str().unwrap(), c.proto.to_str().unwrap()), ("10.0.0.1", "http"));
+        assert_eq!(
+            (c.addr.to_str().unwrap(), c.proto.to_str().unwrap()),
+            ("10.0.0.1", "http")
+        );
     }
 
     #[test]
@@ -167,10 +170,16 @@ mod tests {
         // All trusted: the leftmost, as nginx.
         let c = ask("10.0.1.5:4000", &["192.0.2.9, 10.9.9.9"], None, &t);
         assert_eq!(c.addr, "192.0.2.9");
-        assert_eq!(c.proto, "http", "no X-Forwarded-Proto: the connection's scheme");
+        assert_eq!(
+            c.proto, "http",
+            "no X-Forwarded-Proto: the connection's scheme"
+        );
         // Ports as RFC 3986 writes them, and IPv6.
         let c = ask("10.0.1.5:4000", &["[2001:db8::7]:443"], Some("HTTPS"), &t);
-        assert_eq!((c.addr.to_str().unwrap(), c.proto.to_str().unwrap()), ("2001:db8::7", "https"));
+        assert_eq!(
+            (c.addr.to_str().unwrap(), c.proto.to_str().unwrap()),
+            ("2001:db8::7", "https")
+        );
         // No header at all: the peer.
         assert_eq!(ask("10.0.1.5:4000", &[], None, &t).addr, "10.0.1.5");
     }
@@ -178,11 +187,22 @@ mod tests {
     #[test]
     fn garbage_is_not_believed() {
         let t = trusted(&["10.0.0.0/8"]);
-        let c = ask("10.0.1.5:4000", &["198.51.100.7, nonsense"], Some("https, http"), &t);
-        assert_eq!(c.addr, "10.0.1.5", "an entry that is no address: the peer stays");
+        let c = ask(
+            "10.0.1.5:4000",
+            &["198.51.100.7, nonsense"],
+            Some("https, http"),
+            &t,
+        );
+        assert_eq!(
+            c.addr, "10.0.1.5",
+            "an entry that is no address: the peer stays"
+        );
         assert_eq!(c.proto, "http", "a list of schemes is not guessed at");
         let c = ask("10.0.1.5:4000", &["198.51.100.7"], Some("gopher"), &t);
-        assert_eq!((c.addr.to_str().unwrap(), c.proto.to_str().unwrap()), ("198.51.100.7", "http"));
+        assert_eq!(
+            (c.addr.to_str().unwrap(), c.proto.to_str().unwrap()),
+            ("198.51.100.7", "http")
+        );
     }
 
     #[test]
@@ -190,7 +210,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("198.51.100.7"));
         let unix = HeaderValue::from_static("unix:");
-        assert_eq!(client(None, &unix, false, &h, &trusted(&["10.0.0.0/8"])).addr, "unix:");
-        assert_eq!(client(None, &unix, false, &h, &trusted(&["unix:"])).addr, "198.51.100.7");
+        assert_eq!(
+            client(None, &unix, false, &h, &trusted(&["10.0.0.0/8"])).addr,
+            "unix:"
+        );
+        assert_eq!(
+            client(None, &unix, false, &h, &trusted(&["unix:"])).addr,
+            "198.51.100.7"
+        );
     }
 }

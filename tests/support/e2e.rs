@@ -100,6 +100,8 @@ pub struct SeedConfig<'a> {
     pub readiness: Option<String>,
     /// How long a replaced replica has to become ready in a rolling restart.
     pub ready_timeout: &'a str,
+    /// Extra keys for `[proxy]` (TOML lines), e.g. `trusted_proxies`.
+    pub proxy_extra: String,
 }
 
 impl SeedConfig<'_> {
@@ -197,6 +199,7 @@ ready_timeout = "{ready_timeout}"
 
 [proxy]
 listen = ["127.0.0.1:{port}"]
+{proxy_extra}
 
 [[proxy.server]]
 server_name = ["*.compute.amazonaws.com", "*.compute-1.amazonaws.com", "*.compute.internal", "*.ec2.internal"]
@@ -215,6 +218,7 @@ default = true
             port = self.proxy_port,
             extra = self.app_extra,
             ready_timeout = self.ready_timeout,
+            proxy_extra = self.proxy_extra,
         )
     }
 }

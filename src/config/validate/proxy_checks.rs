@@ -30,7 +30,11 @@ pub(super) fn check_proxy(ctx: &mut Ctx) {
     check_max_duration(ctx, &pp.key("stop_grace"), proxy.stop_grace);
     check_nice(ctx, &pp.key("nice"), proxy.nice);
     check_trusted_proxies(ctx, &pp.key("trusted_proxies"), &proxy.trusted_proxies);
-    check_extra_server_names(ctx, &pp.key("extra_server_names"), &proxy.extra_server_names);
+    check_extra_server_names(
+        ctx,
+        &pp.key("extra_server_names"),
+        &proxy.extra_server_names,
+    );
     let mut default_server: Option<KeyPath> = None;
     for (i, server) in proxy.server.iter().enumerate() {
         let sp = pp.key("server").index(i);
