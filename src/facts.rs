@@ -97,11 +97,38 @@ fn looks_like_ec2() -> bool {
     .any(|v| v.contains("Amazon EC2") || v.to_ascii_lowercase().starts_with("ec2"))
 }
 
+/// Whether IMDS is to be asked at all: as configured, else when the machine says it is EC2.
+pub fn imds_enabled(spec: &ImdsSpec) -> bool {
+    spec.enabled.unwrap_or_else(looks_like_ec2)
+}
+
+/// The instance's user data (IMDSv2: a token, then `GET /latest/user-data`), at most `limit` bytes; `None`
+/// when the instance was launched without any (404). Runs on a `LocalSet` (its connections are local tasks).
+pub async fn user_data(spec: &ImdsSpec, limit: usize) -> Result<Option<String>, String> {
+    let token = token(spec).await?;
+    let (status, body) = exchange(
+        spec,
+        "GET",
+        "/latest/user-data",
+        ("x-aws-ec2-metadata-token", &token),
+    )
+    .await?;
+    match status {
+        200 if body.len() > limit => Err(format!(
+            "user data is {} bytes, more than {limit}",
+            body.len()
+        )),
+        200 => Ok(Some(body)),
+        404 => Ok(None),
+        other => Err(format!("GET /latest/user-data answered {other}")),
+    }
+}
+
 /// Discover the facts: local ones always, IMDS ones when enabled. Never fails; never takes longer than
 /// about six IMDS timeouts.
 pub async fn discover(spec: &ImdsSpec) -> Facts {
     let mut facts = local_facts();
-    let enabled = spec.enabled.unwrap_or_else(looks_like_ec2);
+    let enabled = imds_enabled(spec);
     if !enabled {
         return facts;
     }
@@ -221,7 +248,8 @@ async fn exchange(
         .map_err(|_| format!("{method} {path}: timed out after {timeout:?}"))?
 }
 
-async fn imds_facts(spec: &ImdsSpec) -> Result<Facts, String> {
+/// An IMDSv2 session token.
+async fn token(spec: &ImdsSpec) -> Result<String, String> {
     let (status, token) = exchange(
         spec,
         "PUT",
@@ -232,6 +260,11 @@ async fn imds_facts(spec: &ImdsSpec) -> Result<Facts, String> {
     if status != 200 || token.is_empty() {
         return Err(format!("token request answered {status}"));
     }
+    Ok(token)
+}
+
+async fn imds_facts(spec: &ImdsSpec) -> Result<Facts, String> {
+    let token = token(spec).await?;
     let mut facts = Facts::default();
     for (key, slot) in [
         ("instance-id", &mut facts.instance_id),

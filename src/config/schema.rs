@@ -21,6 +21,18 @@ pub struct Config {
     pub service: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub proxy: Option<ProxySpec>,
+    /// The per-launch overlay (`[init] user_data`) found when this config was loaded, and what became of it.
+    /// Not a key: set by the loader.
+    #[serde(skip)]
+    pub user_data: Option<UserData>,
+}
+
+/// A user-data overlay that was present at load: applied (no errors), or refused with every error
+/// (`FILE:LINE:COL: key: message`), in which case the config is the baked one alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserData {
+    pub path: PathBuf,
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +59,9 @@ pub struct InitSpec {
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
     pub imds: ImdsSpec,
+    /// A per-launch overlay: TOML merged onto this config whenever it is loaded, if the file exists.
+    /// `stackinit user-data` writes it from the EC2 user data at boot. Unset: no overlay.
+    pub user_data: Option<PathBuf>,
     /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
     /// forwarding). Off when unset. A non-loopback address needs credentials.
     pub dashboard: Option<String>,
@@ -94,6 +109,7 @@ impl Default for InitSpec {
             shutdown_timeout: Secs::from_secs(90),
             hostname: None,
             imds: ImdsSpec::default(),
+            user_data: None,
             dashboard: None,
             dashboard_user: None,
             dashboard_password: None,
@@ -150,6 +166,10 @@ pub struct ServiceSpec {
     /// Primary group; default: the user's primary group. Supplementary groups come from the user's entry.
     pub group: Option<String>,
     pub environment: BTreeMap<String, String>,
+    /// systemd's `EnvironmentFile=`: files of `KEY=VALUE` lines (`#` and `;` comments, blank lines, quoted
+    /// values), read at every start; their values override `environment`. A path starting with `-` may be
+    /// missing.
+    pub environment_file: Option<OneOrMany>,
     /// Octal, like "0022".
     pub umask: Option<Mode>,
     /// RLIMIT_NOFILE soft and hard limit.
@@ -230,6 +250,7 @@ impl Default for ServiceSpec {
             user: None,
             group: None,
             environment: BTreeMap::new(),
+            environment_file: None,
             umask: None,
             nofile: None,
             nice: None,

@@ -756,6 +756,7 @@ impl Supervisor {
                 let _ = reply.send(Ok(super::handle::InstanceInfo {
                     facts: self.facts.clone(),
                     unhealthy: self.unhealthy(),
+                    user_data: requests::user_data(&self.config),
                 }));
             }
             Request::Logs {
