@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             stackinit::config::check_command(config, user_data.as_deref())
         }
         Some(Command::UserData { config, no_reload }) => {
-            stackinit::user_data::main(config, no_reload, &socket, &cli.timeout)
+            stackinit::user_data::main(config, no_reload, cli.socket.as_deref(), &cli.timeout)
         }
         Some(Command::Config { default, config }) => {
             stackinit::config::print_command(default, config)

@@ -21,7 +21,8 @@ use crate::config::{self, ImdsSpec};
 /// A script or cloud-config is user data for another tool: not an overlay, and not an error.
 const FOREIGN_PREFIXES: &[&str] = &["#!", "#cloud-config", "#include", "Content-Type:"];
 
-pub fn main(arg: ConfigArg, no_reload: bool, socket: &Path, timeout: &str) -> ExitCode {
+/// `socket`: the control socket to ask for the reload (`--socket`), else the config's own.
+pub fn main(arg: ConfigArg, no_reload: bool, socket: Option<&Path>, timeout: &str) -> ExitCode {
     let Some(path) = config::resolve_path(&arg) else {
         eprintln!("stackinit user-data: no config file (name one with --config)");
         return ExitCode::FAILURE;
@@ -70,6 +71,7 @@ pub fn main(arg: ConfigArg, no_reload: bool, socket: &Path, timeout: &str) -> Ex
             }
         },
     };
+    let socket = socket.unwrap_or(&baked.init.control_socket);
     if changed && !no_reload && socket.exists() {
         reload(socket, timeout);
     }
@@ -119,8 +121,7 @@ fn remove(target: &Path) -> bool {
 fn report(config_path: &Path, target: &Path) {
     match config::load_with_overlay(config_path, target) {
         Ok(_) => say(&format!(
-            "user data applied from {} (written to {})",
-            "IMDS",
+            "user data from IMDS applies (written to {})",
             target.display()
         )),
         Err(errors) => {

@@ -15,9 +15,9 @@ pub mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use overlay::MAX_OVERLAY_BYTES;
 pub use schema::*;
 pub use units::{Bytes, Mode, Percent, Secs};
-pub use overlay::MAX_OVERLAY_BYTES;
 pub use validate::MIN_SECRET_OFF_LOOPBACK;
 
 /// One problem in a config file, located by line and column (1-based).
@@ -187,7 +187,10 @@ pub fn load_or_demo(arg: &crate::cli::ConfigArg) -> Result<Loaded, Vec<ConfigErr
 /// `stackinit check`: print every error as `FILE:LINE:COL: key: message`, exit 1 if there are any. With
 /// `--user-data FILE`, the config with that overlay merged, as a launch with it would run. Without it, an
 /// overlay already at `[init] user_data` that would be refused counts as an error too.
-pub fn check_command(arg: crate::cli::ConfigArg, user_data: Option<&Path>) -> std::process::ExitCode {
+pub fn check_command(
+    arg: crate::cli::ConfigArg,
+    user_data: Option<&Path>,
+) -> std::process::ExitCode {
     let loaded = match (user_data, resolve_path(&arg)) {
         (Some(overlay), Some(base)) => load_with_overlay(&base, overlay),
         (Some(_), None) => Err(vec![ConfigError {
@@ -195,7 +198,8 @@ pub fn check_command(arg: crate::cli::ConfigArg, user_data: Option<&Path>) -> st
             line: 1,
             col: 1,
             key: String::new(),
-            message: "--user-data needs the baked config: no such file (name one with --config)".into(),
+            message: "--user-data needs the baked config: no such file (name one with --config)"
+                .into(),
         }]),
         (None, _) => load_or_demo(&arg),
     };

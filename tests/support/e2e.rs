@@ -51,8 +51,16 @@ pub struct FakeImds {
 
 impl FakeImds {
     pub fn start(values: &[(&str, &str)]) -> FakeImds {
+        FakeImds::start_with_user_data(values, None)
+    }
+
+    /// Also serving `user_data` (read at each request) as the instance's user data.
+    pub fn start_with_user_data(values: &[(&str, &str)], user_data: Option<&Path>) -> FakeImds {
         let mut cmd = Command::new("python3");
         cmd.arg(repo().join("tests/support/fake_imds.py")).arg("0");
+        if let Some(path) = user_data {
+            cmd.arg("--user-data").arg(path);
+        }
         for (k, v) in values {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }

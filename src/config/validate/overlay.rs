@@ -35,7 +35,10 @@ pub(crate) fn parse_and_validate_layered(
     let (base_table, base_errors) = DeTable::parse_recoverable(base_text);
     let (overlay_table, overlay_errors) = DeTable::parse_recoverable(overlay_text);
     // As in a single file, only the first syntax error of each is reliable.
-    for (errors, text, shift) in [(&base_errors, base_text, 0), (&overlay_errors, overlay_text, start)] {
+    for (errors, text, shift) in [
+        (&base_errors, base_text, 0),
+        (&overlay_errors, overlay_text, start),
+    ] {
         if let Some(e) = errors.first() {
             let span = e.span().unwrap_or(0..0);
             let message = syntax_message(text, e.message(), span.clone());
@@ -52,10 +55,8 @@ pub(crate) fn parse_and_validate_layered(
         ),
         start,
     );
+    // Refused `[init]` keys are reported with whatever else is wrong; the result is an error either way.
     check_overlay_init(&overlay_root, &mut report);
-    if !report.is_empty() {
-        return Err(report.into_errors());
-    }
     let mut root = Spanned::new(base_table.span(), DeValue::Table(base_table.into_inner()));
     merge(&mut root, overlay_root);
     validate_root(root, report)
@@ -204,10 +205,7 @@ mod tests {
             errors.iter().any(|e| e.contains("service.app.comand")),
             "{errors:#?}"
         );
-        assert!(
-            errors.iter().any(|e| e.contains("nothing")),
-            "{errors:#?}"
-        );
+        assert!(errors.iter().any(|e| e.contains("nothing")), "{errors:#?}");
     }
 
     #[test]
@@ -216,9 +214,12 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("user-data:2:"), "{errors:?}");
         let errors = layered("[init]\nlogs_dir = \"/tmp\"\nshutdown_drain = \"5s\"\n").unwrap_err();
+        // (and the overlay's other errors still come with it)
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("user-data:2:1: init.logs_dir: [init] logs_dir cannot be set per launch"),
+            errors[0].starts_with(
+                "user-data:2:1: init.logs_dir: [init] logs_dir cannot be set per launch"
+            ),
             "{errors:?}"
         );
     }
