@@ -298,3 +298,56 @@ fn a_bad_overlay_is_reported_and_the_baked_config_runs_with_none_of_it() {
         facts.text()
     );
 }
+
+/// systemd's EnvironmentFile=: read at each start, over `environment`, with comments and quotes; a `-` file
+/// may be missing; a bad line stops the start and says FILE:LINE.
+#[test]
+fn environment_file_is_read_at_start_as_systemd_reads_it() {
+    let stack = Stack::start(
+        r#"
+[service.show]
+command = ["sh", "-c", "echo \"$A|$B|$C|$STACKINIT_SERVICE\""]
+environment = { A = "from-config", B = "kept" }
+environment_file = ["{dir}/app.env", "-{dir}/missing.env"]
+oneshot = true
+critical = false
+
+[service.broken]
+command = ["true"]
+environment_file = "{dir}/bad.env"
+oneshot = true
+critical = false
+autostart = false
+"#,
+    );
+    // Written after the stack started: read at the start, not when the config was loaded.
+    std::fs::write(
+        stack.path("app.env"),
+        "# per launch\nA=from-file\n; another comment\nC=\"two  words\"\n",
+    )
+    .unwrap();
+    std::fs::write(stack.path("bad.env"), "OK=1\nthis is not an assignment\n").unwrap();
+    let out = stack.cli(&["restart", "show"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = stack.path("logs/show.out.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("from-file|kept|two  words|show")),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _ = stack.cli(&["start", "broken"]);
+    let expected = format!("{}:2: expected KEY=VALUE", stack.path("bad.env").display());
+    assert!(
+        wait_until(Duration::from_secs(10), || stack.unit("broken")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&expected))),
+        "{}",
+        stack.unit("broken")
+    );
+}
