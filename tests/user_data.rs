@@ -103,6 +103,26 @@ fn check_user_data_validates_an_overlay_against_the_baked_config() {
     let missing = check(&config, &dir.path().join("nope.toml"));
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml:1:1: no such file"));
+
+    // Plain `check` of a config whose `[init] user_data` holds an overlay that would be refused fails too.
+    let with_path = dir.path().join("with-user-data.toml");
+    std::fs::write(
+        &with_path,
+        BAKED.replacen("[init]\n", &format!("[init]\nuser_data = \"{o}\"\n"), 1),
+    )
+    .unwrap();
+    let plain = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&with_path)
+        .output()
+        .expect("check");
+    let said = String::from_utf8_lossy(&plain.stderr);
+    assert!(!plain.status.success(), "{said}");
+    assert!(
+        said.contains("would be refused: the baked config would run without it"),
+        "{said}"
+    );
+    assert!(said.starts_with(&format!("{o}:1:")), "{said}");
 }
 
 /// A stack whose `user-data` job fetches its overlay from a fake IMDS serving `user_data`; the app waits

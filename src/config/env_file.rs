@@ -20,7 +20,7 @@ pub fn read(spec: &str) -> Result<Vec<(String, String)>, String> {
         None => (false, spec),
     };
     let path = Path::new(path);
-    let file = match std::fs::File::open(path) {
+    let file = match open_regular(path) {
         Ok(file) => file,
         Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("environment_file {}: {e}", path.display())),
@@ -38,6 +38,23 @@ pub fn read(spec: &str) -> Result<Vec<(String, String)>, String> {
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("environment_file {}: not UTF-8 text", path.display()))?;
     parse(&text).map_err(|(line, message)| format!("{}:{line}: {message}", path.display()))
+}
+
+/// Open `path` for reading only if it is a regular file. Init reads it: a FIFO would block the open (hence
+/// O_NONBLOCK) or the read until some writer came, and a device could be read forever.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
 }
 
 /// The assignments in `text`, in order; or the first bad line's number and what is wrong with it.
@@ -150,6 +167,10 @@ mod tests {
         let e = read(&missing.display().to_string()).unwrap_err();
         assert!(e.contains("nope.env"), "{e}");
         let file = dir.path().join("app.env");
+        let fifo = dir.path().join("fifo.env");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read(&fifo.display().to_string()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
         std::fs::write(&file, "A=1\nB\n").unwrap();
         let e = read(&file.display().to_string()).unwrap_err();
         assert_eq!(e, format!("{}:2: expected KEY=VALUE", file.display()));

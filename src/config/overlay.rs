@@ -11,7 +11,7 @@ pub const MAX_OVERLAY_BYTES: u64 = 64 * 1024;
 
 /// The overlay's text, `None` when there is no file.
 pub fn read(path: &Path) -> Result<Option<String>, ConfigError> {
-    let file = match std::fs::File::open(path) {
+    let file = match super::env_file::open_regular(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(error_at_start(path, format!("cannot read user data: {e}"))),
