@@ -46,7 +46,7 @@ const PRIVATE_IP: &str = "10.0.0.5";
 
 impl Seed {
     fn start(server: AppServer, region: &Region) -> Seed {
-        Seed::start_with(server, region, 3, "30s", "", "")
+        Seed::start_with(server, region, 3, "30s", "", None)
     }
 
     fn start_with(
@@ -55,16 +55,24 @@ impl Seed {
         replicas: u32,
         ready_timeout: &str,
         app_extra: &str,
-        proxy_extra: &str,
+        user_data: Option<&str>,
     ) -> Seed {
-        let imds = FakeImds::start(&[
-            ("instance-id", "i-0e2e0e2e0e2e0e2e0"),
-            ("local-ipv4", PRIVATE_IP),
-            ("local-hostname", region.private_hostname),
-            ("public-ipv4", PUBLIC_IP),
-            ("public-hostname", region.public_hostname),
-        ]);
         let shared = e2e::shared_dir();
+        // The launch's user data, served by the fake IMDS for the image's `user-data` job.
+        let user_data_file = shared.path().join("launch-user-data");
+        if let Some(text) = user_data {
+            std::fs::write(&user_data_file, text).expect("user data");
+        }
+        let imds = FakeImds::start_with_user_data(
+            &[
+                ("instance-id", "i-0e2e0e2e0e2e0e2e0"),
+                ("local-ipv4", PRIVATE_IP),
+                ("local-hostname", region.private_hostname),
+                ("public-ipv4", PUBLIC_IP),
+                ("public-hostname", region.public_hostname),
+            ],
+            user_data.map(|_| user_data_file.as_path()),
+        );
         let port = free_port();
         let config = SeedConfig {
             server,
@@ -75,7 +83,8 @@ impl Seed {
             app_extra: app_extra.to_string(),
             readiness: None,
             ready_timeout,
-            proxy_extra: proxy_extra.to_string(),
+            proxy_extra: String::new(),
+            user_data: user_data.is_some(),
         }
         .render();
         let stack = Stack::start(&config);
@@ -323,7 +332,7 @@ fn kill9_under_load(server: AppServer) {
     // default: kills of replicas that had reached readiness are not failed starts, a replica killed
     // during start-up retries instead of giving up, and what was queued on a killed replica's socket is
     // handed back to the proxy and retried elsewhere.
-    let seed = Seed::start_with(server, &US_EAST_1, 3, "30s", "backoff_max = \"1s\"", "");
+    let seed = Seed::start_with(server, &US_EAST_1, 3, "30s", "backoff_max = \"1s\"", None);
     let events = Events::default();
     let load = Load::start(seed.addr, PRIVATE_IP, "/", HELLO, LOAD_CLIENTS, LOAD_PAUSE);
     let started = Instant::now();
@@ -478,7 +487,7 @@ fn rolling_restart_under_load_forked_from_a_template() {
 /// replicas keep serving without a failed request, and status says why.
 #[test]
 fn broken_release_halts_rollout_and_old_replicas_keep_serving() {
-    let seed = Seed::start_with(AppServer::Gunicorn, &US_EAST_1, 3, "8s", "", "");
+    let seed = Seed::start_with(AppServer::Gunicorn, &US_EAST_1, 3, "8s", "", None);
     let events = Events::default();
     let before = seed.pids();
     let load = Load::start(seed.addr, PRIVATE_IP, "/", HELLO, LOAD_CLIENTS, LOAD_PAUSE);
@@ -496,6 +505,7 @@ fn broken_release_halts_rollout_and_old_replicas_keep_serving() {
         ),
         ready_timeout: "8s",
         proxy_extra: String::new(),
+        user_data: false,
     }
     .render();
     let text = std::fs::read_to_string(&seed.stack.config).expect("config");
@@ -713,11 +723,12 @@ fn through_alb(method: &str, host: &str, extra: &str) -> String {
     )
 }
 
-/// HTTPS at the load balancer, plain HTTP behind it: with the ALB's address in `trusted_proxies`, Django
-/// sees the request as secure (`SECURE_PROXY_SSL_HEADER`) and the client the ALB saw, a POST with the
-/// page's `https://` Origin passes CSRF, and the ALB's DNS name and a custom domain from
-/// `extra_server_names` pass `ALLOWED_HOSTS`. The same headers from a peer that is not trusted are
-/// overwritten: not secure, its own address, and the POST fails CSRF's Origin check.
+/// HTTPS at the load balancer, plain HTTP behind it, set up as the README says: from the launch's user data
+/// (fetched from the fake IMDS by the image's `user-data` job before the app starts). With the ALB's
+/// address in `trusted_proxies`, Django sees the request as secure (`SECURE_PROXY_SSL_HEADER`) and the
+/// client the ALB saw, a POST with the page's `https://` Origin passes CSRF, and the ALB's DNS name and a
+/// custom domain from `extra_server_names` pass `ALLOWED_HOSTS`. The same headers from a peer that is not
+/// trusted are overwritten: not secure, its own address, and the POST fails CSRF's Origin check.
 #[test]
 fn https_at_a_trusted_alb_reaches_django_and_nobody_else_can_claim_it() {
     let alb_name = "my-alb-1234.us-east-1.elb.amazonaws.com";
@@ -728,7 +739,15 @@ fn https_at_a_trusted_alb_reaches_django_and_nobody_else_can_claim_it() {
         2,
         "30s",
         "",
-        &format!("trusted_proxies = [\"127.0.0.1\"]\nextra_server_names = [\"{alb_name}\", \"{domain}\"]"),
+        Some(&format!(
+            "[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\nextra_server_names = [\"{alb_name}\", \"{domain}\"]\n"
+        )),
+    );
+    assert_eq!(
+        seed.stack.status()["user_data"]["applied"],
+        true,
+        "{}",
+        seed.stack.status()
     );
     let alb = std::net::Ipv4Addr::new(127, 0, 0, 1);
     let stranger = std::net::Ipv4Addr::new(127, 0, 0, 2);

@@ -110,6 +110,9 @@ pub struct SeedConfig<'a> {
     pub ready_timeout: &'a str,
     /// Extra keys for `[proxy]` (TOML lines), e.g. `trusted_proxies`.
     pub proxy_extra: String,
+    /// Run the image's `user-data` job (the overlay from the fake IMDS, at `{dir}/user-data.toml`) before
+    /// the app's jobs, as app/stackinit.toml does.
+    pub user_data: bool,
 }
 
 impl SeedConfig<'_> {
@@ -169,24 +172,36 @@ start_secs = "100ms"
         let readiness = self.readiness.clone().unwrap_or_else(|| {
             "readiness = { http = \"/\", expect = 200, period = \"1s\", timeout = \"2s\" }".into()
         });
+        let (user_data_init, user_data_job, jobs_after) = if self.user_data {
+            (
+                "user_data = \"{dir}/user-data.toml\"",
+                "[service.user-data]\ncommand = [\"stackinit\", \"user-data\", \"--config\", \"{dir}/stackinit.toml\"]\noneshot = true\ncritical = false\n",
+                "after = [\"user-data\"]",
+            )
+        } else {
+            ("", "", "")
+        };
         format!(
-            r#"
+            r#"{user_data_init}
 [init.imds]
 enabled = true
 endpoint = "http://127.0.0.1:{imds}"
 timeout = "2s"
 
+{user_data_job}
 [service.migrate]
 command = ["{py}", "manage.py", "migrate", "--noinput"]
 directory = "{app}"
 environment = {env}
 oneshot = true
+{jobs_after}
 
 [service.collectstatic]
 command = ["{py}", "manage.py", "collectstatic", "--noinput"]
 directory = "{app}"
 environment = {env}
 oneshot = true
+{jobs_after}
 
 {template}
 [service.app]
