@@ -2,8 +2,8 @@
 //!
 //! A oneshot service of the image, so the HTTP exchange with IMDS happens in a child, never in PID 1. It
 //! writes the user data to `[init] user_data` (atomically, mode 0600: it may hold settings nobody else should
-//! read), says on the console whether it applies (with every error as `FILE:LINE:COL`), and asks the running
-//! stack to reload. The loader does the rest: an overlay that passes is merged whole; one that does not is
+//! read), says in its log whether it applies (with every error as `FILE:LINE:COL`), and asks the running
+//! stack to reload; init's loader says the same on the console. The loader does the rest: an overlay that passes is merged whole; one that does not is
 //! reported in `status` and on the dashboard and the baked config runs, nothing of it applied. Services
 //! that must see the overlay list this job in `after`, so they start once the reload is done.
 //!
@@ -150,16 +150,8 @@ fn reload(socket: &Path, timeout: &str) {
     say(&format!("reload: {}", said.trim()));
 }
 
-/// To the job's log (stdout), and to the console when this is a service of PID 1 (as the boot's own
-/// messages are), so a refused overlay is seen on the EC2 serial console and in its screenshot.
+/// To the job's log (stdout). The console hears it from init: the reload this job asks for loads the
+/// overlay there, and a refused one is logged with every error, on the console as PID 1.
 fn say(line: &str) {
     println!("stackinit user-data: {line}");
-    if nix::unistd::getppid().as_raw() == 1 {
-        if let Ok(mut console) = std::fs::OpenOptions::new()
-            .append(true)
-            .open("/dev/console")
-        {
-            let _ = writeln!(console, "stackinit user-data: {line}");
-        }
-    }
 }
