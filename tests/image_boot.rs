@@ -38,9 +38,9 @@ use support::{free_port, poll_every, repo, temp_dir, Guarded, BIN};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// From `/healthz` 200 to every machine service (sshd, chronyd, the getty) running and ready.
 const SERVICES_TIMEOUT: Duration = Duration::from_secs(300);
-/// Power button to QEMU exit: the image's drain (0 s) + the longest stop_grace (app, 40 s) + final
-/// shutdown, plus slack for TCG. A guest that ignores the button never exits and fails this.
-const POWEROFF_BUDGET: Duration = Duration::from_secs(90);
+/// Power button to QEMU exit: the image's drain (25 s, for an ALB's health checks) + the longest stop_grace
+/// (app, 40 s) + final shutdown, plus slack for TCG. A guest that ignores the button never exits and fails this.
+const POWEROFF_BUDGET: Duration = Duration::from_secs(115);
 /// How much larger than the image A's volume is: its first boot grows the root by this much.
 const GROW_MIB: u64 = 512;
 /// UEFI firmware for QEMU (Debian's `ovmf`): a single image, so no per-VM variable store is needed (the

@@ -15,7 +15,8 @@ use hyper_util::rt::TokioIo;
 use super::access_log::{Entry, LoggedBody, ResponseBody};
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
-use super::routes::{Action, ProxyTo, Settings};
+use super::real_ip::{self, Client};
+use super::routes::{Action, ProxyTo, Routes, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
 use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight};
@@ -51,8 +52,17 @@ pub async fn handle(
     let referer = header(header::REFERER);
     let user_agent = header(header::USER_AGENT);
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
-    let remote = conn.remote_addr.clone();
-    let (response, upstream_time, in_flight) = route(req, conn, &shared).await;
+    let routes = shared.routes();
+    // Behind a trusted load balancer, the client it names; else the peer. The log shows the same one.
+    let client = real_ip::client(
+        conn.remote,
+        &conn.remote_addr,
+        conn.https,
+        req.headers(),
+        &routes.settings.trusted,
+    );
+    let remote = client.addr.clone();
+    let (response, upstream_time, in_flight) = route(req, conn, client, &shared, routes).await;
     let entry = Entry {
         log: Arc::clone(&shared.log),
         remote,
@@ -78,9 +88,16 @@ type Routed = (
     Option<InFlight>,
 );
 
-async fn route(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
+async fn route(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    client: Client,
+    shared: &Shared,
+    routes: Arc<Routes>,
+) -> Routed {
     let version = req.version();
-    let (mut response, upstream_time, in_flight) = dispatch(req, conn, shared).await;
+    let (mut response, upstream_time, in_flight) =
+        dispatch(req, conn, client, shared, routes).await;
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
     *response.version_mut() = version;
     (response, upstream_time, in_flight)
@@ -91,8 +108,13 @@ fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
     response.map(ResponseBody::Local)
 }
 
-async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
-    let routes = shared.routes();
+async fn dispatch(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    client: Client,
+    shared: &Shared,
+    routes: Arc<Routes>,
+) -> Routed {
     if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
         return (local_error(status), None, None);
     }
@@ -153,7 +175,7 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
         Action::Proxy(to) => {
             // The path may borrow from the request, which the upstream request takes over.
             drop(path);
-            proxy(req, conn, host_header, to, &routes.settings).await
+            proxy(req, conn, &client, host_header, to, &routes.settings).await
         }
     }
 }
@@ -162,6 +184,7 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
 async fn proxy(
     mut req: Request<Incoming>,
     conn: ConnInfo,
+    client: &Client,
     host_header: Option<HeaderValue>,
     to: &ProxyTo,
     settings: &Settings,
@@ -191,7 +214,7 @@ async fn proxy(
     headers::to_upstream(
         &mut up_headers,
         &conn.remote_addr,
-        conn.https,
+        client,
         forward_host,
         upgrade.clone(),
     );

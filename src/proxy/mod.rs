@@ -19,6 +19,7 @@ pub mod listen_fds;
 pub mod location;
 pub mod protocol;
 pub mod reach;
+pub mod real_ip;
 pub mod refusal;
 pub mod routes;
 pub mod server;
