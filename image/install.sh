@@ -358,7 +358,15 @@ logs_dir = "/logs"
 control_socket = "/run/stackinit/control.sock"
 # As the sample's: long enough for a load balancer's health checks to take the instance out before it stops.
 shutdown_drain = "25s"
+# The launch's EC2 user data, when it is a TOML overlay of this file (the user-data job writes it).
+user_data = "/run/stackinit/user-data.toml"
+
+[service.user-data]
+command = ["stackinit", "user-data"]
+oneshot = true
+critical = false
 TOML
+    after+=('"user-data"')
     if [ -n "$APP_SETTINGS" ]; then
         after+=('"migrate"')
         cat <<TOML
@@ -370,6 +378,7 @@ directory = "$APP"
 user = "www-data"
 environment = { $env }
 oneshot = true
+after = ["user-data"]
 condition_path_exists = "!$APP/.migrated-at-build"
 TOML
         if [ -z "$APP_STATIC" ]; then
@@ -382,6 +391,7 @@ directory = "$APP"
 user = "www-data"
 environment = { $env }
 oneshot = true
+after = ["user-data"]
 condition_path_exists = "!$APP/.collected-at-build"
 TOML
         fi

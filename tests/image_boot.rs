@@ -1207,6 +1207,8 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
         ("new2", &new_image, "i-0f1ee700000000004", "198.51.100.44"),
     ]
     .map(|(name, image, id, ip)| (name, image, id, ip, free_port()));
+    // new2 is launched with user data; new1, a clone of the same image, without.
+    let user_data = |name: &str| (name == "new2").then_some(NEW2_USER_DATA);
     let mut lb = LoadBalancer::start(
         tmp.path(),
         &instances.map(|(name, _, _, _, port)| (name, port)),
@@ -1219,7 +1221,7 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
             firmware: Firmware::Bios,
             disk: &disk,
             data: None,
-            facts: facts(&public, ip, id, &key),
+            facts: with_user_data(facts(&public, ip, id, &key), user_data(name)),
         };
         Vm::boot_on(spec, tmp.path(), &key, port)
     };
@@ -1253,6 +1255,7 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
     check_serves_storefront(&new2);
     lb.register("new2");
     step("new2 in service".into());
+    check_user_data_applied(&new2, &new1);
     let pressed = press_scale_in(old2);
     powered_off(old2, pressed);
     let refreshed = Instant::now();
@@ -1303,6 +1306,60 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
     );
     let pressed = press_scale_in(&new2);
     powered_off(&mut new2, pressed);
+}
+
+/// new2's launch overlay: a replica more and a custom domain, which its clone new1 must not have.
+const NEW2_USER_DATA: &str =
+    "[service.app]\nreplicas = 3\n\n[proxy]\nextra_server_names = [\"shop.example.com\"]\n";
+
+fn with_user_data(mut facts: serde_json::Value, user_data: Option<&str>) -> serde_json::Value {
+    if let Some(text) = user_data {
+        facts["user-data"] = text.into();
+    }
+    facts
+}
+
+/// The overlay from `with`'s user data changed its replicas and names; `without`, a clone of the same image
+/// launched without user data, kept the baked ones.
+fn check_user_data_applied(with: &Vm, without: &Vm) {
+    assert_eq!(
+        with.get("shop.example.com", "/").0,
+        200,
+        "{}: the overlay's name",
+        with.name
+    );
+    assert_eq!(
+        without.get("shop.example.com", "/").0,
+        400,
+        "{}: a name it was not given",
+        without.name
+    );
+    let replicas = |vm: &Vm| {
+        poll_every(Duration::from_secs(3), SERVICES_TIMEOUT, || {
+            let json: serde_json::Value =
+                serde_json::from_str(&vm.try_ssh("stackinit status --json").ok()?).ok()?;
+            let running = json["services"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["service"] == "app" && s["state"] == "running" && s["ready"] == true)
+                .count();
+            let applied = json["user_data"]["applied"].as_bool();
+            Some((running, applied)).filter(|(n, _)| *n >= 2)
+        })
+        .unwrap_or_else(|| panic!("{}: no status over SSH\n{}", vm.name, vm.console_tail()))
+    };
+    assert_eq!(
+        replicas(with),
+        (3, Some(true)),
+        "{}: 3 replicas from its user data",
+        with.name
+    );
+    assert_eq!(
+        replicas(without).0,
+        2,
+        "{}: the manifest's 2 replicas",
+        without.name
+    );
 }
 
 /// The second app, baked from its manifest: its page from its own WSGI callable, its static files as they
