@@ -1054,8 +1054,8 @@ fn packer_template_validates_without_aws_credentials() {
 
 // ---- The fleet: clones behind a load balancer, scaled in and refreshed onto a new image ------------------
 
-/// HAProxy as an ALB would be set up: health checks on `/healthz` (here every second, down after two
-/// failures, up after two passes), round robin, and no retries of a failed request (an ALB does not retry
+/// HAProxy as an ALB would be set up: health checks on `/healthz` (every 2 s with an ALB's 5 s timeout, out
+/// after two failures, in after two passes: at most 14 s to notice a drain, within the image's 25 s), round robin, and no retries of a failed request (an ALB does not retry
 /// either). Instances are registered with `enable server` once launched, as an Auto Scaling group does.
 struct LoadBalancer {
     process: Guarded,
@@ -1077,7 +1077,7 @@ impl LoadBalancer {
              frontend fleet\n  bind 127.0.0.1:{port}\n  default_backend instances\n\
              backend instances\n  balance roundrobin\n\
              \x20 option httpchk\n  http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost\n\
-             \x20 http-check expect status 200\n  default-server inter 1s fall 2 rise 2\n{servers}",
+             \x20 http-check expect status 200\n  timeout check 5s\n  default-server inter 2s fall 2 rise 2\n{servers}",
             admin = admin.display()
         );
         let path = dir.join("haproxy.cfg");
