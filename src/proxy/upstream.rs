@@ -299,6 +299,15 @@ fn timed_out(error: &hyper::Error) -> bool {
     false
 }
 
+/// Where a forwarded request's time went before its response: waiting at the gate for a replica (the queue
+/// time), and whether any replica was picked (only then is there an upstream time, as nginx logs `-` for a
+/// request that never reached an upstream).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Waited {
+    pub queued: Duration,
+    pub picked: bool,
+}
+
 /// A response from a replica, with the guard that keeps it counted as in flight.
 pub struct Forwarded {
     pub response: Response<Incoming>,
@@ -402,15 +411,32 @@ impl Upstream {
         }
     }
 
+    /// `pick_or_wait`, with the time it took added to `waited`.
+    async fn timed_pick(
+        &self,
+        tried: &[usize],
+        cost: Cost,
+        deadline: tokio::time::Instant,
+        waited: &mut Waited,
+    ) -> Option<usize> {
+        let since = Instant::now();
+        let picked = self.pick_or_wait(tried, cost, deadline).await;
+        waited.queued += since.elapsed();
+        waited.picked |= picked.is_some();
+        picked
+    }
+
     /// Send `request` to a replica. A failed connect moves on to the next replica whatever the method; a request
     /// lost on a connection that broke before any response byte is retried only when `rebuild` can make it again
     /// (idempotent, no body). `body` says whether the client's request body failed (too large, malformed).
+    /// `waited` gets the time spent waiting for replicas, set even when forwarding fails.
     pub async fn forward(
         &self,
         request: Request<ProxyBody>,
         rebuild: Option<&(dyn Fn() -> Request<ProxyBody> + Sync)>,
         settings: &ForwardSettings,
         body: &BodyFault,
+        waited: &mut Waited,
     ) -> Result<Forwarded, Failure> {
         let mut tried: Vec<usize> = Vec::new();
         let cost = self.gate.classify(request.uri().path());
@@ -418,7 +444,7 @@ impl Upstream {
         let mut last = Failure::NoReadyReplica;
         let deadline = tokio::time::Instant::now() + settings.queue_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
-        while let Some(index) = self.pick_or_wait(&tried, cost, deadline).await {
+        while let Some(index) = self.timed_pick(&tried, cost, deadline, waited).await {
             tried.push(index);
             let replica = &self.replicas[index];
             let in_flight = InFlight::new(replica, cost);
