@@ -201,6 +201,16 @@ impl Gate {
         self.lock().wake_best(passed_from);
     }
 
+    /// `free` slots are free: tell the best-ranked waiter not already told, unless every free slot is already
+    /// promised to a waiter told of it (which has not run yet to take it).
+    pub fn wake_for_unclaimed(&self, free: usize) {
+        let mut inner = self.lock();
+        let claimed = inner.waiters.iter().filter(|w| w.woken).count();
+        if free > claimed {
+            inner.wake_best(None);
+        }
+    }
+
     /// Room of unknown size appeared (a replica became ready, a limit changed): every waiter looks, best first.
     pub fn wake_all(&self) {
         let mut inner = self.lock();

@@ -97,6 +97,14 @@ impl Replica {
         self.gate.wake_all();
     }
 
+    /// How many more requests it may take now (`usize::MAX` without a `max_in_flight`).
+    fn free_slots(&self) -> usize {
+        match self.limit.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            limit => limit.saturating_sub(self.in_flight()),
+        }
+    }
+
     /// Below its `max_in_flight`, so it may take another request now.
     fn has_room(&self) -> bool {
         let limit = self.limit.load(Ordering::Relaxed);
@@ -353,6 +361,14 @@ impl Upstream {
         best.map(|(i, _)| i)
     }
 
+    /// Free slots on the ready replicas.
+    fn free_slots(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.is_ready())
+            .fold(0, |sum, r| sum.saturating_add(r.free_slots()))
+    }
+
     /// Whether some ready replica has room (for a fast request, which any slot admits).
     fn has_room(&self) -> bool {
         self.replicas.iter().any(|r| r.is_ready() && r.has_room())
@@ -388,10 +404,11 @@ impl Upstream {
             return None;
         }
         let ticket = self.gate.enqueue(cost);
-        // Room may be free already (held for a waiter that has since left, or unusable to the one told).
-        if self.has_room() {
-            self.gate.wake_one();
-        }
+        // A slot may have been freed after the pick above, with nobody waiting to be told: take it. But not a
+        // slot already promised to a waiter that has been told and not yet run: waking ourselves for it let
+        // every new arrival overtake that waiter, again and again (fast requests waited 100-150 ms behind
+        // later ones under a steady load).
+        self.gate.wake_for_unclaimed(self.free_slots());
         loop {
             // Checked here too: a stored wake-up makes `woken` ready at once, and no path may loop without
             // ever reaching the deadline.
@@ -557,6 +574,30 @@ mod tests {
         let picked = up.pick(&[], cost).unwrap();
         assert!(picked == 0 || picked == 1);
         assert_eq!(up.pick(&[0, 1], cost), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiter_told_of_a_slot_keeps_it_from_a_later_arrival() {
+        let up = Arc::new(upstream(1));
+        up.replicas[0].set_limit(Some(1));
+        let cost = up.gate().classify("/");
+        let busy = InFlight::new(&up.replicas[0], cost);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let first = tokio::spawn({
+            let up = Arc::clone(&up);
+            async move { up.pick_or_wait(&[], cost, deadline).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(up.gate().waiting(), 1, "the first request waits");
+        // The slot is freed and promised to the first waiter, whose task has not run yet when another arrives.
+        drop(busy);
+        let later = tokio::time::timeout(
+            Duration::from_millis(200),
+            up.pick_or_wait(&[], cost, deadline),
+        )
+        .await;
+        assert!(later.is_err(), "the later arrival took the promised slot");
+        assert_eq!(first.await.unwrap(), Some(0));
     }
 
     #[test]
