@@ -35,7 +35,8 @@ def raise_priority(nice):
 
 
 def read_response(sock, buf):
-    """Read one response (a Content-Length or chunked body); return (status, the bytes left over)."""
+    """Read one response (a Content-Length or chunked body); return (status, the bytes left over, whether the
+    server closes the connection after it)."""
     def fill(buf):
         chunk = sock.recv(65536)
         if not chunk:
@@ -47,7 +48,7 @@ def read_response(sock, buf):
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
-    length, chunked = 0, False
+    length, chunked, close = 0, False, False
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -55,10 +56,12 @@ def read_response(sock, buf):
             length = int(value.strip())
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
+        elif name == b"connection" and b"close" in value.lower():
+            close = True
     if not chunked:
         while len(rest) < length:
             rest = fill(rest)
-        return status, rest[length:]
+        return status, rest[length:], close
     while True:  # chunks, then the last (empty) chunk and the blank line after it (no trailers sent here)
         while b"\r\n" not in rest:
             rest = fill(rest)
@@ -68,7 +71,7 @@ def read_response(sock, buf):
             rest = fill(rest)
         rest = rest[size + 2:]
         if size == 0:
-            return status, rest
+            return status, rest, close
 
 
 def main():
@@ -86,15 +89,23 @@ def main():
                "Accept: */*\r\n\r\n").encode()
     samples = []
     clock, wall = time.perf_counter_ns, time.time_ns
-    sock = socket.create_connection((host, int(port)))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = b""
+    def connect():
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    # A server may end a keep-alive connection (nginx after `keepalive_requests`, 1000): the probe then
+    # connects again before the next request, outside its clock.
+    sock, buf = connect(), b""
     end = clock() + int(args.seconds * 1e9)
     while clock() < end:
         started_wall, started = wall(), clock()
         sock.sendall(request)
-        status, buf = read_response(sock, buf)
+        status, buf, close = read_response(sock, buf)
         samples.append((started_wall, (clock() - started) // 1000, status))
+        if close:
+            sock.close()
+            sock, buf = connect(), b""
     sock.close()
     with open(args.out, "w") as out:
         out.writelines(f"{w} {us} {s}\n" for w, us, s in samples)
