@@ -533,3 +533,64 @@ fn only_a_trusted_load_balancer_names_the_client_and_the_scheme() {
     assert!(line("/from-alb").starts_with("198.51.100.7 - - ["), "{log}");
     assert!(line("/spoofed").starts_with("127.0.0.1 - - ["), "{log}");
 }
+
+/// The last three fields of the access log line for `target`: `$request_time $upstream_response_time
+/// $queue_time`, waiting for the batched log to be written.
+fn logged_times(s: &Setup, target: &str) -> [String; 3] {
+    let needle = format!("\"GET {target} HTTP/1.1\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = s.proxy.access_log();
+        if let Some(line) = log.lines().find(|l| l.contains(&needle)) {
+            let fields: Vec<&str> = line.rsplitn(4, ' ').collect();
+            return [fields[2], fields[1], fields[0]].map(String::from);
+        }
+        assert!(Instant::now() < deadline, "no line for {target} in:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_log_tells_the_queue_wait_from_the_upstream_time() {
+    // One replica serving one request at a time: the second request waits in the proxy's queue while the
+    // first is served. Its upstream time (nginx's `$upstream_response_time`) must be its own 300 ms, not the wait.
+    let base = consecutive_ports(1);
+    let _r0 = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);
+    let s = setup(
+        "queue_timeout = \"20s\"",
+        &replicated_app(base, 1, "max_in_flight = 1\n"),
+    );
+    let addr = s.addr;
+    let first = std::thread::spawn(move || get(addr, "t", "/slow?ms=1000").unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(s.addr, "t", "/slow?ms=300").unwrap().status, 200);
+    assert_eq!(first.join().unwrap().status, 200);
+    assert_eq!(get(s.addr, "t", "/healthz").unwrap().status, 200);
+    let secs = |field: &str| -> f64 { field.parse().unwrap_or_else(|_| panic!("{field:?}")) };
+
+    let [request, upstream, queue] = logged_times(&s, "/slow?ms=300");
+    let (request, upstream, queue) = (secs(&request), secs(&upstream), secs(&queue));
+    assert!(
+        queue >= 0.5,
+        "it waited ~800 ms for the replica, queue_time {queue}"
+    );
+    assert!(
+        (0.3..0.6).contains(&upstream),
+        "upstream_time {upstream} should be the replica's 300 ms without the wait"
+    );
+    assert!(
+        request + 0.002 >= queue + upstream,
+        "request_time {request} holds both"
+    );
+
+    let [_, upstream, queue] = logged_times(&s, "/slow?ms=1000");
+    assert!(secs(&upstream) >= 1.0, "upstream_time {upstream}");
+    assert!(
+        secs(&queue) < 0.1,
+        "nothing to wait for, queue_time {queue}"
+    );
+
+    // Answered by the proxy itself: neither clock ran.
+    let [_, upstream, queue] = logged_times(&s, "/healthz");
+    assert_eq!((upstream.as_str(), queue.as_str()), ("-", "-"));
+}

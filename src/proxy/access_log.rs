@@ -1,4 +1,7 @@
-//! The access log: nginx "combined" format plus request time and upstream time, one line per request on stdout.
+//! The access log: nginx "combined" format plus request time, upstream time and queue time, one line per request
+//! on stdout. The upstream time means nginx's `$upstream_response_time`: from the moment a replica is picked (its
+//! connection begins, or a pooled one is taken) to the last byte of the upstream's response. The queue time is
+//! the wait at the admission gate before a replica was picked, which nginx (without a queue) does not have.
 //! Init pipes the proxy's stdout into `<logs_dir>/access.log` with lossless rotation.
 //!
 //! Lines are formatted straight into one shared buffer (no per-request Strings; the date is formatted once a
@@ -120,12 +123,44 @@ pub struct Entry {
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     pub started: Instant,
-    pub upstream_time: Option<Duration>,
+    /// `None` for a request the proxy answered itself.
+    pub upstream: Option<UpstreamTimes>,
+}
+
+/// A proxied request's two clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimes {
+    /// The wait for a replica (`$queue_time`).
+    pub queued: Duration,
+    /// `$upstream_response_time`; `None` when no replica was picked.
+    pub upstream: Option<UpstreamClock>,
+}
+
+/// The upstream time, still running until the upstream's response body ends, or already known.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamClock {
+    Since(Instant),
+    Took(Duration),
+}
+
+impl UpstreamClock {
+    /// The upstream time if it ended now.
+    fn elapsed(self) -> Duration {
+        match self {
+            UpstreamClock::Since(since) => since.elapsed(),
+            UpstreamClock::Took(took) => took,
+        }
+    }
+
+    /// Stop a running clock: the upstream's response has ended.
+    fn stop(&mut self) {
+        *self = UpstreamClock::Took(self.elapsed());
+    }
 }
 
 impl Pending {
     /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
-    /// $request_time $upstream_response_time`
+    /// $request_time $upstream_response_time $queue_time`
     fn append(&mut self, entry: &Entry, bytes_sent: u64) {
         self.start_line(&entry.remote);
         let out = &mut self.buffer;
@@ -142,10 +177,15 @@ impl Pending {
         out.extend_from_slice(b"\" ");
         seconds_into(out, entry.started.elapsed());
         out.push(b' ');
-        match entry.upstream_time {
-            Some(t) => seconds_into(out, t),
-            None => out.push(b'-'),
-        }
+        let upstream = entry.upstream.as_ref();
+        optional_seconds_into(
+            out,
+            upstream
+                .and_then(|u| u.upstream)
+                .map(UpstreamClock::elapsed),
+        );
+        out.push(b' ');
+        optional_seconds_into(out, upstream.map(|u| u.queued));
         out.push(b'\n');
     }
 
@@ -167,7 +207,7 @@ impl Pending {
     /// The line of a request hyper refused: no request line, no body, no times worth measuring.
     fn append_rejected(&mut self, remote: &HeaderValue, status: u16) {
         self.start_line(remote);
-        let _ = writeln!(self.buffer, "-\" {status} 0 \"-\" \"-\" 0.000 -");
+        let _ = writeln!(self.buffer, "-\" {status} 0 \"-\" \"-\" 0.000 - -");
     }
 }
 
@@ -201,6 +241,14 @@ fn seconds_into(out: &mut Vec<u8>, t: Duration) {
         b'0' + (ms / 10 % 10) as u8,
         b'0' + (ms % 10) as u8,
     ]);
+}
+
+/// A time, or `-` when there is none.
+fn optional_seconds_into(out: &mut Vec<u8>, t: Option<Duration>) {
+    match t {
+        Some(t) => seconds_into(out, t),
+        None => out.push(b'-'),
+    }
 }
 
 /// A header field: `-` when absent or empty.
@@ -289,6 +337,20 @@ impl LoggedBody {
     }
 }
 
+impl LoggedBody {
+    /// The upstream's response is over (for an upstream body; a body the proxy made has no running clock).
+    fn stop_upstream_clock(&mut self) {
+        let clock = self.entry.as_mut().and_then(|e| e.upstream.as_mut());
+        if let Some(UpstreamTimes {
+            upstream: Some(clock),
+            ..
+        }) = clock
+        {
+            clock.stop();
+        }
+    }
+}
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
@@ -313,6 +375,15 @@ impl Body for LoggedBody {
             if let Some(data) = frame.data_ref() {
                 self.sent += data.len() as u64;
             }
+        }
+        // hyper polls no further once `is_end_stream` says so: the last byte may come with the last frame.
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.stop_upstream_clock();
         }
         polled
     }
@@ -358,7 +429,10 @@ mod tests {
             referer: None,
             user_agent: Some(HeaderValue::from_static("w\"rk")),
             started: Instant::now(),
-            upstream_time: Some(Duration::from_millis(1234)),
+            upstream: Some(UpstreamTimes {
+                queued: Duration::from_millis(7),
+                upstream: Some(UpstreamClock::Took(Duration::from_millis(1234))),
+            }),
         };
         let mut pending = Pending::default();
         pending.append(&entry, 3);
@@ -369,9 +443,9 @@ mod tests {
         // The request time depends on the machine; the rest is fixed.
         let (fixed, times) = rest.split_once("\" \"w\\x22rk\" ").unwrap();
         assert_eq!(fixed, "\"GET /a?b=c HTTP/1.1\" 200 3 \"-");
-        let (request_time, upstream_time) = times.split_once(' ').unwrap();
+        let (request_time, upstream_and_queue) = times.split_once(' ').unwrap();
         assert!(request_time.parse::<f64>().is_ok(), "{request_time}");
-        assert_eq!(upstream_time, "1.234\n");
+        assert_eq!(upstream_and_queue, "1.234 0.007\n");
     }
 
     #[test]
@@ -383,7 +457,7 @@ mod tests {
         assert_eq!(head, "127.0.0.9 - -");
         assert_eq!(
             rest.split_once("] ").unwrap().1,
-            "\"-\" 414 0 \"-\" \"-\" 0.000 -\n"
+            "\"-\" 414 0 \"-\" \"-\" 0.000 - -\n"
         );
     }
 
