@@ -6,6 +6,7 @@
 
 pub mod diff;
 mod schema;
+pub mod secrets;
 pub mod units;
 mod validate;
 pub mod values;

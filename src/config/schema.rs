@@ -47,6 +47,8 @@ pub struct InitSpec {
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
     pub imds: ImdsSpec,
+    /// Where `secrets` are fetched from (see `config::secrets`).
+    pub aws: super::secrets::AwsSpec,
     /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
     /// forwarding). Off when unset. A non-loopback address needs credentials.
     pub dashboard: Option<String>,
@@ -94,6 +96,7 @@ impl Default for InitSpec {
             shutdown_timeout: Secs::from_secs(90),
             hostname: None,
             imds: ImdsSpec::default(),
+            aws: Default::default(),
             dashboard: None,
             dashboard_user: None,
             dashboard_password: None,
@@ -150,6 +153,9 @@ pub struct ServiceSpec {
     /// Primary group; default: the user's primary group. Supplementary groups come from the user's entry.
     pub group: Option<String>,
     pub environment: BTreeMap<String, String>,
+    /// Variables whose values are fetched from AWS at each start: `"ssm:NAME"` or
+    /// `"secretsmanager:ID[#KEY]"` (see `config::secrets`). Never logged or shown.
+    pub secrets: BTreeMap<String, String>,
     /// Octal, like "0022".
     pub umask: Option<Mode>,
     /// RLIMIT_NOFILE soft and hard limit.
@@ -230,6 +236,7 @@ impl Default for ServiceSpec {
             user: None,
             group: None,
             environment: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             umask: None,
             nofile: None,
             nice: None,

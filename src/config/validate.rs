@@ -17,6 +17,7 @@ mod graph;
 mod limits;
 mod listens;
 mod proxy_checks;
+mod secrets_checks;
 mod sections;
 
 use std::ops::Range;
