@@ -80,13 +80,14 @@ impl Client {
         body: Value,
     ) -> Result<Value, String> {
         let body = body.to_string();
-        let mut request = Request::post(endpoint.url("/"))
+        // Origin form on the wire; the signature covers the full URL's path and the Host header.
+        let mut request = Request::post("/")
             .header("host", endpoint.authority())
             .header("content-type", "application/x-amz-json-1.1")
             .header("x-amz-target", target)
             .body(Full::new(Bytes::from(body.clone())))
             .map_err(|e| e.to_string())?;
-        self.sign(&mut request, service, body.as_bytes())?;
+        self.sign(&mut request, &endpoint.url("/"), service, body.as_bytes())?;
         let (status, answer) = exchange(endpoint, request, MAX_ANSWER).await?;
         let answer: Value = serde_json::from_slice(&answer)
             .map_err(|_| format!("{service} answered {status} with a body that is not JSON"))?;
@@ -100,6 +101,7 @@ impl Client {
     fn sign(
         &self,
         request: &mut Request<Full<Bytes>>,
+        url: &str,
         service: &str,
         body: &[u8],
     ) -> Result<(), String> {
@@ -120,7 +122,6 @@ impl Client {
             .build()
             .map_err(|e| format!("signing: {e}"))?
             .into();
-        let uri = request.uri().to_string();
         let headers: Vec<(&str, &str)> = request
             .headers()
             .iter()
@@ -128,7 +129,7 @@ impl Client {
             .collect();
         let signable = SignableRequest::new(
             request.method().as_str(),
-            &uri,
+            url,
             headers.into_iter(),
             SignableBody::Bytes(body),
         )

@@ -35,7 +35,7 @@ impl std::fmt::Debug for RoleCredentials {
 impl Imds {
     pub async fn connect(url: &str) -> Result<Imds, String> {
         let endpoint = Endpoint::parse(url)?;
-        let request = Request::put(endpoint.url("/latest/api/token"))
+        let request = Request::put("/latest/api/token")
             .header("host", endpoint.authority())
             .header("x-aws-ec2-metadata-token-ttl-seconds", "300")
             .body(Full::new(Bytes::new()))
@@ -49,7 +49,7 @@ impl Imds {
     }
 
     async fn get(&self, key: &str) -> Result<String, String> {
-        let request = Request::get(self.endpoint.url(&format!("/latest/meta-data/{key}")))
+        let request = Request::get(format!("/latest/meta-data/{key}"))
             .header("host", self.endpoint.authority())
             .header("x-aws-ec2-metadata-token", &self.token)
             .body(Full::new(Bytes::new()))

@@ -72,6 +72,9 @@ fn fail(why: &str) -> ExitCode {
     eprintln!("stackinit secrets-exec: {line}");
     // STATUS= shows in `stackinit status` while the service waits to be tried again.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+    // The datagram and our exit reach init's loop on different paths: give the message a head start, so
+    // it is read while this pid is still the service's (init drops messages from pids it does not know).
+    std::thread::sleep(Duration::from_millis(250));
     ExitCode::from(EXIT_FETCH_FAILED)
 }
 
