@@ -3,8 +3,6 @@
 //! (see `crate::secrets`). Init itself never fetches anything and never sees a value.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
-
 use super::spawn;
 use crate::config::secrets::AwsSpec;
 use crate::config::{InitSpec, ServiceSpec};
@@ -53,9 +51,7 @@ pub fn wrap<'a>(
     ];
     argv.append(&mut cmd.argv);
     cmd.argv = argv;
-    cmd.program = PathBuf::from(
-        std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?,
-    );
+    cmd.program = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     cmd.env.retain(|(k, _)| k != REQUEST_VAR);
     cmd.env.push((REQUEST_VAR.into(), request.to_json().into()));
     Ok(cmd)
