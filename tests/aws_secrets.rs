@@ -240,3 +240,70 @@ fn check_locates_a_bad_reference() {
     );
     assert!(stderr.contains(&want), "{stderr}");
 }
+
+/// The emulator's four free requests: a role for EC2 that may read parameters, its session (the
+/// temporary credentials IMDS would serve), and the parameter. Prints the credentials document.
+const ROLE_AND_PARAMETER: &str = r#"
+trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+         "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+iam = boto3.client('iam', **kw)
+arn = iam.create_role(RoleName='web-role', AssumeRolePolicyDocument=json.dumps(trust))['Role']['Arn']
+read = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ssm:GetParameter", "Resource": "*"}]}
+iam.put_role_policy(RoleName='web-role', PolicyName='read', PolicyDocument=json.dumps(read))
+c = boto3.client('sts', **kw).assume_role(RoleArn=arn, RoleSessionName='i-0123456789abcdef0')['Credentials']
+ssm.put_parameter(Name='/myapp/secret_key', Value=args[0], Type='SecureString')
+print(json.dumps({"Code": "Success", "AccessKeyId": c['AccessKeyId'],
+                  "SecretAccessKey": c['SecretAccessKey'], "Token": c['SessionToken']}))
+"#;
+
+#[test]
+fn requests_are_signed_with_the_role_session_and_checked_by_the_emulator() {
+    let moto = Moto::start_checking_after(Some(4));
+    let key = random_value("signed");
+    let credentials = moto.python(ROLE_AND_PARAMETER, &[&key]);
+    let credentials = credentials.trim();
+    let forged = credentials.replacen("\"SecretAccessKey\": \"", "\"SecretAccessKey\": \"x", 1);
+
+    // A forged secret key: moto refuses the signature, and status says so.
+    let imds = FakeImds::start(&[
+        ("placement/region", "eu-west-1"),
+        ("iam/security-credentials/", "web-role"),
+        ("iam/security-credentials/web-role", &forged),
+    ]);
+    let shared = app_dir();
+    let stack = Stack::start(&config(
+        &moto,
+        &imds,
+        shared.path(),
+        "DJANGO_SECRET_KEY = \"ssm:/myapp/secret_key\"",
+    ));
+    wait_for(
+        "the refused signature in status",
+        Duration::from_secs(30),
+        || {
+            let text = stack.unit("app")["status_text"].as_str()?.to_string();
+            text.contains("SignatureDoesNotMatch").then_some(())
+        },
+    );
+    drop(stack);
+
+    // The role's real session: signed by aws-sigv4 with the session token, accepted, and the app sees it.
+    let imds = FakeImds::start(&[
+        ("placement/region", "eu-west-1"),
+        ("iam/security-credentials/", "web-role"),
+        ("iam/security-credentials/web-role", credentials),
+    ]);
+    let _stack = Stack::start(&config(
+        &moto,
+        &imds,
+        shared.path(),
+        "DJANGO_SECRET_KEY = \"ssm:/myapp/secret_key\"",
+    ));
+    let want = sha256(&format!("{key}\n-\nssm:/myapp/secret_key"));
+    let got = wait_for(
+        "the app with the signed fetch",
+        Duration::from_secs(30),
+        || seen(shared.path()),
+    );
+    assert_eq!(got, want);
+}

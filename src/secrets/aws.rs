@@ -89,8 +89,13 @@ impl Client {
             .map_err(|e| e.to_string())?;
         self.sign(&mut request, &endpoint.url("/"), service, body.as_bytes())?;
         let (status, answer) = exchange(endpoint, request, MAX_ANSWER).await?;
-        let answer: Value = serde_json::from_slice(&answer)
-            .map_err(|_| format!("{service} answered {status} with a body that is not JSON"))?;
+        let answer: Value = serde_json::from_slice(&answer).map_err(|_| {
+            // Requests refused before the service (a bad signature, an unknown key) get XML.
+            match xml_field(&answer, "Code") {
+                Some(code) => format!("{service} answered {status}: {code}"),
+                None => format!("{service} answered {status} with a body that is not JSON"),
+            }
+        })?;
         if status == 200 {
             Ok(answer)
         } else {
@@ -154,6 +159,16 @@ fn json_key(secret: &str, key: &str) -> Result<String, String> {
     }
 }
 
+/// The text of the first `<NAME>` element of an XML error, if short and plain.
+fn xml_field(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + text[start..].find('<')?;
+    let value = &text[start..end];
+    let plain = value.len() <= 64 && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+    plain.then(|| value.to_string())
+}
+
 /// AWS's error type and message (`{"__type": "...#ParameterNotFound", "message": "..."}`), shortened.
 fn aws_error(service: &str, status: u16, answer: &Value) -> String {
     let kind = answer
@@ -188,6 +203,18 @@ mod tests {
         assert!(!missing.contains("pw"), "{missing}");
         let not_json = json_key("hunter2", "k").unwrap_err();
         assert!(!not_json.contains("hunter2"), "{not_json}");
+    }
+
+    #[test]
+    fn xml_error_codes() {
+        let body =
+            b"<ErrorResponse><Errors><Error><Code>SignatureDoesNotMatch</Code></Error></Errors>";
+        assert_eq!(
+            xml_field(body, "Code").as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
+        assert_eq!(xml_field(b"<Code>a b</Code>", "Code"), None);
+        assert_eq!(xml_field(b"<html>", "Code"), None);
     }
 
     #[test]

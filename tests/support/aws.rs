@@ -29,9 +29,19 @@ pub struct Moto {
 
 impl Moto {
     pub fn start() -> Moto {
+        Moto::start_checking_after(None)
+    }
+
+    /// With moto's IAM checks on after the first `free` requests (its INITIAL_NO_AUTH_ACTION_COUNT):
+    /// from then on every request must be signed by known credentials and allowed by their policies.
+    pub fn start_checking_after(free: Option<u32>) -> Moto {
         let port = free_port();
+        let mut command = Command::new(venv().join("bin/moto_server"));
+        if let Some(free) = free {
+            command.env("INITIAL_NO_AUTH_ACTION_COUNT", free.to_string());
+        }
         let child = Guarded::spawn(
-            Command::new(venv().join("bin/moto_server"))
+            command
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
