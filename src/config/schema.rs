@@ -62,6 +62,8 @@ pub struct InitSpec {
     /// A per-launch overlay: TOML merged onto this config whenever it is loaded, if the file exists.
     /// `stackinit user-data` writes it from the EC2 user data at boot. Unset: no overlay.
     pub user_data: Option<PathBuf>,
+    /// Where `secrets` are fetched from (see `config::secrets`).
+    pub aws: super::secrets::AwsSpec,
     /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
     /// forwarding). Off when unset. A non-loopback address needs credentials.
     pub dashboard: Option<String>,
@@ -110,6 +112,7 @@ impl Default for InitSpec {
             hostname: None,
             imds: ImdsSpec::default(),
             user_data: None,
+            aws: Default::default(),
             dashboard: None,
             dashboard_user: None,
             dashboard_password: None,
@@ -170,6 +173,9 @@ pub struct ServiceSpec {
     /// values), read at every start; their values override `environment`. A path starting with `-` may be
     /// missing.
     pub environment_file: Option<OneOrMany>,
+    /// Variables whose values are fetched from AWS at each start: `"ssm:NAME"` or
+    /// `"secretsmanager:ID[#KEY]"` (see `config::secrets`). Never logged or shown.
+    pub secrets: BTreeMap<String, String>,
     /// Octal, like "0022".
     pub umask: Option<Mode>,
     /// RLIMIT_NOFILE soft and hard limit.
@@ -251,6 +257,7 @@ impl Default for ServiceSpec {
             group: None,
             environment: BTreeMap::new(),
             environment_file: None,
+            secrets: BTreeMap::new(),
             umask: None,
             nofile: None,
             nice: None,

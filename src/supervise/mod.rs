@@ -43,6 +43,7 @@ pub mod systemd_notify;
 mod table;
 mod timers;
 pub mod unit;
+mod with_secrets;
 
 use std::path::PathBuf;
 

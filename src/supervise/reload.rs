@@ -173,7 +173,13 @@ pub fn plan_with(
     let fates = units
         .values()
         .map(|unit| {
-            let changed = reply.changed.contains(&unit.service) && unit.kind == UnitKind::Service;
+            // A service with secrets is started afresh by every reload, which re-reads them.
+            let rereads = new
+                .service
+                .get(&unit.service)
+                .is_some_and(|s| !s.secrets.is_empty());
+            let changed = (reply.changed.contains(&unit.service) || rereads)
+                && unit.kind == UnitKind::Service;
             let keep = match unit.kind {
                 UnitKind::Proxy => new.proxy.is_some() && !proxy_restart,
                 // A successor is no config entry of its own: it lives while its service is unchanged.
@@ -250,6 +256,23 @@ mod tests {
         assert!(!boot_keys_changed(&old.init, &new.init));
         new.init.log_level = "debug".into();
         assert!(boot_keys_changed(&old.init, &new.init));
+    }
+
+    #[test]
+    fn an_unchanged_service_with_secrets_rolls_to_reread_them() {
+        on_runtime(|| {
+            let mut logs = LogFiles::default();
+            let text = TWO.replace(
+                "replicas = 2\n",
+                "replicas = 2\nsecrets = { KEY = \"ssm:/app/key\" }\n",
+            );
+            let (old, new) = (config(&text), config(&text));
+            let units = running(units_for_config(&old, &mut logs));
+            let fresh = units_for_config(&new, &mut logs);
+            let plan = plan(&old, &new, &units, &fresh);
+            assert_eq!(plan.fates["web@0"], Fate::TakeOver(Then::Roll));
+            assert_eq!(plan.fates["job"], Fate::Keep);
+        });
     }
 
     #[test]
