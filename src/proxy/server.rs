@@ -1,5 +1,6 @@
 //! Accept loops and client connections: HTTP/1.1 on plain listeners, HTTP/1.1 or HTTP/2 (by ALPN) over TLS.
-//! Slowloris protection is hyper's header read timeout; idle connections end through `IdleTimeout`; a stop
+//! Every worker runs an accept loop on each listener. Slowloris protection is the stream's head clock
+//! (`idle_io`); idle connections end through `IdleTimeout`; a stop
 //! request closes the listeners and lets each connection finish its in-flight requests.
 #![forbid(unsafe_code)]
 
@@ -70,6 +71,9 @@ pub async fn accept_loop(
                     }
                     drop(drain);
                 });
+                // One connection per wake-up, as nginx without `multi_accept`: the other workers, woken for
+                // the same listener, take the rest of a burst, so connections spread over the cores.
+                tokio::task::yield_now().await;
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on a listener that stays readable.
@@ -130,7 +134,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = shared.routes().settings.clone();
-    let stream = IdleTimeout::new(stream, settings.idle_timeout);
+    let stream = IdleTimeout::with_head_clock(
+        stream,
+        settings.idle_timeout,
+        conn.handle.requests(),
+        settings.header_timeout,
+    );
     if !conn.tls {
         return serve_http1(stream, conn, shared, stop, &settings).await;
     }
@@ -139,17 +148,18 @@ where
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!("TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => return,
-    };
+    let mut stream =
+        match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
+        stream.get_mut().0.stop_head_clock();
         serve_http2(stream, conn, shared, stop, &settings).await
     } else {
         serve_http1(stream, conn, shared, stop, &settings).await
@@ -172,10 +182,11 @@ async fn serve_http1<S>(
     let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
     let mut builder = hyper::server::conn::http1::Builder::new();
     // No hyper `max_header_size`: the limit is applied to the parsed request (head_limits.rs), which can tell a
-    // long request line (414) from a large head (431).
+    // long request line (414) from a large head (431). No hyper header timer either: the stream's own lazy
+    // timer bounds each head (`IdleTimeout::with_head_clock`), without a timer armed per request.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(head_limits::hyper_buffer(settings.max_header_size))
         .keep_alive(keep_alive);
     let conn = builder
