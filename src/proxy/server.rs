@@ -17,6 +17,7 @@ use super::handler::ConnInfo;
 use super::head_limits;
 use super::idle_io::IdleTimeout;
 use super::shared::Shared;
+use super::workers::{Load, Peers};
 
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -32,12 +33,15 @@ pub struct BoundListener {
 /// Held by every connection task; the server is drained when the last clone is dropped.
 pub type DrainGuard = mpsc::Sender<()>;
 
-/// Run the accept loop of one listener until `stop` turns true.
+/// Run the accept loop of one listener until `stop` turns true. Each connection is served by the worker
+/// serving the fewest (this one on a tie): workers woken for the same listener race for its connections,
+/// and one that wins a burst would otherwise serve most of them while another core idles.
 pub async fn accept_loop(
     bound: BoundListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     drain: DrainGuard,
+    peers: Arc<Peers>,
 ) {
     loop {
         // At max_connections and the reserve, new connections wait in the backlog (conn_limit).
@@ -50,30 +54,15 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, remote)) => {
-                let admitted = shared.conns.admit();
-                let (admission, handle) = (admitted.admission, admitted.handle);
-                let conn = Conn {
-                    info: ConnInfo::new(remote, bound.tls),
+                let accepted = Accepted {
+                    stream,
+                    remote,
                     tls: bound.tls,
-                    admission,
-                    handle,
+                    load: peers.assign(),
                 };
-                let (shared, stop, drain) = (Arc::clone(&shared), stop.clone(), drain.clone());
-                let guard = admitted.guard;
-                tokio::spawn(async move {
-                    match stream {
-                        Stream::Tcp(s) => {
-                            connection(Counted::new(s, guard), conn, shared, stop).await
-                        }
-                        Stream::Unix(s) => {
-                            connection(Counted::new(s, guard), conn, shared, stop).await
-                        }
-                    }
-                    drop(drain);
-                });
-                // One connection per wake-up, as nginx without `multi_accept`: the other workers, woken for
-                // the same listener, take the rest of a burst, so connections spread over the cores.
-                tokio::task::yield_now().await;
+                if let Some(here) = peers.hand_off(accepted) {
+                    serve_here(here, &shared, &stop, &drain);
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on a listener that stays readable.
@@ -85,9 +74,100 @@ pub async fn accept_loop(
     tracing::info!(listener = %bound.label, "stopped accepting");
 }
 
-enum Stream {
+/// Serve the connections other workers accepted for this one, until `stop` turns true.
+pub async fn receive_loop(
+    mut handed: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain: DrainGuard,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = handed.recv() => match accepted {
+                Some(accepted) => accepted,
+                None => break,
+            },
+        };
+        serve_here(accepted, &shared, &stop, &drain);
+    }
+}
+
+/// A just-accepted connection, counted on the worker chosen to serve it.
+pub struct Accepted {
+    pub stream: Stream,
+    pub remote: Option<std::net::SocketAddr>,
+    pub tls: bool,
+    pub load: Load,
+}
+
+/// Admit and serve a connection on this worker.
+fn serve_here(
+    accepted: Accepted,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    drain: &DrainGuard,
+) {
+    let Accepted {
+        stream,
+        remote,
+        tls,
+        load,
+    } = accepted;
+    let stream = match stream.register() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("a connection handed to this worker failed: {e}");
+            return;
+        }
+    };
+    let admitted = shared.conns.admit();
+    let (admission, handle) = (admitted.admission, admitted.handle);
+    let conn = Conn {
+        info: ConnInfo::new(remote, tls),
+        tls,
+        admission,
+        handle,
+    };
+    let (shared, stop, drain) = (Arc::clone(shared), stop.clone(), drain.clone());
+    let guard = admitted.guard;
+    tokio::spawn(async move {
+        match stream {
+            Stream::Tcp(s) => connection(Counted::new(s, guard), conn, shared, stop).await,
+            Stream::Unix(s) => connection(Counted::new(s, guard), conn, shared, stop).await,
+            Stream::StdTcp(_) | Stream::StdUnix(_) => {}
+        }
+        drop(load);
+        drop(drain);
+    });
+}
+
+/// A client stream: registered with a worker's event loop, or in between two workers.
+pub enum Stream {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+    StdTcp(std::net::TcpStream),
+    StdUnix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    /// Off this worker's event loop, to be sent to another.
+    pub fn unregister(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::StdTcp(s.into_std()?),
+            Stream::Unix(s) => Stream::StdUnix(s.into_std()?),
+            other => other,
+        })
+    }
+
+    /// On the calling worker's event loop.
+    fn register(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::StdTcp(s) => Stream::Tcp(tokio::net::TcpStream::from_std(s)?),
+            Stream::StdUnix(s) => Stream::Unix(tokio::net::UnixStream::from_std(s)?),
+            registered => registered,
+        })
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<std::net::SocketAddr>)> {
