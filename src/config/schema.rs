@@ -395,6 +395,9 @@ pub struct ProxySpec {
     /// longest-idle connection is closed for a new one; with none idle, a few more connections are
     /// accepted to answer `/healthz` (and 503 to anything else).
     pub max_connections: Option<u32>,
+    /// Threads serving connections, each with its own event loop, accept loops and upstream pools (nginx's
+    /// `worker_processes`). Default: the cores the proxy may run on (its CPU affinity and cgroup quota).
+    pub workers: Option<u32>,
     /// Where the access log goes; default `<logs_dir>/access.log`.
     pub access_log: Option<PathBuf>,
     pub log_max_bytes: Bytes,
@@ -424,6 +427,7 @@ impl Default for ProxySpec {
             nice: None,
             nofile: None,
             max_connections: None,
+            workers: None,
             access_log: None,
             log_max_bytes: Bytes(50 << 20),
             log_backups: 10,

@@ -4,15 +4,18 @@
 //! the wait at the admission gate before a replica was picked, which nginx (without a queue) does not have.
 //! Init pipes the proxy's stdout into `<logs_dir>/access.log` with lossless rotation.
 //!
-//! Lines are formatted straight into one shared buffer (no per-request Strings; the date is formatted once a
-//! second) and batched: the first line of a burst wakes one long-lived flush task, which runs after the current
-//! batch of ready tasks, so a busy proxy makes one write(2) for many requests and an idle one makes none.
+//! Lines are formatted straight into a buffer of the worker thread that served the request (no per-request
+//! Strings, no lock: a connection lives on one worker, so its lines stay in order; the date is formatted once a
+//! second) and batched: the first line of a burst wakes the worker's flush task, which runs after the current
+//! batch of ready tasks, so a busy worker makes one write(2) for many requests and an idle one makes none. The
+//! buffer holds whole lines only, and it is written under stdout's lock, so the workers' batches never
+//! interleave within a line.
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,12 +31,20 @@ use super::upstream::InFlight;
 /// Flush at once past this many buffered bytes.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// The access log of the process; its lines are buffered per worker thread (see the module doc).
 #[derive(Default)]
-pub struct AccessLog {
-    pending: Mutex<Pending>,
-    /// Wakes the flush task when a burst starts.
-    wake: Notify,
-    flusher_started: AtomicBool,
+pub struct AccessLog {}
+
+thread_local! {
+    static WORKER: RefCell<WorkerLog> = RefCell::new(WorkerLog::default());
+}
+
+/// One worker's lines not yet written, and the task that writes them.
+#[derive(Default)]
+struct WorkerLog {
+    pending: Pending,
+    /// Wakes this worker's flush task when a burst starts; `None` until the first line.
+    wake: Option<Arc<Notify>>,
 }
 
 #[derive(Default)]
@@ -49,60 +60,94 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn push(self: &Arc<Self>, entry: &Entry, bytes_sent: u64) {
-        self.push_with(|pending| pending.append(entry, bytes_sent));
+    fn push(&self, entry: &Entry, bytes_sent: u64) {
+        push_with(|pending| pending.append(entry, bytes_sent));
     }
 
     /// A request hyper refused before the handler saw it (a malformed or oversized head), answered by hyper with
     /// `status` and no body. Its request line is not known: logged as `"-"`, as nginx logs a request it could
     /// not read.
-    pub fn rejected(self: &Arc<Self>, remote: &HeaderValue, status: u16) {
-        self.push_with(|pending| pending.append_rejected(remote, status));
+    pub fn rejected(&self, remote: &HeaderValue, status: u16) {
+        push_with(|pending| pending.append_rejected(remote, status));
     }
 
-    fn push_with(self: &Arc<Self>, append: impl FnOnce(&mut Pending)) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let was_empty = pending.buffer.is_empty();
-        append(&mut pending);
-        if pending.buffer.len() >= FLUSH_AT {
+    /// Write the calling worker's lines now.
+    pub fn flush(&self) {
+        flush_thread();
+    }
+}
+
+fn push_with(append: impl FnOnce(&mut Pending)) {
+    let mut append = Some(append);
+    let pushed = WORKER.try_with(|worker| {
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return false;
+        };
+        if let Some(append) = append.take() {
+            worker.push(append);
+        }
+        true
+    });
+    // The thread is exiting (its buffer is gone), or re-entered: this line is written on its own.
+    if !pushed.unwrap_or(false) {
+        if let Some(append) = append.take() {
+            let mut pending = Pending::default();
+            append(&mut pending);
             write_out(&mut pending.buffer);
+        }
+    }
+}
+
+impl WorkerLog {
+    fn push(&mut self, append: impl FnOnce(&mut Pending)) {
+        let was_empty = self.pending.buffer.is_empty();
+        append(&mut self.pending);
+        if self.pending.buffer.len() >= FLUSH_AT {
+            write_out(&mut self.pending.buffer);
         } else if was_empty && !self.schedule_flush() {
-            // Outside a runtime (unit tests) there is nothing to batch with: write at once.
-            write_out(&mut pending.buffer);
+            // Outside a runtime (unit tests, a worker shutting down) there is nothing to batch with.
+            write_out(&mut self.pending.buffer);
         }
     }
 
     /// Wake (starting it the first time) the task that flushes after the current batch; false without a runtime.
-    fn schedule_flush(self: &Arc<Self>) -> bool {
-        if !self.flusher_started.load(Ordering::Relaxed) {
-            if tokio::runtime::Handle::try_current().is_err() {
-                return false;
-            }
-            self.flusher_started.store(true, Ordering::Relaxed);
-            let log = Arc::clone(self);
+    fn schedule_flush(&mut self) -> bool {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false;
+        }
+        let wake = self.wake.get_or_insert_with(|| {
+            let wake = Arc::new(Notify::new());
+            let woken = Arc::clone(&wake);
+            // Spawned on this worker's current-thread runtime: it runs on this thread, next to the buffer.
             tokio::spawn(async move {
                 loop {
-                    log.wake.notified().await;
+                    woken.notified().await;
                     // Let the other ready tasks of this tick log their lines first.
                     tokio::task::yield_now().await;
-                    log.flush();
+                    flush_thread();
                 }
             });
-        }
-        self.wake.notify_one();
+            wake
+        });
+        wake.notify_one();
         true
     }
+}
 
-    pub fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        write_out(&mut pending.buffer);
-    }
+/// Write the calling thread's buffered lines (a worker at its end, or its flush task).
+pub fn flush_thread() {
+    let _ = WORKER.try_with(|worker| {
+        if let Ok(mut worker) = worker.try_borrow_mut() {
+            write_out(&mut worker.pending.buffer);
+        }
+    });
 }
 
 fn write_out(buffer: &mut Vec<u8>) {
     if buffer.is_empty() {
         return;
     }
+    // Whole lines under stdout's lock: another worker's batch goes before or after, never inside a line.
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(buffer).and_then(|_| out.flush()) {
         tracing::warn!("access log write failed: {e}");

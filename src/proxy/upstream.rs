@@ -21,7 +21,7 @@ use super::admission::{Cost, Gate};
 use super::body::{BodyFault, Fault, ProxyBody};
 use super::idle_io::IdleTimeout;
 
-/// Idle keep-alive connections kept per replica (nginx tuned: `keepalive 64`).
+/// Idle keep-alive connections kept per replica and worker (nginx tuned: `keepalive 64`, per worker too).
 const MAX_IDLE_PER_REPLICA: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,7 +57,9 @@ pub struct Replica {
     /// Most requests in flight at once (`max_in_flight`); 0: no limit.
     limit: AtomicUsize,
     ready: AtomicBool,
-    idle: Mutex<Vec<SendRequest<ProxyBody>>>,
+    /// Idle connections, a pool per worker: a connection's task runs on the worker that opened it, so a
+    /// request sent on it by another worker would wake that worker's core for every read and write.
+    idle: Box<[Mutex<Vec<SendRequest<ProxyBody>>>]>,
     /// The service's gate: told when this replica frees a slot or becomes ready.
     gate: Arc<Gate>,
 }
@@ -70,7 +72,9 @@ impl Replica {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(0),
             ready: AtomicBool::new(ready),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..super::workers::count())
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             gate,
         })
     }
@@ -87,7 +91,9 @@ impl Replica {
             }
         } else {
             // A replica on its way out should not keep sockets to it open.
-            self.lock_idle().clear();
+            for pool in self.idle.iter() {
+                lock(pool).clear();
+            }
         }
     }
 
@@ -119,9 +125,9 @@ impl Replica {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// The calling worker's pool (uncontended: only that worker takes from it and gives back to it).
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<ProxyBody>>> {
-        // A poisoned pool only means a panic elsewhere while holding it; the Vec itself is still valid.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.idle[super::workers::current() % self.idle.len()])
     }
 
     /// A pooled connection ready for a request, most recently used first. Closed ones are dropped; ones whose
@@ -181,6 +187,11 @@ impl Replica {
             ))),
         }
     }
+}
+
+fn lock<T>(pool: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned pool only means a panic elsewhere while holding it; the Vec itself is still valid.
+    pool.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn handshake<S>(stream: S) -> std::io::Result<SendRequest<ProxyBody>>

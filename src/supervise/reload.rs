@@ -77,8 +77,8 @@ fn compare(old: &Config, new: &Config) -> ReloadReply {
     reply
 }
 
-/// A new proxy process is needed only when what it was started with changed: its sockets or its user.
-/// Anything else reaches the running proxy over its state channel.
+/// A new proxy process is needed only when what it was started with changed: its sockets, its user or its
+/// worker threads. Anything else reaches the running proxy over its state channel.
 fn proxy_restart_needed(old: &Option<ProxySpec>, new: &Option<ProxySpec>) -> bool {
     let started_with = |p: &Option<ProxySpec>| {
         p.as_ref().map(|p| {
@@ -86,6 +86,7 @@ fn proxy_restart_needed(old: &Option<ProxySpec>, new: &Option<ProxySpec>) -> boo
                 p.listen.clone(),
                 p.tls.as_ref().map(|t| t.listen.clone()),
                 p.user.clone(),
+                p.workers,
             )
         })
     };
@@ -273,6 +274,25 @@ mod tests {
             assert_eq!(plan.fates["web@0"], Fate::TakeOver(Then::Roll));
             assert_eq!(plan.fates["job"], Fate::Keep);
         });
+    }
+
+    #[test]
+    fn a_new_workers_count_restarts_the_proxy_other_limits_do_not() {
+        let proxy =
+            |extra: &str| config(&format!("[proxy]\nlisten = [\"127.0.0.1:1\"]\n{extra}\n")).proxy;
+        assert!(proxy_restart_needed(&proxy(""), &proxy("workers = 3")));
+        assert!(proxy_restart_needed(
+            &proxy("workers = 2"),
+            &proxy("workers = 3")
+        ));
+        assert!(!proxy_restart_needed(
+            &proxy("workers = 2"),
+            &proxy("workers = 2")
+        ));
+        assert!(!proxy_restart_needed(
+            &proxy(""),
+            &proxy("max_connections = 10")
+        ));
     }
 
     #[test]
