@@ -1256,14 +1256,13 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
     lb.register("new2");
     step("new2 in service".into());
     check_user_data_applied(&new2, &new1);
-    let pressed = press_scale_in(old2);
-    powered_off(old2, pressed);
+    // The last old instance goes, and at the same time a scale-in takes one of the two new ones: new2 is
+    // left to serve alone.
+    let pressed = [press_scale_in(old2), press_scale_in(&new1)];
+    powered_off(old2, pressed[0]);
     let refreshed = Instant::now();
-    step("old2 scaled in: refreshed".into());
-    // Scale-in of the refreshed fleet: one of the two new instances goes.
-    let pressed = press_scale_in(&new1);
-    powered_off(&mut new1, pressed);
-    step("new1 scaled in; new2 serves alone".into());
+    powered_off(&mut new1, pressed[1]);
+    step("old2 and new1 scaled in; new2 serves alone".into());
     std::thread::sleep(Duration::from_secs(3));
     let outcomes = load.finish();
 
