@@ -4,7 +4,8 @@
 #
 # Needs the nightly toolchain (rustup toolchain install nightly), cargo-fuzz (cargo install cargo-fuzz
 # --version 0.13.2 --locked) and a C++ compiler (libFuzzer itself is built from source).
-# The first run builds the targets (about 10 minutes of CPU); then each target takes SECONDS.
+# The first run builds the targets (5.5 minutes of CPU, 2.2 GB of memory at most); then each target takes
+# SECONDS.
 # Each runs under nice -n 19 as one libFuzzer process, so it only takes idle CPU. The committed corpus
 # (fuzz/corpus/TARGET) and the crashes found before (fuzz/regressions/TARGET) are read, never written:
 # new inputs go to a scratch directory, so the tree stays clean.
