@@ -96,8 +96,7 @@ async fn route(
     routes: Arc<Routes>,
 ) -> Routed {
     let version = req.version();
-    let (mut response, upstream, in_flight) =
-        dispatch(req, conn, client, shared, routes).await;
+    let (mut response, upstream, in_flight) = dispatch(req, conn, client, shared, routes).await;
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
     *response.version_mut() = version;
     (response, upstream, in_flight)
