@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::real_ip::Client;
+use super::real_ip::{Client, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones nginx also drops). `Expect` is answered by this
 /// proxy, not forwarded, as nginx does. Typed names, not strings: removing by `&str` parses the name first.
@@ -22,8 +22,6 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// nginx's `$remote_addr` as a header value: the client's IP, or `unix:` for a unix-socket client. Made once per
 /// client connection and shared by its requests.

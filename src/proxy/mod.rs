@@ -18,6 +18,7 @@ pub mod healthz;
 pub mod idle_io;
 pub mod listen_fds;
 pub mod location;
+pub mod peers;
 pub mod protocol;
 pub mod reach;
 pub mod real_ip;
@@ -97,13 +98,13 @@ async fn run(arg: crate::cli::ConfigArg) -> Result<(), String> {
         Source::Init { channel } => {
             let mut lines = tokio::io::BufReader::new(channel).lines();
             let (config, state) = first_config(&mut lines).await?;
-            workers::set_count(workers::wanted(&config.proxy));
+            peers::set_count(peers::wanted(&config.proxy));
             let shared = Shared::new(&config, state).map_err(|e| e.join("; "))?;
             (shared, listeners, Some(lines))
         }
         Source::Standalone { path } => {
             let config = standalone_config(&path)?;
-            workers::set_count(workers::wanted(&config.proxy));
+            peers::set_count(peers::wanted(&config.proxy));
             let shared = Shared::new(&config, all_ready(&config)).map_err(|e| e.join("; "))?;
             (shared, bind_all(&config.proxy)?, None)
         }
@@ -116,7 +117,7 @@ async fn run(arg: crate::cli::ConfigArg) -> Result<(), String> {
     for bound in &listeners {
         tracing::info!(listener = %bound.label, tls = bound.tls, "serving");
     }
-    let count = workers::count();
+    let count = peers::count();
     tracing::info!(workers = count, "starting workers");
     workers::start(count, listeners, &shared, &stop_rx, drain_tx)?;
     let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -6,10 +6,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hyper::header::{HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use crate::config::values::TrustedSource;
+
+/// The headers a load balancer names the client and its scheme in (read here, rewritten by `headers`).
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// `[proxy] trusted_proxies`, parsed. The config's checks refuse an entry that does not parse; one that
 /// still fails here (a config not from `check`) is left out, trusting less.
@@ -137,7 +140,7 @@ mod tests {
         if let Some(p) = proto {
             h.insert(&X_FORWARDED_PROTO, HeaderValue::from_str(p).unwrap());
         }
-        let peer_addr = super::super::headers::remote_addr(Some(peer.ip()));
+        let peer_addr = HeaderValue::from_str(&peer.ip().to_string()).unwrap();
         client(Some(peer), &peer_addr, false, &h, t)
     }
 

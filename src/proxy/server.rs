@@ -16,8 +16,8 @@ use super::conn_limit::{Admission, ConnHandle, Counted};
 use super::handler::ConnInfo;
 use super::head_limits;
 use super::idle_io::IdleTimeout;
+use super::peers::{Accepted, Peers, Stream};
 use super::shared::Shared;
-use super::workers::{Load, Peers};
 
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -93,14 +93,6 @@ pub async fn receive_loop(
     }
 }
 
-/// A just-accepted connection, counted on the worker chosen to serve it.
-pub struct Accepted {
-    pub stream: Stream,
-    pub remote: Option<std::net::SocketAddr>,
-    pub tls: bool,
-    pub load: Load,
-}
-
 /// Admit and serve a connection on this worker.
 fn serve_here(
     accepted: Accepted,
@@ -140,34 +132,6 @@ fn serve_here(
         drop(load);
         drop(drain);
     });
-}
-
-/// A client stream: registered with a worker's event loop, or in between two workers.
-pub enum Stream {
-    Tcp(tokio::net::TcpStream),
-    Unix(tokio::net::UnixStream),
-    StdTcp(std::net::TcpStream),
-    StdUnix(std::os::unix::net::UnixStream),
-}
-
-impl Stream {
-    /// Off this worker's event loop, to be sent to another.
-    pub fn unregister(self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::StdTcp(s.into_std()?),
-            Stream::Unix(s) => Stream::StdUnix(s.into_std()?),
-            other => other,
-        })
-    }
-
-    /// On the calling worker's event loop.
-    fn register(self) -> std::io::Result<Stream> {
-        Ok(match self {
-            Stream::StdTcp(s) => Stream::Tcp(tokio::net::TcpStream::from_std(s)?),
-            Stream::StdUnix(s) => Stream::Unix(tokio::net::UnixStream::from_std(s)?),
-            registered => registered,
-        })
-    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<std::net::SocketAddr>)> {

@@ -88,7 +88,7 @@ impl Shared {
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
         self.conns.set_cap(conn_limit::cap_for(&config.proxy));
-        if super::workers::wanted(&config.proxy) != super::workers::count() {
+        if super::peers::wanted(&config.proxy) != super::peers::count() {
             // Init restarts the proxy for a new `workers`; standalone, it takes a restart too.
             tracing::warn!("the new `workers` applies when the proxy restarts");
         }

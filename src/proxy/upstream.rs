@@ -72,7 +72,7 @@ impl Replica {
             in_flight: AtomicUsize::new(0),
             limit: AtomicUsize::new(0),
             ready: AtomicBool::new(ready),
-            idle: (0..super::workers::count())
+            idle: (0..super::peers::count())
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             gate,
@@ -127,7 +127,7 @@ impl Replica {
 
     /// The calling worker's pool (uncontended: only that worker takes from it and gives back to it).
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<SendRequest<ProxyBody>>> {
-        lock(&self.idle[super::workers::current() % self.idle.len()])
+        lock(&self.idle[super::peers::current() % self.idle.len()])
     }
 
     /// A pooled connection ready for a request, most recently used first. Closed ones are dropped; ones whose

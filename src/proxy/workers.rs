@@ -10,120 +10,13 @@
 //! (measured in benches/proxy.sh; see the README's proxy figures).
 #![forbid(unsafe_code)]
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use super::server::{self, Accepted, BoundListener, Listener};
+use super::peers::{self, Accepted, Peers};
+use super::server::{self, BoundListener, Listener};
 use super::shared::Shared;
-
-/// Workers of this process, set once at start (pools are sized by it); 1 until then (unit tests).
-static COUNT: AtomicUsize = AtomicUsize::new(1);
-
-thread_local! {
-    /// This thread's worker number; 0 outside the workers (the main thread, tests).
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// How many workers `[proxy] workers` asks for; by default one per core this process may run on
-/// (`available_parallelism`: sched_getaffinity, and a cgroup CPU quota if lower), not the machine's count.
-pub fn wanted(spec: &crate::config::ProxySpec) -> usize {
-    match spec.workers {
-        Some(n) => (n as usize).max(1),
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
-}
-
-/// The number of workers (each upstream replica keeps one idle pool per worker).
-pub fn count() -> usize {
-    COUNT.load(Ordering::Relaxed)
-}
-
-/// The calling thread's worker number, below `count()`.
-pub fn current() -> usize {
-    INDEX.with(Cell::get)
-}
-
-/// Fix the worker count before the first routing table is built.
-pub fn set_count(n: usize) {
-    COUNT.store(n.max(1), Ordering::Relaxed);
-}
-
-/// What the workers know of each other: how many connections each serves, and how to hand one over.
-pub struct Peers {
-    loads: Box<[AtomicUsize]>,
-    inboxes: Box<[mpsc::UnboundedSender<Accepted>]>,
-}
-
-/// A connection counted on the worker that serves it, from the accept until it closes.
-pub struct Load {
-    peers: Arc<Peers>,
-    worker: usize,
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.peers.loads[self.worker].fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Peers {
-    /// The worker that should serve a new connection: the one serving the fewest, this one on a tie.
-    pub fn assign(self: &Arc<Peers>) -> Load {
-        let me = current().min(self.loads.len() - 1);
-        let load = |w: usize| self.loads[w].load(Ordering::Relaxed);
-        let least = (0..self.loads.len()).min_by_key(|&w| load(w)).unwrap_or(me);
-        let worker = if load(me) <= load(least) { me } else { least };
-        self.count_on(worker)
-    }
-
-    fn count_on(self: &Arc<Peers>, worker: usize) -> Load {
-        self.loads[worker].fetch_add(1, Ordering::Relaxed);
-        Load {
-            peers: Arc::clone(self),
-            worker,
-        }
-    }
-
-    /// Send a connection to the worker assigned to it; back (counted here) if that is this worker, or if
-    /// the other cannot take it (stopped, or never started).
-    pub fn hand_off(self: &Arc<Peers>, accepted: Accepted) -> Option<Accepted> {
-        let me = current();
-        if accepted.load.worker == me {
-            return Some(accepted);
-        }
-        let worker = accepted.load.worker;
-        let Accepted {
-            stream,
-            remote,
-            tls,
-            load,
-        } = accepted;
-        let stream = match stream.unregister() {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!("cannot hand a connection to worker {worker}: {e}");
-                return None;
-            }
-        };
-        let accepted = Accepted {
-            stream,
-            remote,
-            tls,
-            load,
-        };
-        match self.inboxes[worker].send(accepted) {
-            Ok(()) => None,
-            Err(returned) => {
-                let mut accepted = returned.0;
-                accepted.load = self.count_on(me.min(self.loads.len() - 1));
-                Some(accepted)
-            }
-        }
-    }
-}
 
 /// A listener as a plain socket, to be registered with each worker's own event loop.
 enum Socket {
@@ -190,10 +83,7 @@ pub fn start(
         .collect::<Result<_, String>>()?;
     let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
         (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-    let peers = Arc::new(Peers {
-        loads: (0..n).map(|_| AtomicUsize::new(0)).collect(),
-        inboxes: inboxes.into(),
-    });
+    let peers = Arc::new(Peers::new(inboxes));
     for (index, inbox) in receivers.drain(..).enumerate() {
         let mine = handed
             .iter()
@@ -229,7 +119,7 @@ struct Worker {
 /// One worker: its runtime serves until stopped and drained, then its access log lines are written.
 fn run(worker: Worker, done: mpsc::Sender<()>) {
     let index = worker.index;
-    INDEX.with(|i| i.set(index));
+    peers::enter(index);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
