@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use super::access_log::{Entry, LoggedBody, ResponseBody};
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
+use super::metrics::{self, Tracked};
 use super::routes::{Action, ProxyTo, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
@@ -52,7 +53,11 @@ pub async fn handle(
     let user_agent = header(header::USER_AGENT);
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
     let remote = conn.remote_addr.clone();
-    let (response, upstream_time, in_flight) = route(req, conn, &shared).await;
+    // Set once the request's server and location are known; counted until the response body ends.
+    let mut tracked = None;
+    let (response, upstream_time, in_flight) = route(req, conn, &shared, &mut tracked).await;
+    let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
+    tracked.set_status(response.status().as_u16());
     let entry = Entry {
         log: Arc::clone(&shared.log),
         remote,
@@ -68,7 +73,7 @@ pub async fn handle(
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        LoggedBody::new(body, entry, in_flight),
+        LoggedBody::new(body, entry, in_flight).tracked(tracked),
     ))
 }
 
@@ -78,9 +83,14 @@ type Routed = (
     Option<InFlight>,
 );
 
-async fn route(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
+async fn route(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: &Shared,
+    tracked: &mut Option<Tracked>,
+) -> Routed {
     let version = req.version();
-    let (mut response, upstream_time, in_flight) = dispatch(req, conn, shared).await;
+    let (mut response, upstream_time, in_flight) = dispatch(req, conn, shared, tracked).await;
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
     *response.version_mut() = version;
     (response, upstream_time, in_flight)
@@ -91,7 +101,12 @@ fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
     response.map(ResponseBody::Local)
 }
 
-async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Routed {
+async fn dispatch(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    shared: &Shared,
+    tracked: &mut Option<Tracked>,
+) -> Routed {
     let routes = shared.routes();
     if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
         return (local_error(status), None, None);
@@ -136,8 +151,10 @@ async fn dispatch(req: Request<Incoming>, conn: ConnInfo, shared: &Shared) -> Ro
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     let Some(location) = server.locations.select(&path) else {
+        *tracked = server.series.last().map(|s| metrics::start(s));
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
+    *tracked = server.series.get(location).map(|s| metrics::start(s));
     match &server.actions[location] {
         Action::Return { status, redirect } => (
             local(return_response(*status, redirect.as_deref())),

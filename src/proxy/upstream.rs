@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use super::admission::{Cost, Gate};
 use super::body::{BodyFault, Fault, ProxyBody};
 use super::idle_io::IdleTimeout;
+use super::metrics;
 
 /// Idle keep-alive connections kept per replica (nginx tuned: `keepalive 64`).
 const MAX_IDLE_PER_REPLICA: usize = 64;
@@ -232,6 +233,8 @@ pub struct Upstream {
     gate: Arc<Gate>,
     /// Rotates the starting point among equally loaded replicas, so ties spread round-robin.
     next: AtomicUsize,
+    /// Retries and queue waits, counted by the upstream's name (so they survive a reload).
+    stats: Arc<metrics::UpstreamStats>,
 }
 
 /// Why forwarding failed, mapped to the status the client gets.
@@ -310,6 +313,7 @@ impl Upstream {
     /// `gate` must be the one the replicas were made with.
     pub fn new(name: String, replicas: Vec<Arc<Replica>>, gate: Arc<Gate>) -> Upstream {
         Upstream {
+            stats: metrics::registry().upstream(&name),
             name,
             replicas,
             gate,
@@ -379,6 +383,8 @@ impl Upstream {
             return None;
         }
         let ticket = self.gate.enqueue(cost);
+        let queued = Instant::now();
+        let waited = || metrics::registry().waited(&self.stats, queued.elapsed());
         // Room may be free already (held for a waiter that has since left, or unusable to the one told).
         if self.has_room() {
             self.gate.wake_one();
@@ -391,10 +397,12 @@ impl Upstream {
                     .await
                     .is_err()
             {
+                waited();
                 return None;
             }
             if let Some(index) = self.pick(tried, cost) {
                 ticket.served();
+                waited();
                 return Some(index);
             }
             // The free slot (if any) is on a replica this request already tried: the next waiter may use it.
@@ -419,6 +427,9 @@ impl Upstream {
         let deadline = tokio::time::Instant::now() + settings.queue_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
         while let Some(index) = self.pick_or_wait(&tried, cost, deadline).await {
+            if !tried.is_empty() {
+                metrics::registry().retried(&self.stats);
+            }
             tried.push(index);
             let replica = &self.replicas[index];
             let in_flight = InFlight::new(replica, cost);
@@ -471,6 +482,7 @@ impl Upstream {
                             pending = Some(unsent);
                             fresh_tries += 1;
                             if fresh_tries <= 1 {
+                                metrics::registry().retried(&self.stats);
                                 continue;
                             }
                             break;
@@ -482,6 +494,7 @@ impl Upstream {
                         // retried once on a fresh connection, then on the next replica.
                         fresh_tries += 1;
                         if was_pooled && fresh_tries <= 1 {
+                            metrics::registry().retried(&self.stats);
                             continue;
                         }
                         break;

@@ -180,6 +180,7 @@ pub fn usage(dir: &Path) -> Usage {
         memory_bytes: number("memory.current"),
         memory_peak_bytes: number("memory.peak"),
         pids: number("pids.current"),
+        oom_kills: dir.join("memory.events").exists().then(|| oom_kills(dir)),
     }
 }
 

@@ -2,6 +2,9 @@
 //!
 //! A writer task per proxy process sends the current config, then the current state, then every change.
 //! Watch channels coalesce bursts, so a slow proxy only ever sees the latest state.
+//! The other direction carries the proxy's metrics snapshots; init keeps the latest for `/metrics`. The proxy
+//! is untrusted: a line, the series in it and each label are bounded, and a proxy that breaks a bound or the
+//! format is not listened to again (its process keeps its config and state feed).
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -9,22 +12,36 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::proxy::protocol::{InitMessage, ProxyRuntimeConfig, ProxyState};
+use super::handle::ProxyMetricsFeed;
+use crate::proxy::protocol::{
+    InitMessage, MetricsSnapshot, ProxyMessage, ProxyRuntimeConfig, ProxyState, LATENCY_BUCKETS,
+};
+
+/// The longest metrics line init reads from the proxy: a snapshot of `MAX_SERIES` series fits in it.
+pub const MAX_LINE: usize = 1 << 20;
+/// The most request and upstream series a snapshot may hold (a server and upstream pair makes one).
+pub const MAX_SERIES: usize = 2000;
+/// The longest server or upstream label (server names and service names are far shorter).
+pub const MAX_LABEL: usize = 255;
 
 pub struct ProxyFeeds {
     pub config: watch::Sender<Option<Arc<ProxyRuntimeConfig>>>,
     pub state: watch::Sender<ProxyState>,
+    /// Where the proxy's metrics go.
+    pub metrics: ProxyMetricsFeed,
 }
 
 impl ProxyFeeds {
-    pub fn new() -> ProxyFeeds {
+    pub fn new(metrics: ProxyMetricsFeed) -> ProxyFeeds {
         ProxyFeeds {
             config: watch::channel(None).0,
             state: watch::channel(ProxyState::default()).0,
+            metrics,
         }
     }
 
@@ -38,10 +55,17 @@ impl ProxyFeeds {
         )?;
         let std_stream = std::os::unix::net::UnixStream::from(ours);
         std_stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(std_stream)?;
+        let (read, write) = tokio::net::UnixStream::from_std(std_stream)?.into_split();
         let config = self.config.subscribe();
         let state = self.state.subscribe();
-        let task = tokio::task::spawn_local(feed(stream, config, state));
+        let metrics = Arc::clone(&self.metrics);
+        // One task for both directions, so replacing the proxy's channel (abort) ends both.
+        let task = tokio::task::spawn_local(async move {
+            tokio::select! {
+                () = feed(write, config, state) => {}
+                () = receive(read, metrics) => {}
+            }
+        });
         Ok((theirs, task))
     }
 }
@@ -53,7 +77,7 @@ fn line(message: &InitMessage) -> Vec<u8> {
 }
 
 async fn feed(
-    mut stream: tokio::net::UnixStream,
+    mut stream: OwnedWriteHalf,
     mut config: watch::Receiver<Option<Arc<ProxyRuntimeConfig>>>,
     mut state: watch::Receiver<ProxyState>,
 ) {
@@ -94,6 +118,77 @@ async fn feed(
     }
 }
 
+/// Keep the proxy's latest metrics until it closes the channel. Returns at EOF (the proxy is gone); never
+/// returns after a broken bound, so the feed goes on while nothing more is read.
+async fn receive(read: OwnedReadHalf, sink: ProxyMetricsFeed) {
+    let mut reader = tokio::io::BufReader::new(read);
+    let mut line = Vec::new();
+    let mut ours: Option<Arc<MetricsSnapshot>> = None;
+    loop {
+        line.clear();
+        let limited = (&mut reader).take(MAX_LINE as u64 + 1);
+        let mut limited = std::pin::pin!(limited);
+        let read = limited.read_until(b'\n', &mut line).await;
+        if line.len() > MAX_LINE {
+            tracing::warn!("proxy metrics: a line longer than {MAX_LINE} bytes; not reading more");
+            return std::future::pending().await;
+        }
+        if !matches!(read, Ok(n) if n > 0) || line.last() != Some(&b'\n') {
+            break;
+        }
+        match parse_metrics(&line) {
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                ours = Some(Arc::clone(&snapshot));
+                sink.send_replace(Some(snapshot));
+            }
+            Err(e) => {
+                tracing::warn!("proxy metrics: {e}; not reading more");
+                return std::future::pending().await;
+            }
+        }
+    }
+    // The proxy is gone: its counters go with it, unless a newer proxy has reported since.
+    sink.send_if_modified(|current| {
+        let still_ours = matches!((&*current, &ours), (Some(c), Some(o)) if Arc::ptr_eq(c, o));
+        if still_ours {
+            *current = None;
+        }
+        still_ours
+    });
+}
+
+/// One line from the proxy, checked against the bounds.
+pub fn parse_metrics(line: &[u8]) -> Result<MetricsSnapshot, String> {
+    let ProxyMessage::Metrics(snapshot) =
+        serde_json::from_slice(line).map_err(|e| format!("bad message: {e}"))?;
+    let series = snapshot.requests.len() + snapshot.upstreams.len();
+    if series > MAX_SERIES {
+        return Err(format!("{series} series, more than {MAX_SERIES}"));
+    }
+    let labels = snapshot
+        .requests
+        .iter()
+        .flat_map(|r| [&r.server, &r.upstream])
+        .chain(snapshot.upstreams.iter().map(|u| &u.upstream));
+    for label in labels {
+        if label.len() > MAX_LABEL || label.chars().any(char::is_control) {
+            return Err("a label too long or with control characters".into());
+        }
+    }
+    let histograms = snapshot
+        .requests
+        .iter()
+        .map(|r| &r.duration)
+        .chain(snapshot.upstreams.iter().map(|u| &u.queue_wait));
+    for h in histograms {
+        if h.buckets.len() != LATENCY_BUCKETS.len() + 1 || !h.sum_seconds.is_finite() {
+            return Err("a histogram without the agreed buckets".into());
+        }
+    }
+    Ok(snapshot)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +218,7 @@ mod tests {
     async fn a_config_and_a_state_published_together_arrive_config_first() {
         tokio::task::LocalSet::new()
             .run_until(async {
-                let feeds = ProxyFeeds::new();
+                let feeds = ProxyFeeds::new(Arc::new(watch::channel(None).0));
                 feeds.config.send_replace(Some(runtime("/one")));
                 let (theirs, _task) = feeds.connect().unwrap();
                 let std = std::os::unix::net::UnixStream::from(theirs);
