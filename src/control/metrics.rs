@@ -362,4 +362,57 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
+
+    #[test]
+    fn renders_the_proxys_series_and_cgroup_usage() {
+        use crate::proxy::protocol::{RequestSeries, UpstreamSeries};
+        let mut buckets = vec![0; LATENCY_BUCKETS.len() + 1];
+        buckets[2] = 3;
+        buckets[LATENCY_BUCKETS.len()] = 1;
+        let histogram = HistogramSnapshot {
+            buckets,
+            sum_seconds: 12.5,
+        };
+        let snapshot = MetricsSnapshot {
+            requests: vec![RequestSeries {
+                server: "a.example".into(),
+                upstream: "app".into(),
+                classes: [0, 3, 0, 1, 0],
+                in_flight: 2,
+                duration: histogram.clone(),
+            }],
+            upstreams: vec![UpstreamSeries {
+                upstream: "app".into(),
+                retries: 4,
+                queue_wait: histogram,
+            }],
+        };
+        let mut web = unit("app@0", State::Running, true, None);
+        web.usage = Some(crate::api::Usage {
+            cpu_seconds: Some(1.5),
+            memory_bytes: Some(4096),
+            memory_peak_bytes: Some(8192),
+            pids: Some(3),
+            oom_kills: Some(1),
+        });
+        let text = render(&[web], true, false, Some(&snapshot));
+        for line in [
+            r#"stackinit_proxy_requests_total{server="a.example",upstream="app",class="2xx"} 3"#,
+            r#"stackinit_proxy_requests_total{server="a.example",upstream="app",class="4xx"} 1"#,
+            r#"stackinit_proxy_request_duration_seconds_bucket{le="0.01",server="a.example",upstream="app"} 3"#,
+            r#"stackinit_proxy_request_duration_seconds_bucket{le="+Inf",server="a.example",upstream="app"} 4"#,
+            r#"stackinit_proxy_request_duration_seconds_count{server="a.example",upstream="app"} 4"#,
+            r#"stackinit_proxy_request_duration_seconds_sum{server="a.example",upstream="app"} 12.5"#,
+            r#"stackinit_proxy_in_flight{server="a.example",upstream="app"} 2"#,
+            r#"stackinit_proxy_retries_total{upstream="app"} 4"#,
+            r#"stackinit_proxy_queue_wait_seconds_count{upstream="app"} 4"#,
+            r#"stackinit_service_cpu_seconds_total{unit="app@0",service="app"} 1.5"#,
+            r#"stackinit_service_memory_bytes{unit="app@0",service="app"} 4096"#,
+            r#"stackinit_service_memory_peak_bytes{unit="app@0",service="app"} 8192"#,
+            r#"stackinit_service_pids{unit="app@0",service="app"} 3"#,
+            r#"stackinit_service_oom_kills_total{unit="app@0",service="app"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
 }

@@ -214,6 +214,79 @@ mod tests {
         }
     }
 
+    fn snapshot_line(series: usize, label: &str) -> Vec<u8> {
+        use crate::proxy::protocol::{HistogramSnapshot, RequestSeries};
+        let row = RequestSeries {
+            server: label.into(),
+            upstream: "app".into(),
+            duration: HistogramSnapshot {
+                buckets: vec![0; LATENCY_BUCKETS.len() + 1],
+                sum_seconds: 0.0,
+            },
+            ..Default::default()
+        };
+        let snapshot = MetricsSnapshot {
+            requests: vec![row; series],
+            upstreams: vec![],
+        };
+        let mut line = serde_json::to_vec(&ProxyMessage::Metrics(snapshot)).unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    #[test]
+    fn metrics_from_the_proxy_are_bounded() {
+        assert!(parse_metrics(&snapshot_line(3, "a.example")).is_ok());
+        assert!(parse_metrics(&snapshot_line(MAX_SERIES + 1, "a")).is_err());
+        assert!(parse_metrics(&snapshot_line(1, &"x".repeat(MAX_LABEL + 1))).is_err());
+        assert!(parse_metrics(&snapshot_line(1, "a\nb")).is_err());
+        assert!(parse_metrics(b"{\"type\":\"metrics\"}\n").is_err());
+        let short = String::from_utf8(snapshot_line(1, "a"))
+            .unwrap()
+            .replace("[0,0,0,0,0,0,0,0,0,0,0,0,0]", "[0]");
+        assert!(parse_metrics(short.as_bytes()).is_err());
+    }
+
+    /// A proxy that keeps sending: init keeps only its latest snapshot; a line past the bound ends listening
+    /// (the earlier snapshot stays); the proxy closing its end drops its snapshot.
+    #[tokio::test(flavor = "current_thread")]
+    async fn init_keeps_the_latest_snapshot_and_stops_reading_a_proxy_that_breaks_a_bound() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                let sink: ProxyMetricsFeed = Arc::new(watch::channel(None).0);
+                let feeds = ProxyFeeds::new(Arc::clone(&sink));
+                let (theirs, task) = feeds.connect().unwrap();
+                let mut proxy = std::os::unix::net::UnixStream::from(theirs);
+                let mut seen = sink.subscribe();
+                use std::io::Write;
+                proxy.write_all(&snapshot_line(1, "one")).unwrap();
+                proxy.write_all(&snapshot_line(2, "two")).unwrap();
+                seen.wait_for(|s| s.as_ref().is_some_and(|s| s.requests.len() == 2))
+                    .await
+                    .unwrap();
+                assert_eq!(sink.borrow().as_ref().unwrap().requests[0].server, "two");
+                drop(proxy);
+                seen.wait_for(Option::is_none).await.unwrap();
+                task.await.unwrap();
+
+                let (theirs, task) = feeds.connect().unwrap();
+                let mut proxy = std::os::unix::net::UnixStream::from(theirs);
+                proxy.write_all(&snapshot_line(1, "kept")).unwrap();
+                seen.wait_for(Option::is_some).await.unwrap();
+                let flood = vec![b'x'; MAX_LINE + 10];
+                let writer = std::thread::spawn(move || {
+                    let _ = proxy.write_all(&flood);
+                    proxy
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                assert!(!task.is_finished(), "the feed to the proxy goes on");
+                assert_eq!(sink.borrow().as_ref().unwrap().requests[0].server, "kept");
+                task.abort();
+                drop(writer.join());
+            })
+            .await;
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn a_config_and_a_state_published_together_arrive_config_first() {
         tokio::task::LocalSet::new()
