@@ -151,10 +151,10 @@ async fn dispatch(
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     let Some(location) = server.locations.select(&path) else {
-        *tracked = server.series.last().map(|s| metrics::start(s));
+        *tracked = server.series.last().map(metrics::start);
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
-    *tracked = server.series.get(location).map(|s| metrics::start(s));
+    *tracked = server.series.get(location).map(metrics::start);
     match &server.actions[location] {
         Action::Return { status, redirect } => (
             local(return_response(*status, redirect.as_deref())),

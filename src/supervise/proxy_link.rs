@@ -28,6 +28,9 @@ pub const MAX_LINE: usize = 1 << 20;
 pub const MAX_SERIES: usize = 2000;
 /// The longest server or upstream label (server names and service names are far shorter).
 pub const MAX_LABEL: usize = 255;
+/// The least time between two reports init reads: the proxy reports at most once a second, and one that
+/// sends faster is slowed by the socket's backpressure instead of costing PID 1 a parse per line.
+const MIN_GAP: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct ProxyFeeds {
     pub config: watch::Sender<Option<Arc<ProxyRuntimeConfig>>>,
@@ -141,6 +144,7 @@ async fn receive(read: OwnedReadHalf, sink: ProxyMetricsFeed) {
                 let snapshot = Arc::new(snapshot);
                 ours = Some(Arc::clone(&snapshot));
                 sink.send_replace(Some(snapshot));
+                tokio::time::sleep(MIN_GAP).await;
             }
             Err(e) => {
                 tracing::warn!("proxy metrics: {e}; not reading more");
@@ -278,10 +282,12 @@ mod tests {
                     let _ = proxy.write_all(&flood);
                     proxy
                 });
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                // Past the pause after a report, init reads the flood up to its bound and stops.
+                tokio::time::sleep(MIN_GAP * 3).await;
                 assert!(!task.is_finished(), "the feed to the proxy goes on");
                 assert_eq!(sink.borrow().as_ref().unwrap().requests[0].server, "kept");
                 task.abort();
+                let _ = task.await;
                 drop(writer.join());
             })
             .await;
