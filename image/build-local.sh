@@ -150,20 +150,24 @@ mount_in --bind /dev "$ROOT/dev"
 # The app's wheels are fetched here, by this host's own pip and its settings (index, proxy, CA), and the
 # chroot installs them with --no-index: the chroot needs no network and no copy of the host's trust store.
 # pip download skips what the cache already holds, so a cached build asks the index only for the versions.
+# shellcheck source=app-manifest.sh
+. "$SRC/image/app-manifest.sh"
+read_app_manifest "$STAGE/app"
+REQUIREMENTS=$STAGE/app/$APP_REQUIREMENTS
 mkdir -p "$CACHE/wheels"
 wheels_stamp=$CACHE/wheels/.requirements.sha256
-req_sum=$(sha256sum "$STAGE/app/requirements.txt" | cut -d' ' -f1)
-if [ "$(cat "$wheels_stamp" 2>/dev/null)" != "$req_sum" ]; then
-    say "wheels: pip download -r app/requirements.txt"
+req_sum=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+if ! grep -qx "$req_sum" "$wheels_stamp" 2>/dev/null; then
+    say "wheels: pip download -r app/$APP_REQUIREMENTS"
     python3 -m pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.11 \
-        --implementation cp --platform manylinux2014_x86_64 -d "$CACHE/wheels" -r "$STAGE/app/requirements.txt" ||
+        --implementation cp --platform manylinux2014_x86_64 -d "$CACHE/wheels" -r "$REQUIREMENTS" ||
         die "pip download of the app's wheels failed"
-    echo "$req_sum" >"$wheels_stamp"
+    echo "$req_sum" >>"$wheels_stamp"
 fi
 mount_in --bind "$CACHE/wheels" "$ROOT/var/cache/stackinit-wheels"
 
 # The venv is the slow part after the base tree: reuse one built from the same requirements on the same base.
-VENV_KEY=$(cat "$STAGE/app/requirements.txt" "$BASE/inputs" | sha256sum | cut -c1-16)
+VENV_KEY=$(cat "$REQUIREMENTS" "$BASE/inputs" | sha256sum | cut -c1-16)
 VENV_CACHE=$CACHE/venv-$VENV_KEY.tar
 if [ -f "$VENV_CACHE" ]; then
     mkdir -p "$ROOT/srv/app"

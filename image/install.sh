@@ -5,7 +5,10 @@
 #
 #   install.sh --src DIR [--binary PATH] [--mode pid1|systemd|seed] [--imds-endpoint URL] [--chroot]
 #
-#   --src DIR      staged tree with image/, app/, systemd/ (and `stackinit` unless --binary is given)
+#   --src DIR      staged tree with image/, app/, systemd/ (and `stackinit` unless --binary is given). app/ is
+#                  any WSGI app: its stackinit-app.env (image/app-manifest.sh) names the WSGI callable, the
+#                  Django settings, the requirements, the package directory and the static files; its own
+#                  stackinit.toml is the image's config, or install.sh writes one from the manifest.
 #   --mode         pid1:    the kernel runs stackinit as init (`init=` on GRUB's command line: the AMI's
 #                           /etc/default/grub.d, or the local disk's grub.cfg written by build-local.sh).
 #                           DHCP, sshd, chronyd, a serial-console getty and the per-instance firstboot job
@@ -50,9 +53,15 @@ case "$MODE" in pid1|systemd|seed) ;; *) die "--mode must be pid1, systemd or se
 [ -n "$SRC" ] || die "--src DIR is required"
 [ -n "$BINARY" ] || BINARY=$SRC/stackinit
 [ -x "$BINARY" ] || die "no executable stackinit binary at $BINARY"
-for f in app/stackinit.toml app/requirements.txt app/manage.py image/udhcpc.script; do
+for f in image/udhcpc.script image/app-manifest.sh image/stackinit_wsgi.py; do
     [ -e "$SRC/$f" ] || die "missing $SRC/$f"
 done
+# shellcheck source=app-manifest.sh
+. "$SRC/image/app-manifest.sh"
+read_app_manifest "$SRC/app"
+[ -f "$SRC/app/stackinit.toml" ] || [ -n "$APP_WSGI" ] ||
+    die "$SRC/app has neither a stackinit.toml nor a stackinit-app.env naming its WSGI callable"
+[ "$MODE" != seed ] || [ -f "$SRC/app/manage.py" ] || die "--mode seed bakes the sample app only"
 [ "$(id -u)" -eq 0 ] || die "run as root"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -68,7 +77,8 @@ command -v busybox >/dev/null || want+=(busybox-static)
 case "$MODE" in
     # What systemd would run beside the app, run by stackinit instead: sshd, chronyd, growpart (firstboot),
     # and sudo for the SSH user.
-    pid1) want+=(openssh-server chrony cloud-guest-utils sudo) ;;
+    pid1) want+=(openssh-server chrony cloud-guest-utils sudo)
+        [ "$CHROOT" = 1 ] || want+=(curl) ;; # the SSM agent download
     # dbus for logind, which turns the ACPI power button (EC2 stop/terminate) into a clean shutdown.
     systemd) want+=(systemd-sysv dbus) ;;
     seed) want+=(systemd-sysv dbus nginx-light supervisor) ;;
@@ -100,6 +110,9 @@ install -D -m 0755 "$BINARY" /usr/local/bin/stackinit
 install -D -m 0755 "$SRC/image/udhcpc.script" $LIB/udhcpc.script
 install -D -m 0755 "$SRC/image/dhcp.sh" $LIB/dhcp
 install -D -m 0755 "$SRC/image/dhcp-ready.sh" $LIB/dhcp-ready
+# The lean WSGI server and template (app/stackinit_wsgi.py of the stackinit repo), for apps that are not the
+# sample: a generated config runs it from here.
+install -D -m 0644 "$SRC/image/stackinit_wsgi.py" $LIB/stackinit_wsgi.py
 if [ "$MODE" = pid1 ]; then
     install -D -m 0755 "$SRC/image/firstboot.sh" $LIB/firstboot
     install -D -m 0755 "$SRC/image/sshd.sh" $LIB/sshd
@@ -116,47 +129,58 @@ tar -C "$SRC/app" --exclude=__pycache__ --exclude='*.pyc' --exclude=db.sqlite3 -
 chown root:www-data $APP
 chmod 0775 $APP
 
-req_sum=$(sha256sum "$SRC/app/requirements.txt" | cut -d' ' -f1)
-if [ "$(cat $APP/venv/.requirements.sha256 2>/dev/null)" != "$req_sum" ] || ! $APP/venv/bin/python -c 'import django' 2>/dev/null; then
-    say "python venv $APP/venv from app/requirements.txt"
+REQUIREMENTS=$SRC/app/$APP_REQUIREMENTS
+[ -f "$REQUIREMENTS" ] || die "missing $REQUIREMENTS"
+req_sum=$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1)
+if [ "$(cat $APP/venv/.requirements.sha256 2>/dev/null)" != "$req_sum" ] || ! [ -x $APP/venv/bin/python ]; then
+    say "python venv $APP/venv from app/$APP_REQUIREMENTS"
     rm -rf $APP/venv
     python3 -m venv $APP/venv
     pip_from=()
     [ -n "${STACKINIT_WHEELS:-}" ] && pip_from=(--no-index --find-links "$STACKINIT_WHEELS")
-    $APP/venv/bin/pip install -q --disable-pip-version-check --no-compile "${pip_from[@]}" -r "$SRC/app/requirements.txt"
+    $APP/venv/bin/pip install -q --disable-pip-version-check --no-compile "${pip_from[@]}" -r "$REQUIREMENTS"
     echo "$req_sum" >$APP/venv/.requirements.sha256
 fi
 # Byte-compile now, the app and every installed package (Django imports asgiref and sqlparse too): a read-only
 # root cannot write __pycache__ at boot, and every boot would pay for compiling them.
-$APP/venv/bin/python -m compileall -q $APP/mysite $APP/manage.py $APP/stackinit_wsgi.py >/dev/null 2>&1 || true
+$APP/venv/bin/python -m compileall -q -x '/(venv|staticfiles)/' $APP $LIB/stackinit_wsgi.py >/dev/null 2>&1 || true
 $APP/venv/bin/python -m compileall -q "$($APP/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
 
 # Migrate and collect static files at build time: the image then boots with nothing to write (a read-only root
 # works). Each success leaves the stamp that app/stackinit.toml's `condition_path_exists` looks for, so boots
 # skip the jobs; a failure stops the build before any stamp is written.
-app_env=(env DJANGO_SETTINGS_MODULE=mysite.settings STACKINIT_STATIC_ROOT=$APP/staticfiles)
+PACKAGES=$APP/$APP_PYTHONPATH
+PACKAGES=${PACKAGES%/.}
+app_env=(env PYTHONPATH="$PACKAGES" STACKINIT_STATIC_ROOT=$APP/staticfiles)
+[ -z "$APP_SETTINGS" ] || app_env+=(DJANGO_SETTINGS_MODULE="$APP_SETTINGS")
 mkdir -p $APP/staticfiles
 chown www-data:www-data $APP/staticfiles
 touch $APP/db.sqlite3
 chown www-data:www-data $APP/db.sqlite3
 rm -f $APP/.migrated-at-build $APP/.collected-at-build
-(cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python manage.py migrate --noinput >/dev/null)
-touch $APP/.migrated-at-build
-(cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python manage.py collectstatic --noinput >/dev/null)
-touch $APP/.collected-at-build
+if [ -n "$APP_SETTINGS" ]; then
+    # `python -m django` is manage.py without the file: every Django project has it, whatever its layout.
+    (cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python -m django migrate --noinput >/dev/null)
+    touch $APP/.migrated-at-build
+    if [ -z "$APP_STATIC" ]; then
+        (cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python -m django collectstatic --noinput >/dev/null)
+        touch $APP/.collected-at-build
+    fi
+fi
 
 # What loading the app and serving its first page reads (modules, shared libraries, the app's own files), for
 # the boot-time `stackinit readahead` job: a cold disk (EBS from a snapshot, or QEMU) is then read in parallel
 # instead of one import at a time.
-(cd $APP && runuser -u www-data -- "${app_env[@]}" $APP/venv/bin/python - <<'PY') >$APP/.readahead.list
-import io, os, sys
+(cd "$PACKAGES" && runuser -u www-data -- "${app_env[@]}" STACKINIT_APP_WSGI="$APP_WSGI" $APP/venv/bin/python - <<'PY') >$APP/.readahead.list
+import importlib, io, os, sys
 sys.path.insert(0, os.getcwd())
-import mysite.wsgi
+module, callable_name = (os.environ.get("STACKINIT_APP_WSGI") or "mysite.wsgi:application").split(":")
+application = getattr(importlib.import_module(module), callable_name)
 environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", "SERVER_NAME": "localhost",
            "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "localhost",
            "wsgi.input": io.BytesIO(), "wsgi.errors": sys.stderr, "wsgi.url_scheme": "http"}
 try:
-    b"".join(mysite.wsgi.application(environ, lambda status, headers, exc_info=None: None))
+    b"".join(application(environ, lambda status, headers, exc_info=None: None))
 except Exception as err:
     print(f"readahead list: first page failed: {err}", file=sys.stderr)
 files = {os.path.realpath(sys.executable)}
@@ -168,7 +192,7 @@ for module in list(sys.modules.values()):
             break
 with open("/proc/self/maps") as maps:
     files.update(line.split()[5] for line in maps if len(line.split()) >= 6 and line.split()[5].startswith("/"))
-for root, dirs, names in os.walk(os.getcwd()):
+for root, dirs, names in os.walk("/srv/app"):
     dirs[:] = [d for d in dirs if d not in ("venv", "staticfiles")]
     files.update(os.path.join(root, n) for n in names if not n.startswith(".") and n != "db.sqlite3")
 print("\n".join(sorted(f for f in files if os.path.isfile(f))))
@@ -227,6 +251,35 @@ EOF
 }
 if [ "$MODE" = pid1 ]; then machine_services; fi
 
+# ---- SSM agent (pid1 mode on an EC2 build instance) --------------------------------------------------------
+# Session Manager is how many fleets reach instances that have no SSH. Ubuntu's AMIs carry the agent as a snap,
+# which needs snapd and systemd's mount units, neither of which runs under stackinit: the snap is replaced by
+# AWS's .deb from the build region's bucket, and stackinit runs the agent as a service (`ssm-agent` below,
+# skipped where the binary is missing, as on the local image, which is built offline).
+SSM_AGENT=/usr/bin/amazon-ssm-agent
+install_ssm_agent() {
+    local region deb
+    if [ -x $SSM_AGENT ]; then return 0; fi
+    region=$(python3 "$SRC/image/imds-get.py" placement/region 2>/dev/null) || {
+        say "no IMDS at build time: not an EC2 build, no SSM agent"
+        return 0
+    }
+    if command -v snap >/dev/null && snap list amazon-ssm-agent >/dev/null 2>&1; then
+        say "removing the amazon-ssm-agent snap (snapd does not run under stackinit)"
+        snap remove --purge amazon-ssm-agent >/dev/null
+    fi
+    deb=$(mktemp --suffix=.deb)
+    say "amazon-ssm-agent .deb from the $region bucket"
+    curl -fsSL --retry 3 -o "$deb" \
+        "https://s3.$region.amazonaws.com/amazon-ssm-$region/latest/debian_amd64/amazon-ssm-agent.deb" ||
+        die "cannot download the SSM agent for $region"
+    dpkg -i "$deb" >/dev/null || die "cannot install the SSM agent"
+    rm -f "$deb"
+    # The package enables a systemd unit; under stackinit the service below runs it.
+    [ -x $SSM_AGENT ] || die "the SSM agent package has no $SSM_AGENT"
+}
+if [ "$MODE" = pid1 ] && [ "$CHROOT" != 1 ]; then install_ssm_agent; fi
+
 # ---- config -----------------------------------------------------------------------------------------------
 mkdir -p /etc/stackinit /logs
 chmod 0755 /logs
@@ -265,6 +318,17 @@ command = ["chronyd", "-d", "-u", "_chrony"]
 critical = false
 capabilities = ["CAP_SYS_TIME", "CAP_SETUID", "CAP_SETGID", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
 
+# Session Manager (AWS Systems Manager), where the agent is installed (the amazon-ebs build): the instance's
+# role and region come from IMDS. It runs shells for the operators it lets in: every capability.
+[service.ssm-agent]
+command = ["$SSM_AGENT"]
+condition_path_exists = "$SSM_AGENT"
+after = ["firstboot"]
+critical = false
+capabilities = ["ALL"]
+no_new_privs = false
+stop_grace = "10s"
+
 # A login prompt on the serial console (EC2 Serial Console, QEMU -serial). No --hangup: a vhangup would also
 # cut off stackinit's own console output on the same port. Logging in needs a password, which no image has.
 [service.console-getty]
@@ -277,11 +341,122 @@ stop_grace = "2s"
 TOML
 }
 
+# The config of an app without its own stackinit.toml, from its manifest: the sample's shape (jobs that run
+# once at build, one template loading the app and replicas forked from it, the proxy on 80 for every EC2 name)
+# with the app's names in it.
+app_config() {
+    local env="PYTHONPATH = \"$PACKAGES\", STACKINIT_STATIC_ROOT = \"$APP/staticfiles\""
+    [ -z "$APP_SETTINGS" ] || env="DJANGO_SETTINGS_MODULE = \"$APP_SETTINGS\", $env"
+    local static_dir=$APP/staticfiles/ after=()
+    [ -z "$APP_STATIC" ] || static_dir=$APP/${APP_STATIC%/}/
+    cat <<TOML
+# Written by image/install.sh from app/stackinit-app.env (WSGI $APP_WSGI). To change more than the manifest
+# says, give the app its own stackinit.toml.
+
+[init]
+logs_dir = "/logs"
+control_socket = "/run/stackinit/control.sock"
+# As the sample's: long enough for a load balancer's health checks to take the instance out before it stops.
+shutdown_drain = "25s"
+# The launch's EC2 user data, when it is a TOML overlay of this file (the user-data job writes it).
+user_data = "/run/stackinit/user-data.toml"
+
+[service.user-data]
+command = ["stackinit", "user-data"]
+oneshot = true
+critical = false
+TOML
+    after+=('"user-data"')
+    if [ -n "$APP_SETTINGS" ]; then
+        after+=('"migrate"')
+        cat <<TOML
+
+# Run at the image build, which leaves the stamp; at boot only where it is missing (a database outside the image).
+[service.migrate]
+command = ["$APP/venv/bin/python", "-m", "django", "migrate", "--noinput"]
+directory = "$APP"
+user = "www-data"
+environment = { $env }
+oneshot = true
+after = ["user-data"]
+condition_path_exists = "!$APP/.migrated-at-build"
+TOML
+        if [ -z "$APP_STATIC" ]; then
+            after+=('"collectstatic"')
+            cat <<TOML
+
+[service.collectstatic]
+command = ["$APP/venv/bin/python", "-m", "django", "collectstatic", "--noinput"]
+directory = "$APP"
+user = "www-data"
+environment = { $env }
+oneshot = true
+after = ["user-data"]
+condition_path_exists = "!$APP/.collected-at-build"
+TOML
+        fi
+    fi
+    cat <<TOML
+
+[service.readahead]
+command = ["stackinit", "readahead", "$APP/.readahead.list"]
+user = "www-data"
+oneshot = true
+condition_path_exists = "$APP/.readahead.list"
+critical = false
+
+# The app is loaded once, here, and the replicas are forked from it (stackinit_wsgi.py puts its working
+# directory, the package directory, on sys.path).
+[service.app-template]
+command = ["$APP/venv/bin/python", "$LIB/stackinit_wsgi.py", "--template", "$APP_WSGI"]
+directory = "$PACKAGES"
+user = "www-data"
+environment = { $env }
+listen = "unix:/run/stackinit/app-template.sock"
+after = [$(IFS=,; echo "${after[*]}")]
+notify = true
+start_secs = "100ms"
+critical = false
+
+[service.app]
+command = ["stackinit", "fork-from", "/run/stackinit/app-template.sock"]
+directory = "$PACKAGES"
+user = "www-data"
+environment = { $env }
+replicas = $APP_REPLICAS
+max_in_flight = 1
+listen = "unix:/run/stackinit/app.sock"
+after = ["app-template"]
+restart = "always"
+notify = true
+stop_signal = "TERM"
+stop_grace = "40s"
+
+[proxy]
+listen = ["0.0.0.0:80"]
+user = "nobody"
+
+[[proxy.server]]
+server_name = ["*.compute.amazonaws.com", "*.compute-1.amazonaws.com", "*.compute.internal", "*.ec2.internal"]
+default = true
+  [[proxy.server.location]]
+  path = "/static/"
+  alias = "$static_dir"
+  [[proxy.server.location]]
+  path = "/"
+  upstream = "app"
+TOML
+}
+
 render_config() {
     # app/stackinit.toml is the AMI's config. As PID 1 nothing else configures the network, so the pid1 mode
     # adds the DHCP client as a service and makes the proxy wait for it; under systemd, systemd's own
     # networking does that job.
     local src=$SRC/app/stackinit.toml
+    if [ ! -f "$src" ]; then
+        src=/etc/stackinit/app.toml.generated
+        app_config >"$src"
+    fi
     if [ "$MODE" = pid1 ]; then
         awk '
             /^\[init\][[:space:]]*$/ {
@@ -431,7 +606,8 @@ ExecStartPre=/usr/sbin/sshd -t
 EOF
     fi
     rm -f /etc/ssh/ssh_host_*
-    rm -f /var/lib/dbus/machine-id
+    # Nor a random seed that every clone would start from.
+    rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
     apt-get clean
     rm -rf /var/lib/apt/lists/* /tmp/* /var/tmp/*
 fi

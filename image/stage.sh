@@ -25,4 +25,6 @@ for d in image app systemd; do
     tar -C "${from[$d]}" --exclude=__pycache__ --exclude='*.pyc' --exclude=db.sqlite3 \
         --exclude=staticfiles --exclude=venv -cf - . | tar -C "$STAGE/$d" -xf -
 done
+# The lean WSGI server and template is stackinit's, whichever app is baked.
+cp "$STACKINIT_SRC/app/stackinit_wsgi.py" "$STAGE/image/stackinit_wsgi.py"
 echo "stage: $STAGE ready ($(du -sh "$STAGE" | cut -f1))"

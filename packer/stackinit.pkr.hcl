@@ -73,6 +73,12 @@ variable "repo_dir" {
   description = "The stackinit checkout (image/, app/, systemd/ come from here). Relative to where packer runs."
 }
 
+variable "app_dir" {
+  type        = string
+  default     = ""
+  description = "The WSGI app to bake (default: the repo's sample app/). Its stackinit-app.env names the WSGI callable, Django settings, requirements, package directory and static files (image/app-manifest.sh); its own stackinit.toml, if any, is the image's config."
+}
+
 variable "output_dir" {
   type        = string
   default     = ".cache/image/out"
@@ -179,6 +185,7 @@ build {
     environment_vars = [
       "STACKINIT_BINARY=${var.binary}",
       "STACKINIT_SRC=${var.repo_dir}",
+      "STACKINIT_APP_DIR=${var.app_dir}",
       "STAGE=${var.output_dir}/stage",
     ]
     command = "bash ${var.repo_dir}/image/stage.sh"
@@ -217,6 +224,7 @@ build {
       "STACKINIT_BOOT_MODE=${var.boot_mode}",
       "STACKINIT_BINARY=${var.binary}",
       "STACKINIT_SRC=${var.repo_dir}",
+      "STACKINIT_APP_DIR=${var.app_dir}",
       "IMAGE_OUTPUT_DIR=${var.output_dir}",
       "IMAGE_CACHE_DIR=${var.cache_dir}",
       "IMAGE_MIRROR=${var.debian_mirror}",

@@ -39,6 +39,19 @@ pub struct StatusReply {
     /// True while the instance drains for shutdown (`/healthz` answers 503).
     #[serde(default)]
     pub draining: bool,
+    /// The per-launch overlay (EC2 user data), when the config names one and it was there at the last load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<UserDataStatus>,
+}
+
+/// What became of the user-data overlay: `applied`, or refused with every error (`FILE:LINE:COL: key:
+/// message`), in which case the baked config runs without any of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDataStatus {
+    pub path: std::path::PathBuf,
+    pub applied: bool,
+    #[serde(default)]
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

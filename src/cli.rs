@@ -37,7 +37,22 @@ pub enum Command {
     /// Run as the first process of a machine or PID namespace (what PID 1 does with no arguments).
     Init(ConfigArg),
     /// Validate a config: exit 0, or print FILE:LINE:COL: messages and exit 1.
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Validate this per-launch overlay (EC2 user data) merged onto the config, before launching with it.
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<PathBuf>,
+    },
+    /// Fetch this instance's user data from IMDS into `[init] user_data` (the per-launch overlay), say on the
+    /// console whether it applies, and reload the running stack with it. A boot job of the image.
+    UserData {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only write the file; do not ask the running stack to reload.
+        #[arg(long)]
+        no_reload: bool,
+    },
     /// Show services: a table, or `{"services": [...]}` with --json.
     Status {
         /// A service (`app`) or replica (`app@1`).

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use serde::Serialize;
 
-use crate::config::ImdsSpec;
+use crate::config::{Config, ImdsSpec};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Facts {
@@ -51,8 +51,21 @@ impl Facts {
         out
     }
 
-    /// The environment every service gets.
-    pub fn environment(&self) -> Vec<(String, String)> {
+    /// `allowed_hosts` and then the config's `[proxy] extra_server_names` (a load balancer's name, a custom
+    /// domain): every name the app must accept. Lowercased and deduplicated.
+    pub fn allowed_hosts_with(&self, config: &Config) -> Vec<String> {
+        let mut out = self.allowed_hosts();
+        let extra = config.proxy.iter().flat_map(|p| &p.extra_server_names);
+        for name in extra.map(|n| n.to_ascii_lowercase()) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// The environment every service gets, for a stack running `config`.
+    pub fn environment(&self, config: &Config) -> Vec<(String, String)> {
         let mut env = Vec::new();
         let mut put = |k: &str, v: &Option<String>| {
             if let Some(v) = v {
@@ -66,7 +79,7 @@ impl Facts {
         put("STACKINIT_PUBLIC_HOSTNAME", &self.public_hostname);
         env.push((
             "STACKINIT_ALLOWED_HOSTS".into(),
-            self.allowed_hosts().join(","),
+            self.allowed_hosts_with(config).join(","),
         ));
         env
     }
@@ -84,11 +97,38 @@ fn looks_like_ec2() -> bool {
     .any(|v| v.contains("Amazon EC2") || v.to_ascii_lowercase().starts_with("ec2"))
 }
 
+/// Whether IMDS is to be asked at all: as configured, else when the machine says it is EC2.
+pub fn imds_enabled(spec: &ImdsSpec) -> bool {
+    spec.enabled.unwrap_or_else(looks_like_ec2)
+}
+
+/// The instance's user data (IMDSv2: a token, then `GET /latest/user-data`), at most `limit` bytes; `None`
+/// when the instance was launched without any (404). Runs on a `LocalSet` (its connections are local tasks).
+pub async fn user_data(spec: &ImdsSpec, limit: usize) -> Result<Option<String>, String> {
+    let token = token(spec).await?;
+    let (status, body) = exchange(
+        spec,
+        "GET",
+        "/latest/user-data",
+        ("x-aws-ec2-metadata-token", &token),
+    )
+    .await?;
+    match status {
+        200 if body.len() > limit => Err(format!(
+            "user data is {} bytes, more than {limit}",
+            body.len()
+        )),
+        200 => Ok(Some(body)),
+        404 => Ok(None),
+        other => Err(format!("GET /latest/user-data answered {other}")),
+    }
+}
+
 /// Discover the facts: local ones always, IMDS ones when enabled. Never fails; never takes longer than
 /// about six IMDS timeouts.
 pub async fn discover(spec: &ImdsSpec) -> Facts {
     let mut facts = local_facts();
-    let enabled = spec.enabled.unwrap_or_else(looks_like_ec2);
+    let enabled = imds_enabled(spec);
     if !enabled {
         return facts;
     }
@@ -208,7 +248,8 @@ async fn exchange(
         .map_err(|_| format!("{method} {path}: timed out after {timeout:?}"))?
 }
 
-async fn imds_facts(spec: &ImdsSpec) -> Result<Facts, String> {
+/// An IMDSv2 session token.
+async fn token(spec: &ImdsSpec) -> Result<String, String> {
     let (status, token) = exchange(
         spec,
         "PUT",
@@ -219,6 +260,11 @@ async fn imds_facts(spec: &ImdsSpec) -> Result<Facts, String> {
     if status != 200 || token.is_empty() {
         return Err(format!("token request answered {status}"));
     }
+    Ok(token)
+}
+
+async fn imds_facts(spec: &ImdsSpec) -> Result<Facts, String> {
+    let token = token(spec).await?;
     let mut facts = Facts::default();
     for (key, slot) in [
         ("instance-id", &mut facts.instance_id),
@@ -265,7 +311,23 @@ mod tests {
             ]
         );
         assert!(f
-            .environment()
+            .environment(&Config::default())
             .contains(&("STACKINIT_PRIVATE_IP".into(), "10.0.0.5".into())));
+    }
+
+    #[test]
+    fn extra_server_names_add_to_the_allowed_hosts() {
+        let f = Facts {
+            private_ip: Some("10.0.0.5".into()),
+            ..Facts::default()
+        };
+        let mut config = Config::default();
+        config.proxy = Some(crate::config::ProxySpec {
+            extra_server_names: vec!["My-ALB.elb.amazonaws.com".into(), "10.0.0.5".into()],
+            ..Default::default()
+        });
+        let env = f.environment(&config);
+        let allowed = env.iter().find(|(k, _)| k == "STACKINIT_ALLOWED_HOSTS");
+        assert_eq!(allowed.unwrap().1, "10.0.0.5,my-alb.elb.amazonaws.com");
     }
 }

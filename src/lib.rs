@@ -23,3 +23,4 @@ pub mod readahead;
 pub mod stack;
 pub mod supervise;
 pub mod unix_reach;
+pub mod user_data;

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
         }
         Some(Command::Init(config)) => stackinit::init::main(config),
         Some(Command::Run(config)) => stackinit::stack::run_foreground(config),
-        Some(Command::Check(config)) => stackinit::config::check_command(config),
+        Some(Command::Check { config, user_data }) => {
+            stackinit::config::check_command(config, user_data.as_deref())
+        }
+        Some(Command::UserData { config, no_reload }) => {
+            stackinit::user_data::main(config, no_reload, cli.socket.as_deref(), &cli.timeout)
+        }
         Some(Command::Config { default, config }) => {
             stackinit::config::print_command(default, config)
         }

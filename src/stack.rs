@@ -109,6 +109,13 @@ pub fn run_foreground(arg: crate::cli::ConfigArg) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(refused) = config.user_data.as_ref().filter(|u| !u.errors.is_empty()) {
+        eprintln!(
+            "stackinit: user data {} refused; the baked config runs without it:\n{}",
+            refused.path.display(),
+            refused.errors.join("\n")
+        );
+    }
     if let Err(e) = prepare_logging(&config.init) {
         eprintln!(
             "stackinit: cannot set up {}: {e}",

@@ -323,6 +323,7 @@ fn answer(
             let _ = reply.send(Ok(stackinit::supervise::handle::InstanceInfo {
                 facts: Default::default(),
                 unhealthy: Vec::new(),
+                user_data: None,
             }));
         }
     }

@@ -468,3 +468,35 @@ fn base64_round() {
     );
     assert_eq!(browser::decode_base64("Zm8="), b"fo");
 }
+
+/// A user-data overlay refused at start: the page says so above the services, with the error located in
+/// the overlay, and names it in the instance facts.
+#[test]
+fn a_refused_user_data_overlay_shows_on_the_page() {
+    let overlay_dir = support::temp_dir("stackinit-overlay");
+    let overlay = overlay_dir.path().join("user-data.toml");
+    std::fs::write(&overlay, "# launch\n[service.alpha]\nreplicas = \"two\"\n").unwrap();
+    let port = free_port();
+    let _stack = start_stack(port, &format!("user_data = \"{}\"", overlay.display()));
+    let base = format!("http://127.0.0.1:{port}");
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/?token={TOKEN}"));
+    let expected = format!("{}:3:12: service.alpha.replicas", overlay.display());
+    browser.wait_for(
+        "the refused overlay's banner",
+        WAIT,
+        "const banner = document.getElementById('user-data');
+         return !banner.hidden && banner.textContent.includes('refused') && banner.textContent.includes(arguments[0]);",
+        json!([expected]),
+    );
+    let facts = browser.eval(
+        "return document.getElementById('facts').textContent",
+        json!([]),
+    );
+    assert!(
+        facts
+            .as_str()
+            .is_some_and(|f| f.contains("refused (see above)")),
+        "{facts}"
+    );
+}

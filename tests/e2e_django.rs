@@ -46,7 +46,7 @@ const PRIVATE_IP: &str = "10.0.0.5";
 
 impl Seed {
     fn start(server: AppServer, region: &Region) -> Seed {
-        Seed::start_with(server, region, 3, "30s", "")
+        Seed::start_with(server, region, 3, "30s", "", None)
     }
 
     fn start_with(
@@ -55,15 +55,24 @@ impl Seed {
         replicas: u32,
         ready_timeout: &str,
         app_extra: &str,
+        user_data: Option<&str>,
     ) -> Seed {
-        let imds = FakeImds::start(&[
-            ("instance-id", "i-0e2e0e2e0e2e0e2e0"),
-            ("local-ipv4", PRIVATE_IP),
-            ("local-hostname", region.private_hostname),
-            ("public-ipv4", PUBLIC_IP),
-            ("public-hostname", region.public_hostname),
-        ]);
         let shared = e2e::shared_dir();
+        // The launch's user data, served by the fake IMDS for the image's `user-data` job.
+        let user_data_file = shared.path().join("launch-user-data");
+        if let Some(text) = user_data {
+            std::fs::write(&user_data_file, text).expect("user data");
+        }
+        let imds = FakeImds::start_with_user_data(
+            &[
+                ("instance-id", "i-0e2e0e2e0e2e0e2e0"),
+                ("local-ipv4", PRIVATE_IP),
+                ("local-hostname", region.private_hostname),
+                ("public-ipv4", PUBLIC_IP),
+                ("public-hostname", region.public_hostname),
+            ],
+            user_data.map(|_| user_data_file.as_path()),
+        );
         let port = free_port();
         let config = SeedConfig {
             server,
@@ -74,6 +83,8 @@ impl Seed {
             app_extra: app_extra.to_string(),
             readiness: None,
             ready_timeout,
+            proxy_extra: String::new(),
+            user_data: user_data.is_some(),
         }
         .render();
         let stack = Stack::start(&config);
@@ -321,7 +332,7 @@ fn kill9_under_load(server: AppServer) {
     // default: kills of replicas that had reached readiness are not failed starts, a replica killed
     // during start-up retries instead of giving up, and what was queued on a killed replica's socket is
     // handed back to the proxy and retried elsewhere.
-    let seed = Seed::start_with(server, &US_EAST_1, 3, "30s", "backoff_max = \"1s\"");
+    let seed = Seed::start_with(server, &US_EAST_1, 3, "30s", "backoff_max = \"1s\"", None);
     let events = Events::default();
     let load = Load::start(seed.addr, PRIVATE_IP, "/", HELLO, LOAD_CLIENTS, LOAD_PAUSE);
     let started = Instant::now();
@@ -476,7 +487,7 @@ fn rolling_restart_under_load_forked_from_a_template() {
 /// replicas keep serving without a failed request, and status says why.
 #[test]
 fn broken_release_halts_rollout_and_old_replicas_keep_serving() {
-    let seed = Seed::start_with(AppServer::Gunicorn, &US_EAST_1, 3, "8s", "");
+    let seed = Seed::start_with(AppServer::Gunicorn, &US_EAST_1, 3, "8s", "", None);
     let events = Events::default();
     let before = seed.pids();
     let load = Load::start(seed.addr, PRIVATE_IP, "/", HELLO, LOAD_CLIENTS, LOAD_PAUSE);
@@ -493,6 +504,8 @@ fn broken_release_halts_rollout_and_old_replicas_keep_serving() {
                 .into(),
         ),
         ready_timeout: "8s",
+        proxy_extra: String::new(),
+        user_data: false,
     }
     .render();
     let text = std::fs::read_to_string(&seed.stack.config).expect("config");
@@ -671,4 +684,123 @@ backoff_initial = "100ms"
         "the hung process {old} is still alive"
     );
     stack.stop();
+}
+
+/// One HTTP/1.1 request from a chosen loopback source address (127.0.0.2 is a peer the proxy does not trust).
+fn send_from(source: std::net::Ipv4Addr, to: SocketAddr, raw: &str) -> Reply {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to) = to else {
+        panic!("{to}: not IPv4")
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )
+    .expect("bind the client's source address");
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect to the proxy");
+    let mut stream = std::net::TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    stream.write_all(raw.as_bytes()).expect("send");
+    support::http::read_reply(&mut std::io::BufReader::new(stream), false).expect("reply")
+}
+
+/// A request as an ALB forwards one that came in over HTTPS from 198.51.100.7.
+fn through_alb(method: &str, host: &str, extra: &str) -> String {
+    format!(
+        "{method} /whoami/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: 0\r\n\
+         X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Port: 443\r\n{extra}\r\n"
+    )
+}
+
+/// HTTPS at the load balancer, plain HTTP behind it, set up as the README says: from the launch's user data
+/// (fetched from the fake IMDS by the image's `user-data` job before the app starts). With the ALB's
+/// address in `trusted_proxies`, Django sees the request as secure (`SECURE_PROXY_SSL_HEADER`) and the
+/// client the ALB saw, a POST with the page's `https://` Origin passes CSRF, and the ALB's DNS name and a
+/// custom domain from `extra_server_names` pass `ALLOWED_HOSTS`. The same headers from a peer that is not
+/// trusted are overwritten: not secure, its own address, and the POST fails CSRF's Origin check.
+#[test]
+fn https_at_a_trusted_alb_reaches_django_and_nobody_else_can_claim_it() {
+    let alb_name = "my-alb-1234.us-east-1.elb.amazonaws.com";
+    let domain = "www.example.com";
+    let seed = Seed::start_with(
+        AppServer::Lean,
+        &US_EAST_1,
+        2,
+        "30s",
+        "",
+        Some(&format!(
+            "[proxy]\ntrusted_proxies = [\"127.0.0.1\"]\nextra_server_names = [\"{alb_name}\", \"{domain}\"]\n"
+        )),
+    );
+    assert_eq!(
+        seed.stack.status()["user_data"]["applied"],
+        true,
+        "{}",
+        seed.stack.status()
+    );
+    let alb = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let stranger = std::net::Ipv4Addr::new(127, 0, 0, 2);
+
+    let first = send_from(alb, seed.addr, &through_alb("GET", domain, ""));
+    assert_eq!(first.status, 200, "{}\n{}", first.text(), seed.context());
+    let page = first.json();
+    assert_eq!(page["secure"], true, "{page}");
+    assert_eq!(page["client"], "198.51.100.7", "{page}");
+    assert_eq!(page["host"], domain, "{page}");
+    let cookie = first
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("Django's CSRF cookie")
+        .to_string();
+    let token = page["csrf_token"].as_str().expect("token").to_string();
+    let post_headers =
+        format!("Origin: https://{domain}\r\nCookie: {cookie}\r\nX-CSRFToken: {token}\r\n");
+    let post = send_from(alb, seed.addr, &through_alb("POST", domain, &post_headers));
+    assert_eq!(post.status, 200, "POST through the ALB: {}", post.text());
+    assert_eq!(post.json()["method"], "POST");
+
+    let by_alb_name = send_from(alb, seed.addr, &through_alb("GET", alb_name, ""));
+    assert_eq!(by_alb_name.status, 200, "{}", by_alb_name.text());
+    assert_eq!(
+        timed_get(seed.addr, "evil.example.com", "/")
+            .expect("GET")
+            .status,
+        400,
+        "a name nobody added is still Django's 400"
+    );
+
+    let spoofed = send_from(stranger, seed.addr, &through_alb("GET", domain, ""));
+    assert_eq!(spoofed.status, 200, "{}", spoofed.text());
+    assert_eq!(spoofed.json()["secure"], false, "{}", spoofed.text());
+    assert_eq!(spoofed.json()["client"], "127.0.0.2", "{}", spoofed.text());
+    let spoofed_post = send_from(
+        stranger,
+        seed.addr,
+        &through_alb("POST", domain, &post_headers),
+    );
+    assert_eq!(
+        spoofed_post.status,
+        403,
+        "an untrusted peer's https claim must not pass CSRF: {}",
+        spoofed_post.text()
+    );
+
+    let access = std::fs::read_to_string(seed.stack.path("logs/access.log")).unwrap_or_default();
+    assert!(
+        access
+            .lines()
+            .any(|l| l.starts_with("198.51.100.7 ") && l.contains("\"POST /whoami/")),
+        "the access log should show the ALB's client: {access}"
+    );
 }

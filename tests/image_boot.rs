@@ -38,9 +38,9 @@ use support::{free_port, poll_every, repo, temp_dir, Guarded, BIN};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// From `/healthz` 200 to every machine service (sshd, chronyd, the getty) running and ready.
 const SERVICES_TIMEOUT: Duration = Duration::from_secs(300);
-/// Power button to QEMU exit: the image's drain (0 s) + the longest stop_grace (app, 40 s) + final
-/// shutdown, plus slack for TCG. A guest that ignores the button never exits and fails this.
-const POWEROFF_BUDGET: Duration = Duration::from_secs(90);
+/// Power button to QEMU exit: the image's drain (25 s, for an ALB's health checks) + the longest stop_grace
+/// (app, 40 s) + final shutdown, plus slack for TCG. A guest that ignores the button never exits and fails this.
+const POWEROFF_BUDGET: Duration = Duration::from_secs(115);
 /// How much larger than the image A's volume is: its first boot grows the root by this much.
 const GROW_MIB: u64 = 512;
 /// UEFI firmware for QEMU (Debian's `ovmf`): a single image, so no per-VM variable store is needed (the
@@ -84,6 +84,7 @@ fn require_tools() {
         "ssh-keygen",
         "ssh-keyscan",
         "python3",
+        "haproxy",
     ]
     .into_iter()
     .filter(|tool| !dirs.iter().any(|d| d.join(tool).is_file()))
@@ -138,6 +139,11 @@ impl Image {
 }
 
 fn build_image(out: &Path, root_mode: &str) -> Image {
+    build_image_of(out, root_mode, None)
+}
+
+/// `build_image` with another app than the sample (`-var app_dir=`).
+fn build_image_of(out: &Path, root_mode: &str, app_dir: Option<&Path>) -> Image {
     // Outside the checkout by default: CI runs in a fresh clone each time, and the debootstrapped tree
     // (keyed by its inputs) is what makes a run take seconds instead of minutes.
     let cache = std::env::var_os("STACKINIT_IMAGE_CACHE")
@@ -152,6 +158,10 @@ fn build_image(out: &Path, root_mode: &str) -> Image {
         .arg(format!("-var=cache_dir={}", cache.display()))
         .arg("-var=boot_mode=pid1")
         .arg(format!("-var=root_mode={root_mode}"))
+        .arg(format!(
+            "-var=app_dir={}",
+            app_dir.map(|d| d.display().to_string()).unwrap_or_default()
+        ))
         .arg("packer/")
         .stdin(Stdio::null())
         .output()
@@ -275,12 +285,17 @@ struct Vm {
 
 impl Vm {
     fn boot(spec: VmSpec, dir: &Path, key: &SshKey) -> Vm {
+        Vm::boot_on(spec, dir, key, free_port())
+    }
+
+    /// `boot`, with HTTP forwarded from `http_port` (a load balancer is told the port before launch).
+    fn boot_on(spec: VmSpec, dir: &Path, key: &SshKey, http_port: u16) -> Vm {
         let dir = dir.join(spec.name);
         std::fs::create_dir_all(&dir).expect("vm dir");
         let facts_path = dir.join("facts.json");
         std::fs::write(&facts_path, spec.facts.to_string()).expect("facts file");
         let imds = repo().join("tests/support/image_imds.py");
-        let (http_port, ssh_port) = (free_port(), free_port());
+        let ssh_port = free_port();
         // QEMU option values split on commas; none of these paths may contain one.
         for p in [&dir, &imds, spec.disk] {
             assert!(
@@ -967,9 +982,19 @@ fn check_ordered_shutdown(vm: &Vm) {
     );
 }
 
+/// The tests that boot VMs take turns: two TCG guests at a time is what two cores can carry.
+static VM_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn vm_turn() -> std::sync::MutexGuard<'static, ()> {
+    VM_TESTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
     require_tools();
+    let _turn = vm_turn();
     let tmp = temp_dir("stackinit-image-");
     let key = SshKey::generate(tmp.path());
     let image = build_image(&tmp.path().join("out"), "rw");
@@ -1179,4 +1204,333 @@ fn packer_template_validates_without_aws_credentials() {
             "template lacks {needle}"
         );
     }
+}
+
+// ---- The fleet: clones behind a load balancer, scaled in and refreshed onto a new image ------------------
+
+/// HAProxy as an ALB would be set up: health checks on `/healthz` (every 2 s with an ALB's 5 s timeout, out
+/// after two failures, in after two passes: at most 14 s to notice a drain, within the image's 25 s), round robin, and no retries of a failed request (an ALB does not retry
+/// either). Instances are registered with `enable server` once launched, as an Auto Scaling group does.
+struct LoadBalancer {
+    process: Guarded,
+    port: u16,
+    admin: PathBuf,
+}
+
+impl LoadBalancer {
+    /// `slots`: (name, port); every one starts deregistered.
+    fn start(dir: &Path, slots: &[(&str, u16)]) -> LoadBalancer {
+        let (port, admin) = (free_port(), dir.join("haproxy-admin.sock"));
+        let servers: String = slots
+            .iter()
+            .map(|(name, p)| format!("  server {name} 127.0.0.1:{p} check disabled\n"))
+            .collect();
+        let config = format!(
+            "global\n  stats socket {admin} level admin\n  maxconn 512\n\
+             defaults\n  mode http\n  retries 0\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+             frontend fleet\n  bind 127.0.0.1:{port}\n  default_backend instances\n\
+             backend instances\n  balance roundrobin\n\
+             \x20 option httpchk\n  http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host localhost\n\
+             \x20 http-check expect status 200\n  timeout check 5s\n  default-server inter 2s fall 2 rise 2\n{servers}",
+            admin = admin.display()
+        );
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).expect("haproxy.cfg");
+        let process = Guarded::spawn(
+            Command::new("haproxy").arg("-db").arg("-f").arg(&path),
+            "haproxy",
+        );
+        support::wait_for_port(([127, 0, 0, 1], port).into());
+        LoadBalancer {
+            process,
+            port,
+            admin,
+        }
+    }
+
+    fn admin(&self, command: &str) -> String {
+        let mut socket = UnixStream::connect(&self.admin).expect("haproxy admin socket");
+        writeln!(socket, "{command}").expect("haproxy admin write");
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut socket, &mut reply).expect("haproxy admin read");
+        reply
+    }
+
+    /// Register an instance and wait until its health checks have passed.
+    fn register(&mut self, name: &str) {
+        self.admin(&format!("enable server instances/{name}"));
+        let up = poll_every(Duration::from_millis(250), Duration::from_secs(60), || {
+            assert!(!self.process.exited(), "haproxy died");
+            self.admin("show servers state instances")
+                .lines()
+                .find(|l| l.split_whitespace().nth(3) == Some(name))
+                // srv_op_state 2 is "running" (UP).
+                .filter(|l| l.split_whitespace().nth(5) == Some("2"))
+                .map(|_| ())
+        });
+        assert!(
+            up.is_some(),
+            "{name} never passed the load balancer's checks:\n{}",
+            self.admin("show servers state instances")
+        );
+    }
+}
+
+/// Steady load through the load balancer: two clients, each one request after another, every answer kept.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<Vec<Outcome>>>,
+}
+
+/// One request as its client saw it: when it started, and its status and body or why it failed.
+struct Outcome {
+    at: Instant,
+    result: Result<(u16, String), String>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let at = Instant::now();
+                        let result = get(port, "localhost", "/")
+                            .map(|r| (r.status, r.text()))
+                            .map_err(|e| e.to_string());
+                        seen.push(Outcome { at, result });
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    fn finish(self) -> Vec<Outcome> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all: Vec<Outcome> = self
+            .clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("load client"))
+            .collect();
+        all.sort_by_key(|o| o.at);
+        all
+    }
+}
+
+/// Power button on one instance while the fleet serves: it drains (`/healthz` 503 while it still answers),
+/// the load balancer takes it out, and it powers off. The wait is `powered_off`.
+fn press_scale_in(vm: &Vm) -> Instant {
+    vm.press_power_button();
+    Instant::now()
+}
+
+fn powered_off(vm: &mut Vm, pressed: Instant) {
+    let took = vm.wait_poweroff(pressed, POWEROFF_BUDGET);
+    eprintln!(
+        "fleet: {} powered off {:.1} s after the power button",
+        vm.name,
+        took.as_secs_f64()
+    );
+}
+
+/// The instance-refresh story of issue 14, with a second app: two clones of the sample image behind a load
+/// balancer under steady load; a new image (another app, laid out differently and baked from its manifest)
+/// replaces them one by one (launch, healthy, registered, then the old one powered off); then a scale-in
+/// powers one of the new ones off. Not one request may fail, and the new app must be what serves at the end.
+#[test]
+fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
+    require_tools();
+    let _turn = vm_turn();
+    let tmp = temp_dir("stackinit-fleet-");
+    let key = SshKey::generate(tmp.path());
+    let old_image = build_image(&tmp.path().join("old"), "rw");
+    let storefront = repo().join("tests/fixtures/storefront");
+    let new_image = build_image_of(&tmp.path().join("new"), "rw", Some(&storefront));
+
+    // Each instance's HTTP port is chosen before launch, so the balancer knows all four slots from the start.
+    let instances = [
+        ("old1", &old_image, "i-0f1ee700000000001", "198.51.100.41"),
+        ("old2", &old_image, "i-0f1ee700000000002", "198.51.100.42"),
+        ("new1", &new_image, "i-0f1ee700000000003", "198.51.100.43"),
+        ("new2", &new_image, "i-0f1ee700000000004", "198.51.100.44"),
+    ]
+    .map(|(name, image, id, ip)| (name, image, id, ip, free_port()));
+    // new2 is launched with user data; new1, a clone of the same image, without.
+    let user_data = |name: &str| (name == "new2").then_some(NEW2_USER_DATA);
+    let mut lb = LoadBalancer::start(
+        tmp.path(),
+        &instances.map(|(name, _, _, _, port)| (name, port)),
+    );
+    let launch = |(name, image, id, ip, port): (&'static str, &Image, &str, &str, u16)| {
+        let disk = clone_disk(image, &tmp.path().join(format!("{name}.qcow2")), 0);
+        let public = format!("ec2-{}.compute-1.amazonaws.com", ip.replace('.', "-"));
+        let spec = VmSpec {
+            name,
+            firmware: Firmware::Bios,
+            disk: &disk,
+            data: None,
+            facts: with_user_data(facts(&public, ip, id, &key), user_data(name)),
+        };
+        Vm::boot_on(spec, tmp.path(), &key, port)
+    };
+
+    let mut fleet = vec![launch(instances[0]), launch(instances[1])];
+    if let [a, b] = &mut fleet[..] {
+        wait_all_healthy([a, b]);
+    }
+    for vm in &fleet {
+        lb.register(vm.name);
+    }
+    let load = Load::start(lb.port);
+    let steps = Instant::now();
+    let step = |what: String| eprintln!("fleet [{:5.1} s] {what}", steps.elapsed().as_secs_f64());
+
+    // Instance refresh, one at a time: a new instance is in service before an old one's power button, and
+    // the next new one boots while that old one drains (as an Auto Scaling group's refresh does).
+    let [old1, old2] = &mut fleet[..] else {
+        unreachable!()
+    };
+    let mut new1 = launch(instances[2]);
+    wait_all_healthy([&mut new1]);
+    check_serves_storefront(&new1);
+    lb.register("new1");
+    step("new1 in service".into());
+    let pressed = press_scale_in(old1);
+    let mut new2 = launch(instances[3]);
+    powered_off(old1, pressed);
+    step("old1 scaled in".into());
+    wait_all_healthy([&mut new2]);
+    check_serves_storefront(&new2);
+    lb.register("new2");
+    step("new2 in service".into());
+    check_user_data_applied(&new2, &new1);
+    let pressed = press_scale_in(old2);
+    powered_off(old2, pressed);
+    let refreshed = Instant::now();
+    step("old2 scaled in: refreshed".into());
+    // Scale-in of the refreshed fleet: one of the two new instances goes.
+    let pressed = press_scale_in(&new1);
+    powered_off(&mut new1, pressed);
+    step("new1 scaled in; new2 serves alone".into());
+    std::thread::sleep(Duration::from_secs(3));
+    let outcomes = load.finish();
+
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !matches!(&o.result, Ok((200, _))))
+        .map(|o| {
+            let at = o.at.saturating_duration_since(steps).as_secs_f64();
+            match &o.result {
+                Ok((code, body)) => format!("[{at:.1} s] {code}: {}", body.trim()),
+                Err(e) => format!("[{at:.1} s] {e}"),
+            }
+        })
+        .collect();
+    let served = |needle: &str| {
+        outcomes
+            .iter()
+            .filter(|o| matches!(&o.result, Ok((200, body)) if body.contains(needle)))
+            .count()
+    };
+    let (by_old, by_new) = (served("Hello from Django"), served("storefront on"));
+    eprintln!(
+        "fleet: {} requests through the balancer, {} failed; {by_old} by the old image, {by_new} by the new",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the refresh and scale-in:\n{}",
+        failed.join("\n")
+    );
+    assert!(by_old > 0 && by_new > 0, "both images must have served");
+    let after_refresh = outcomes.iter().filter(|o| o.at > refreshed);
+    assert!(
+        after_refresh.clone().count() > 0
+            && after_refresh
+                .into_iter()
+                .all(|o| matches!(&o.result, Ok((_, body)) if body.contains("storefront on"))),
+        "once refreshed, only the new image serves"
+    );
+    let pressed = press_scale_in(&new2);
+    powered_off(&mut new2, pressed);
+}
+
+/// new2's launch overlay: a replica more and a custom domain, which its clone new1 must not have.
+const NEW2_USER_DATA: &str =
+    "[service.app]\nreplicas = 3\n\n[proxy]\nextra_server_names = [\"shop.example.com\"]\n";
+
+fn with_user_data(mut facts: serde_json::Value, user_data: Option<&str>) -> serde_json::Value {
+    if let Some(text) = user_data {
+        facts["user-data"] = text.into();
+    }
+    facts
+}
+
+/// The overlay from `with`'s user data changed its replicas and names; `without`, a clone of the same image
+/// launched without user data, kept the baked ones.
+fn check_user_data_applied(with: &Vm, without: &Vm) {
+    assert_eq!(
+        with.get("shop.example.com", "/").0,
+        200,
+        "{}: the overlay's name",
+        with.name
+    );
+    assert_eq!(
+        without.get("shop.example.com", "/").0,
+        400,
+        "{}: a name it was not given",
+        without.name
+    );
+    let replicas = |vm: &Vm| {
+        poll_every(Duration::from_secs(3), SERVICES_TIMEOUT, || {
+            let json: serde_json::Value =
+                serde_json::from_str(&vm.try_ssh("stackinit status --json").ok()?).ok()?;
+            let running = json["services"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["service"] == "app" && s["state"] == "running" && s["ready"] == true)
+                .count();
+            let applied = json["user_data"]["applied"].as_bool();
+            Some((running, applied)).filter(|(n, _)| *n >= 2)
+        })
+        .unwrap_or_else(|| panic!("{}: no status over SSH\n{}", vm.name, vm.console_tail()))
+    };
+    assert_eq!(
+        replicas(with),
+        (3, Some(true)),
+        "{}: 3 replicas from its user data",
+        with.name
+    );
+    assert_eq!(
+        replicas(without).0,
+        2,
+        "{}: the manifest's 2 replicas",
+        without.name
+    );
+}
+
+/// The second app, baked from its manifest: its page from its own WSGI callable, its static files as they
+/// are (no collectstatic), its API.
+fn check_serves_storefront(vm: &Vm) {
+    let (code, body) = vm.get("localhost", "/");
+    assert!(
+        code == 200 && body.starts_with("storefront on"),
+        "{}: {code} {body}\n{}",
+        vm.name,
+        vm.console_tail()
+    );
+    let (code, body) = vm.get("localhost", "/static/notice.txt");
+    assert_eq!((code, body.as_str()), (200, "storefront static file\n"));
+    let (code, body) = vm.get("localhost", "/api/items");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, r#"{"items": ["kettle", "teapot"]}"#)
+    );
 }

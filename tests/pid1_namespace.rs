@@ -654,3 +654,49 @@ fn as_pid1_the_file_limit_is_raised_and_services_keep_their_soft_limit() {
     );
     pid1.terminate();
 }
+
+/// The image's user-data job under PID 1: the overlay it fetched is refused when init reloads with it, which
+/// init says on its console (its stderr) with the error located in the overlay, and the baked config runs.
+#[test]
+fn a_refused_user_data_overlay_is_said_on_the_console() {
+    let dir = test_dir();
+    let source = dir.path().join("launch-user-data");
+    fs::write(&source, "[service.web]\nreplicas = \"two\"\n").expect("user data");
+    let imds = support::e2e::FakeImds::start_with_user_data(&[], Some(&source));
+    let overlay = dir.path().join("user-data.toml");
+    let config = format!(
+        "{}[init.imds]\nenabled = true\nendpoint = \"http://127.0.0.1:{}\"\ntimeout = \"5s\"\n\
+         [service.user-data]\ncommand = [\"stackinit\", \"user-data\", \"--config\", \"{}\"]\noneshot = true\n\
+         [service.web]\ncommand = [\"sleep\", \"100000\"]\nafter = [\"user-data\"]\nstart_secs = \"100ms\"\n",
+        init_section(dir.path(), &format!("user_data = \"{}\"", overlay.display())),
+        imds.port,
+        dir.path().join("stackinit.toml").display(),
+    );
+    let mut pid1 = Pid1::start(dir, &config, &[], &[]);
+    let expected = format!("{}:2:12: service.web.replicas", overlay.display());
+    pid1.wait_console(
+        &format!(
+            "user data {} refused; running the baked config without it:\n{expected}",
+            overlay.display()
+        ),
+        Duration::from_secs(20),
+    );
+    let socket = pid1.path("control.sock");
+    let status = pid1.wait_for("web running", Duration::from_secs(15), || {
+        let out = Command::new(BIN)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let web = json["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == "web")?
+            .clone();
+        (web["state"] == "running").then_some(json)
+    });
+    assert_eq!(status["user_data"]["applied"], false, "{status}");
+    pid1.terminate();
+}

@@ -456,3 +456,80 @@ fn healthz_answers_for_any_host_before_routing() {
     }
     assert_eq!(get(s.addr, "only.example", "/").unwrap().status, 404);
 }
+
+/// The headers an echo upstream saw, by lowercased name.
+fn seen_headers(reply: &support::http::Reply) -> std::collections::HashMap<String, String> {
+    reply.json()["headers"]
+        .as_array()
+        .expect("echo headers")
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap_or_default().to_string(),
+                pair[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Behind a load balancer: a trusted peer's X-Forwarded-For names the client (the rightmost address that is
+/// not itself trusted) and its X-Forwarded-Proto reaches the app; an untrusted peer sending the same
+/// headers is the client itself, over plain HTTP. The access log shows the same client the app is told.
+/// The trusted peer is `[::1]`, the untrusted one 127.0.0.1: both reach the same proxy.
+#[test]
+fn only_a_trusted_load_balancer_names_the_client_and_the_scheme() {
+    let echo = Echo::start("e");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let config = format!(
+        "[init]\nlogs_dir = \"{}\"\n[proxy]\nlisten = [\"{v4}\", \"{v6}\"]\n\
+         trusted_proxies = [\"::1\", \"10.0.0.0/8\"]\n{}",
+        dir.path().display(),
+        one_location(&echo.addr.to_string())
+    );
+    let proxy = ProxyProcess::start(dir.path(), &config, v4);
+    // What an ALB sends: the client's own spoofed entry, then the address the ALB saw, then an internal hop.
+    let alb = [
+        ("X-Forwarded-For", "6.6.6.6, 198.51.100.7, 10.1.2.3"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Real-IP", "6.6.6.6"),
+    ];
+    let trusted = support::http::Request::new(v6, "GET", "/from-alb")
+        .host("t")
+        .headers(&alb)
+        .reply();
+    assert_eq!(trusted.status, 200);
+    let h = seen_headers(&trusted);
+    assert_eq!(h["x-real-ip"], "198.51.100.7", "{h:?}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h:?}");
+    assert_eq!(
+        h["x-forwarded-for"], "6.6.6.6, 198.51.100.7, 10.1.2.3, ::1",
+        "{h:?}"
+    );
+
+    let spoofed = support::http::Request::new(v4, "GET", "/spoofed")
+        .host("t")
+        .headers(&alb)
+        .reply();
+    assert_eq!(spoofed.status, 200);
+    let h = seen_headers(&spoofed);
+    assert_eq!(h["x-real-ip"], "127.0.0.1", "{h:?}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h:?}");
+
+    // The access log is written in batches, just after the responses.
+    let log = support::poll_every(Duration::from_millis(20), Duration::from_secs(10), || {
+        let log = proxy.access_log();
+        log.contains("/spoofed").then_some(log)
+    })
+    .unwrap_or_else(|| proxy.access_log());
+    let line = |path: &str| {
+        log.lines()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("no {path} in the access log: {log}"))
+            .to_string()
+    };
+    assert!(line("/from-alb").starts_with("198.51.100.7 - - ["), "{log}");
+    assert!(line("/spoofed").starts_with("127.0.0.1 - - ["), "{log}");
+}

@@ -5,4 +5,5 @@ from . import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("slow/", views.slow, name="slow"),
+    path("whoami/", views.whoami, name="whoami"),
 ]

@@ -2,7 +2,8 @@
 import os
 import time
 
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
+from django.middleware.csrf import get_token
 from django.templatetags.static import static
 from django.utils.html import format_html
 
@@ -48,3 +49,19 @@ def slow(request):
     ms = max(0, min(ms, MAX_SLOW_MS))
     time.sleep(ms / 1000)
     return HttpResponse(f"slept {ms} ms\n", content_type="text/plain")
+
+
+def whoami(request):
+    """What Django makes of the request: the client, the scheme, the Host. Behind a load balancer that stackinit
+    trusts (`[proxy] trusted_proxies`), `secure` is the scheme the client used at the load balancer. A GET sets
+    the CSRF cookie; a POST answers only once Django's CSRF checks (Origin against `https://` + Host when
+    secure, then the token) have passed."""
+    return JsonResponse(
+        {
+            "method": request.method,
+            "secure": request.is_secure(),
+            "host": request.get_host(),
+            "client": request.META.get("HTTP_X_REAL_IP", ""),
+            "csrf_token": get_token(request),
+        }
+    )

@@ -5,6 +5,8 @@
 #![forbid(unsafe_code)]
 
 pub mod diff;
+pub mod env_file;
+mod overlay;
 mod schema;
 pub mod units;
 mod validate;
@@ -13,6 +15,7 @@ pub mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use overlay::MAX_OVERLAY_BYTES;
 pub use schema::*;
 pub use units::{Bytes, Mode, Percent, Secs};
 pub use validate::MIN_SECRET_OFF_LOOPBACK;
@@ -54,9 +57,40 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     load_checked(path).map(|(config, _)| config)
 }
 
-/// Read and validate a config file; the config and its warnings.
+/// Read and validate a config file, with its user-data overlay merged if `[init] user_data` names one that
+/// exists; the config and its warnings. A bad overlay is no error of the config: the baked config alone is
+/// returned, with the overlay's errors in `Config::user_data` (nothing of it half-applied).
 fn load_checked(path: &Path) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = read_config(path)?;
+    let (mut config, warnings) = validate::parse_and_validate(path, &text)?;
+    let Some(overlay_path) = config.init.user_data.clone() else {
+        return Ok((config, warnings));
+    };
+    let overlay = match overlay::read(&overlay_path) {
+        Ok(None) => return Ok((config, warnings)),
+        Ok(Some(overlay)) => overlay,
+        Err(error) => {
+            config.user_data = Some(overlay::refused(&overlay_path, &[error]));
+            return Ok((config, warnings));
+        }
+    };
+    match validate::parse_and_validate_layered((path, &text), (&overlay_path, &overlay)) {
+        Ok((mut merged, warnings)) => {
+            merged.user_data = Some(UserData {
+                path: overlay_path,
+                errors: Vec::new(),
+            });
+            Ok((merged, warnings))
+        }
+        Err(errors) => {
+            config.user_data = Some(overlay::refused(&overlay_path, &errors));
+            Ok((config, warnings))
+        }
+    }
+}
+
+fn read_config(path: &Path) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(path).map_err(|e| {
         vec![ConfigError {
             file: path.to_path_buf(),
             line: 1,
@@ -64,8 +98,30 @@ fn load_checked(path: &Path) -> Result<(Config, Vec<ConfigError>), Vec<ConfigErr
             key: String::new(),
             message: format!("cannot read config: {e}"),
         }]
-    })?;
-    validate::parse_and_validate(path, &text)
+    })
+}
+
+/// `stackinit check --user-data FILE`: the config at `base` with FILE merged onto it, as a launch with that
+/// user data would load it. Errors point into FILE where it set the value.
+pub fn load_with_overlay(base: &Path, overlay_path: &Path) -> Result<Loaded, Vec<ConfigError>> {
+    let text = read_config(base)?;
+    let overlay = match overlay::read(overlay_path) {
+        Ok(Some(overlay)) => overlay,
+        Ok(None) => {
+            return Err(vec![overlay::error_at_start(
+                overlay_path,
+                "no such file".into(),
+            )])
+        }
+        Err(error) => return Err(vec![error]),
+    };
+    let (config, warnings) =
+        validate::parse_and_validate_layered((base, &text), (overlay_path, &overlay))?;
+    Ok(Loaded {
+        path: Some(base.to_path_buf()),
+        config,
+        warnings,
+    })
 }
 
 /// Parse and validate config text; `path` is only used to name the file in errors.
@@ -128,9 +184,42 @@ pub fn load_or_demo(arg: &crate::cli::ConfigArg) -> Result<Loaded, Vec<ConfigErr
     })
 }
 
-/// `stackinit check`: print every error as `FILE:LINE:COL: key: message`, exit 1 if there are any.
-pub fn check_command(arg: crate::cli::ConfigArg) -> std::process::ExitCode {
-    match load_or_demo(&arg) {
+/// `stackinit check`: print every error as `FILE:LINE:COL: key: message`, exit 1 if there are any. With
+/// `--user-data FILE`, the config with that overlay merged, as a launch with it would run. Without it, an
+/// overlay already at `[init] user_data` that would be refused counts as an error too.
+pub fn check_command(
+    arg: crate::cli::ConfigArg,
+    user_data: Option<&Path>,
+) -> std::process::ExitCode {
+    let loaded = match (user_data, resolve_path(&arg)) {
+        (Some(overlay), Some(base)) => load_with_overlay(&base, overlay),
+        (Some(_), None) => Err(vec![ConfigError {
+            file: PathBuf::from(crate::paths::DEFAULT_CONFIG),
+            line: 1,
+            col: 1,
+            key: String::new(),
+            message: "--user-data needs the baked config: no such file (name one with --config)"
+                .into(),
+        }]),
+        (None, _) => load_or_demo(&arg),
+    };
+    let refused = loaded
+        .as_ref()
+        .ok()
+        .and_then(|l| l.config.user_data.as_ref())
+        .filter(|u| !u.errors.is_empty())
+        .cloned();
+    if let Some(refused) = refused {
+        for e in &refused.errors {
+            eprintln!("{e}");
+        }
+        eprintln!(
+            "the user data at {} would be refused: the baked config would run without it",
+            refused.path.display()
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    match loaded {
         Ok(Loaded {
             path,
             config,
@@ -144,8 +233,9 @@ pub fn check_command(arg: crate::cli::ConfigArg) -> std::process::ExitCode {
                 |p| p.display().to_string(),
             );
             let replicas: u32 = config.service.values().map(|s| s.replicas.max(1)).sum();
+            let with = user_data.map_or_else(String::new, |p| format!(" with {}", p.display()));
             println!(
-                "{name}: ok ({} services, {replicas} processes{})",
+                "{name}{with}: ok ({} services, {replicas} processes{})",
                 config.service.len(),
                 if config.proxy.is_some() {
                     ", proxy"

@@ -21,6 +21,18 @@ pub struct Config {
     pub service: BTreeMap<String, ServiceSpec>,
     #[serde(default)]
     pub proxy: Option<ProxySpec>,
+    /// The per-launch overlay (`[init] user_data`) found when this config was loaded, and what became of it.
+    /// Not a key: set by the loader.
+    #[serde(skip)]
+    pub user_data: Option<UserData>,
+}
+
+/// A user-data overlay that was present at load: applied (no errors), or refused with every error
+/// (`FILE:LINE:COL: key: message`), in which case the config is the baked one alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserData {
+    pub path: PathBuf,
+    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,6 +59,9 @@ pub struct InitSpec {
     pub hostname: Option<String>,
     /// Where instance facts (names, IPs, instance id) come from.
     pub imds: ImdsSpec,
+    /// A per-launch overlay: TOML merged onto this config whenever it is loaded, if the file exists.
+    /// `stackinit user-data` writes it from the EC2 user data at boot. Unset: no overlay.
+    pub user_data: Option<PathBuf>,
     /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
     /// forwarding). Off when unset. A non-loopback address needs credentials.
     pub dashboard: Option<String>,
@@ -94,6 +109,7 @@ impl Default for InitSpec {
             shutdown_timeout: Secs::from_secs(90),
             hostname: None,
             imds: ImdsSpec::default(),
+            user_data: None,
             dashboard: None,
             dashboard_user: None,
             dashboard_password: None,
@@ -150,6 +166,10 @@ pub struct ServiceSpec {
     /// Primary group; default: the user's primary group. Supplementary groups come from the user's entry.
     pub group: Option<String>,
     pub environment: BTreeMap<String, String>,
+    /// systemd's `EnvironmentFile=`: files of `KEY=VALUE` lines (`#` and `;` comments, blank lines, quoted
+    /// values), read at every start; their values override `environment`. A path starting with `-` may be
+    /// missing.
+    pub environment_file: Option<OneOrMany>,
     /// Octal, like "0022".
     pub umask: Option<Mode>,
     /// RLIMIT_NOFILE soft and hard limit.
@@ -230,6 +250,7 @@ impl Default for ServiceSpec {
             user: None,
             group: None,
             environment: BTreeMap::new(),
+            environment_file: None,
             umask: None,
             nofile: None,
             nice: None,
@@ -333,6 +354,16 @@ pub struct ProxySpec {
     /// nginx: WSGI servers map `X_Forwarded_Proto` and `X-Forwarded-Proto` to the same `HTTP_X_FORWARDED_PROTO`,
     /// so a client could otherwise smuggle a value past the one the proxy sets.
     pub underscores_in_headers: bool,
+    /// Peers whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed: a load balancer in front (nginx's
+    /// `set_real_ip_from` with `real_ip_header X-Forwarded-For` and `real_ip_recursive on`). Addresses,
+    /// networks (`"10.0.0.0/8"`) or `"unix:"`. From such a peer the client is the rightmost untrusted address
+    /// of `X-Forwarded-For` (the app's `X-Real-IP`, the access log) and its `http`/`https` reaches the app;
+    /// from anyone else both are overwritten with what the proxy sees. Empty: nobody is trusted.
+    pub trusted_proxies: Vec<String>,
+    /// Names this instance is also reached by, beside the ones discovered at boot: a load balancer's DNS name,
+    /// a custom domain. They join the servers the discovered names join, and the app's
+    /// `STACKINIT_ALLOWED_HOSTS` (discovered ∪ these). Exact names or IPs only.
+    pub extra_server_names: Vec<String>,
     pub connect_timeout: Secs,
     /// How long a request may wait in the proxy for a replica that is ready and has room (replicas
     /// restarting, or all at `max_in_flight`) before it gets 502.
@@ -375,6 +406,8 @@ impl Default for ProxySpec {
             client_max_body_size: Bytes(1 << 20),
             max_header_size: Bytes(32 << 10),
             underscores_in_headers: false,
+            trusted_proxies: Vec::new(),
+            extra_server_names: Vec::new(),
             connect_timeout: Secs::from_secs(5),
             queue_timeout: Secs::from_secs(30),
             header_timeout: Secs::from_secs(60),

@@ -12,10 +12,12 @@ mod checks;
 mod ctx;
 mod dashboard_checks;
 pub use dashboard_checks::MIN_SECRET_OFF_LOOPBACK;
+pub(crate) use overlay::parse_and_validate_layered;
 mod doc;
 mod graph;
 mod limits;
 mod listens;
+mod overlay;
 mod proxy_checks;
 mod sections;
 
@@ -32,6 +34,9 @@ use doc::KeyPath;
 pub(crate) struct Report<'t> {
     file: PathBuf,
     text: &'t str,
+    /// A second file whose text follows the first in `text` from this byte on (a user-data overlay after the
+    /// baked config): offsets from there are located in it.
+    second: Option<(PathBuf, usize)>,
     errors: Vec<ConfigError>,
     /// What may well be wrong but cannot be known from here (a permission an ACL may still grant): printed by
     /// `check` and logged at startup, never a reason to refuse the config.
@@ -43,6 +48,7 @@ impl<'t> Report<'t> {
         Report {
             file: file.to_path_buf(),
             text,
+            second: None,
             errors: Vec::new(),
             warnings: Vec::new(),
         }
@@ -61,9 +67,15 @@ impl<'t> Report<'t> {
     }
 
     fn located(&self, offset: usize, key: &KeyPath, message: String) -> ConfigError {
-        let (line, col) = doc::line_col(self.text, offset);
+        let (file, (line, col)) = match &self.second {
+            Some((second, start)) if offset >= *start => (
+                second,
+                doc::line_col(self.text.get(*start..).unwrap_or(""), offset - start),
+            ),
+            _ => (&self.file, doc::line_col(self.text, offset)),
+        };
         ConfigError {
-            file: self.file.clone(),
+            file: file.clone(),
             line,
             col,
             key: key.to_string(),
@@ -79,7 +91,8 @@ impl<'t> Report<'t> {
     fn into_errors(self) -> Vec<ConfigError> {
         let mut errors = self.errors;
         // A stable sort keeps errors at the same position in the order the checks found them.
-        errors.sort_by_key(|e| (e.line, e.col));
+        let second = self.second.map(|(file, _)| file);
+        errors.sort_by_key(|e| (Some(&e.file) == second.as_ref(), e.line, e.col));
         errors.dedup();
         errors
     }
@@ -123,6 +136,14 @@ pub(crate) fn parse_and_validate(
         return Err(report.into_errors());
     }
     let root = Spanned::new(table.span(), DeValue::Table(table.into_inner()));
+    validate_root(root, report)
+}
+
+/// The checks after parsing: each section deserialized, then the semantic checks.
+fn validate_root(
+    root: Spanned<DeValue<'_>>,
+    mut report: Report<'_>,
+) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let recovered = sections::deserialize(&root, &mut report);
     checks::run(&root, &recovered, &mut report);
     if report.is_empty() {

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -224,9 +224,112 @@ pub fn parse_capability(text: &str) -> Result<Option<caps::Capability>, String> 
     })
 }
 
+/// One `trusted_proxies` entry, as nginx's `set_real_ip_from`: an address (`10.0.0.5`), a network
+/// (`10.0.0.0/8`, `2001:db8::/32`) or `unix:` (every unix-socket client). No host names: the proxy
+/// would have to resolve them, and a name that resolves differently tomorrow changes who is trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustedSource {
+    Unix,
+    Net { addr: IpAddr, prefix: u8 },
+}
+
+impl TrustedSource {
+    pub fn parse(text: &str) -> Result<TrustedSource, String> {
+        let expected = "expected an address, an address/prefix (CIDR) or \"unix:\"";
+        if text == "unix:" {
+            return Ok(TrustedSource::Unix);
+        }
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("invalid address {text:?}: {expected}"))?;
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= bits && !p.starts_with('+') => n,
+                _ => {
+                    return Err(format!(
+                        "invalid prefix length in {text:?}: expected 0 to {bits}"
+                    ))
+                }
+            },
+        };
+        // Canonical form (an IPv4-mapped IPv6 address is its IPv4 address) so a match compares like with like.
+        let addr = match addr {
+            IpAddr::V6(v6) if prefix >= 96 && v6.to_ipv4_mapped().is_some() => {
+                return TrustedSource::parse(&format!("{}/{}", addr.to_canonical(), prefix - 96))
+            }
+            other => other,
+        };
+        Ok(TrustedSource::Net { addr, prefix })
+    }
+
+    /// Whether a peer is this source. `None` is a unix-socket peer.
+    pub fn contains(&self, peer: Option<IpAddr>) -> bool {
+        match (self, peer) {
+            (TrustedSource::Unix, None) => true,
+            (TrustedSource::Net { addr, prefix }, Some(ip)) => match (addr, ip.to_canonical()) {
+                (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                    same_prefix(u32::from(*net).into(), u32::from(ip).into(), *prefix, 32)
+                }
+                (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                    same_prefix(u128::from(*net), u128::from(ip), *prefix, 128)
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Whether the first `prefix` of `bits` bits of `a` and `b` agree.
+fn same_prefix(a: u128, b: u128, prefix: u8, bits: u32) -> bool {
+    let host_bits = bits - u32::from(prefix);
+    if host_bits >= bits {
+        return true;
+    }
+    (a ^ b) >> host_bits == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trusted_sources_match_as_set_real_ip_from() {
+        let net = TrustedSource::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains(Some("10.200.1.2".parse().unwrap())));
+        assert!(!net.contains(Some("11.0.0.1".parse().unwrap())));
+        assert!(!net.contains(None));
+        // A v4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        assert!(net.contains(Some("::ffff:10.1.1.1".parse().unwrap())));
+        let one = TrustedSource::parse("192.0.2.7").unwrap();
+        assert!(one.contains(Some("192.0.2.7".parse().unwrap())));
+        assert!(!one.contains(Some("192.0.2.8".parse().unwrap())));
+        let all = TrustedSource::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains(Some("203.0.113.1".parse().unwrap())));
+        assert!(!all.contains(Some("::1".parse().unwrap())));
+        let v6 = TrustedSource::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(Some("2001:db8:1::5".parse().unwrap())));
+        assert!(!v6.contains(Some("2001:db9::5".parse().unwrap())));
+        let mapped = TrustedSource::parse("::ffff:10.0.0.0/104").unwrap();
+        assert_eq!(mapped, net);
+        assert!(TrustedSource::parse("unix:").unwrap().contains(None));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "example.com",
+            "10.0.0.0/+8",
+            "::/129",
+            "",
+        ] {
+            assert!(TrustedSource::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn listen_syntax() {

@@ -168,6 +168,16 @@ async fn status(
         write_json(out, &body)?;
     } else {
         write_out(out, format_table(&reply.services).as_bytes())?;
+        if let Some(user_data) = reply.user_data.as_ref().filter(|u| !u.applied) {
+            let mut text = format!(
+                "\nuser data {} refused; the baked config runs without it:\n",
+                user_data.path.display()
+            );
+            for e in &user_data.errors {
+                text.push_str(&format!("  {e}\n"));
+            }
+            write_out(out, text.as_bytes())?;
+        }
     }
     Ok(match name {
         None => EXIT_OK,

@@ -43,6 +43,8 @@ pub const CSRF_HEADER: &str = "x-stackinit-csrf";
 struct FactsReply {
     facts: Facts,
     health: Health,
+    /// The user-data overlay: applied, or refused with its errors (shown as a banner).
+    user_data: Option<crate::api::UserDataStatus>,
     version: &'static str,
 }
 
@@ -74,6 +76,7 @@ pub(super) async fn route(
                 StatusCode::OK,
                 &FactsReply {
                     health: health(handle.is_draining(), info.unhealthy),
+                    user_data: info.user_data,
                     facts: info.facts,
                     version: env!("CARGO_PKG_VERSION"),
                 },

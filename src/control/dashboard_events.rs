@@ -96,6 +96,7 @@ async fn send_snapshot(handle: &Handle, tx: &mpsc::Sender<Bytes>) -> bool {
             let reply = StatusReply {
                 services,
                 draining: handle.is_draining(),
+                user_data: None,
             };
             send(tx, &event_text("snapshot", &reply)).await
         }

@@ -259,11 +259,13 @@ async fn handle_request(
         }
         Call::Status(name) => {
             let services = handle.status(name).await?;
+            let user_data = handle.facts().await?.user_data;
             Ok(json_response(
                 StatusCode::OK,
                 &StatusReply {
                     services,
                     draining: handle.is_draining(),
+                    user_data,
                 },
             ))
         }

@@ -80,6 +80,15 @@ fn boot_and_supervise(role: Role, mounted: &mut Mounted, config: crate::cli::Con
             return Next::Fallback("no valid config".into());
         }
     };
+    if let Some(refused) = config.user_data.as_ref().filter(|u| !u.errors.is_empty()) {
+        shout(format_args!(
+            "user data {} refused: the baked config runs without it",
+            refused.path.display()
+        ));
+        for error in &refused.errors {
+            say(format_args!("user data error: {error}"));
+        }
+    }
     if role.does_early_boot() {
         set_hostname(config.init.hostname.as_deref(), &steps);
         mounts::ensure_writable_dir(&config.init.logs_dir, mounted, &steps);

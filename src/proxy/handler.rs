@@ -16,7 +16,8 @@ use super::access_log::{Entry, LoggedBody, ResponseBody};
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
 use super::metrics::{self, Tracked};
-use super::routes::{Action, ProxyTo, Settings};
+use super::real_ip::{self, Client};
+use super::routes::{Action, ProxyTo, Routes, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
 use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight};
@@ -52,10 +53,20 @@ pub async fn handle(
     let referer = header(header::REFERER);
     let user_agent = header(header::USER_AGENT);
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
-    let remote = conn.remote_addr.clone();
+    let routes = shared.routes();
+    // Behind a trusted load balancer, the client it names; else the peer. The log shows the same one.
+    let client = real_ip::client(
+        conn.remote,
+        &conn.remote_addr,
+        conn.https,
+        req.headers(),
+        &routes.settings.trusted,
+    );
+    let remote = client.addr.clone();
     // Set once the request's server and location are known; counted until the response body ends.
     let mut tracked = None;
-    let (response, upstream_time, in_flight) = route(req, conn, &shared, &mut tracked).await;
+    let (response, upstream_time, in_flight) =
+        route(req, conn, client, &shared, routes, &mut tracked).await;
     let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
     tracked.set_status(response.status().as_u16());
     let entry = Entry {
@@ -86,11 +97,14 @@ type Routed = (
 async fn route(
     req: Request<Incoming>,
     conn: ConnInfo,
+    client: Client,
     shared: &Shared,
+    routes: Arc<Routes>,
     tracked: &mut Option<Tracked>,
 ) -> Routed {
     let version = req.version();
-    let (mut response, upstream_time, in_flight) = dispatch(req, conn, shared, tracked).await;
+    let (mut response, upstream_time, in_flight) =
+        dispatch(req, conn, client, shared, routes, tracked).await;
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
     *response.version_mut() = version;
     (response, upstream_time, in_flight)
@@ -104,10 +118,11 @@ fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
 async fn dispatch(
     req: Request<Incoming>,
     conn: ConnInfo,
+    client: Client,
     shared: &Shared,
+    routes: Arc<Routes>,
     tracked: &mut Option<Tracked>,
 ) -> Routed {
-    let routes = shared.routes();
     if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
         return (local_error(status), None, None);
     }
@@ -170,7 +185,7 @@ async fn dispatch(
         Action::Proxy(to) => {
             // The path may borrow from the request, which the upstream request takes over.
             drop(path);
-            proxy(req, conn, host_header, to, &routes.settings).await
+            proxy(req, conn, &client, host_header, to, &routes.settings).await
         }
     }
 }
@@ -179,6 +194,7 @@ async fn dispatch(
 async fn proxy(
     mut req: Request<Incoming>,
     conn: ConnInfo,
+    client: &Client,
     host_header: Option<HeaderValue>,
     to: &ProxyTo,
     settings: &Settings,
@@ -208,7 +224,7 @@ async fn proxy(
     headers::to_upstream(
         &mut up_headers,
         &conn.remote_addr,
-        conn.https,
+        client,
         forward_host,
         upgrade.clone(),
     );

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::real_ip::Client;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the legacy ones nginx also drops). `Expect` is answered by this
 /// proxy, not forwarded, as nginx does. Typed names, not strings: removing by `&str` parses the name first.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -70,13 +72,15 @@ pub fn drop_underscored(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrite a client request's headers for the upstream. `remote_addr` comes from `remote_addr`; `host` is the
-/// Host to send (the client's own, or the HTTP/2 `:authority`); `upgrade` keeps an `Upgrade` handshake intact
-/// for WebSocket pass-through.
+/// Rewrite a client request's headers for the upstream. `peer` is the connection's `$remote_addr` (from
+/// `remote_addr`), appended to `X-Forwarded-For`; `client` is who the request is from once a trusted load
+/// balancer is believed (`real_ip::client`: the peer itself otherwise), for `X-Real-IP` and
+/// `X-Forwarded-Proto`; `host` is the Host to send (the client's own, or the HTTP/2 `:authority`); `upgrade`
+/// keeps an `Upgrade` handshake intact for WebSocket pass-through.
 pub fn to_upstream(
     headers: &mut HeaderMap,
-    remote_addr: &HeaderValue,
-    https: bool,
+    peer: &HeaderValue,
+    client: &Client,
     host: Option<HeaderValue>,
     upgrade: Option<HeaderValue>,
 ) {
@@ -89,14 +93,11 @@ pub fn to_upstream(
             headers.remove(header::HOST);
         }
     }
-    let forwarded_for = forwarded_for(headers, remote_addr);
+    let forwarded_for = forwarded_for(headers, peer);
     // `insert` replaces every incoming X-Forwarded-For value with the joined one.
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
-    headers.insert(X_REAL_IP.clone(), remote_addr.clone());
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if https { "https" } else { "http" }),
-    );
+    headers.insert(X_REAL_IP.clone(), client.addr.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
     if let Some(upgrade) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
@@ -191,6 +192,30 @@ fn protocol_name(protocol: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// The client as a peer nobody trusts is: itself, over the connection's scheme.
+    fn own(peer: &HeaderValue, https: bool) -> Client {
+        Client {
+            addr: peer.clone(),
+            proto: HeaderValue::from_static(if https { "https" } else { "http" }),
+        }
+    }
+
+    #[test]
+    fn a_believed_client_is_the_real_ip_and_the_peer_is_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let peer = remote_addr(Some("10.0.1.5".parse().unwrap()));
+        let client = Client {
+            addr: HeaderValue::from_static("198.51.100.7"),
+            proto: HeaderValue::from_static("https"),
+        };
+        to_upstream(&mut h, &peer, &client, None, None);
+        assert_eq!(h["x-real-ip"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.1.5");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
     #[test]
     fn proxy_params_headers() {
         let mut h = HeaderMap::new();
@@ -204,10 +229,11 @@ mod tests {
         h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
         h.insert("user-agent", HeaderValue::from_static("t"));
+        let peer = remote_addr(Some("127.0.0.9".parse().unwrap()));
         to_upstream(
             &mut h,
-            &remote_addr(Some("127.0.0.9".parse().unwrap())),
-            false,
+            &peer,
+            &own(&peer, false),
             Some(HeaderValue::from_static("Ex.com:80")),
             None,
         );
@@ -268,7 +294,8 @@ mod tests {
         h.insert("upgrade", HeaderValue::from_static("websocket"));
         let up = upgrade_request(&h, &["websocket".to_string()]);
         assert_eq!(up.as_ref().unwrap(), "websocket");
-        to_upstream(&mut h, &remote_addr(None), true, None, up);
+        let peer = remote_addr(None);
+        to_upstream(&mut h, &peer, &own(&peer, true), None, up);
         assert_eq!(h["x-real-ip"], "unix:");
         assert_eq!(h["x-forwarded-for"], "unix:");
         assert_eq!(h["connection"], "upgrade");

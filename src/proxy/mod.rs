@@ -20,6 +20,7 @@ pub mod location;
 pub mod metrics;
 pub mod protocol;
 pub mod reach;
+pub mod real_ip;
 pub mod refusal;
 pub mod routes;
 pub mod server;

@@ -13,6 +13,7 @@ use super::admission::Gate;
 use super::location::Locations;
 use super::metrics::{self, Series};
 use super::protocol::{ProxyRuntimeConfig, ProxyState};
+use super::real_ip::Trusted;
 use super::server_name::ServerNames;
 use super::static_files::StaticSpec;
 use super::upstream::{Address, Replica, Upstream};
@@ -54,6 +55,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub idle_timeout: Duration,
     pub stop_grace: Duration,
+    /// `trusted_proxies`: whose X-Forwarded-For and X-Forwarded-Proto are believed.
+    pub trusted: Arc<Trusted>,
 }
 
 pub struct Routes {
@@ -119,7 +122,13 @@ impl Routes {
         let default = spec.server.iter().position(|s| s.default).unwrap_or(0);
         let mut name_lists: Vec<Vec<String>> =
             spec.server.iter().map(|s| s.server_name.clone()).collect();
-        add_instance_names(&mut name_lists, &config.extra_server_names, default);
+        let instance_names: Vec<String> = config
+            .extra_server_names
+            .iter()
+            .chain(&spec.extra_server_names)
+            .cloned()
+            .collect();
+        add_instance_names(&mut name_lists, &instance_names, default);
         let names = match ServerNames::new(&name_lists, default) {
             Ok(names) => names,
             Err(e) => {
@@ -221,6 +230,7 @@ impl Routes {
             upstream_timeout: spec.upstream_timeout.0,
             idle_timeout: spec.idle_timeout.0,
             stop_grace: spec.stop_grace.0,
+            trusted: Arc::new(Trusted::from_spec(&spec.trusted_proxies)),
         };
         Ok(Routes {
             names,

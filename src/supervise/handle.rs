@@ -77,6 +77,8 @@ pub struct InstanceInfo {
     pub facts: crate::facts::Facts,
     /// Critical services that are not ready, by unit name: the same list the proxy's `/healthz` uses.
     pub unhealthy: Vec<String>,
+    /// The user-data overlay of the running config, if any.
+    pub user_data: Option<crate::api::UserDataStatus>,
 }
 
 /// A cheap, cloneable sender to the supervisor.

@@ -10,7 +10,7 @@ use nix::unistd::{Gid, Uid};
 use super::capabilities;
 use super::spawn::{self, Credentials};
 use super::unit::{Unit, UnitKind};
-use crate::config::{ProxySpec, Secs, ServiceSpec};
+use crate::config::{OneOrMany, ProxySpec, Secs, ServiceSpec};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -115,17 +115,7 @@ pub fn service_command<'a>(
     fds: Vec<(BorrowedFd<'a>, String)>,
     around: &Surroundings,
 ) -> Result<spawn::Command<'a>, String> {
-    let mut cmd = command_for(unit, fds)?;
-    let own = &unit.spec.environment;
-    let facts: Vec<&(String, String)> = around
-        .facts
-        .iter()
-        .filter(|(k, _)| !own.contains_key(k))
-        .collect();
-    cmd.env
-        .retain(|(k, _)| !facts.iter().any(|(f, _)| OsStr::new(f) == k));
-    cmd.env
-        .extend(facts.into_iter().map(|(k, v)| (k.into(), v.into())));
+    let mut cmd = command_for(unit, fds, &around.facts)?;
     if let Some(p) = &around.notify_socket {
         cmd.env.push(("NOTIFY_SOCKET".into(), p.into()));
     }
@@ -138,7 +128,7 @@ pub fn service_command<'a>(
 
 /// An exec probe's command: the service's user, directory and environment, running `argv`.
 pub fn probe_command<'a>(unit: &'a Unit, argv: &[String]) -> Result<spawn::Command<'a>, String> {
-    let mut cmd = command_for(unit, Vec::new())?;
+    let mut cmd = command_for(unit, Vec::new(), &[])?;
     let first = argv.first().ok_or("empty exec probe")?;
     let path = path_of(&cmd.env);
     cmd.program = spawn::resolve_program(first, &path, unit.spec.directory.as_deref())
@@ -148,9 +138,12 @@ pub fn probe_command<'a>(unit: &'a Unit, argv: &[String]) -> Result<spawn::Comma
 }
 
 /// Everything `spawn` needs for this unit, resolved now (in the parent) so the child does no lookups.
+/// `defaults` (the instance facts) are set before the service's own `environment` and `environment_file`,
+/// which may override them.
 pub fn command_for<'a>(
     unit: &'a Unit,
     fds: Vec<(BorrowedFd<'a>, String)>,
+    defaults: &[(String, String)],
 ) -> Result<spawn::Command<'a>, String> {
     let spec = &unit.spec;
     let credentials: Option<Credentials> = match &spec.user {
@@ -192,8 +185,18 @@ pub fn command_for<'a>(
     } else if unit.kind == UnitKind::Service {
         set("STACKINIT_REPLICA", "0".into());
     }
+    for (k, v) in defaults {
+        set(k, v.clone());
+    }
     for (k, v) in &spec.environment {
         set(k, v.clone());
+    }
+    // Read at every start, as systemd reads EnvironmentFile=: a file another job wrote counts. Its values
+    // override `environment`, as systemd's do.
+    for file in spec.environment_file.iter().flat_map(OneOrMany::to_vec) {
+        for (k, v) in crate::config::env_file::read(&file)? {
+            set(&k, v);
+        }
     }
 
     let path_var = path_of(&env);

@@ -196,9 +196,18 @@ pub fn plan_with(
         .collect();
     ReloadPlan {
         reply,
-        init_changed: old.init != new.init,
+        init_changed: boot_keys_changed(&old.init, &new.init),
         fates,
     }
+}
+
+/// Whether `[init]` changed in a key read only at boot. The shutdown's drain and deadline are read when the
+/// shutdown begins, so a reload (a user-data overlay's, say) changes them at once.
+fn boot_keys_changed(old: &crate::config::InitSpec, new: &crate::config::InitSpec) -> bool {
+    let mut new = new.clone();
+    new.shutdown_drain = old.shutdown_drain;
+    new.shutdown_timeout = old.shutdown_timeout;
+    *old != new
 }
 
 #[cfg(test)]
@@ -231,6 +240,17 @@ mod tests {
 
     const TWO: &str =
         "[service.web]\ncommand = [\"w\"]\nreplicas = 2\n[service.job]\ncommand = [\"j\"]\n";
+
+    #[test]
+    fn the_shutdown_keys_apply_on_reload_and_the_rest_of_init_at_boot() {
+        let old = config(TWO);
+        let mut new = old.clone();
+        new.init.shutdown_drain = crate::config::Secs::from_secs(25);
+        new.init.shutdown_timeout = crate::config::Secs::from_secs(120);
+        assert!(!boot_keys_changed(&old.init, &new.init));
+        new.init.log_level = "debug".into();
+        assert!(boot_keys_changed(&old.init, &new.init));
+    }
 
     #[test]
     fn a_changed_replicated_service_rolls_and_an_unchanged_one_is_kept() {

@@ -148,3 +148,15 @@ fn restart_outcome(
         _ => None,
     }
 }
+
+/// The running config's user-data overlay, as `status` and the dashboard show it.
+pub fn user_data(config: &crate::config::Config) -> Option<crate::api::UserDataStatus> {
+    config
+        .user_data
+        .as_ref()
+        .map(|u| crate::api::UserDataStatus {
+            path: u.path.clone(),
+            applied: u.errors.is_empty(),
+            errors: u.errors.clone(),
+        })
+}

@@ -192,7 +192,7 @@ impl Supervisor {
         }
         self.cgroups = Cgroups::discover(self.pid1);
         self.facts = crate::facts::discover(&self.config.init.imds).await;
-        self.surroundings.facts = self.facts.environment();
+        self.surroundings.facts = self.facts.environment(&self.config);
         self.units = build::units_for_config(&self.config, &mut self.logs);
         self.bind_listeners();
         self.publish_proxy_config();
@@ -756,6 +756,7 @@ impl Supervisor {
                 let _ = reply.send(Ok(super::handle::InstanceInfo {
                     facts: self.facts.clone(),
                     unhealthy: self.unhealthy(),
+                    user_data: requests::user_data(&self.config),
                 }));
             }
             Request::Logs {
@@ -864,6 +865,7 @@ impl Supervisor {
             warn!("[init] changes take effect at the next boot");
         }
         self.config = new;
+        self.surroundings.facts = self.facts.environment(&self.config);
         let old = std::mem::take(&mut self.units);
         let (units, forgotten) = reload::apply(&plan, old, fresh);
         self.units = units;

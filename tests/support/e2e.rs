@@ -51,8 +51,16 @@ pub struct FakeImds {
 
 impl FakeImds {
     pub fn start(values: &[(&str, &str)]) -> FakeImds {
+        FakeImds::start_with_user_data(values, None)
+    }
+
+    /// Also serving `user_data` (read at each request) as the instance's user data.
+    pub fn start_with_user_data(values: &[(&str, &str)], user_data: Option<&Path>) -> FakeImds {
         let mut cmd = Command::new("python3");
         cmd.arg(repo().join("tests/support/fake_imds.py")).arg("0");
+        if let Some(path) = user_data {
+            cmd.arg("--user-data").arg(path);
+        }
         for (k, v) in values {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
@@ -100,6 +108,11 @@ pub struct SeedConfig<'a> {
     pub readiness: Option<String>,
     /// How long a replaced replica has to become ready in a rolling restart.
     pub ready_timeout: &'a str,
+    /// Extra keys for `[proxy]` (TOML lines), e.g. `trusted_proxies`.
+    pub proxy_extra: String,
+    /// Run the image's `user-data` job (the overlay from the fake IMDS, at `{dir}/user-data.toml`) before
+    /// the app's jobs, as app/stackinit.toml does.
+    pub user_data: bool,
 }
 
 impl SeedConfig<'_> {
@@ -159,24 +172,36 @@ start_secs = "100ms"
         let readiness = self.readiness.clone().unwrap_or_else(|| {
             "readiness = { http = \"/\", expect = 200, period = \"1s\", timeout = \"2s\" }".into()
         });
+        let (user_data_init, user_data_job, jobs_after) = if self.user_data {
+            (
+                "user_data = \"{dir}/user-data.toml\"",
+                "[service.user-data]\ncommand = [\"stackinit\", \"user-data\", \"--config\", \"{dir}/stackinit.toml\"]\noneshot = true\ncritical = false\n",
+                "after = [\"user-data\"]",
+            )
+        } else {
+            ("", "", "")
+        };
         format!(
-            r#"
+            r#"{user_data_init}
 [init.imds]
 enabled = true
 endpoint = "http://127.0.0.1:{imds}"
 timeout = "2s"
 
+{user_data_job}
 [service.migrate]
 command = ["{py}", "manage.py", "migrate", "--noinput"]
 directory = "{app}"
 environment = {env}
 oneshot = true
+{jobs_after}
 
 [service.collectstatic]
 command = ["{py}", "manage.py", "collectstatic", "--noinput"]
 directory = "{app}"
 environment = {env}
 oneshot = true
+{jobs_after}
 
 {template}
 [service.app]
@@ -197,6 +222,7 @@ ready_timeout = "{ready_timeout}"
 
 [proxy]
 listen = ["127.0.0.1:{port}"]
+{proxy_extra}
 
 [[proxy.server]]
 server_name = ["*.compute.amazonaws.com", "*.compute-1.amazonaws.com", "*.compute.internal", "*.ec2.internal"]
@@ -215,6 +241,7 @@ default = true
             port = self.proxy_port,
             extra = self.app_extra,
             ready_timeout = self.ready_timeout,
+            proxy_extra = self.proxy_extra,
         )
     }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A fake EC2 instance metadata service (IMDSv2 only) on loopback, for tests. Stdlib only.
 
-    fake_imds.py [PORT] [--host 127.0.0.1] [--json FILE] [--set KEY=VALUE]... [--delay-ms N]
+    fake_imds.py [PORT] [--host 127.0.0.1] [--json FILE] [--set KEY=VALUE]... [--delay-ms N] [--user-data FILE]
 
 PORT 0 (the default) picks a free port. The first line on stdout is the port, then stdout is
 flushed; request logs go to stderr. SIGTERM or SIGINT stops it (exit 0).
@@ -12,6 +12,9 @@ Protocol, as the real IMDSv2:
   refuses tokens to requests that went through a proxy).
 - `GET /latest/meta-data/KEY` needs `X-aws-ec2-metadata-token` with a live token, else 401.
   `GET /latest/meta-data/` lists the keys. Unknown keys are 404.
+- `GET /latest/user-data` (same token rule): the bytes of the `--user-data FILE`, read at each request (so a
+  test can change them between boots), or 404 when there is no such option or file, as on an instance
+  launched without user data.
 
 Values, later sources winning: built-in defaults; `--json FILE` (an object of KEY: value);
 environment variables `FAKE_IMDS_<KEY>` (upper case, `-` as `_`, e.g. FAKE_IMDS_LOCAL_IPV4);
@@ -34,6 +37,7 @@ DEFAULTS = {
     "public-ipv4": "203.0.113.7",
     "public-hostname": "ec2-203-0-113-7.eu-west-1.compute.amazonaws.com",
 }
+USER_DATA = None  # --user-data FILE
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 MAX_TTL = 21600
@@ -41,17 +45,20 @@ MAX_TTL = 21600
 
 def parse_args(argv):
     port, host, json_file, sets, delay_ms = 0, "127.0.0.1", None, [], 0
+    global USER_DATA
     args = list(argv)
     while args:
         arg = args.pop(0)
         if arg in ("-h", "--help"):
             print(__doc__)
             sys.exit(0)
-        if arg in ("--host", "--json", "--set", "--delay-ms"):
+        if arg in ("--host", "--json", "--set", "--delay-ms", "--user-data"):
             if not args:
                 sys.exit(f"fake_imds: {arg} needs a value")
             value = args.pop(0)
-            if arg == "--host":
+            if arg == "--user-data":
+                USER_DATA = value
+            elif arg == "--host":
                 host = value
             elif arg == "--json":
                 json_file = value
@@ -144,6 +151,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         prefix = "/latest/meta-data/"
+        if self.path == "/latest/user-data":
+            if not self.server.valid(self.headers.get(TOKEN_HEADER)):
+                return self.answer(401, "Unauthorized")
+            try:
+                with open(USER_DATA or "", encoding="utf-8") as f:
+                    return self.answer(200, f.read())
+            except OSError:
+                return self.answer(404, "Not Found")
         if not self.path.startswith(prefix):
             return self.answer(404, "Not Found")
         if not self.server.valid(self.headers.get(TOKEN_HEADER)):

@@ -8,7 +8,7 @@ the image boot tests gets its own instance facts with nothing listening on the h
     image_imds.py FACTS_JSON [LOG]
 
 FACTS_JSON maps metadata keys (instance-id, local-ipv4, local-hostname, public-ipv4, public-hostname)
-to values. IMDSv2 only: `PUT /latest/api/token` with X-aws-ec2-metadata-token-ttl-seconds gives a token;
+to values, and "user-data" to the launch's user data (`GET /latest/user-data`). IMDSv2 only: `PUT /latest/api/token` with X-aws-ec2-metadata-token-ttl-seconds gives a token;
 `GET /latest/meta-data/KEY` needs it (401 without). Serves keep-alive requests until the guest closes.
 Each request is appended to LOG as "METHOD PATH STATUS".
 """
@@ -50,6 +50,14 @@ def main():
                 status, body = 200, TOKEN
             else:
                 status, body = 400, "missing X-aws-ec2-metadata-token-ttl-seconds"
+        elif method == "GET" and path == "/latest/user-data":
+            # EC2 answers 404 when the launch had no user data.
+            if headers.get("x-aws-ec2-metadata-token") != TOKEN:
+                status, body = 401, "IMDSv2 token required"
+            elif "user-data" in facts:
+                status, body = 200, facts["user-data"]
+            else:
+                status, body = 404, "not found"
         elif method == "GET" and path.startswith("/latest/meta-data/"):
             key = path[len("/latest/meta-data/"):]
             if headers.get("x-aws-ec2-metadata-token") != TOKEN:

@@ -100,6 +100,28 @@ fn check_service(ctx: &mut Ctx, name: &str, spec: &ServiceSpec) {
     if let Some(group) = &spec.group {
         check_group(ctx, &sp.key("group"), group);
     }
+    // Read at each start, whatever the directory: relative paths would depend on where init runs.
+    let files = sp.key("environment_file");
+    for (i, file) in spec
+        .environment_file
+        .iter()
+        .flat_map(|f| f.to_vec())
+        .enumerate()
+    {
+        let path = file.strip_prefix('-').unwrap_or(&file);
+        if !path.starts_with('/') {
+            let at = if spec
+                .environment_file
+                .as_ref()
+                .is_some_and(|f| matches!(f, crate::config::OneOrMany::Many(_)))
+            {
+                files.index(i)
+            } else {
+                files.clone()
+            };
+            ctx.at(&at, &files, format!("environment_file {file:?} must be an absolute path (\"-/path\" if it may be missing)"));
+        }
+    }
     if let Some(umask) = spec.umask.filter(|m| m.0 > 0o777) {
         ctx.at_value(
             &sp.key("umask"),

@@ -9,7 +9,7 @@ use super::ctx::{
     check_group, check_max_duration, check_min_log_bytes, check_nice, check_user, Ctx,
 };
 use super::doc::KeyPath;
-use crate::config::values::ListenAddr;
+use crate::config::values::{ListenAddr, TrustedSource};
 use crate::config::{Config, LocationSpec, ServerSpec};
 use crate::unix_reach::{self, SocketPerms, Who};
 
@@ -29,6 +29,12 @@ pub(super) fn check_proxy(ctx: &mut Ctx) {
     check_min_log_bytes(ctx, &pp.key("log_max_bytes"), proxy.log_max_bytes);
     check_max_duration(ctx, &pp.key("stop_grace"), proxy.stop_grace);
     check_nice(ctx, &pp.key("nice"), proxy.nice);
+    check_trusted_proxies(ctx, &pp.key("trusted_proxies"), &proxy.trusted_proxies);
+    check_extra_server_names(
+        ctx,
+        &pp.key("extra_server_names"),
+        &proxy.extra_server_names,
+    );
     let mut default_server: Option<KeyPath> = None;
     for (i, server) in proxy.server.iter().enumerate() {
         let sp = pp.key("server").index(i);
@@ -96,6 +102,38 @@ fn check_server(ctx: &mut Ctx, sp: &KeyPath, server: &ServerSpec) {
             );
         }
     }
+}
+
+fn check_trusted_proxies(ctx: &mut Ctx, key: &KeyPath, list: &[String]) {
+    for (i, entry) in list.iter().enumerate() {
+        if let Err(e) = TrustedSource::parse(entry) {
+            ctx.at(&key.index(i), key, e);
+        }
+    }
+}
+
+/// Extra names go to the app's `ALLOWED_HOSTS` as they are (comma-separated): exact names and IPs only.
+fn check_extra_server_names(ctx: &mut Ctx, key: &KeyPath, list: &[String]) {
+    for (i, name) in list.iter().enumerate() {
+        if let Some(problem) = extra_name_problem(name) {
+            ctx.at(&key.index(i), key, format!("{name:?}: {problem}"));
+        }
+    }
+}
+
+/// Why a name cannot be an extra server name (and an allowed host), if it cannot.
+pub(crate) fn extra_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("must not be empty");
+    }
+    if name.len() > 253 {
+        return Some("longer than a DNS name can be (253 bytes)");
+    }
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if !name.chars().all(ok) {
+        return Some("an exact host name or IP (letters, digits, '.', '-'; no wildcards, regexes, spaces or commas)");
+    }
+    None
 }
 
 /// What the proxy's `ServerNames` refuses in a name that is not a regex: a `*` anywhere but in `*.` at
