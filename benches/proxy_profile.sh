@@ -6,6 +6,7 @@
 #   benches/proxy_profile.sh perf [seconds]        -> perf.data for `perf report`
 # Build the binary with symbols first: cargo build --profile profiling --bin stackinit
 # STACKINIT=path picks the binary (default target/profiling/stackinit). OUT=dir keeps the outputs (default /tmp).
+# WORKERS=N sets the proxy's `workers` (default: left out, one per core).
 set -euo pipefail
 
 MODE=${1:-callgrind}
@@ -58,6 +59,7 @@ cat > "$TMP/stackinit.toml" <<CONF
 logs_dir = "$TMP"
 [proxy]
 listen = ["127.0.0.1:$P_SI"]
+${WORKERS:+workers = $WORKERS}
 [[proxy.server]]
 server_name = ["*.compute.amazonaws.com"]
 default = true

@@ -145,4 +145,12 @@ pub enum Command {
         /// The file list.
         list: std::path::PathBuf,
     },
+    /// A service's first step when it has `secrets`: fetch them (the request is in STACKINIT_SECRETS),
+    /// add them to the environment and exec PROGRAM with ARGV (argv[0] first). Init runs it.
+    #[command(hide = true)]
+    SecretsExec {
+        program: std::path::PathBuf,
+        #[arg(last = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
 }

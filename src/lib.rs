@@ -20,6 +20,7 @@ pub mod paths;
 pub mod power_button;
 pub mod proxy;
 pub mod readahead;
+pub mod secrets;
 pub mod stack;
 pub mod supervise;
 pub mod unix_reach;

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Some(Command::DemoWorker) => stackinit::demo::worker_main(),
         Some(Command::ForkFrom { socket }) => stackinit::fork_from::main(&socket),
         Some(Command::Readahead { list }) => stackinit::readahead::main(&list),
+        Some(Command::SecretsExec { program, argv }) => {
+            stackinit::secrets::exec_main(&program, &argv)
+        }
         Some(Command::Import {
             supervisor,
             nginx,

@@ -579,6 +579,28 @@ max_connections = 1000
 "#,
     ),
     case(
+        "proxy_workers_zero",
+        3,
+        11,
+        "proxy.workers",
+        "workers must be at least 1 (leave it out for one per core)",
+        r#"[proxy]
+listen = ["127.0.0.1:18092"]
+workers = 0
+"#,
+    ),
+    case(
+        "proxy_workers_too_many",
+        3,
+        11,
+        "proxy.workers",
+        "workers = 1000 is too many: at most 256",
+        r#"[proxy]
+listen = ["127.0.0.1:18093"]
+workers = 1000
+"#,
+    ),
+    case(
         "bad_log_level",
         2,
         13,

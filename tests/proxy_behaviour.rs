@@ -173,14 +173,27 @@ fn connect_failures_are_retried_on_another_replica_for_any_method() {
     let _ = s.proxy.stderr();
 }
 
+/// The admission tests run with the default workers (one per core) and with 4 workers, more than this
+/// machine's cores: the queue and the fewest-in-flight choice are global, whichever worker a request is on.
+const FOUR_WORKERS: &str = "workers = 4";
+
 #[test]
 fn a_request_whose_free_replica_refuses_waits_for_the_busy_one_and_the_proxy_stays_responsive() {
+    waits_for_the_busy_replica("");
+}
+
+#[test]
+fn a_request_whose_free_replica_refuses_waits_for_the_busy_one_with_four_workers() {
+    waits_for_the_busy_replica(FOUR_WORKERS);
+}
+
+fn waits_for_the_busy_replica(workers: &str) {
     // Replica 0 refuses connections (nothing listens); replica 1 serves one request at a time and is busy.
     // The second request fails on replica 0 and must wait for replica 1, not spin on replica 0's room.
     let base = consecutive_ports(2);
     let _r1 = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
     let s = setup(
-        "queue_timeout = \"20s\"",
+        &format!("queue_timeout = \"20s\"\n{workers}"),
         &replicated_app(base, 2, "max_in_flight = 1\n"),
     );
     let addr = s.addr;
@@ -210,10 +223,19 @@ fn a_request_whose_free_replica_refuses_waits_for_the_busy_one_and_the_proxy_sta
 
 #[test]
 fn fast_requests_do_not_queue_behind_a_slow_one() {
+    fast_requests_avoid_the_busy_replica("");
+}
+
+#[test]
+fn fast_requests_do_not_queue_behind_a_slow_one_with_four_workers() {
+    fast_requests_avoid_the_busy_replica(FOUR_WORKERS);
+}
+
+fn fast_requests_avoid_the_busy_replica(workers: &str) {
     let base = consecutive_ports(2);
     let _a = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);
     let _b = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
-    let s = setup("", &replicated_app(base, 2, ""));
+    let s = setup(workers, &replicated_app(base, 2, ""));
     let addr = s.addr;
     let slow = std::thread::spawn(move || get(addr, "t", "/slow?ms=3000").unwrap());
     std::thread::sleep(Duration::from_millis(300));
@@ -532,4 +554,116 @@ fn only_a_trusted_load_balancer_names_the_client_and_the_scheme() {
     };
     assert!(line("/from-alb").starts_with("198.51.100.7 - - ["), "{log}");
     assert!(line("/spoofed").starts_with("127.0.0.1 - - ["), "{log}");
+}
+
+/// The last three fields of the access log line for `target`: `$request_time $upstream_response_time
+/// $queue_time`, waiting for the batched log to be written.
+fn logged_times(s: &Setup, target: &str) -> [String; 3] {
+    let needle = format!("\"GET {target} HTTP/1.1\"");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = s.proxy.access_log();
+        if let Some(line) = log.lines().find(|l| l.contains(&needle)) {
+            let fields: Vec<&str> = line.rsplitn(4, ' ').collect();
+            return [fields[2], fields[1], fields[0]].map(String::from);
+        }
+        assert!(Instant::now() < deadline, "no line for {target} in:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn access_log_tells_the_queue_wait_from_the_upstream_time() {
+    // One replica serving one request at a time: the second request waits in the proxy's queue while the
+    // first is served. Its upstream time (nginx's `$upstream_response_time`) must be its own 300 ms, not the wait.
+    let base = consecutive_ports(1);
+    let _r0 = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);
+    let s = setup(
+        "queue_timeout = \"20s\"",
+        &replicated_app(base, 1, "max_in_flight = 1\n"),
+    );
+    let addr = s.addr;
+    let first = std::thread::spawn(move || get(addr, "t", "/slow?ms=1000").unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(s.addr, "t", "/slow?ms=300").unwrap().status, 200);
+    assert_eq!(first.join().unwrap().status, 200);
+    assert_eq!(get(s.addr, "t", "/healthz").unwrap().status, 200);
+    let secs = |field: &str| -> f64 { field.parse().unwrap_or_else(|_| panic!("{field:?}")) };
+
+    let [request, upstream, queue] = logged_times(&s, "/slow?ms=300");
+    let (request, upstream, queue) = (secs(&request), secs(&upstream), secs(&queue));
+    assert!(
+        queue >= 0.5,
+        "it waited ~800 ms for the replica, queue_time {queue}"
+    );
+    assert!(
+        (0.3..0.6).contains(&upstream),
+        "upstream_time {upstream} should be the replica's 300 ms without the wait"
+    );
+    assert!(
+        request + 0.002 >= queue + upstream,
+        "request_time {request} holds both"
+    );
+
+    let [_, upstream, queue] = logged_times(&s, "/slow?ms=1000");
+    assert!(secs(&upstream) >= 1.0, "upstream_time {upstream}");
+    assert!(
+        secs(&queue) < 0.1,
+        "nothing to wait for, queue_time {queue}"
+    );
+
+    // Answered by the proxy itself: neither clock ran.
+    let [_, upstream, queue] = logged_times(&s, "/healthz");
+    assert_eq!((upstream.as_str(), queue.as_str()), ("-", "-"));
+}
+
+#[test]
+fn with_many_workers_the_access_log_has_every_line_whole_and_in_order_per_connection() {
+    // 4 workers serve 24 keep-alive connections at once; each worker buffers its own lines and writes them
+    // in batches to the one shared file.
+    let echo = Echo::start("e");
+    let s = setup(FOUR_WORKERS, &one_location(&echo.addr.to_string()));
+    const CONNS: usize = 24;
+    const REQUESTS: usize = 200;
+    let clients: Vec<_> = (0..CONNS)
+        .map(|c| {
+            let addr = s.addr;
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                for r in 0..REQUESTS {
+                    let request = format!("GET /c{c}/r{r} HTTP/1.1\r\nHost: t\r\n\r\n");
+                    writer.write_all(request.as_bytes()).unwrap();
+                    let reply = read_reply(&mut reader, false).unwrap();
+                    assert_eq!(reply.status, 200);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let mut next = vec![0usize; CONNS];
+    let lines = support::poll_every(Duration::from_millis(50), Duration::from_secs(10), || {
+        let log = s.proxy.access_log();
+        (log.lines().count() >= CONNS * REQUESTS).then_some(log)
+    })
+    .unwrap_or_else(|| s.proxy.access_log());
+    for line in lines.lines() {
+        let target = line
+            .split_once("\"GET /c")
+            .and_then(|(_, rest)| rest.split_once(' '))
+            .map(|(target, _)| target)
+            .unwrap_or_else(|| panic!("not a whole line: {line:?}"));
+        let (c, r) = target.split_once("/r").expect("/cN/rM");
+        let (c, r): (usize, usize) = (c.parse().unwrap(), r.parse().unwrap());
+        assert_eq!(
+            r, next[c],
+            "connection {c}: line for request {r} out of order"
+        );
+        next[c] += 1;
+        assert!(line.contains("\" 200 "), "{line}");
+    }
+    assert_eq!(next, vec![REQUESTS; CONNS], "every request logged once");
 }

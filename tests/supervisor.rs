@@ -889,3 +889,38 @@ start_secs = "100ms"
         "{bnd}"
     );
 }
+
+/// The nice of a process's autogroup (`/proc/PID/autogroup`: `/autogroup-123 nice -5`).
+fn autogroup_nice(pid: i32) -> i32 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/autogroup"))
+        .expect("/proc/PID/autogroup: this test needs a kernel with CONFIG_SCHED_AUTOGROUP (Debian's, Ubuntu's, EC2's)");
+    text.split_once(" nice ")
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("autogroup line {text:?}"))
+}
+
+#[test]
+fn a_services_nice_is_its_autogroups_nice_too() {
+    // Each service is its own session, so with kernel.sched_autogroup_enabled = 1 the scheduler weighs it
+    // against the others at its autogroup's nice: a nice only on the process would do nothing between services.
+    let stack = Stack::start(&format!(
+        "[service.urgent]\n{LONG}\nnice = -5\n[service.relaxed]\n{LONG}\nnice = 3\n[service.plain]\n{LONG}\n"
+    ));
+    for unit in ["urgent", "relaxed", "plain"] {
+        stack.wait_state(unit, "running", Duration::from_secs(5));
+    }
+    let pid = |unit: &str| stack.pid_of(unit).expect("pid");
+    assert_eq!(nice_of(pid("urgent")), -5);
+    assert_eq!(autogroup_nice(pid("urgent")), -5);
+    assert_eq!(autogroup_nice(pid("relaxed")), 3);
+    assert_eq!(
+        autogroup_nice(pid("plain")),
+        0,
+        "no nice: the autogroup is left alone"
+    );
+    assert!(
+        !stack.stderr().contains("autogroup stayed"),
+        "{}",
+        stack.stderr()
+    );
+}

@@ -2,11 +2,13 @@
 # The app benchmark of issue 5, all stacks in one run, reported as ratios against the seed stack.
 #
 # Workload: the sample Django app (app/), 3 sync workers/replicas, 1 request in 20 to /slow/?ms=50
-# (sleeps 50 ms), the rest to / (fast). Two wrk clients run at once against each stack:
+# (sleeps 50 ms), the rest to / (fast). Two clients run at once against each stack:
 #   - "mixed":  wrk -t2 -c$CONNS with benches/app/mixed.lua (the 19:1 mix), the bulk of the load;
-#   - "probe":  wrk -t1 -c$PROBE_CONNS on / only. Its latency is the latency of fast requests under the
-#               mixed load (wrk's own stats mix both kinds, so the fast ones are measured separately).
-# rps is both clients together; the slow share actually sent is printed too.
+#   - "probe":  benches/app/probe.py, $PROBE_CONNS keep-alive connection(s) sending GET / back to back, every
+#               request's latency recorded (no coordinated-omission correction): the latency of fast
+#               requests under the mixed load, cross-checked against the proxy's access log.
+# rps is both clients together; the slow share actually sent is printed too. Every stack runs once per
+# round, RUNS rounds (5 by default), and the summary gives the median and range over the rounds.
 #
 # Stacks:
 #   seed        nginx (seed config: proxy_pass http://unix:..., Debian proxy_params, access log on)
@@ -22,7 +24,7 @@
 #               mostly time slices lost to the CPU-bound workers)
 # Then the RSS (and PSS) per replica of gunicorn-per-replica vs the lean server, after the load.
 #
-# Usage: benches/app/run.sh [seconds] [connections] [probe-connections]
+# Usage: [RUNS=5] benches/app/run.sh [seconds] [connections] [probe-connections]
 # Needs: wrk, nginx, the venv (STACKINIT_TEST_VENV or .cache/venv, see scripts/test), and a release build
 # of stackinit (built here if missing or older than the sources; that takes minutes on a busy machine).
 # STACKINIT=path picks another binary; KEEP=1 keeps the temp dir (logs, wrk outputs); STACKS="si-forked" runs
@@ -31,7 +33,8 @@ set -euo pipefail
 
 DURATION=${1:-15}
 CONNS=${2:-16}
-PROBE_CONNS=${3:-2}
+PROBE_CONNS=${3:-1}
+RUNS=${RUNS:-5}
 WARMUP=3
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 APP=$ROOT/app
@@ -177,46 +180,60 @@ for k in $SELECTED; do if [[ $k == si-* ]]; then wait_ok "${PORT[$k]}" /healthz;
 for k in $SELECTED; do wait_ok "${PORT[$k]}" /; done
 
 # ---- load ---------------------------------------------------------------------------------------------
-declare -A RPS FAST_P50 FAST_P99 MIXED_P99 SLOW_SHARE ERRORS
-to_ms() { # wrk latency like 850.00us, 12.34ms, 1.02s -> ms
-  python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)\$', v); f={'us':1e-3,'ms':1,'s':1e3}[m.group(2)]; print(f'{float(m.group(1))*f:.2f}')" "$1"
-}
-# The probe measures the servers' latency; on one box its own thread also waits for a CPU behind the
-# CPU-bound workers (about one run in five lost 20-40 ms at p99 that way, while the proxy's access log saw
-# nothing). As root it runs at nice -10, like a client on another machine; PROBE_NICE= turns that off.
-PROBE_NICE=${PROBE_NICE-$([[ $(id -u) == 0 ]] && echo "nice -n -10")}
-run() { # label, port
-  local url=http://127.0.0.1:$2
+# The probe (benches/app/probe.py) records each fast request's own latency on one keep-alive connection per
+# probe client, back to back: no coordinated-omission correction, unlike wrk's percentiles, whose synthetic
+# samples turned one real 150 ms response into ~75 and penalised the faster stack. On one box the probe
+# also waits for a CPU behind the CPU-bound workers; as root it runs at nice -10 in its own session with
+# its autogroup at -10 too (a process's nice alone does nothing against other sessions under
+# kernel.sched_autogroup_enabled=1), like a client on another machine. PROBE_NICE= turns that off.
+PROBE_NICE=${PROBE_NICE-$([[ $(id -u) == 0 ]] && echo -10)}
+RESULTS=$TMP/results
+: > "$RESULTS"
+declare -A LOGSTART
+run() { # run number, label, port
+  local n=$1 k=$2 url=http://127.0.0.1:$3 tag=$TMP/$2.$1 pids=() i
   # warm up every replica, then measure both clients over the same window
   wrk -t2 -c"$CONNS" -d"${WARMUP}s" -s "$LUA" "$url/" >/dev/null
-  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$LUA" "$url/" > "$TMP/$1.mixed" &
+  [[ $k == si-* ]] && LOGSTART[$k]=$(wc -l < "$TMP/$k/logs/access.log")
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$LUA" "$url/" > "$tag.mixed" &
   local mixed=$!
-  $PROBE_NICE wrk -t1 -c"$PROBE_CONNS" -d"${DURATION}s" --latency "$url/" > "$TMP/$1.probe"
-  wait "$mixed"
-  local m_req p_req m_rps p_rps
-  m_req=$(awk '/requests in/ {print $1}' "$TMP/$1.mixed")
-  p_req=$(awk '/requests in/ {print $1}' "$TMP/$1.probe")
-  m_rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$1.mixed")
-  p_rps=$(awk '/Requests\/sec/ {print $2}' "$TMP/$1.probe")
-  RPS[$1]=$(python3 -c "print(f'{$m_rps + $p_rps:.0f}')")
-  FAST_P50[$1]=$(to_ms "$(awk '$1=="50%" {print $2}' "$TMP/$1.probe")")
-  FAST_P99[$1]=$(to_ms "$(awk '$1=="99%" {print $2}' "$TMP/$1.probe")")
-  MIXED_P99[$1]=$(to_ms "$(awk '$1=="99%" {print $2}' "$TMP/$1.mixed")")
-  SLOW_SHARE[$1]=$(python3 -c "print(f'{($m_req // 20) / ($m_req + $p_req) * 100:.1f}%')")
-  ERRORS[$1]=$(cat "$TMP/$1.mixed" "$TMP/$1.probe" | awk '/Non-2xx|Socket errors/' | tr '\n' ' ')
+  for ((i = 0; i < PROBE_CONNS; i++)); do
+    python3 "$ROOT/benches/app/probe.py" "127.0.0.1:$3" / "$DURATION" "$tag.probe.$i" ${PROBE_NICE:+--nice "$PROBE_NICE"} &
+    pids+=($!)
+  done
+  wait "$mixed" "${pids[@]}"
+  local m_req m_rps count p50 p99 p999 max
+  m_req=$(awk '/requests in/ {print $1}' "$tag.mixed")
+  m_rps=$(awk '/Requests\/sec/ {print $2}' "$tag.mixed")
+  read -r count p50 p99 p999 max < <(python3 "$ROOT/benches/app/latency.py" probe "$tag".probe.*)
+  local rps
+  rps=$(python3 -c "print(f'{$m_rps + $count / $DURATION:.0f}')")
+  echo "$n $k $rps $p50 $p99 $p999 $max" >> "$RESULTS"
+  local errors bad
+  errors=$(awk '/Non-2xx|Socket errors/' "$tag.mixed" | tr '\n' ' ')
+  bad=$(cat "$tag".probe.* | awk '$3 != 200' | wc -l)
+  printf '%-4s %-12s %7s %8s %8s %8s %8s %6s  %s\n' "$n" "$k" "$rps" "$p50" "$p99" "$p999" "$max" \
+    "$(python3 -c "print(f'{($m_req // 20) / ($m_req + $count) * 100:.1f}%')")" \
+    "$([[ -n $errors || $bad != 0 ]] && echo "errors: $errors probe non-200: $bad")"
+  if [[ $k == si-* ]]; then
+    # Cross-check: the same requests as the proxy timed them ($request_time), and the largest upstream and
+    # queue times among them.
+    read -r count p50 p99 p999 max up queue < <(python3 "$ROOT/benches/app/latency.py" log "$TMP/$k/logs/access.log" "${LOGSTART[$k]}")
+    printf '%-4s %-12s %7s %8s %8s %8s %8s   (proxy log: %s probe requests; largest upstream %s ms, queue %s ms)\n' \
+      "" "" "" "$p50" "$p99" "$p999" "$max" "$count" "$up" "$queue"
+  fi
 }
-echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); mixed: wrk -t2 -c$CONNS -d${DURATION}s -s mixed.lua;" \
-  "probe: ${PROBE_NICE:+$PROBE_NICE }wrk -t1 -c$PROBE_CONNS -d${DURATION}s on /; stackinit: $BIN" >&2
-for k in $SELECTED; do run "$k" "${PORT[$k]}"; done
-
-ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
-printf '%-12s %8s %10s %10s %11s %10s %9s %13s\n' stack rps fast-p50 fast-p99 mixed-p99 slow-share "rps/seed" "fast-p99/seed"
-for k in $SELECTED; do
-  printf '%-12s %8s %8sms %8sms %9sms %10s %9s %13s\n' "$k" "${RPS[$k]}" "${FAST_P50[$k]}" "${FAST_P99[$k]}" \
-    "${MIXED_P99[$k]}" "${SLOW_SHARE[$k]}" "$(ratio "${RPS[$k]}" "${RPS[seed]}")" \
-    "$(ratio "${FAST_P99[$k]}" "${FAST_P99[seed]}")"
-  [[ -n "${ERRORS[$k]}" ]] && echo "  $k errors: ${ERRORS[$k]}"
+echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $RUNS runs of every stack; mixed: wrk -t2 -c$CONNS -d${DURATION}s -s mixed.lua;" \
+  "probe: $PROBE_CONNS x probe.py${PROBE_NICE:+ --nice $PROBE_NICE} -d${DURATION}s on /; stackinit: $BIN" >&2
+printf '%-4s %-12s %7s %8s %8s %8s %8s %6s\n' run stack rps p50 p99 p99.9 max slow
+for ((r = 1; r <= RUNS; r++)); do
+  for k in $SELECTED; do run "$r" "$k" "${PORT[$k]}"; done
 done
+echo
+echo "fast requests (the probe's own latencies, ms): median (min–max) over $RUNS runs; ratios per run to the seed's"
+python3 "$ROOT/benches/app/latency.py" summary "$RESULTS"
+echo "load after the runs: $(cut -d' ' -f1-3 /proc/loadavg)"
+[[ -n "${KEEP:-}" ]] && cp "$RESULTS" "$TMP/results.kept"
 
 # ---- memory per replica --------------------------------------------------------------------------------
 mem() { # pids... -> "rss_kib pss_kib" summed

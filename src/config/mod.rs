@@ -8,6 +8,7 @@ pub mod diff;
 pub mod env_file;
 mod overlay;
 mod schema;
+pub mod secrets;
 pub mod units;
 mod validate;
 pub mod values;

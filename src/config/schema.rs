@@ -62,6 +62,8 @@ pub struct InitSpec {
     /// A per-launch overlay: TOML merged onto this config whenever it is loaded, if the file exists.
     /// `stackinit user-data` writes it from the EC2 user data at boot. Unset: no overlay.
     pub user_data: Option<PathBuf>,
+    /// Where `secrets` are fetched from (see `config::secrets`).
+    pub aws: super::secrets::AwsSpec,
     /// Also serve the web dashboard on this TCP address (`"127.0.0.1:9001"`, for SSH/SSM port
     /// forwarding). Off when unset. A non-loopback address needs credentials.
     pub dashboard: Option<String>,
@@ -110,6 +112,7 @@ impl Default for InitSpec {
             hostname: None,
             imds: ImdsSpec::default(),
             user_data: None,
+            aws: Default::default(),
             dashboard: None,
             dashboard_user: None,
             dashboard_password: None,
@@ -170,6 +173,9 @@ pub struct ServiceSpec {
     /// values), read at every start; their values override `environment`. A path starting with `-` may be
     /// missing.
     pub environment_file: Option<OneOrMany>,
+    /// Variables whose values are fetched from AWS at each start: `"ssm:NAME"` or
+    /// `"secretsmanager:ID[#KEY]"` (see `config::secrets`). Never logged or shown.
+    pub secrets: BTreeMap<String, String>,
     /// Octal, like "0022".
     pub umask: Option<Mode>,
     /// RLIMIT_NOFILE soft and hard limit.
@@ -251,6 +257,7 @@ impl Default for ServiceSpec {
             group: None,
             environment: BTreeMap::new(),
             environment_file: None,
+            secrets: BTreeMap::new(),
             umask: None,
             nofile: None,
             nice: None,
@@ -388,6 +395,9 @@ pub struct ProxySpec {
     /// longest-idle connection is closed for a new one; with none idle, a few more connections are
     /// accepted to answer `/healthz` (and 503 to anything else).
     pub max_connections: Option<u32>,
+    /// Threads serving connections, each with its own event loop, accept loops and upstream pools (nginx's
+    /// `worker_processes`). Default: the cores the proxy may run on (its CPU affinity and cgroup quota).
+    pub workers: Option<u32>,
     /// Where the access log goes; default `<logs_dir>/access.log`.
     pub access_log: Option<PathBuf>,
     pub log_max_bytes: Bytes,
@@ -417,6 +427,7 @@ impl Default for ProxySpec {
             nice: None,
             nofile: None,
             max_connections: None,
+            workers: None,
             access_log: None,
             log_max_bytes: Bytes(50 << 20),
             log_backups: 10,

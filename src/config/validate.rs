@@ -19,6 +19,7 @@ mod limits;
 mod listens;
 mod overlay;
 mod proxy_checks;
+mod secrets_checks;
 mod sections;
 
 use std::ops::Range;

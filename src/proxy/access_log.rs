@@ -1,15 +1,21 @@
-//! The access log: nginx "combined" format plus request time and upstream time, one line per request on stdout.
+//! The access log: nginx "combined" format plus request time, upstream time and queue time, one line per request
+//! on stdout. The upstream time means nginx's `$upstream_response_time`: from the moment a replica is picked (its
+//! connection begins, or a pooled one is taken) to the last byte of the upstream's response. The queue time is
+//! the wait at the admission gate before a replica was picked, which nginx (without a queue) does not have.
 //! Init pipes the proxy's stdout into `<logs_dir>/access.log` with lossless rotation.
 //!
-//! Lines are formatted straight into one shared buffer (no per-request Strings; the date is formatted once a
-//! second) and batched: the first line of a burst wakes one long-lived flush task, which runs after the current
-//! batch of ready tasks, so a busy proxy makes one write(2) for many requests and an idle one makes none.
+//! Lines are formatted straight into a buffer of the worker thread that served the request (no per-request
+//! Strings, no lock: a connection lives on one worker, so its lines stay in order; the date is formatted once a
+//! second) and batched: the first line of a burst wakes the worker's flush task, which runs after the current
+//! batch of ready tasks, so a busy worker makes one write(2) for many requests and an idle one makes none. The
+//! buffer holds whole lines only, and it is written under stdout's lock, so the workers' batches never
+//! interleave within a line.
 #![forbid(unsafe_code)]
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,12 +32,20 @@ use super::upstream::InFlight;
 /// Flush at once past this many buffered bytes.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// The access log of the process; its lines are buffered per worker thread (see the module doc).
 #[derive(Default)]
-pub struct AccessLog {
-    pending: Mutex<Pending>,
-    /// Wakes the flush task when a burst starts.
-    wake: Notify,
-    flusher_started: AtomicBool,
+pub struct AccessLog {}
+
+thread_local! {
+    static WORKER: RefCell<WorkerLog> = RefCell::new(WorkerLog::default());
+}
+
+/// One worker's lines not yet written, and the task that writes them.
+#[derive(Default)]
+struct WorkerLog {
+    pending: Pending,
+    /// Wakes this worker's flush task when a burst starts; `None` until the first line.
+    wake: Option<Arc<Notify>>,
 }
 
 #[derive(Default)]
@@ -47,60 +61,94 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn push(self: &Arc<Self>, entry: &Entry, bytes_sent: u64) {
-        self.push_with(|pending| pending.append(entry, bytes_sent));
+    fn push(&self, entry: &Entry, bytes_sent: u64) {
+        push_with(|pending| pending.append(entry, bytes_sent));
     }
 
     /// A request hyper refused before the handler saw it (a malformed or oversized head), answered by hyper with
     /// `status` and no body. Its request line is not known: logged as `"-"`, as nginx logs a request it could
     /// not read.
-    pub fn rejected(self: &Arc<Self>, remote: &HeaderValue, status: u16) {
-        self.push_with(|pending| pending.append_rejected(remote, status));
+    pub fn rejected(&self, remote: &HeaderValue, status: u16) {
+        push_with(|pending| pending.append_rejected(remote, status));
     }
 
-    fn push_with(self: &Arc<Self>, append: impl FnOnce(&mut Pending)) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let was_empty = pending.buffer.is_empty();
-        append(&mut pending);
-        if pending.buffer.len() >= FLUSH_AT {
+    /// Write the calling worker's lines now.
+    pub fn flush(&self) {
+        flush_thread();
+    }
+}
+
+fn push_with(append: impl FnOnce(&mut Pending)) {
+    let mut append = Some(append);
+    let pushed = WORKER.try_with(|worker| {
+        let Ok(mut worker) = worker.try_borrow_mut() else {
+            return false;
+        };
+        if let Some(append) = append.take() {
+            worker.push(append);
+        }
+        true
+    });
+    // The thread is exiting (its buffer is gone), or re-entered: this line is written on its own.
+    if !pushed.unwrap_or(false) {
+        if let Some(append) = append.take() {
+            let mut pending = Pending::default();
+            append(&mut pending);
             write_out(&mut pending.buffer);
+        }
+    }
+}
+
+impl WorkerLog {
+    fn push(&mut self, append: impl FnOnce(&mut Pending)) {
+        let was_empty = self.pending.buffer.is_empty();
+        append(&mut self.pending);
+        if self.pending.buffer.len() >= FLUSH_AT {
+            write_out(&mut self.pending.buffer);
         } else if was_empty && !self.schedule_flush() {
-            // Outside a runtime (unit tests) there is nothing to batch with: write at once.
-            write_out(&mut pending.buffer);
+            // Outside a runtime (unit tests, a worker shutting down) there is nothing to batch with.
+            write_out(&mut self.pending.buffer);
         }
     }
 
     /// Wake (starting it the first time) the task that flushes after the current batch; false without a runtime.
-    fn schedule_flush(self: &Arc<Self>) -> bool {
-        if !self.flusher_started.load(Ordering::Relaxed) {
-            if tokio::runtime::Handle::try_current().is_err() {
-                return false;
-            }
-            self.flusher_started.store(true, Ordering::Relaxed);
-            let log = Arc::clone(self);
+    fn schedule_flush(&mut self) -> bool {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return false;
+        }
+        let wake = self.wake.get_or_insert_with(|| {
+            let wake = Arc::new(Notify::new());
+            let woken = Arc::clone(&wake);
+            // Spawned on this worker's current-thread runtime: it runs on this thread, next to the buffer.
             tokio::spawn(async move {
                 loop {
-                    log.wake.notified().await;
+                    woken.notified().await;
                     // Let the other ready tasks of this tick log their lines first.
                     tokio::task::yield_now().await;
-                    log.flush();
+                    flush_thread();
                 }
             });
-        }
-        self.wake.notify_one();
+            wake
+        });
+        wake.notify_one();
         true
     }
+}
 
-    pub fn flush(&self) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        write_out(&mut pending.buffer);
-    }
+/// Write the calling thread's buffered lines (a worker at its end, or its flush task).
+pub fn flush_thread() {
+    let _ = WORKER.try_with(|worker| {
+        if let Ok(mut worker) = worker.try_borrow_mut() {
+            write_out(&mut worker.pending.buffer);
+        }
+    });
 }
 
 fn write_out(buffer: &mut Vec<u8>) {
     if buffer.is_empty() {
         return;
     }
+    // Whole lines under stdout's lock: another worker's batch goes before or after, never inside a line.
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(buffer).and_then(|_| out.flush()) {
         tracing::warn!("access log write failed: {e}");
@@ -121,12 +169,44 @@ pub struct Entry {
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     pub started: Instant,
-    pub upstream_time: Option<Duration>,
+    /// `None` for a request the proxy answered itself.
+    pub upstream: Option<UpstreamTimes>,
+}
+
+/// A proxied request's two clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTimes {
+    /// The wait for a replica (`$queue_time`).
+    pub queued: Duration,
+    /// `$upstream_response_time`; `None` when no replica was picked.
+    pub upstream: Option<UpstreamClock>,
+}
+
+/// The upstream time, still running until the upstream's response body ends, or already known.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamClock {
+    Since(Instant),
+    Took(Duration),
+}
+
+impl UpstreamClock {
+    /// The upstream time if it ended now.
+    fn elapsed(self) -> Duration {
+        match self {
+            UpstreamClock::Since(since) => since.elapsed(),
+            UpstreamClock::Took(took) => took,
+        }
+    }
+
+    /// Stop a running clock: the upstream's response has ended.
+    fn stop(&mut self) {
+        *self = UpstreamClock::Took(self.elapsed());
+    }
 }
 
 impl Pending {
     /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
-    /// $request_time $upstream_response_time`
+    /// $request_time $upstream_response_time $queue_time`
     fn append(&mut self, entry: &Entry, bytes_sent: u64) {
         self.start_line(&entry.remote);
         let out = &mut self.buffer;
@@ -143,10 +223,15 @@ impl Pending {
         out.extend_from_slice(b"\" ");
         seconds_into(out, entry.started.elapsed());
         out.push(b' ');
-        match entry.upstream_time {
-            Some(t) => seconds_into(out, t),
-            None => out.push(b'-'),
-        }
+        let upstream = entry.upstream.as_ref();
+        optional_seconds_into(
+            out,
+            upstream
+                .and_then(|u| u.upstream)
+                .map(UpstreamClock::elapsed),
+        );
+        out.push(b' ');
+        optional_seconds_into(out, upstream.map(|u| u.queued));
         out.push(b'\n');
     }
 
@@ -168,7 +253,7 @@ impl Pending {
     /// The line of a request hyper refused: no request line, no body, no times worth measuring.
     fn append_rejected(&mut self, remote: &HeaderValue, status: u16) {
         self.start_line(remote);
-        let _ = writeln!(self.buffer, "-\" {status} 0 \"-\" \"-\" 0.000 -");
+        let _ = writeln!(self.buffer, "-\" {status} 0 \"-\" \"-\" 0.000 - -");
     }
 }
 
@@ -202,6 +287,14 @@ fn seconds_into(out: &mut Vec<u8>, t: Duration) {
         b'0' + (ms / 10 % 10) as u8,
         b'0' + (ms % 10) as u8,
     ]);
+}
+
+/// A time, or `-` when there is none.
+fn optional_seconds_into(out: &mut Vec<u8>, t: Option<Duration>) {
+    match t {
+        Some(t) => seconds_into(out, t),
+        None => out.push(b'-'),
+    }
 }
 
 /// A header field: `-` when absent or empty.
@@ -298,6 +391,20 @@ impl LoggedBody {
     }
 }
 
+impl LoggedBody {
+    /// The upstream's response is over (for an upstream body; a body the proxy made has no running clock).
+    fn stop_upstream_clock(&mut self) {
+        let clock = self.entry.as_mut().and_then(|e| e.upstream.as_mut());
+        if let Some(UpstreamTimes {
+            upstream: Some(clock),
+            ..
+        }) = clock
+        {
+            clock.stop();
+        }
+    }
+}
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(entry) = self.entry.take() {
@@ -322,6 +429,15 @@ impl Body for LoggedBody {
             if let Some(data) = frame.data_ref() {
                 self.sent += data.len() as u64;
             }
+        }
+        // hyper polls no further once `is_end_stream` says so: the last byte may come with the last frame.
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.stop_upstream_clock();
         }
         polled
     }
@@ -367,7 +483,10 @@ mod tests {
             referer: None,
             user_agent: Some(HeaderValue::from_static("w\"rk")),
             started: Instant::now(),
-            upstream_time: Some(Duration::from_millis(1234)),
+            upstream: Some(UpstreamTimes {
+                queued: Duration::from_millis(7),
+                upstream: Some(UpstreamClock::Took(Duration::from_millis(1234))),
+            }),
         };
         let mut pending = Pending::default();
         pending.append(&entry, 3);
@@ -378,9 +497,9 @@ mod tests {
         // The request time depends on the machine; the rest is fixed.
         let (fixed, times) = rest.split_once("\" \"w\\x22rk\" ").unwrap();
         assert_eq!(fixed, "\"GET /a?b=c HTTP/1.1\" 200 3 \"-");
-        let (request_time, upstream_time) = times.split_once(' ').unwrap();
+        let (request_time, upstream_and_queue) = times.split_once(' ').unwrap();
         assert!(request_time.parse::<f64>().is_ok(), "{request_time}");
-        assert_eq!(upstream_time, "1.234\n");
+        assert_eq!(upstream_and_queue, "1.234 0.007\n");
     }
 
     #[test]
@@ -392,7 +511,7 @@ mod tests {
         assert_eq!(head, "127.0.0.9 - -");
         assert_eq!(
             rest.split_once("] ").unwrap().1,
-            "\"-\" 414 0 \"-\" \"-\" 0.000 -\n"
+            "\"-\" 414 0 \"-\" \"-\" 0.000 - -\n"
         );
     }
 

@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -92,6 +92,15 @@ struct ConnState {
     evict: Notify,
     /// Bytes written and not yet flushed: the connection is still answering.
     unflushed: AtomicBool,
+    /// Requests begun, and in progress, for the stream's head clock (`idle_io`): read without the table's lock.
+    begun: AtomicU64,
+    open: AtomicU32,
+}
+
+impl super::idle_io::Requests for ConnState {
+    fn awaiting_head(&self) -> Option<u64> {
+        (self.open.load(Ordering::Relaxed) == 0).then(|| self.begun.load(Ordering::Relaxed))
+    }
 }
 
 impl ConnLimit {
@@ -156,6 +165,8 @@ impl ConnLimit {
             id,
             evict: Notify::new(),
             unflushed: AtomicBool::new(false),
+            begun: AtomicU64::new(0),
+            open: AtomicU32::new(0),
         });
         // A new connection waits for its first request: idle, but the last one to be taken for it.
         let entry = Entry {
@@ -273,6 +284,8 @@ pub struct ConnHandle {
 impl ConnHandle {
     /// A request began; it counts until the guard (held by its response body) is dropped.
     pub fn request(&self) -> RequestGuard {
+        self.conn.begun.fetch_add(1, Ordering::Relaxed);
+        self.conn.open.fetch_add(1, Ordering::Relaxed);
         self.limit.request_started(self.conn.id);
         RequestGuard {
             handle: self.clone(),
@@ -289,6 +302,11 @@ impl ConnHandle {
         self.limit.serving(self.conn.id)
     }
 
+    /// What the connection's stream reads to time its request heads.
+    pub fn requests(&self) -> Arc<dyn super::idle_io::Requests> {
+        Arc::clone(&self.conn) as Arc<dyn super::idle_io::Requests>
+    }
+
     /// Its HTTP serving is over but its stream may live on (an upgrade's tunnel): never idle again.
     pub fn retire(&self) {
         self.limit.request_started(self.conn.id);
@@ -302,6 +320,7 @@ pub struct RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.handle.conn.open.fetch_sub(1, Ordering::Relaxed);
         self.handle.limit.request_ended(self.handle.conn.id);
     }
 }

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::access_log::{Entry, LoggedBody, ResponseBody};
+use super::access_log::{Entry, LoggedBody, ResponseBody, UpstreamClock, UpstreamTimes};
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
 use super::metrics::{self, Tracked};
@@ -20,7 +20,7 @@ use super::real_ip::{self, Client};
 use super::routes::{Action, ProxyTo, Routes, Settings};
 use super::server_name::normalize_host;
 use super::shared::Shared;
-use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight};
+use super::upstream::{is_idempotent, ForwardSettings, Forwarded, InFlight, Waited};
 use super::{head_limits, healthz, static_files, uri_path};
 
 /// Who is on the other end of a client connection.
@@ -65,7 +65,7 @@ pub async fn handle(
     let remote = client.addr.clone();
     // Set once the request's server and location are known; counted until the response body ends.
     let mut tracked = None;
-    let (response, upstream_time, in_flight) =
+    let (response, upstream, in_flight) =
         route(req, conn, client, &shared, routes, &mut tracked).await;
     let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
     tracked.set_status(response.status().as_u16());
@@ -79,7 +79,7 @@ pub async fn handle(
         referer,
         user_agent,
         started,
-        upstream_time,
+        upstream,
     };
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
@@ -90,7 +90,7 @@ pub async fn handle(
 
 type Routed = (
     Response<ResponseBody>,
-    Option<std::time::Duration>,
+    Option<UpstreamTimes>,
     Option<InFlight>,
 );
 
@@ -103,11 +103,11 @@ async fn route(
     tracked: &mut Option<Tracked>,
 ) -> Routed {
     let version = req.version();
-    let (mut response, upstream_time, in_flight) =
+    let (mut response, upstream, in_flight) =
         dispatch(req, conn, client, shared, routes, tracked).await;
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
     *response.version_mut() = version;
-    (response, upstream_time, in_flight)
+    (response, upstream, in_flight)
 }
 
 /// A response the proxy made itself (not an upstream's).
@@ -257,16 +257,25 @@ async fn proxy(
         response_timeout: settings.upstream_timeout,
     };
     let began = Instant::now();
-    match upstream
-        .forward(first, retry, &forward_settings, fault)
-        .await
-    {
+    let mut waited = Waited::default();
+    let forwarded = upstream
+        .forward(first, retry, &forward_settings, fault, &mut waited)
+        .await;
+    // The upstream clock is what has passed since `began` less the queue waits: it runs from the first pick.
+    let upstream_since = began + waited.queued;
+    let times = |clock: UpstreamClock| {
+        Some(UpstreamTimes {
+            queued: waited.queued,
+            upstream: waited.picked.then_some(clock),
+        })
+    };
+    let upstream_took = || times(UpstreamClock::Took(upstream_since.elapsed()));
+    match forwarded {
         Ok(Forwarded {
             mut response,
             in_flight,
             replica,
         }) => {
-            let upstream_time = Some(began.elapsed());
             let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
             headers::to_client(response.headers_mut(), switching);
             if switching {
@@ -278,23 +287,24 @@ async fn proxy(
                         tokio::spawn(tunnel(client, upstream_side, in_flight));
                         let (parts, _) = response.into_parts();
                         let body = ResponseBody::Local(empty());
-                        return (Response::from_parts(parts, body), upstream_time, None);
+                        return (Response::from_parts(parts, body), upstream_took(), None);
                     }
                     _ => {
                         tracing::warn!(replica = %replica.name, "upstream switched protocols unasked, or to one not asked for");
-                        return (local_error(StatusCode::BAD_GATEWAY), upstream_time, None);
+                        return (local_error(StatusCode::BAD_GATEWAY), upstream_took(), None);
                     }
                 }
             }
+            // Runs on until the upstream's body ends (`LoggedBody`).
             (
                 response.map(ResponseBody::Upstream),
-                upstream_time,
+                times(UpstreamClock::Since(upstream_since)),
                 Some(in_flight),
             )
         }
         Err(failure) => {
             tracing::warn!(upstream = %upstream.name, "{failure}");
-            (local_error(failure.status()), Some(began.elapsed()), None)
+            (local_error(failure.status()), upstream_took(), None)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Accept loops and client connections: HTTP/1.1 on plain listeners, HTTP/1.1 or HTTP/2 (by ALPN) over TLS.
-//! Slowloris protection is hyper's header read timeout; idle connections end through `IdleTimeout`; a stop
+//! Every worker runs an accept loop on each listener. Slowloris protection is the stream's head clock
+//! (`idle_io`); idle connections end through `IdleTimeout`; a stop
 //! request closes the listeners and lets each connection finish its in-flight requests.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ use super::handler::ConnInfo;
 use super::head_limits;
 use super::idle_io::IdleTimeout;
 use super::shared::Shared;
+use super::workers::{Load, Peers};
 
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -31,12 +33,15 @@ pub struct BoundListener {
 /// Held by every connection task; the server is drained when the last clone is dropped.
 pub type DrainGuard = mpsc::Sender<()>;
 
-/// Run the accept loop of one listener until `stop` turns true.
+/// Run the accept loop of one listener until `stop` turns true. Each connection is served by the worker
+/// serving the fewest (this one on a tie): workers woken for the same listener race for its connections,
+/// and one that wins a burst would otherwise serve most of them while another core idles.
 pub async fn accept_loop(
     bound: BoundListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     drain: DrainGuard,
+    peers: Arc<Peers>,
 ) {
     loop {
         // At max_connections and the reserve, new connections wait in the backlog (conn_limit).
@@ -49,27 +54,15 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, remote)) => {
-                let admitted = shared.conns.admit();
-                let (admission, handle) = (admitted.admission, admitted.handle);
-                let conn = Conn {
-                    info: ConnInfo::new(remote, bound.tls),
+                let accepted = Accepted {
+                    stream,
+                    remote,
                     tls: bound.tls,
-                    admission,
-                    handle,
+                    load: peers.assign(),
                 };
-                let (shared, stop, drain) = (Arc::clone(&shared), stop.clone(), drain.clone());
-                let guard = admitted.guard;
-                tokio::spawn(async move {
-                    match stream {
-                        Stream::Tcp(s) => {
-                            connection(Counted::new(s, guard), conn, shared, stop).await
-                        }
-                        Stream::Unix(s) => {
-                            connection(Counted::new(s, guard), conn, shared, stop).await
-                        }
-                    }
-                    drop(drain);
-                });
+                if let Some(here) = peers.hand_off(accepted) {
+                    serve_here(here, &shared, &stop, &drain);
+                }
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning on a listener that stays readable.
@@ -81,9 +74,100 @@ pub async fn accept_loop(
     tracing::info!(listener = %bound.label, "stopped accepting");
 }
 
-enum Stream {
+/// Serve the connections other workers accepted for this one, until `stop` turns true.
+pub async fn receive_loop(
+    mut handed: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    drain: DrainGuard,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut stop) => break,
+            accepted = handed.recv() => match accepted {
+                Some(accepted) => accepted,
+                None => break,
+            },
+        };
+        serve_here(accepted, &shared, &stop, &drain);
+    }
+}
+
+/// A just-accepted connection, counted on the worker chosen to serve it.
+pub struct Accepted {
+    pub stream: Stream,
+    pub remote: Option<std::net::SocketAddr>,
+    pub tls: bool,
+    pub load: Load,
+}
+
+/// Admit and serve a connection on this worker.
+fn serve_here(
+    accepted: Accepted,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+    drain: &DrainGuard,
+) {
+    let Accepted {
+        stream,
+        remote,
+        tls,
+        load,
+    } = accepted;
+    let stream = match stream.register() {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!("a connection handed to this worker failed: {e}");
+            return;
+        }
+    };
+    let admitted = shared.conns.admit();
+    let (admission, handle) = (admitted.admission, admitted.handle);
+    let conn = Conn {
+        info: ConnInfo::new(remote, tls),
+        tls,
+        admission,
+        handle,
+    };
+    let (shared, stop, drain) = (Arc::clone(shared), stop.clone(), drain.clone());
+    let guard = admitted.guard;
+    tokio::spawn(async move {
+        match stream {
+            Stream::Tcp(s) => connection(Counted::new(s, guard), conn, shared, stop).await,
+            Stream::Unix(s) => connection(Counted::new(s, guard), conn, shared, stop).await,
+            Stream::StdTcp(_) | Stream::StdUnix(_) => {}
+        }
+        drop(load);
+        drop(drain);
+    });
+}
+
+/// A client stream: registered with a worker's event loop, or in between two workers.
+pub enum Stream {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+    StdTcp(std::net::TcpStream),
+    StdUnix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    /// Off this worker's event loop, to be sent to another.
+    pub fn unregister(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::StdTcp(s.into_std()?),
+            Stream::Unix(s) => Stream::StdUnix(s.into_std()?),
+            other => other,
+        })
+    }
+
+    /// On the calling worker's event loop.
+    fn register(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::StdTcp(s) => Stream::Tcp(tokio::net::TcpStream::from_std(s)?),
+            Stream::StdUnix(s) => Stream::Unix(tokio::net::UnixStream::from_std(s)?),
+            registered => registered,
+        })
+    }
 }
 
 async fn accept(listener: &Listener) -> std::io::Result<(Stream, Option<std::net::SocketAddr>)> {
@@ -130,7 +214,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = shared.routes().settings.clone();
-    let stream = IdleTimeout::new(stream, settings.idle_timeout);
+    let stream = IdleTimeout::with_head_clock(
+        stream,
+        settings.idle_timeout,
+        conn.handle.requests(),
+        settings.header_timeout,
+    );
     if !conn.tls {
         return serve_http1(stream, conn, shared, stop, &settings).await;
     }
@@ -139,17 +228,18 @@ where
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await
-    {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            tracing::debug!("TLS handshake failed: {e}");
-            return;
-        }
-        Err(_) => return,
-    };
+    let mut stream =
+        match tokio::time::timeout(settings.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!("TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
+        stream.get_mut().0.stop_head_clock();
         serve_http2(stream, conn, shared, stop, &settings).await
     } else {
         serve_http1(stream, conn, shared, stop, &settings).await
@@ -172,10 +262,11 @@ async fn serve_http1<S>(
     let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
     let mut builder = hyper::server::conn::http1::Builder::new();
     // No hyper `max_header_size`: the limit is applied to the parsed request (head_limits.rs), which can tell a
-    // long request line (414) from a large head (431).
+    // long request line (414) from a large head (431). No hyper header timer either: the stream's own lazy
+    // timer bounds each head (`IdleTimeout::with_head_clock`), without a timer armed per request.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
+        .header_read_timeout(None)
         .max_buf_size(head_limits::hyper_buffer(settings.max_header_size))
         .keep_alive(keep_alive);
     let conn = builder

@@ -1,5 +1,6 @@
-//! State every connection reads: the routing table, init's health state, the TLS config and the access log.
-//! Each is replaced whole when init sends a message, so a request always sees one consistent version.
+//! State every connection reads, on every worker thread: the routing table, init's health state, the TLS
+//! config and the access log. Each is replaced whole when init sends a message, so a request always sees one
+//! consistent version.
 #![forbid(unsafe_code)]
 
 use std::sync::{Arc, RwLock};
@@ -87,6 +88,10 @@ impl Shared {
         }
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
         self.conns.set_cap(conn_limit::cap_for(&config.proxy));
+        if super::workers::wanted(&config.proxy) != super::workers::count() {
+            // Init restarts the proxy for a new `workers`; standalone, it takes a restart too.
+            tracing::warn!("the new `workers` applies when the proxy restarts");
+        }
         tracing::info!("proxy config applied");
     }
 }

@@ -10,6 +10,7 @@ use nix::unistd::{Gid, Uid};
 use super::capabilities;
 use super::spawn::{self, Credentials};
 use super::unit::{Unit, UnitKind};
+use super::with_secrets::{self, SecretsSource};
 use crate::config::{OneOrMany, ProxySpec, Secs, ServiceSpec};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -106,10 +107,20 @@ pub struct Surroundings {
     pub facts: Vec<(String, String)>,
     /// The notify socket's path, for NOTIFY_SOCKET.
     pub notify_socket: Option<PathBuf>,
+    /// Where services with `secrets` fetch them from.
+    pub secrets: SecretsSource,
+}
+
+impl Surroundings {
+    /// What boot discovered and the config's `[init]` say every service gets.
+    pub fn set(&mut self, facts: &crate::facts::Facts, config: &crate::config::Config) {
+        self.facts = facts.environment(config);
+        self.secrets = SecretsSource::of(&config.init);
+    }
 }
 
 /// The command for a service's main process: `command_for` plus the instance facts, NOTIFY_SOCKET and
-/// WATCHDOG_USEC.
+/// WATCHDOG_USEC, behind `secrets-exec` when it has secrets.
 pub fn service_command<'a>(
     unit: &'a Unit,
     fds: Vec<(BorrowedFd<'a>, String)>,
@@ -123,7 +134,7 @@ pub fn service_command<'a>(
         cmd.env
             .push(("WATCHDOG_USEC".into(), w.0.as_micros().to_string().into()));
     }
-    Ok(cmd)
+    with_secrets::wrap(cmd, &unit.spec, &around.secrets)
 }
 
 /// An exec probe's command: the service's user, directory and environment, running `argv`.

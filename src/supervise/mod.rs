@@ -11,6 +11,7 @@
 //! Nothing here starts the control server or watches the power button: `crate::stack` composes those
 //! with the supervisor, so this module depends on neither `control` nor `init`.
 
+mod autogroup;
 mod build;
 mod capabilities;
 mod cgroups;
@@ -42,6 +43,7 @@ pub mod systemd_notify;
 mod table;
 mod timers;
 pub mod unit;
+mod with_secrets;
 
 use std::path::PathBuf;
 

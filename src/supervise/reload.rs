@@ -77,8 +77,8 @@ fn compare(old: &Config, new: &Config) -> ReloadReply {
     reply
 }
 
-/// A new proxy process is needed only when what it was started with changed: its sockets or its user.
-/// Anything else reaches the running proxy over its state channel.
+/// A new proxy process is needed only when what it was started with changed: its sockets, its user or its
+/// worker threads. Anything else reaches the running proxy over its state channel.
 fn proxy_restart_needed(old: &Option<ProxySpec>, new: &Option<ProxySpec>) -> bool {
     let started_with = |p: &Option<ProxySpec>| {
         p.as_ref().map(|p| {
@@ -86,6 +86,7 @@ fn proxy_restart_needed(old: &Option<ProxySpec>, new: &Option<ProxySpec>) -> boo
                 p.listen.clone(),
                 p.tls.as_ref().map(|t| t.listen.clone()),
                 p.user.clone(),
+                p.workers,
             )
         })
     };
@@ -173,7 +174,13 @@ pub fn plan_with(
     let fates = units
         .values()
         .map(|unit| {
-            let changed = reply.changed.contains(&unit.service) && unit.kind == UnitKind::Service;
+            // A service with secrets is started afresh by every reload, which re-reads them.
+            let rereads = new
+                .service
+                .get(&unit.service)
+                .is_some_and(|s| !s.secrets.is_empty());
+            let changed = (reply.changed.contains(&unit.service) || rereads)
+                && unit.kind == UnitKind::Service;
             let keep = match unit.kind {
                 UnitKind::Proxy => new.proxy.is_some() && !proxy_restart,
                 // A successor is no config entry of its own: it lives while its service is unchanged.
@@ -250,6 +257,42 @@ mod tests {
         assert!(!boot_keys_changed(&old.init, &new.init));
         new.init.log_level = "debug".into();
         assert!(boot_keys_changed(&old.init, &new.init));
+    }
+
+    #[test]
+    fn an_unchanged_service_with_secrets_rolls_to_reread_them() {
+        on_runtime(|| {
+            let mut logs = LogFiles::default();
+            let text = TWO.replace(
+                "replicas = 2\n",
+                "replicas = 2\nsecrets = { KEY = \"ssm:/app/key\" }\n",
+            );
+            let (old, new) = (config(&text), config(&text));
+            let units = running(units_for_config(&old, &mut logs));
+            let fresh = units_for_config(&new, &mut logs);
+            let plan = plan(&old, &new, &units, &fresh);
+            assert_eq!(plan.fates["web@0"], Fate::TakeOver(Then::Roll));
+            assert_eq!(plan.fates["job"], Fate::Keep);
+        });
+    }
+
+    #[test]
+    fn a_new_workers_count_restarts_the_proxy_other_limits_do_not() {
+        let proxy =
+            |extra: &str| config(&format!("[proxy]\nlisten = [\"127.0.0.1:1\"]\n{extra}\n")).proxy;
+        assert!(proxy_restart_needed(&proxy(""), &proxy("workers = 3")));
+        assert!(proxy_restart_needed(
+            &proxy("workers = 2"),
+            &proxy("workers = 3")
+        ));
+        assert!(!proxy_restart_needed(
+            &proxy("workers = 2"),
+            &proxy("workers = 2")
+        ));
+        assert!(!proxy_restart_needed(
+            &proxy(""),
+            &proxy("max_connections = 10")
+        ));
     }
 
     #[test]

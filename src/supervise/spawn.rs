@@ -51,7 +51,7 @@ pub struct Command<'a> {
 }
 
 /// Which step failed in the child, reported through the exec-error pipe.
-const STEPS: [&str; 17] = [
+const STEPS: [&str; 18] = [
     "reset signals",
     "setsid",
     "set up file descriptors",
@@ -69,6 +69,7 @@ const STEPS: [&str; 17] = [
     "set capabilities",
     "raise ambient capabilities",
     "join its cgroup",
+    "set its autogroup's nice",
 ];
 
 /// capset(2)'s header and data, version 3 (64-bit sets as two 32-bit halves).
@@ -221,6 +222,10 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
     let mut high = vec![-1 as RawFd; sources.len()];
 
     let ambient_data = cap_data(&cmd.capabilities.ambient);
+    let autogroup_nice = cmd
+        .nice
+        .map(super::autogroup::nice_text)
+        .unwrap_or_default();
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| prep(e.into()))?;
 
     // SAFETY: after fork the child runs only `child_after_fork`, which makes async-signal-safe libc calls on
@@ -253,6 +258,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
                     umask: cmd.umask,
                     nofile: cmd.nofile,
                     nice: cmd.nice,
+                    autogroup_nice: &autogroup_nice,
                     drop_caps: &cmd.capabilities.drop_bounding,
                     ambient: &cmd.capabilities.ambient,
                     ambient_data: &ambient_data,
@@ -271,7 +277,12 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Pid, (Option<Pid>, SpawnError)> {
             drop(err_write);
             match child_report(err_read) {
                 Some(error) => Err((Some(child), error)),
-                None => Ok(child),
+                None => {
+                    if let Some(nice) = cmd.nice {
+                        super::autogroup::check(child, &cmd.program.to_string_lossy(), nice);
+                    }
+                    Ok(child)
+                }
             }
         }
     }
@@ -315,6 +326,8 @@ struct ChildPlan<'a> {
     umask: Option<u32>,
     nofile: Option<(u64, u64)>,
     nice: Option<i32>,
+    /// The nice as text for `/proc/self/autogroup`; empty: leave the autogroup alone.
+    autogroup_nice: &'a [u8],
     drop_caps: &'a [u32],
     ambient: &'a [u32],
     ambient_data: &'a [CapData; 2],
@@ -324,6 +337,39 @@ struct ChildPlan<'a> {
     /// `cgroup.procs` to write "0" to (the calling process joins), or -1.
     cgroup_fd: RawFd,
     err_fd: RawFd,
+}
+
+/// Write `/proc/self/autogroup`. Best effort: a kernel without autogroups has no such file, and the parent
+/// checks the result and warns. A rate-limited write (EAGAIN) is retried for up to about 120 ms.
+/// Async-signal-safe.
+///
+/// # Safety
+/// Only in the child after fork.
+unsafe fn set_autogroup_nice(text: &[u8]) {
+    // SAFETY: open, write, nanosleep and close are async-signal-safe; the path is a NUL-terminated literal,
+    // `text` a live buffer of its length, `pause` a valid timespec.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/autogroup".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 10_000_000,
+        };
+        for _ in 0..12 {
+            if libc::write(fd, text.as_ptr().cast(), text.len()) >= 0
+                || *libc::__errno_location() != libc::EAGAIN
+            {
+                break;
+            }
+            libc::nanosleep(&pause, std::ptr::null_mut());
+        }
+        libc::close(fd);
+    }
 }
 
 /// Report `step` and errno to the parent and exit. Async-signal-safe.
@@ -419,6 +465,11 @@ unsafe fn child_after_fork(plan: ChildPlan<'_>) -> ! {
             if libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
                 fail(err, 12);
             }
+        }
+        // 17: the session's autogroup too (autogroup.rs says why), also before dropping privileges: a
+        // negative nice needs CAP_SYS_NICE, and without CAP_SYS_ADMIN the kernel allows ten changes a second.
+        if !plan.autogroup_nice.is_empty() {
+            set_autogroup_nice(plan.autogroup_nice);
         }
         if !plan.directory.is_null() && libc::chdir(plan.directory) != 0 {
             fail(err, 5);

@@ -192,7 +192,7 @@ impl Supervisor {
         }
         self.cgroups = Cgroups::discover(self.pid1);
         self.facts = crate::facts::discover(&self.config.init.imds).await;
-        self.surroundings.facts = self.facts.environment(&self.config);
+        self.surroundings.set(&self.facts, &self.config);
         self.units = build::units_for_config(&self.config, &mut self.logs);
         self.bind_listeners();
         self.publish_proxy_config();

@@ -6,6 +6,7 @@
 // Each test binary uses only part of the kit.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod browser;
 pub mod e2e;
 pub mod http;

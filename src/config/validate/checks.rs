@@ -12,7 +12,7 @@ use super::ctx::{
 };
 use super::doc::KeyPath;
 use super::sections::Recovered;
-use super::{dashboard_checks, graph, limits, listens, proxy_checks, Report};
+use super::{dashboard_checks, graph, limits, listens, proxy_checks, secrets_checks, Report};
 use crate::config::values::{self, ListenAddr};
 use crate::config::{OneOrMany, Probe, ServiceSpec, TcpProbeTarget};
 
@@ -27,6 +27,7 @@ pub(super) fn run(root: &Spanned<DeValue<'_>>, rec: &Recovered, report: &mut Rep
     proxy_checks::check_proxy(&mut ctx);
     listens::check_listen_clashes(&mut ctx);
     limits::check_limits(&mut ctx);
+    secrets_checks::check_secrets(&mut ctx);
 }
 
 fn check_init(ctx: &mut Ctx) {

@@ -35,6 +35,7 @@ pub(super) fn check_proxy(ctx: &mut Ctx) {
         &pp.key("extra_server_names"),
         &proxy.extra_server_names,
     );
+    check_workers(ctx, &pp.key("workers"), proxy.workers);
     let mut default_server: Option<KeyPath> = None;
     for (i, server) in proxy.server.iter().enumerate() {
         let sp = pp.key("server").index(i);
@@ -48,6 +49,23 @@ pub(super) fn check_proxy(ctx: &mut Ctx) {
             }
         }
         check_server(ctx, &sp, server);
+    }
+}
+
+/// Most proxy worker threads: far more than any instance has cores, and a bound on what a typo can start.
+pub const MAX_WORKERS: u32 = 256;
+
+fn check_workers(ctx: &mut Ctx, key: &KeyPath, workers: Option<u32>) {
+    match workers {
+        Some(0) => ctx.at_value(
+            key,
+            "workers must be at least 1 (leave it out for one per core)",
+        ),
+        Some(n) if n > MAX_WORKERS => ctx.at_value(
+            key,
+            format!("workers = {n} is too many: at most {MAX_WORKERS}"),
+        ),
+        _ => {}
     }
 }
 
