@@ -101,6 +101,9 @@ pub struct Usage {
     pub memory_peak_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Processes the kernel's OOM killer killed in the unit's cgroup (its `memory.events`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
 }
 
 /// Body of every error answer: `{"error": "..."}` with a 4xx/5xx status.

@@ -725,6 +725,159 @@ fn check_status(vm: &Vm) {
     );
 }
 
+/// Services added to a running guest's config for the cgroup checks, each started by hand. `daemon-test`
+/// double-forks and its grandchild calls setsid: it leaves the service's process group and session.
+const CGROUP_SERVICES: &str = r#"
+[service.oom-test]
+command = ["/usr/bin/python3", "-c", "import time\nb = b'x' * (200 << 20)\ntime.sleep(3600)"]
+memory_max = "64MB"
+autostart = false
+
+[service.daemon-test]
+command = ["/usr/bin/python3", "-c", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.execvp('sleep', ['sleep', '3017'])\n    os._exit(0)\ntime.sleep(3600)"]
+autostart = false
+
+[service.cpu-capped]
+command = ["/usr/bin/python3", "-c", "while True: pass"]
+cpu_max = "20%"
+autostart = false
+"#;
+
+/// Standard base64, to hand a file to the guest through an SSH command line.
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One unit of `stackinit status --json`, and the guest's uptime in seconds when it was read.
+fn guest_unit(vm: &Vm, name: &str) -> (f64, serde_json::Value) {
+    let out = vm.ssh("cat /proc/uptime; stackinit status --json");
+    let (uptime, json) = out.split_once('\n').expect("uptime, then status");
+    let uptime: f64 = uptime
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .expect("/proc/uptime");
+    let json: serde_json::Value = serde_json::from_str(json).expect("status --json");
+    let unit = json["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("{}: no {name} in status --json: {json}", vm.name));
+    (uptime, unit)
+}
+
+/// How many processes run `sleep 3017` (the daemonised grandchild of `daemon-test`), and their cgroups.
+fn daemons(vm: &Vm) -> (usize, String) {
+    // The pattern does not match grep's own command line.
+    let pids = vm.ssh("grep -las '^sleep.301[7]' /proc/[0-9]*/cmdline | cut -d/ -f3 || true");
+    let pids: Vec<&str> = pids.split_whitespace().collect();
+    let cgroups = pids
+        .iter()
+        .map(|p| vm.ssh(&format!("cat /proc/{p}/cgroup 2>/dev/null || true")))
+        .collect();
+    (pids.len(), cgroups)
+}
+
+/// Issue 16 in a guest where stackinit is PID 1 on a full cgroup v2 hierarchy: a memory limit ends in an
+/// OOM kill that status names, a daemonised grandchild dies with its service's stop, and `cpu_max` holds a
+/// busy loop to its share of the guest's one vCPU (unlimited, it would take nearly all of it).
+fn check_cgroups(vm: &Vm) {
+    vm.ssh(&format!(
+        "echo {} | base64 -d | sudo tee -a /etc/stackinit/stackinit.toml >/dev/null && sudo stackinit reload",
+        base64(CGROUP_SERVICES.as_bytes())
+    ));
+
+    vm.ssh("sudo stackinit start oom-test");
+    let mut last = serde_json::Value::Null;
+    let oom = poll_every(Duration::from_secs(2), Duration::from_secs(180), || {
+        last = guest_unit(vm, "oom-test").1;
+        last["last_exit"]
+            .as_str()
+            .filter(|e| e.starts_with("oom-killed"))
+            .map(String::from)
+    });
+    assert_eq!(
+        oom.as_deref(),
+        Some("oom-killed (memory_max 64MB)"),
+        "{}: oom-test was not OOM-killed at its memory_max: {last}\n{}",
+        vm.name,
+        vm.console_tail()
+    );
+    let table = vm.ssh("stackinit status");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("oom-test ") && l.contains("oom-killed")),
+        "{}: the status table does not say oom-killed:\n{table}",
+        vm.name
+    );
+    vm.ssh("sudo stackinit stop oom-test");
+
+    vm.ssh("sudo stackinit start daemon-test");
+    let found = poll_every(Duration::from_secs(1), Duration::from_secs(60), || {
+        let (count, cgroups) = daemons(vm);
+        (count == 1).then_some(cgroups)
+    });
+    let cgroups = found.unwrap_or_else(|| panic!("{}: daemon-test's daemon never ran", vm.name));
+    assert!(
+        cgroups.contains("/stackinit/daemon-test/"),
+        "{}: the daemon is not in its service's cgroup: {cgroups}",
+        vm.name
+    );
+    vm.ssh("sudo stackinit stop daemon-test");
+    let gone = poll_every(Duration::from_secs(1), Duration::from_secs(30), || {
+        (daemons(vm).0 == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "{}: the daemonised grandchild survived `stackinit stop daemon-test`: {:?}",
+        vm.name,
+        daemons(vm)
+    );
+
+    vm.ssh("sudo stackinit start cpu-capped");
+    std::thread::sleep(Duration::from_secs(3));
+    let sample = || {
+        let (t, unit) = guest_unit(vm, "cpu-capped");
+        let cpu = unit["usage"]["cpu_seconds"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{}: no cgroup CPU usage in {unit}", vm.name));
+        (t, cpu)
+    };
+    let (t0, cpu0) = sample();
+    std::thread::sleep(Duration::from_secs(10));
+    let (t1, cpu1) = sample();
+    let share = (cpu1 - cpu0) / (t1 - t0);
+    eprintln!(
+        "{}: over {:.1} s of guest time, a busy loop with cpu_max 20% used {:.0}% of a CPU",
+        vm.name,
+        t1 - t0,
+        share * 100.0
+    );
+    // Unlimited, the loop takes most of the otherwise idle vCPU (well over 30%); at least 10% shows it ran.
+    assert!(
+        (0.10..=0.30).contains(&share),
+        "{}: the busy loop with cpu_max 20% used {:.0}% of the CPU, not 20% +- 10 points",
+        vm.name,
+        share * 100.0
+    );
+    vm.ssh("sudo stackinit stop cpu-capped");
+}
+
 /// What makes an instance itself: its host key (as sshd presents it) and its machine id.
 #[derive(Debug, PartialEq)]
 struct Identity {
@@ -878,6 +1031,7 @@ fn golden_image_clones_boot_serve_their_own_names_and_power_off() {
     check_serves_own_name(&b, NAME_B, NAME_A);
     check_status(&a);
     check_status(&b);
+    check_cgroups(&b);
 
     // The serial console has a login prompt named after the instance; nobody has a password in the image,
     // so the test sets one over SSH (sudo) and logs in on the console.

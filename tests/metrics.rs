@@ -108,3 +108,109 @@ command = ["sh", "-c", "exit 3"]
         "broken's restarts never reached Prometheus"
     );
 }
+
+/// Poll a query until it answers `want` (Prometheus scrapes every second, the proxy reports every second).
+fn expect(port: u16, promql: &str, want: &str) {
+    let got = poll(Duration::from_secs(30), || {
+        query(port, promql).filter(|v| v == want)
+    });
+    assert_eq!(
+        got.as_deref(),
+        Some(want),
+        "{promql} (last answer {:?})",
+        query(port, promql)
+    );
+}
+
+#[test]
+fn prometheus_scrapes_the_proxys_requests_latency_and_upstreams() {
+    let dashboard = free_port();
+    let http = free_port();
+    let stack = Stack::start(&format!(
+        r#"dashboard = "127.0.0.1:{dashboard}"
+dashboard_token = "{TOKEN}"
+
+[service.app]
+command = ["stackinit", "demo-worker"]
+listen = "unix:{{dir}}/app.sock"
+start_secs = "100ms"
+
+[proxy]
+listen = ["127.0.0.1:{http}"]
+
+[[proxy.server]]
+server_name = ["metrics.test"]
+  [[proxy.server.location]]
+  path = "/"
+  upstream = "app"
+  [[proxy.server.location]]
+  path = "/gone"
+  return = 410
+"#
+    ));
+    stack.wait_state("app", "running", Duration::from_secs(10));
+    stack.wait_state("proxy", "running", Duration::from_secs(10));
+    let served = poll(Duration::from_secs(10), || {
+        get(http, "metrics.test", "/")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    assert!(served.is_some(), "the proxy never served the app");
+    for _ in 0..4 {
+        assert_eq!(get(http, "metrics.test", "/").unwrap().status, 200);
+    }
+    assert_eq!(get(http, "metrics.test", "/missing").unwrap().status, 404);
+    assert_eq!(get(http, "metrics.test", "/gone").unwrap().status, 410);
+    // One slow request: its latency lands past the 1 s bucket, the others well within it.
+    assert_eq!(
+        get(http, "metrics.test", "/slow?ms=1200").unwrap().status,
+        200
+    );
+    assert!(get(http, "metrics.test", "/healthz").is_ok());
+
+    let dir = temp_dir("stackinit-prometheus");
+    let (_server, port) = prometheus(dir.path(), dashboard);
+    let app = r#"server="metrics.test",upstream="app""#;
+    // The first `/` the poll above made may have found the app not ready yet: at least 6 answered 200.
+    let ok = poll(Duration::from_secs(30), || {
+        query(
+            port,
+            &format!(r#"stackinit_proxy_requests_total{{{app},class="2xx"}}"#),
+        )
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n >= 6)
+    })
+    .expect("the proxy's 2xx count never reached Prometheus");
+    expect(
+        port,
+        &format!(r#"stackinit_proxy_requests_total{{{app},class="4xx"}}"#),
+        "1",
+    );
+    expect(
+        port,
+        r#"stackinit_proxy_requests_total{server="metrics.test",upstream="-",class="4xx"}"#,
+        "1",
+    );
+    expect(
+        port,
+        r#"sum(stackinit_proxy_requests_total{server="-",upstream="-"})"#,
+        "1",
+    );
+    let count = ok + 1;
+    expect(
+        port,
+        &format!("stackinit_proxy_request_duration_seconds_count{{{app}}}"),
+        &count.to_string(),
+    );
+    expect(
+        port,
+        &format!(r#"sum(stackinit_proxy_request_duration_seconds_bucket{{{app},le=~"1|1.0"}})"#),
+        &(count - 1).to_string(),
+    );
+    expect(port, &format!("stackinit_proxy_in_flight{{{app}}}"), "0");
+    expect(
+        port,
+        r#"stackinit_proxy_retries_total{upstream="app"}"#,
+        "0",
+    );
+}

@@ -245,8 +245,12 @@ async fn handle_request(
             let services = handle.status(None).await?;
             let unhealthy = handle.facts().await?.unhealthy;
             let draining = handle.is_draining();
-            let text =
-                super::metrics::render(&services, unhealthy.is_empty() && !draining, draining);
+            let text = super::metrics::render(
+                &services,
+                unhealthy.is_empty() && !draining,
+                draining,
+                handle.proxy_metrics().as_deref(),
+            );
             let body = http_body_util::Full::new(bytes::Bytes::from(text)).boxed_unsync();
             Ok(with_content_type(
                 Response::new(body),

@@ -94,7 +94,7 @@ const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NOEXEC);
 
 /// What a booting machine needs, in order (each parent before its children).
-const EARLY_MOUNTS: [EarlyMount; 7] = [
+const EARLY_MOUNTS: [EarlyMount; 8] = [
     EarlyMount {
         target: "/proc",
         fs_type: "proc",
@@ -106,6 +106,14 @@ const EARLY_MOUNTS: [EarlyMount; 7] = [
         fs_type: "sysfs",
         flags: NOSUID_NODEV_NOEXEC,
         data: "",
+    },
+    // The unified hierarchy, where systemd mounts it: each service's cgroup (limits, usage, a sure kill on
+    // stop) lives here. Without it services are process groups only.
+    EarlyMount {
+        target: "/sys/fs/cgroup",
+        fs_type: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "nsdelegate",
     },
     EarlyMount {
         target: "/dev",

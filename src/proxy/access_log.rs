@@ -26,6 +26,7 @@ use hyper::{Method, Uri, Version};
 use tokio::sync::Notify;
 
 use super::body::{BoxError, ProxyBody};
+use super::metrics::Tracked;
 use super::upstream::InFlight;
 
 /// Flush at once past this many buffered bytes.
@@ -362,6 +363,8 @@ pub struct LoggedBody {
     sent: u64,
     entry: Option<Entry>,
     _in_flight: Option<InFlight>,
+    /// The request's counters: finished when the body ends, with the access log line.
+    _tracked: Option<Tracked>,
 }
 
 /// An upstream's body passed through as is, or one the proxy made itself; an enum rather than a box, so a
@@ -378,7 +381,13 @@ impl LoggedBody {
             sent: 0,
             entry: Some(entry),
             _in_flight: in_flight,
+            _tracked: None,
         }
+    }
+
+    pub fn tracked(mut self, tracked: Tracked) -> LoggedBody {
+        self._tracked = Some(tracked);
+        self
     }
 }
 

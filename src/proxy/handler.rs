@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use super::access_log::{Entry, LoggedBody, ResponseBody, UpstreamClock, UpstreamTimes};
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
+use super::metrics::{self, Tracked};
 use super::real_ip::{self, Client};
 use super::routes::{Action, ProxyTo, Routes, Settings};
 use super::server_name::normalize_host;
@@ -62,7 +63,12 @@ pub async fn handle(
         &routes.settings.trusted,
     );
     let remote = client.addr.clone();
-    let (response, upstream, in_flight) = route(req, conn, client, &shared, routes).await;
+    // Set once the request's server and location are known; counted until the response body ends.
+    let mut tracked = None;
+    let (response, upstream, in_flight) =
+        route(req, conn, client, &shared, routes, &mut tracked).await;
+    let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
+    tracked.set_status(response.status().as_u16());
     let entry = Entry {
         log: Arc::clone(&shared.log),
         remote,
@@ -78,7 +84,7 @@ pub async fn handle(
     let (parts, body) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        LoggedBody::new(body, entry, in_flight),
+        LoggedBody::new(body, entry, in_flight).tracked(tracked),
     ))
 }
 
@@ -94,9 +100,11 @@ async fn route(
     client: Client,
     shared: &Shared,
     routes: Arc<Routes>,
+    tracked: &mut Option<Tracked>,
 ) -> Routed {
     let version = req.version();
-    let (mut response, upstream, in_flight) = dispatch(req, conn, client, shared, routes).await;
+    let (mut response, upstream, in_flight) =
+        dispatch(req, conn, client, shared, routes, tracked).await;
     // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
     *response.version_mut() = version;
     (response, upstream, in_flight)
@@ -113,6 +121,7 @@ async fn dispatch(
     client: Client,
     shared: &Shared,
     routes: Arc<Routes>,
+    tracked: &mut Option<Tracked>,
 ) -> Routed {
     if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
         return (local_error(status), None, None);
@@ -157,8 +166,10 @@ async fn dispatch(
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     let Some(location) = server.locations.select(&path) else {
+        *tracked = server.series.last().map(metrics::start);
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
+    *tracked = server.series.get(location).map(metrics::start);
     match &server.actions[location] {
         Action::Return { status, redirect } => (
             local(return_response(*status, redirect.as_deref())),

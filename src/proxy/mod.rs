@@ -18,6 +18,7 @@ pub mod healthz;
 pub mod idle_io;
 pub mod listen_fds;
 pub mod location;
+pub mod metrics;
 pub mod peers;
 pub mod protocol;
 pub mod reach;
@@ -96,6 +97,10 @@ async fn run(arg: crate::cli::ConfigArg) -> Result<(), String> {
     };
     let (shared, listeners, mut channel) = match source {
         Source::Init { channel } => {
+            // The proxy's counters go back to init on the same channel (a second fd for the writer).
+            let back =
+                metrics::back_channel(&channel).map_err(|e| format!("state channel: {e}"))?;
+            tokio::spawn(metrics::report(metrics::registry(), back));
             let mut lines = tokio::io::BufReader::new(channel).lines();
             let (config, state) = first_config(&mut lines).await?;
             peers::set_count(peers::wanted(&config.proxy));

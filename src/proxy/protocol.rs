@@ -57,6 +57,58 @@ pub struct ProxyState {
     pub unhealthy: Vec<String>,
 }
 
+/// What the proxy tells init, one JSON object per line, on the same channel in the other direction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProxyMessage {
+    /// The proxy's counters, sent at most about once a second and only after something changed.
+    Metrics(MetricsSnapshot),
+}
+
+/// Upper bounds (seconds) of the latency and queue-wait histogram buckets; a last `+Inf` bucket follows.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Status classes in the order of `RequestSeries::classes`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Counters since the proxy process started (they restart from zero with it, as Prometheus counters may).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSnapshot {
+    /// Per server (its first name, `_` without one, `-` before one is chosen) and upstream (`-` for none).
+    pub requests: Vec<RequestSeries>,
+    /// Per upstream service.
+    pub upstreams: Vec<UpstreamSeries>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestSeries {
+    pub server: String,
+    pub upstream: String,
+    /// Finished requests by status class, in `STATUS_CLASSES` order.
+    pub classes: [u64; 5],
+    /// Requests started and not yet finished (their response still streaming).
+    pub in_flight: u64,
+    /// From the request head to the end of the response body.
+    pub duration: HistogramSnapshot,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamSeries {
+    pub upstream: String,
+    /// Requests sent again: to the next replica after a failed connect, or on a fresh connection.
+    pub retries: u64,
+    /// Waits in the admission queue for a ready replica with room, however they ended.
+    pub queue_wait: HistogramSnapshot,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket, not cumulative: one per `LATENCY_BUCKETS` bound, then the `+Inf` bucket.
+    pub buckets: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
 /// The address of each replica, as init binds them (one socket per replica).
 pub use crate::config::values::replica_addresses;
 

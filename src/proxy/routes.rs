@@ -11,6 +11,7 @@ use hyper::StatusCode;
 
 use super::admission::Gate;
 use super::location::Locations;
+use super::metrics::{self, Series};
 use super::protocol::{ProxyRuntimeConfig, ProxyState};
 use super::real_ip::Trusted;
 use super::server_name::ServerNames;
@@ -37,6 +38,9 @@ pub struct ProxyTo {
 pub struct Server {
     pub locations: Locations,
     pub actions: Vec<Action>,
+    /// Each location's request counters (aligned with `actions`), then the server's own for a path no
+    /// location matches.
+    pub series: Vec<Arc<Series>>,
 }
 
 /// Limits and timeouts from `[proxy]`.
@@ -206,7 +210,12 @@ impl Routes {
             }
             let locations =
                 Locations::new(server.location.iter().map(|l| (l.path.as_str(), l.exact)));
-            servers.push(Server { locations, actions });
+            let series = server_series(server);
+            servers.push(Server {
+                locations,
+                actions,
+                series,
+            });
         }
         if !errors.is_empty() {
             return Err(errors);
@@ -240,6 +249,19 @@ impl Routes {
             upstream.update_slow_cap();
         }
     }
+}
+
+/// The request counters of a server's locations, labelled with its first name and each location's upstream, and
+/// last the server's own (no upstream).
+fn server_series(server: &crate::config::ServerSpec) -> Vec<Arc<Series>> {
+    let label = server.server_name.first().map_or("_", String::as_str);
+    let registry = metrics::registry();
+    server
+        .location
+        .iter()
+        .map(|l| registry.series(label, l.upstream.as_deref().unwrap_or(metrics::NONE)))
+        .chain([registry.series(label, metrics::NONE)])
+        .collect()
 }
 
 /// A location's `upgrade` list, lowercased, with the default when unset.

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use super::admission::{Cost, Gate};
 use super::body::{BodyFault, Fault, ProxyBody};
 use super::idle_io::IdleTimeout;
+use super::metrics;
 
 /// Idle keep-alive connections kept per replica and worker (nginx tuned: `keepalive 64`, per worker too).
 const MAX_IDLE_PER_REPLICA: usize = 64;
@@ -251,6 +252,8 @@ pub struct Upstream {
     gate: Arc<Gate>,
     /// Rotates the starting point among equally loaded replicas, so ties spread round-robin.
     next: AtomicUsize,
+    /// Retries and queue waits, counted by the upstream's name (so they survive a reload).
+    stats: Arc<metrics::UpstreamStats>,
 }
 
 /// Why forwarding failed, mapped to the status the client gets.
@@ -338,6 +341,7 @@ impl Upstream {
     /// `gate` must be the one the replicas were made with.
     pub fn new(name: String, replicas: Vec<Arc<Replica>>, gate: Arc<Gate>) -> Upstream {
         Upstream {
+            stats: metrics::registry().upstream(&name),
             name,
             replicas,
             gate,
@@ -415,6 +419,8 @@ impl Upstream {
             return None;
         }
         let ticket = self.gate.enqueue(cost);
+        let queued = Instant::now();
+        let waited = || metrics::registry().waited(&self.stats, queued.elapsed());
         // A slot may have been freed after the pick above, with nobody waiting to be told: take it. But not a
         // slot already promised to a waiter that has been told and not yet run: waking ourselves for it let
         // every new arrival overtake that waiter, again and again (fast requests waited 100-150 ms behind
@@ -428,10 +434,12 @@ impl Upstream {
                     .await
                     .is_err()
             {
+                waited();
                 return None;
             }
             if let Some(index) = self.pick(tried, cost) {
                 ticket.served();
+                waited();
                 return Some(index);
             }
             // The free slot (if any) is on a replica this request already tried: the next waiter may use it.
@@ -473,6 +481,9 @@ impl Upstream {
         let deadline = tokio::time::Instant::now() + settings.queue_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
         while let Some(index) = self.timed_pick(&tried, cost, deadline, waited).await {
+            if !tried.is_empty() {
+                metrics::registry().retried(&self.stats);
+            }
             tried.push(index);
             let replica = &self.replicas[index];
             let in_flight = InFlight::new(replica, cost);
@@ -525,6 +536,7 @@ impl Upstream {
                             pending = Some(unsent);
                             fresh_tries += 1;
                             if fresh_tries <= 1 {
+                                metrics::registry().retried(&self.stats);
                                 continue;
                             }
                             break;
@@ -536,6 +548,7 @@ impl Upstream {
                         // retried once on a fresh connection, then on the next replica.
                         fresh_tries += 1;
                         if was_pooled && fresh_tries <= 1 {
+                            metrics::registry().retried(&self.stats);
                             continue;
                         }
                         break;

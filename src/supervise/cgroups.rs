@@ -52,10 +52,17 @@ impl Cgroups {
         } else {
             move_self_to_leaf(&own_dir)
         };
-        Cgroups {
+        let cgroups = Cgroups {
             root: Some(root),
             parent,
+        };
+        // Memory and task accounting for every unit, as systemd's defaults (MemoryAccounting=,
+        // TasksAccounting=): status shows memory and pids, and an OOM kill is seen in the process's own
+        // cgroup. Best effort: a hierarchy without them still runs services.
+        for controller in ACCOUNTING {
+            let _ = cgroups.enable_controller(controller);
         }
+        cgroups
     }
 
     pub fn dir(&self, unit: &str) -> Option<PathBuf> {
@@ -89,6 +96,7 @@ impl Cgroups {
                 .map_err(|e| format!("{key}: cannot write {value:?} to {file}: {e}"))?;
         }
         remove_empty_children(&dir);
+        hand_down_controllers(&dir);
         let leaf = dir.join(seq.to_string());
         fs::create_dir_all(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
         let procs = fs::OpenOptions::new()
@@ -117,6 +125,22 @@ impl Cgroups {
         }
         fs::write(root.join("cgroup.subtree_control"), &enable)
             .map_err(|e| format!("cannot enable the {controller} controller: {e}"))
+    }
+}
+
+/// Controllers enabled for every unit where the hierarchy offers them.
+const ACCOUNTING: [&str; 2] = ["memory", "pids"];
+
+/// Give a unit's process cgroups every controller the unit's cgroup has: the limits stay on the unit's
+/// cgroup and cover them all, while each process's own cgroup counts its usage and its OOM kills
+/// (`memory.events` exists only where the memory controller is on). The unit's cgroup holds no process
+/// itself, so this is allowed; a controller that cannot be handed down only loses its per-process figures.
+fn hand_down_controllers(dir: &Path) {
+    let offered = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    for controller in offered.split_whitespace() {
+        if let Err(e) = fs::write(dir.join("cgroup.subtree_control"), format!("+{controller}")) {
+            debug!("{}: cannot hand down {controller}: {e}", dir.display());
+        }
     }
 }
 
@@ -180,6 +204,7 @@ pub fn usage(dir: &Path) -> Usage {
         memory_bytes: number("memory.current"),
         memory_peak_bytes: number("memory.peak"),
         pids: number("pids.current"),
+        oom_kills: dir.join("memory.events").exists().then(|| oom_kills(dir)),
     }
 }
 

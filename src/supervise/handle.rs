@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::api::{ActionReply, ApiError, DiffReply, DiffRequest, ReloadReply, ServiceStatus};
+use crate::proxy::protocol::MetricsSnapshot;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -90,7 +91,12 @@ pub struct Handle {
     events: broadcast::Sender<ServiceStatus>,
     /// The draining flag again, for those who wait for it to change (the dashboard's event stream).
     draining_feed: Arc<watch::Sender<bool>>,
+    /// The latest counters the proxy process reported (see `proxy_link`), for `/metrics`.
+    proxy_metrics: ProxyMetricsFeed,
 }
+
+/// Where the proxy's latest metrics snapshot is kept: written by the channel to the proxy, read by scrapes.
+pub type ProxyMetricsFeed = Arc<watch::Sender<Option<Arc<MetricsSnapshot>>>>;
 
 fn gone() -> ApiError {
     ApiError {
@@ -108,6 +114,7 @@ impl Handle {
                 draining: Arc::default(),
                 events: broadcast::channel(1024).0,
                 draining_feed: Arc::new(watch::channel(false).0),
+                proxy_metrics: Arc::new(watch::channel(None).0),
             },
             rx,
         )
@@ -126,6 +133,15 @@ impl Handle {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The proxy's latest reported counters; `None` before it reports (it reports after its first request).
+    pub fn proxy_metrics(&self) -> Option<Arc<MetricsSnapshot>> {
+        self.proxy_metrics.borrow().clone()
+    }
+
+    pub fn proxy_metrics_feed(&self) -> ProxyMetricsFeed {
+        Arc::clone(&self.proxy_metrics)
     }
 
     /// A live feed of status changes: one `ServiceStatus` each time a unit's state, readiness, pid,

@@ -109,8 +109,8 @@ pub struct Reporter {
 impl Reporter {
     pub fn new(handle: Handle) -> Reporter {
         Reporter {
+            proxy_feeds: ProxyFeeds::new(handle.proxy_metrics_feed()),
             handle,
-            proxy_feeds: ProxyFeeds::new(),
             proxy_writer: None,
             published: HashMap::new(),
             last_summary: String::new(),
