@@ -1360,7 +1360,7 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
         ("new1", &new_image, "i-0f1ee700000000003", "198.51.100.43"),
         ("new2", &new_image, "i-0f1ee700000000004", "198.51.100.44"),
     ]
-    .map(|(name, image, id, ip)| (name, image, id, ip, free_port()));
+    .map(|(name, image, id, ip)| (name, image, id, ip, port_below_ephemeral_range()));
     // new2 is launched with user data; new1, a clone of the same image, without.
     let user_data = |name: &str| (name == "new2").then_some(NEW2_USER_DATA);
     let mut lb = LoadBalancer::start(
@@ -1459,6 +1459,28 @@ fn fleet_refreshes_onto_a_new_image_and_scales_in_without_a_failed_request() {
     );
     let pressed = press_scale_in(&new2);
     powered_off(&mut new2, pressed);
+}
+
+/// A free loopback port to reserve for a VM launched later: below the kernel's ephemeral range, where no
+/// `bind(0)` (the other VMs' SSH ports) and no outgoing connection (the load's thousands) can take it in the
+/// meantime. A port chosen by `free_port` was taken by another VM's SSH forward before its own VM started.
+fn port_below_ephemeral_range() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(32768);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let start = 10000 + (std::process::id() % 1000) as u16 * 10;
+    let port = (start..low)
+        .chain(10000..start)
+        .find(|p| !given.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range");
+    given.push(port);
+    port
 }
 
 /// new2's launch overlay: a replica more and a custom domain, which its clone new1 must not have.
