@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::config::values::ListenAddr;
 use crate::config::{Config, ConfigError, Secs};
-use crate::proxy::protocol::{self, InitMessage, ProxyRuntimeConfig, UpstreamReplica};
+use crate::proxy::protocol::{self, InitMessage, ProxyRuntimeConfig};
 use crate::proxy::routes::Routes;
 use crate::proxy::server_name::{normalize_host, BadHost, ServerNames};
 use crate::proxy::uri_path;
@@ -65,31 +65,20 @@ fn check_valid_config(config: &Config) {
     let Some(proxy) = config.proxy.clone() else {
         return;
     };
-    // What the proxy is sent (as `stackinit proxy --config` and init's publish build it): every service
-    // with `listen` is an upstream, one address per replica.
-    let mut upstreams = std::collections::BTreeMap::new();
+    // What the proxy is sent (as `stackinit proxy --config` builds it): every service with `listen` is an
+    // upstream, one address per replica; the zip there must lose no replica.
     for (name, service) in &config.service {
-        let Some(listen) = service
+        if let Some(listen) = service
             .listen
             .as_ref()
             .and_then(|l| l.to_vec().first().cloned())
-        else {
-            continue;
-        };
-        let names = protocol::replica_names(name, service.replicas);
-        let addresses = protocol::replica_addresses(&listen, service.replicas);
-        assert_eq!(names.len(), addresses.len(), "{name}: a name per address");
-        let replicas = names
-            .into_iter()
-            .zip(addresses)
-            .map(|(name, address)| UpstreamReplica {
-                name,
-                address,
-                max_in_flight: service.max_in_flight,
-            })
-            .collect::<Vec<_>>();
-        upstreams.insert(name.clone(), replicas);
+        {
+            let names = protocol::replica_names(name, service.replicas);
+            let addresses = protocol::replica_addresses(&listen, service.replicas);
+            assert_eq!(names.len(), addresses.len(), "{name}: a name per address");
+        }
     }
+    let upstreams = crate::proxy::standalone_upstreams(config);
     let runtime = ProxyRuntimeConfig {
         proxy,
         upstreams,

@@ -290,6 +290,20 @@ fn standalone_config(path: &Path) -> Result<ProxyRuntimeConfig, String> {
         .proxy
         .clone()
         .ok_or_else(|| format!("{}: no [proxy] section", path.display()))?;
+    let upstreams = standalone_upstreams(&config);
+    Ok(ProxyRuntimeConfig {
+        proxy,
+        upstreams,
+        extra_server_names: Vec::new(),
+        logs_dir: config.init.logs_dir,
+    })
+}
+
+/// Every service with `listen` as an upstream, one replica per address of its first `listen`: the
+/// upstream table of a standalone proxy (also what `crate::fuzzing` checks survives the trip to the proxy).
+pub fn standalone_upstreams(
+    config: &crate::config::Config,
+) -> std::collections::BTreeMap<String, Vec<UpstreamReplica>> {
     let mut upstreams = std::collections::BTreeMap::new();
     for (name, service) in &config.service {
         let Some(listen) = service
@@ -312,12 +326,7 @@ fn standalone_config(path: &Path) -> Result<ProxyRuntimeConfig, String> {
             .collect();
         upstreams.insert(name.clone(), replicas);
     }
-    Ok(ProxyRuntimeConfig {
-        proxy,
-        upstreams,
-        extra_server_names: Vec::new(),
-        logs_dir: config.init.logs_dir,
-    })
+    upstreams
 }
 
 /// Standalone: every replica is ready and nothing drains.
