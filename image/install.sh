@@ -341,6 +341,21 @@ stop_grace = "2s"
 TOML
 }
 
+# A Django management command as a build-time job of app_config (whose local $env it reads): skipped at boot
+# where the build left STAMP.
+django_job() { # django_job NAME COMMAND STAMP
+    cat <<TOML
+[service.$1]
+command = ["$APP/venv/bin/python", "-m", "django", "$2", "--noinput"]
+directory = "$APP"
+user = "www-data"
+environment = { $env }
+oneshot = true
+after = ["user-data"]
+condition_path_exists = "!$APP/.$3"
+TOML
+}
+
 # The config of an app without its own stackinit.toml, from its manifest: the sample's shape (jobs that run
 # once at build, one template loading the app and replicas forked from it, the proxy on 80 for every EC2 name)
 # with the app's names in it.
@@ -369,31 +384,12 @@ TOML
     after+=('"user-data"')
     if [ -n "$APP_SETTINGS" ]; then
         after+=('"migrate"')
-        cat <<TOML
-
-# Run at the image build, which leaves the stamp; at boot only where it is missing (a database outside the image).
-[service.migrate]
-command = ["$APP/venv/bin/python", "-m", "django", "migrate", "--noinput"]
-directory = "$APP"
-user = "www-data"
-environment = { $env }
-oneshot = true
-after = ["user-data"]
-condition_path_exists = "!$APP/.migrated-at-build"
-TOML
+        printf '\n# Run at the image build, which leaves the stamp; at boot only where it is missing (a database outside the image).\n'
+        django_job migrate migrate migrated-at-build
         if [ -z "$APP_STATIC" ]; then
             after+=('"collectstatic"')
-            cat <<TOML
-
-[service.collectstatic]
-command = ["$APP/venv/bin/python", "-m", "django", "collectstatic", "--noinput"]
-directory = "$APP"
-user = "www-data"
-environment = { $env }
-oneshot = true
-after = ["user-data"]
-condition_path_exists = "!$APP/.collected-at-build"
-TOML
+            printf '\n'
+            django_job collectstatic collectstatic collected-at-build
         fi
     fi
     cat <<TOML
