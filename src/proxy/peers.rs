@@ -106,24 +106,12 @@ impl Peers {
             return Some(accepted);
         }
         let worker = accepted.load.worker;
-        let Accepted {
-            stream,
-            remote,
-            tls,
-            load,
-        } = accepted;
-        let stream = match stream.unregister() {
-            Ok(stream) => stream,
+        let accepted = match accepted.with_stream(Stream::unregister) {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!("cannot hand a connection to worker {worker}: {e}");
                 return None;
             }
-        };
-        let accepted = Accepted {
-            stream,
-            remote,
-            tls,
-            load,
         };
         match self.inboxes[worker].send(accepted) {
             Ok(()) => None,
@@ -133,6 +121,27 @@ impl Peers {
                 Some(accepted)
             }
         }
+    }
+}
+
+impl Accepted {
+    /// The same connection, its stream taken on or off a worker's event loop by `step`.
+    pub fn with_stream(
+        self,
+        step: fn(Stream) -> std::io::Result<Stream>,
+    ) -> std::io::Result<Accepted> {
+        let Accepted {
+            stream,
+            remote,
+            tls,
+            load,
+        } = self;
+        Ok(Accepted {
+            stream: step(stream)?,
+            remote,
+            tls,
+            load,
+        })
     }
 }
 

@@ -105,9 +105,8 @@ fn serve_here(
         remote,
         tls,
         load,
-    } = accepted;
-    let stream = match stream.register() {
-        Ok(stream) => stream,
+    } = match accepted.with_stream(Stream::register) {
+        Ok(accepted) => accepted,
         Err(e) => {
             tracing::warn!("a connection handed to this worker failed: {e}");
             return;
