@@ -667,3 +667,42 @@ fn with_many_workers_the_access_log_has_every_line_whole_and_in_order_per_connec
     }
     assert_eq!(next, vec![REQUESTS; CONNS], "every request logged once");
 }
+
+#[test]
+fn a_request_its_client_abandons_keeps_its_replica_busy_until_the_replica_answers() {
+    // Two sync replicas (one request at a time, like gunicorn's sync workers). A client sends a slow request
+    // and hangs up before the answer, as wrk does at the end of a run. The replica still works on it: the
+    // proxy must keep counting it busy until it answers, so the requests that follow go to the other replica
+    // instead of waiting inside the busy one. And the abandoned request gets its access-log line, 499 as in nginx.
+    let base = consecutive_ports(2);
+    let _r0 = Echo::start_on(&format!("127.0.0.1:{base}"), "r0", true);
+    let _r1 = Echo::start_on(&format!("127.0.0.1:{}", base + 1), "r1", true);
+    let s = setup("", &replicated_app(base, 2, "max_in_flight = 1\n"));
+    let mut abandoning = TcpStream::connect(s.addr).unwrap();
+    abandoning
+        .write_all(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(abandoning);
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..6 {
+        let started = Instant::now();
+        let reply = get(s.addr, "t", &format!("/fast{i}")).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            started.elapsed() < Duration::from_millis(1000),
+            "request {i} went to {} and waited {:?} behind the abandoned request",
+            reply.json()["id"],
+            started.elapsed()
+        );
+    }
+    let [request, ..] = logged_times(&s, "/slow?ms=2000");
+    let log = s.proxy.access_log();
+    let line = log.lines().find(|l| l.contains("/slow?ms=2000")).unwrap();
+    assert!(line.contains("\" 499 0 "), "{line}");
+    let request: f64 = request.parse().unwrap();
+    assert!(
+        (0.2..1.0).contains(&request),
+        "request_time {request}: until the client left"
+    );
+}

@@ -374,12 +374,52 @@ pub enum ResponseBody {
     Local(ProxyBody),
 }
 
+/// A request's log line while its response has not started. If the client leaves first (hyper drops the
+/// handler's future), the line is written as nginx writes it: status 499, no bytes, and `-` for the upstream
+/// and queue times, which had not ended.
+pub struct Unanswered(Option<Entry>);
+
+impl Unanswered {
+    /// `entry`'s status is set when the response starts.
+    pub fn new(entry: Entry) -> Unanswered {
+        Unanswered(Some(entry))
+    }
+
+    /// The response starts: its body writes the line, with `status` and `upstream`.
+    fn answered(mut self, status: u16, upstream: Option<UpstreamTimes>) -> Option<Entry> {
+        let mut entry = self.0.take()?;
+        entry.status = status;
+        entry.upstream = upstream;
+        Some(entry)
+    }
+}
+
+/// nginx's status for a request whose client closed the connection before the response.
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.0.take() {
+            entry.status = CLIENT_CLOSED;
+            entry.upstream = None;
+            entry.log.push(&entry, 0);
+        }
+    }
+}
+
 impl LoggedBody {
-    pub fn new(inner: ResponseBody, entry: Entry, in_flight: Option<InFlight>) -> LoggedBody {
+    /// The body of a response that has started, with `status`; the line is written when it ends.
+    pub fn new(
+        inner: ResponseBody,
+        line: Unanswered,
+        status: u16,
+        upstream: Option<UpstreamTimes>,
+        in_flight: Option<InFlight>,
+    ) -> LoggedBody {
         LoggedBody {
             inner,
             sent: 0,
-            entry: Some(entry),
+            entry: line.answered(status, upstream),
             _in_flight: in_flight,
             _tracked: None,
         }

@@ -12,7 +12,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::access_log::{Entry, LoggedBody, ResponseBody, UpstreamClock, UpstreamTimes};
+use super::access_log::{
+    Entry, LoggedBody, ResponseBody, Unanswered, UpstreamClock, UpstreamTimes, CLIENT_CLOSED,
+};
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
 use super::headers;
 use super::metrics::{self, Tracked};
@@ -62,30 +64,28 @@ pub async fn handle(
         req.headers(),
         &routes.settings.trusted,
     );
-    let remote = client.addr.clone();
+    let line = Unanswered::new(Entry {
+        log: Arc::clone(&shared.log),
+        remote: client.addr.clone(),
+        method,
+        uri,
+        version,
+        status: CLIENT_CLOSED,
+        referer,
+        user_agent,
+        started,
+        upstream: None,
+    });
     // Set once the request's server and location are known; counted until the response body ends.
     let mut tracked = None;
     let (response, upstream, in_flight) =
         route(req, conn, client, &shared, routes, &mut tracked).await;
     let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
-    tracked.set_status(response.status().as_u16());
-    let entry = Entry {
-        log: Arc::clone(&shared.log),
-        remote,
-        method,
-        uri,
-        version,
-        status: response.status().as_u16(),
-        referer,
-        user_agent,
-        started,
-        upstream,
-    };
+    let status = response.status().as_u16();
+    tracked.set_status(status);
     let (parts, body) = response.into_parts();
-    Ok(Response::from_parts(
-        parts,
-        LoggedBody::new(body, entry, in_flight).tracked(tracked),
-    ))
+    let body = LoggedBody::new(body, line, status, upstream, in_flight);
+    Ok(Response::from_parts(parts, body.tracked(tracked)))
 }
 
 type Routed = (

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admission;
 pub mod admitted;
+pub mod answer;
 pub mod body;
 pub mod conn_limit;
 pub mod handler;

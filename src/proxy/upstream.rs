@@ -18,6 +18,7 @@ use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
 
 use super::admission::{Cost, Gate};
+use super::answer::Answer;
 use super::body::{BodyFault, Fault, ProxyBody};
 use super::idle_io::IdleTimeout;
 use super::metrics;
@@ -486,7 +487,7 @@ impl Upstream {
             }
             tried.push(index);
             let replica = &self.replicas[index];
-            let in_flight = InFlight::new(replica, cost);
+            let mut in_flight = InFlight::new(replica, cost);
             let mut pooled = replica.take_idle();
             let mut fresh_tries = 0;
             loop {
@@ -505,12 +506,15 @@ impl Upstream {
                 let Some(request) = pending.take().or_else(|| rebuild.map(|r| r())) else {
                     return Err(last);
                 };
-                // The response timeout lives in the connection (`IdleTimeout`): no timer per request.
-                match sender.try_send_request(request).await {
+                // The response timeout lives in the connection (`IdleTimeout`): no timer per request. The
+                // request stays in flight until the replica answers, even if its client leaves (answer.rs).
+                let answer = Answer::new(sender.try_send_request(request), (in_flight, sender));
+                let (answered, (held_in_flight, sender)) = answer.await;
+                in_flight = held_in_flight;
+                match answered {
                     Ok(response) => {
                         // An upgraded connection belongs to its tunnel; any other goes back to the pool when
                         // the response ends.
-                        let mut in_flight = in_flight;
                         if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
                             in_flight.connection = Some(sender);
                         }
