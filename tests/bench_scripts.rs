@@ -89,3 +89,24 @@ fn the_app_bench_reports_each_requests_own_latency_without_synthetic_samples() {
         "2 4.00 120.00 120.00 120.00 3 118"
     );
 }
+
+#[test]
+fn the_app_bench_summary_gives_ratios_to_the_stack_asked_for() {
+    // The priority bench compares the proxy's autogroup at -5 with 0 (its baseline), not with a seed stack.
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results");
+    std::fs::write(
+        &results,
+        "1 nice-5 100 0.1 1.0 2.0 4.0\n1 nice0 100 0.1 4.0 8.0 9.0\n\
+         2 nice-5 100 0.1 3.0 2.0 4.0\n2 nice0 100 0.1 6.0 8.0 9.0\n",
+    )
+    .unwrap();
+    let summary = latency_py(&["summary", results.to_str().unwrap(), "nice0"]);
+    assert!(
+        summary.lines().next().unwrap().contains("p99/nice0"),
+        "{summary}"
+    );
+    let ratios = summary.lines().find(|l| l.starts_with("nice-5")).unwrap();
+    // Per round: 1.0 / 4.0 and 3.0 / 6.0.
+    assert!(ratios.ends_with("0.38 (0.25–0.50)"), "{ratios}");
+}

@@ -5,8 +5,9 @@
     latency.py log ACCESS_LOG FROM      -> the same from the proxy's $request_time for the probe's lines
                                            (User-Agent `probe`) after line FROM, then the largest
                                            upstream_time and queue_time among them
-    latency.py summary RESULTS          -> median and range over the runs, per stack (RESULTS: one line
-                                           per stack and run: run stack rps p50 p99 p99.9 max)
+    latency.py summary RESULTS [BASE]   -> median and range over the runs, per stack (RESULTS: one line
+                                           per stack and run: run stack rps p50 p99 p99.9 max), and the
+                                           ratios to stack BASE (default: seed) in the same run
 
 Percentiles are nearest-rank over every request; nothing is corrected or synthesised.
 """
@@ -49,20 +50,20 @@ def log(path, start):
     print(describe(request), f"{max(upstream, default=0):.0f} {max(queue, default=0):.0f}")
 
 
-def summary(path):
+def summary(path, base="seed"):
     runs = {}
     with open(path) as f:
         for line in f:
             run, stack, *values = line.split()
             runs.setdefault(stack, []).append((int(run), [float(v) for v in values]))
-    seed = {run: v for run, v in runs.get("seed", [])}
+    seed = {run: v for run, v in runs.get(base, [])}
     names = ["rps", "p50", "p99", "p99.9", "max"]
 
     def spread(values, fmt):
         return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
     print(f"{'stack':<12} {'rps':>18} {'fast p50 ms':>18} {'fast p99 ms':>18} {'fast p99.9 ms':>20}"
-          f" {'fast max ms':>20} {'rps/seed':>18} {'p99/seed':>18}")
+          f" {'fast max ms':>20} {'rps/' + base:>18} {'p99/' + base:>18}")
     for stack, rows in runs.items():
         cols = [[v[i] for _, v in rows] for i in range(len(names))]
         rps_ratio = [v[0] / seed[r][0] for r, v in rows if r in seed]
@@ -79,7 +80,7 @@ def main():
     elif what == "log":
         log(args[0], int(args[1]))
     elif what == "summary":
-        summary(args[0])
+        summary(*args[:2])
     else:
         sys.exit(f"latency.py: unknown command {what}")
 

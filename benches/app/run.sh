@@ -122,58 +122,12 @@ nginx -p "$TMP/seedp" -c "$TMP/seedp/nginx.conf" &
 PIDS+=($!)
 
 # ---- stackinit stacks --------------------------------------------------------------------------------
-si_stack() { # name, port, command (TOML array), notify, [extra TOML before [service.app]], [scale TOML]
-  wanted "$1" || return 0
-  local dir=$TMP/$1
-  mkdir -p "$dir"
-  chmod 755 "$dir"
-  cat > "$dir/stackinit.toml" <<CONF
-[init]
-logs_dir = "$dir/logs"
-control_socket = "$dir/control.sock"
-[init.imds]
-enabled = false
-${5:-}
-[service.app]
-command = $3
-directory = "$APP"
-environment = { DJANGO_SETTINGS_MODULE = "mysite.settings", STACKINIT_DB_PATH = "$TMP/db.sqlite3", STACKINIT_STATIC_ROOT = "$TMP/staticfiles", PYTHONDONTWRITEBYTECODE = "1" }
-${6:-replicas = 3
-max_in_flight = 1}
-listen = "unix:$dir/app.sock"
-notify = $4
-readiness = { http = "/", expect = 200 }
-stop_grace = "10s"
-$([[ -n "${5:-}" ]] && echo 'after = ["app-template"]')
-
-[proxy]
-listen = ["127.0.0.1:$2"]
-
-[[proxy.server]]
-server_name = ["*.compute.amazonaws.com", "*.compute-1.amazonaws.com", "*.compute.internal", "*.ec2.internal"]
-default = true
-  [[proxy.server.location]]
-  path = "/"
-  upstream = "app"
-CONF
-  "$BIN" run --config "$dir/stackinit.toml" > "$dir/stdout" 2> "$dir/stderr" &
-  PIDS+=($!)
-  SI_SOCKETS+=("$dir/control.sock")
-}
 # The socket decision in isolation: the same proxy in front of the seed's `gunicorn --workers 3` on one shared
 # socket (one service, no replicas), so the kernel, not the proxy, picks the worker.
 si_stack si-shared "$P_SIS" "[\"$VENV/bin/gunicorn\", \"--workers\", \"3\", \"mysite.wsgi:application\"]" false "" "max_in_flight = 3"
 si_stack si-gunicorn "$P_SIG" "[\"$VENV/bin/gunicorn\", \"--workers\", \"1\", \"mysite.wsgi:application\"]" false
 si_stack si-lean "$P_SIL" "[\"$VENV/bin/python\", \"$APP/stackinit_wsgi.py\", \"--no-access-log\", \"mysite.wsgi:application\"]" true
-si_stack si-forked "$P_SIF" "[\"$BIN\", \"fork-from\", \"$TMP/si-forked/app-template.sock\"]" true "
-[service.app-template]
-command = [\"$VENV/bin/python\", \"$APP/stackinit_wsgi.py\", \"--template\", \"--no-access-log\", \"mysite.wsgi:application\"]
-directory = \"$APP\"
-environment = { DJANGO_SETTINGS_MODULE = \"mysite.settings\", STACKINIT_DB_PATH = \"$TMP/db.sqlite3\", STACKINIT_STATIC_ROOT = \"$TMP/staticfiles\", PYTHONDONTWRITEBYTECODE = \"1\" }
-listen = \"unix:$TMP/si-forked/app-template.sock\"
-notify = true
-critical = false
-"
+si_forked_stack "$P_SIF"
 
 declare -A PORT=([seed]=$P_SEED [seed-nice]=$P_SEEDP [si-shared]=$P_SIS [si-gunicorn]=$P_SIG [si-lean]=$P_SIL [si-forked]=$P_SIF)
 for k in $SELECTED; do if [[ $k == si-* ]]; then wait_ok "${PORT[$k]}" /healthz; fi; done
