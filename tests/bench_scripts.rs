@@ -110,3 +110,26 @@ fn the_app_bench_summary_gives_ratios_to_the_stack_asked_for() {
     // Per round: 1.0 / 4.0 and 3.0 / 6.0.
     assert!(ratios.ends_with("0.38 (0.25–0.50)"), "{ratios}");
 }
+
+#[test]
+fn the_app_bench_tells_the_end_of_a_round_from_the_rest() {
+    // Requests every 100 ms over 10 s; a 30 ms one at 5 s and a 170 ms one 0.2 s before the end (when wrk
+    // stops): the end's maximum is reported apart from the steady state's.
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    let lines: String = (0..100u64)
+        .map(|i| {
+            let us = match i {
+                50 => 30_000,
+                97 => 170_000,
+                _ => 1_000,
+            };
+            format!("{} {us} 200\n", 1_000_000_000_000 + i * 100_000_000)
+        })
+        .collect();
+    std::fs::write(&probe, lines).unwrap();
+    assert_eq!(
+        latency_py(&["ends", probe.to_str().unwrap()]),
+        "30.00 170.00"
+    );
+}

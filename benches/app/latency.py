@@ -2,6 +2,9 @@
 """Numbers for benches/app/run.sh, from the probe's per-request files and the proxy's access log.
 
     latency.py probe FILE...            -> "count p50 p99 p99.9 max" (ms) of the probe's own latencies
+    latency.py ends FILE...             -> "max-before max-last" (ms): the slowest probe request that started
+                                           in the last 0.5 s of the run (when wrk stops and drops its
+                                           connections) and the slowest before that
     latency.py log ACCESS_LOG FROM      -> the same from the proxy's $request_time for the probe's lines
                                            (User-Agent `probe`) after line FROM, then the largest
                                            upstream_time and queue_time among them
@@ -33,6 +36,20 @@ def probe(files):
         with open(name) as f:
             ms.extend(int(line.split()[1]) / 1000 for line in f if line.strip())
     print(describe(ms))
+
+
+def ends(files, last_ns=500_000_000):
+    samples = []
+    for name in files:
+        with open(name) as f:
+            samples.extend((int(w), int(us) / 1000) for w, us, _ in (line.split() for line in f if line.strip()))
+    if not samples:
+        print("nan nan")
+        return
+    cut = max(w for w, _ in samples) - last_ns
+    before = [ms for w, ms in samples if w < cut]
+    last = [ms for w, ms in samples if w >= cut]
+    print(f"{max(before, default=0):.2f} {max(last, default=0):.2f}")
 
 
 def log(path, start):
@@ -77,6 +94,8 @@ def main():
     what, args = sys.argv[1], sys.argv[2:]
     if what == "probe":
         probe(args)
+    elif what == "ends":
+        ends(args)
     elif what == "log":
         log(args[0], int(args[1]))
     elif what == "summary":

@@ -163,11 +163,12 @@ run() { # run number, label, port
   local rps
   rps=$(python3 -c "print(f'{$m_rps + $count / $DURATION:.0f}')")
   echo "$n $k $rps $p50 $p99 $p999 $max" >> "$RESULTS"
-  local errors bad
+  local errors bad before last
   errors=$(awk '/Non-2xx|Socket errors/' "$tag.mixed" | tr '\n' ' ')
   bad=$(cat "$tag".probe.* | awk '$3 != 200' | wc -l)
-  printf '%-4s %-12s %7s %8s %8s %8s %8s %6s  %s\n' "$n" "$k" "$rps" "$p50" "$p99" "$p999" "$max" \
-    "$(python3 -c "print(f'{($m_req // 20) / ($m_req + $count) * 100:.1f}%')")" \
+  read -r before last < <(python3 "$ROOT/benches/app/latency.py" ends "$tag".probe.*)
+  printf '%-4s %-12s %7s %8s %8s %8s %8s %6s %9s %9s  %s\n' "$n" "$k" "$rps" "$p50" "$p99" "$p999" "$max" \
+    "$(python3 -c "print(f'{($m_req // 20) / ($m_req + $count) * 100:.1f}%')")" "$before" "$last" \
     "$([[ -n $errors || $bad != 0 ]] && echo "errors: $errors probe non-200: $bad")"
   if [[ $k == si-* ]]; then
     # Cross-check: the same requests as the proxy timed them ($request_time), and the largest upstream and
@@ -179,7 +180,8 @@ run() { # run number, label, port
 }
 echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $RUNS runs of every stack; mixed: wrk -t2 -c$CONNS -d${DURATION}s -s mixed.lua;" \
   "probe: $PROBE_CONNS x probe.py${PROBE_NICE:+ --nice $PROBE_NICE} -d${DURATION}s on /; stackinit: $BIN" >&2
-printf '%-4s %-12s %7s %8s %8s %8s %8s %6s\n' run stack rps p50 p99 p99.9 max slow
+# max<end: the slowest probe request before the last 0.5 s; max@end: in the last 0.5 s, when wrk stops.
+printf '%-4s %-12s %7s %8s %8s %8s %8s %6s %9s %9s\n' run stack rps p50 p99 p99.9 max slow 'max<end' 'max@end'
 for ((r = 1; r <= RUNS; r++)); do
   for k in $SELECTED; do run "$r" "$k" "${PORT[$k]}"; done
 done
