@@ -134,7 +134,8 @@ start() { # the measured window opens
       # -f attaches every thread of the running process; the counts are written when strace is interrupted.
       strace -c -f -o "$OUT/strace.proxy" -p "$SI_PID" 2> "$TMP/strace.err" &
       REC=$!
-      sleep 1 ;;
+      # Attached before wrk starts (with STEADY, it counts from here, as the access log does).
+      [[ -n "${STEADY:-}" ]] || sleep 1 ;;
   esac
 }
 finish() { # and closes
@@ -149,7 +150,6 @@ if [[ -n "${STEADY:-}" ]]; then
   sleep 1
   before=$(wc -l < "$LOG")
   start
-  [[ $MODE == strace ]] && before=$(wc -l < "$LOG")
   sleep "$DURATION"
   finish
   requests=$(( $(wc -l < "$LOG") - before ))
