@@ -7,7 +7,8 @@
 #   4. the stackinit proxy (standalone mode, same upstream socket, default workers: one per core)
 # Every proxy writes an access log, as the seed does. Tuned nginx and stackinit are then compared in ROUNDS
 # interleaved rounds (nginx, stackinit, nginx, stackinit, ...: both see the same machine load), over plain HTTP
-# and over HTTPS (the same self-signed P-256 certificate: rustls against nginx's OpenSSL, keep-alive), and by
+# and over HTTPS (the same self-signed P-256 certificate: rustls against nginx's OpenSSL, keep-alive; both offer
+# TLS 1.3, as Debian's nginx.conf has nginx do, and the suite each negotiates with wrk's OpenSSL is printed), and by
 # memory: RSS (and PSS, which counts pages nginx's processes share once) at idle and holding IDLE_CONNS
 # keep-alive connections that have each made one request.
 # Usage: benches/proxy.sh [seconds] [connections] [wrk threads]. ROUNDS=3, IDLE_CONNS=10000 (capped by the open
@@ -82,7 +83,7 @@ nginx_conf seed auto "  access_log $TMP/seed/logs/access.log;
 nginx_conf tuned auto "  access_log $TMP/tuned/logs/access.log;
   upstream app { server unix:$UPSOCK; keepalive 64; }
   server { listen 127.0.0.1:$P_TUNED default_server; listen 127.0.0.1:$P_TUNED_TLS ssl default_server;
-    ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;
+    ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     server_name *.compute.amazonaws.com;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; $PROXY_PARAMS } }"
 
@@ -115,6 +116,10 @@ done
 for p in $P_TUNED_TLS $P_SI_TLS; do
   for _ in $(seq 100); do curl -sk -o /dev/null "https://127.0.0.1:$p/" && break; sleep 0.05; done
 done
+
+# What an OpenSSL client (wrk's library, its default offer) negotiates with each: the same protocol and suite.
+negotiated() { openssl s_client -connect "127.0.0.1:$1" </dev/null 2>/dev/null | awk '/^New,/ {print $2, $5}'; }
+echo "HTTPS negotiated: tuned nginx $(negotiated "$P_TUNED_TLS"), stackinit $(negotiated "$P_SI_TLS")" >&2
 
 declare -A RPS P50 P99 CPU PIDOF
 SI_REQUESTS=0

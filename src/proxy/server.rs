@@ -18,6 +18,7 @@ use super::head_limits;
 use super::idle_io::IdleTimeout;
 use super::peers::{Accepted, Peers, Stream};
 use super::shared::Shared;
+use super::tls::OneFill;
 
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -203,9 +204,9 @@ where
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         stream.get_mut().0.stop_head_clock();
-        serve_http2(stream, conn, shared, stop, &settings).await
+        serve_http2(OneFill::new(stream), conn, shared, stop, &settings).await
     } else {
-        serve_http1(stream, conn, shared, stop, &settings).await
+        serve_http1(OneFill::new(stream), conn, shared, stop, &settings).await
     }
 }
 
