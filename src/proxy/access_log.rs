@@ -216,7 +216,11 @@ impl Pending {
         request_target_into(out, &entry.uri, entry.version);
         out.push(b' ');
         escape_into(out, version_text(entry.version).as_bytes());
-        let _ = write!(out, "\" {} {bytes_sent} \"", entry.status);
+        out.extend_from_slice(b"\" ");
+        decimal_into(out, u64::from(entry.status));
+        out.push(b' ');
+        decimal_into(out, bytes_sent);
+        out.extend_from_slice(b" \"");
         escape_field(out, entry.referer.as_ref().map(HeaderValue::as_bytes));
         out.extend_from_slice(b"\" \"");
         escape_field(out, entry.user_agent.as_ref().map(HeaderValue::as_bytes));
@@ -281,12 +285,28 @@ fn version_text(version: Version) -> &'static str {
 /// nginx's `$request_time` style: seconds with millisecond resolution (truncated, as nginx does).
 fn seconds_into(out: &mut Vec<u8>, t: Duration) {
     let ms = t.subsec_millis();
-    let _ = write!(out, "{}.", t.as_secs());
+    decimal_into(out, t.as_secs());
     out.extend_from_slice(&[
+        b'.',
         b'0' + (ms / 100) as u8,
         b'0' + (ms / 10 % 10) as u8,
         b'0' + (ms % 10) as u8,
     ]);
+}
+
+/// A number in decimal, without `fmt` (its machinery cost more than the rest of the line).
+fn decimal_into(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// A time, or `-` when there is none.
@@ -513,6 +533,19 @@ mod tests {
             rest.split_once("] ").unwrap().1,
             "\"-\" 414 0 \"-\" \"-\" 0.000 - -\n"
         );
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        let mut out = Vec::new();
+        for n in [0, 7, 10, 499, u64::MAX] {
+            decimal_into(&mut out, n);
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0 7 10 499 18446744073709551615 ");
+        out.clear();
+        seconds_into(&mut out, Duration::from_millis(12_045));
+        assert_eq!(out, b"12.045");
     }
 
     #[test]
