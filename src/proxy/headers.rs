@@ -33,25 +33,37 @@ pub fn remote_addr(client_ip: Option<IpAddr>) -> HeaderValue {
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present beats eight hashed removals.
+    // Most requests carry none: one pass over the few names present beats eight hashed removals.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
+    // The names `Connection` lists first, while it is there to read; then the fixed ones. Each is matched
+    // against the names present, so no listed name is parsed (or allocated), and only present ones are removed.
+    while let Some(name) = headers
+        .keys()
+        .find(|name| listed_in_connection(headers, name))
+        .cloned()
+    {
+        headers.remove(&name);
+    }
+    while let Some(name) = headers
+        .keys()
+        .find(|name| HOP_BY_HOP.contains(name))
+        .cloned()
+    {
+        headers.remove(&name);
+    }
+}
+
+/// Whether a `Connection` field (any of them) lists `name`, other than `Connection` itself.
+fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    name != header::CONNECTION
+        && headers
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
+            .filter(|(field, _)| *field == header::CONNECTION)
+            .filter_map(|(_, value)| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// Remove request headers whose names contain `_`, as nginx does (`underscores_in_headers off`). CGI and WSGI
@@ -243,6 +255,20 @@ mod tests {
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(h.get(gone).is_none(), "{gone} should be stripped");
         }
+    }
+
+    #[test]
+    fn every_connection_field_lists_names_to_strip_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("X-One"));
+        h.append("connection", HeaderValue::from_static(" x-two ,close"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-three", HeaderValue::from_static("3"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-three"], "3");
     }
 
     #[test]
