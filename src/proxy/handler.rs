@@ -183,8 +183,9 @@ async fn dispatch(
             (local(response), None, None)
         }
         Action::Proxy(to) => {
-            // The path may borrow from the request, which the upstream request takes over.
+            // The path and host may borrow from the request, which the upstream request takes over.
             drop(path);
+            drop(host);
             proxy(req, conn, &client, host_header, to, &routes.settings).await
         }
     }

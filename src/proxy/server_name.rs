@@ -6,6 +6,7 @@
 //! Names are compared lowercase; the Host given to `select` must already be normalized by `normalize_host`.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -20,7 +21,7 @@ pub enum BadHost {
 
 /// Normalize a Host header value as nginx's `ngx_http_validate_host` does: drop the port (`:...`, outside
 /// brackets), drop one trailing dot, lowercase; refuse empty names, `..`, `/`, NUL, controls and space.
-pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
+pub fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, BadHost> {
     #[derive(PartialEq)]
     enum State {
         Usual,
@@ -61,8 +62,14 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
         return Err(BadHost::Empty);
     }
     let host = &raw[..host_len];
-    // Non-ASCII bytes are kept (nginx compares bytes); lossy UTF-8 only affects names no config can contain.
-    Ok(String::from_utf8_lossy(host).to_ascii_lowercase())
+    // Already lowercase UTF-8, as nearly every Host is: borrowed as is, nothing copied.
+    match std::str::from_utf8(host) {
+        Ok(text) if !text.bytes().any(|b| b.is_ascii_uppercase()) => Ok(Cow::Borrowed(text)),
+        // Non-ASCII bytes are kept (nginx compares bytes); lossy UTF-8 only affects names no config can contain.
+        _ => Ok(Cow::Owned(
+            String::from_utf8_lossy(host).to_ascii_lowercase(),
+        )),
+    }
 }
 
 /// A compiled set of server names for one listen, mapping a Host to a server index.
