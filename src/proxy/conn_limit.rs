@@ -20,7 +20,8 @@
 //! connection (WebSocket) still counts while its tunnel runs, and is never taken for idle.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -56,9 +57,11 @@ struct Table {
     next_id: u64,
     /// Orders idle connections by when they became idle.
     next_seq: u64,
-    conns: HashMap<u64, Entry>,
-    /// Idle connections, longest idle first: sequence number -> id.
-    idle: BTreeMap<u64, u64>,
+    conns: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    /// Idle connections, longest idle first, as (sequence number, id). A connection that stops being idle
+    /// stays queued (its entry's `idle_since` no longer matches) until `prune` or an eviction drops it: two
+    /// updates per request cost no tree rebalancing or allocation.
+    idle: VecDeque<(u64, u64)>,
     /// Whether the cap was reached (logged once per episode).
     at_cap: bool,
 }
@@ -195,10 +198,8 @@ impl ConnLimit {
 
     fn release(&self, id: u64) {
         let mut table = self.lock();
-        if let Some(entry) = table.conns.remove(&id) {
-            if let Some(seq) = entry.idle_since {
-                table.idle.remove(&seq);
-            }
+        if table.conns.remove(&id).is_some() {
+            // Its place in the idle queue is stale now, and goes at the next prune or eviction.
             table.open -= 1;
         }
         drop(table);
@@ -211,9 +212,7 @@ impl ConnLimit {
             return;
         };
         entry.requests += 1;
-        if let Some(seq) = entry.idle_since.take() {
-            table.idle.remove(&seq);
-        }
+        entry.idle_since = None;
     }
 
     fn request_ended(&self, id: u64) {
@@ -232,29 +231,71 @@ impl ConnLimit {
     }
 }
 
+/// Connection ids are sequential: one multiplication spreads them, where the default SipHash cost more than
+/// the rest of a request's bookkeeping.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 impl Table {
     fn mark_idle(&mut self, id: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(entry) = self.conns.get_mut(&id) {
             entry.idle_since = Some(seq);
-            self.idle.insert(seq, id);
+            self.idle.push_back((seq, id));
+            self.prune();
+        }
+    }
+
+    /// Whether a queued (sequence, id) still stands for an idle connection.
+    fn is_current(&self, (seq, id): (u64, u64)) -> bool {
+        self.conns
+            .get(&id)
+            .is_some_and(|e| e.idle_since == Some(seq))
+    }
+
+    /// Drop the queue's stale places once they outnumber the connections: amortized, the queue stays
+    /// within a few times the open connections however many requests they make.
+    fn prune(&mut self) {
+        if self.idle.len() > 2 * self.conns.len() + 64 {
+            let mut idle = std::mem::take(&mut self.idle);
+            idle.retain(|&place| self.is_current(place));
+            self.idle = idle;
         }
     }
 
     /// Take the connection idle longest out of the idle set (it is about to close). One still writing
     /// its last response is not idle yet and stays.
     fn longest_idle(&mut self) -> Option<Arc<ConnState>> {
-        let (seq, id) = self
+        while self
             .idle
-            .iter()
-            .map(|(&seq, &id)| (seq, id))
-            .find(|(_, id)| {
-                self.conns
-                    .get(id)
-                    .is_some_and(|e| !e.conn.unflushed.load(Ordering::Relaxed))
-            })?;
-        self.idle.remove(&seq);
+            .front()
+            .is_some_and(|&place| !self.is_current(place))
+        {
+            self.idle.pop_front();
+        }
+        let index = self.idle.iter().position(|&(seq, id)| {
+            self.conns.get(&id).is_some_and(|e| {
+                e.idle_since == Some(seq) && !e.conn.unflushed.load(Ordering::Relaxed)
+            })
+        })?;
+        let (_, id) = self.idle.remove(index)?;
         let entry = self.conns.get_mut(&id)?;
         entry.idle_since = None;
         entry.evicting = true;
@@ -412,6 +453,23 @@ mod tests {
         let third = open(&limit);
         assert_eq!(third.admission, Admission::Normal);
         // second was told to close; first was not.
+        assert!(second.told_to_close());
+        assert!(!first.told_to_close());
+    }
+
+    #[test]
+    fn many_requests_keep_the_idle_queue_small_and_its_order_right() {
+        let limit = ConnLimit::new(2);
+        let first = open(&limit);
+        let second = open(&limit);
+        for _ in 0..10_000 {
+            drop(second.handle.request());
+            drop(first.handle.request());
+        }
+        assert!(limit.lock().idle.len() <= 2 * 2 + 64 + 1, "the queue grows");
+        // second went idle before first did: it is the one to close.
+        let third = open(&limit);
+        assert_eq!(third.admission, Admission::Normal);
         assert!(second.told_to_close());
         assert!(!first.told_to_close());
     }
