@@ -33,37 +33,41 @@ pub fn remote_addr(client_ip: Option<IpAddr>) -> HeaderValue {
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over the few names present beats eight hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the few names present, noting which fixed ones are there: most requests carry none, and a
+    // response from nginx only `Connection`. Only those present are removed (each removal hashes its name).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
         return;
     }
-    // The names `Connection` lists first, while it is there to read; then the fixed ones. Each is matched
-    // against the names present, so no listed name is parsed (or allocated), and only present ones are removed.
-    while let Some(name) = headers
-        .keys()
-        .find(|name| listed_in_connection(headers, name))
-        .cloned()
-    {
+    // The names `Connection` lists, while it is there to read, each matched against the names present: none
+    // is parsed or allocated.
+    while let Some(name) = listed_in_connection(headers) {
         headers.remove(&name);
     }
-    while let Some(name) = headers
-        .keys()
-        .find(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-    {
-        headers.remove(&name);
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
+        headers.remove(name);
     }
 }
 
-/// Whether a `Connection` field (any of them) lists `name`, other than `Connection` itself.
-fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
-    name != header::CONNECTION
-        && headers
-            .iter()
-            .filter(|(field, _)| *field == header::CONNECTION)
-            .filter_map(|(_, value)| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+/// A header present that a `Connection` field (any of them) lists, other than `Connection` itself.
+fn listed_in_connection(headers: &HeaderMap) -> Option<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|token| {
+            let token = token.trim();
+            headers.keys().find(|name| {
+                *name != header::CONNECTION && token.eq_ignore_ascii_case(name.as_str())
+            })
+        })
+        .cloned()
 }
 
 /// Remove request headers whose names contain `_`, as nginx does (`underscores_in_headers off`). CGI and WSGI
