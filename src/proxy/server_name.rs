@@ -31,7 +31,13 @@ pub fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, BadHost> {
     let mut state = State::Usual;
     let mut host_len = raw.len();
     let mut last_dot: Option<usize> = None;
+    // Uppercase or non-ASCII: the name must be copied to be lowercased.
+    let mut lowered = false;
     for (i, &ch) in raw.iter().enumerate() {
+        // Nearly every byte of a Host: nothing to check.
+        if ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == b'-' {
+            continue;
+        }
         match ch {
             b'.' => {
                 if i > 0 && last_dot == Some(i - 1) {
@@ -52,7 +58,7 @@ pub fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, BadHost> {
             // nginx refuses only its path separator, `/`, on Unix; a backslash is a (useless) name byte.
             b'/' | 0 => return Err(BadHost::BadByte),
             c if c <= 0x20 || c == 0x7f => return Err(BadHost::BadByte),
-            _ => {}
+            c => lowered |= c.is_ascii_uppercase() || !c.is_ascii(),
         }
     }
     if host_len > 0 && last_dot == Some(host_len - 1) {
@@ -64,7 +70,7 @@ pub fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, BadHost> {
     let host = &raw[..host_len];
     // Already lowercase UTF-8, as nearly every Host is: borrowed as is, nothing copied.
     match std::str::from_utf8(host) {
-        Ok(text) if !text.bytes().any(|b| b.is_ascii_uppercase()) => Ok(Cow::Borrowed(text)),
+        Ok(text) if !lowered => Ok(Cow::Borrowed(text)),
         // Non-ASCII bytes are kept (nginx compares bytes); lossy UTF-8 only affects names no config can contain.
         _ => Ok(Cow::Owned(
             String::from_utf8_lossy(host).to_ascii_lowercase(),
