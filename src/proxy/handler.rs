@@ -65,8 +65,10 @@ pub async fn handle(
     let remote = client.addr.clone();
     // Set once the request's server and location are known; counted until the response body ends.
     let mut tracked = None;
-    let (response, upstream, in_flight) =
-        route(req, conn, client, &shared, routes, &mut tracked).await;
+    let (mut response, upstream, in_flight) =
+        dispatch(req, conn, client, &shared, routes, (started, &mut tracked)).await;
+    // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
+    *response.version_mut() = version;
     let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
     tracked.set_status(response.status().as_u16());
     let entry = Entry {
@@ -94,22 +96,6 @@ type Routed = (
     Option<InFlight>,
 );
 
-async fn route(
-    req: Request<Incoming>,
-    conn: ConnInfo,
-    client: Client,
-    shared: &Shared,
-    routes: Arc<Routes>,
-    tracked: &mut Option<Tracked>,
-) -> Routed {
-    let version = req.version();
-    let (mut response, upstream, in_flight) =
-        dispatch(req, conn, client, shared, routes, tracked).await;
-    // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
-    *response.version_mut() = version;
-    (response, upstream, in_flight)
-}
-
 /// A response the proxy made itself (not an upstream's).
 fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
     response.map(ResponseBody::Local)
@@ -121,7 +107,7 @@ async fn dispatch(
     client: Client,
     shared: &Shared,
     routes: Arc<Routes>,
-    tracked: &mut Option<Tracked>,
+    (started, tracked): (Instant, &mut Option<Tracked>),
 ) -> Routed {
     if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
         return (local_error(status), None, None);
@@ -166,10 +152,13 @@ async fn dispatch(
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     let Some(location) = server.locations.select(&path) else {
-        *tracked = server.series.last().map(metrics::start);
+        *tracked = server.series.last().map(|s| metrics::start(s, started));
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
-    *tracked = server.series.get(location).map(metrics::start);
+    *tracked = server
+        .series
+        .get(location)
+        .map(|s| metrics::start(s, started));
     match &server.actions[location] {
         Action::Return { status, redirect } => (
             local(return_response(*status, redirect.as_deref())),
@@ -186,7 +175,9 @@ async fn dispatch(
             // The path and host may borrow from the request, which the upstream request takes over.
             drop(path);
             drop(host);
-            proxy(req, conn, &client, host_header, to, &routes.settings).await
+            // Boxed: this future is most of a request's state, and every enclosing future (up to the one hyper
+            // keeps per request) would otherwise hold it inline and be copied whole at each level's first poll.
+            Box::pin(proxy(req, conn, &client, host_header, to, &routes.settings)).await
         }
     }
 }

@@ -199,9 +199,9 @@ impl Drop for Tracked {
     }
 }
 
-/// Start counting a request in a routing table's series.
-pub fn start(series: &Arc<Series>) -> Tracked {
-    registry().start(Arc::clone(series), Instant::now())
+/// Start counting a request in a routing table's series, from `started` (when the proxy got it).
+pub fn start(series: &Arc<Series>, started: Instant) -> Tracked {
+    registry().start(Arc::clone(series), started)
 }
 
 /// Count a request that no server took (answered before one was chosen), from `started`.
@@ -248,7 +248,7 @@ mod tests {
     fn a_finished_request_counts_by_class_and_leaves_flight() {
         let reg = registry();
         let series = reg.series("metrics-test.example", "app");
-        let mut tracked = start(&series);
+        let mut tracked = start(&series, Instant::now());
         let find = |snap: &MetricsSnapshot| {
             snap.requests
                 .iter()
@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(find(&reg.snapshot()).in_flight, 1);
         tracked.set_status(503);
         drop(tracked);
-        drop(start(&series));
+        drop(start(&series, Instant::now()));
         let row = find(&reg.snapshot());
         assert_eq!(row.in_flight, 0);
         assert_eq!(row.classes, [0, 0, 0, 1, 1]);

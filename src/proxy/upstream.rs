@@ -455,6 +455,13 @@ impl Upstream {
         deadline: tokio::time::Instant,
         waited: &mut Waited,
     ) -> Option<usize> {
+        // A slot free now, with nobody ahead: no wait to time (two clock reads a request saved).
+        if self.gate.may_pass(cost) {
+            if let Some(index) = self.pick(tried, cost) {
+                waited.picked = true;
+                return Some(index);
+            }
+        }
         let since = Instant::now();
         let picked = self.pick_or_wait(tried, cost, deadline).await;
         waited.queued += since.elapsed();
