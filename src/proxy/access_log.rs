@@ -211,11 +211,13 @@ impl Pending {
         self.start_line(&entry.remote);
         let out = &mut self.buffer;
         // Writes into a Vec cannot fail.
-        escape_into(out, entry.method.as_str().as_bytes());
+        // A method is a token (the `http` crate refuses anything else) and the version a fixed text: neither
+        // has a byte to escape.
+        out.extend_from_slice(entry.method.as_str().as_bytes());
         out.push(b' ');
         request_target_into(out, &entry.uri, entry.version);
         out.push(b' ');
-        escape_into(out, version_text(entry.version).as_bytes());
+        out.extend_from_slice(version_text(entry.version).as_bytes());
         out.extend_from_slice(b"\" ");
         decimal_into(out, u64::from(entry.status));
         out.push(b' ');
@@ -326,20 +328,22 @@ fn escape_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
 }
 
 /// nginx escapes `"`, `\` and bytes outside printable ASCII as `\xHH`.
-fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+fn escape_into(out: &mut Vec<u8>, mut text: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in text {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]);
-        } else {
-            out.push(b);
-        }
+    let escaped = |b: u8| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b);
+    // Runs that need no escaping (nearly every field, whole) go in with one copy, not byte by byte.
+    while let Some(at) = text.iter().position(|&b| escaped(b)) {
+        out.extend_from_slice(&text[..at]);
+        let b = text[at];
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 15)],
+        ]);
+        text = &text[at + 1..];
     }
+    out.extend_from_slice(text);
 }
 
 /// `$time_local` in UTC: `25/Nov/2026:15:41:09 +0000`.
