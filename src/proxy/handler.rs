@@ -225,9 +225,16 @@ async fn proxy(
     let bodyless = body.is_end_stream();
     // Only a request that may be sent twice (idempotent, no body, no upgrade) keeps a copy for a retry.
     let retry_copy = (is_idempotent(&method) && bodyless && upgrade.is_none())
-        .then(|| (method.clone(), uri.clone(), up_headers.clone()));
+        .then(|| (method.clone(), uri.clone(), headers::listed(&up_headers)));
     let rebuild = retry_copy.as_ref().map(|(method, uri, headers)| {
-        move || upstream_request(empty(), method.clone(), uri.clone(), headers.clone())
+        move || {
+            upstream_request(
+                empty(),
+                method.clone(),
+                uri.clone(),
+                headers::mapped(headers),
+            )
+        }
     });
     let retry = rebuild
         .as_ref()

@@ -23,6 +23,22 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Where `name` is in `HOP_BY_HOP`. By its text: a string match tests a length and at most two byte strings,
+/// where comparing with each of the eight names cost more than the rest of the stripping.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        "expect" => Some(7),
+        _ => None,
+    }
+}
+
 /// nginx's `$remote_addr` as a header value: the client's IP, or `unix:` for a unix-socket client. Made once per
 /// client connection and shared by its requests.
 pub fn remote_addr(client_ip: Option<IpAddr>) -> HeaderValue {
@@ -37,7 +53,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // response from nginx only `Connection`. Only those present are removed (each removal hashes its name).
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
@@ -54,17 +70,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A header present that a `Connection` field (any of them) lists, other than `Connection` itself.
+/// A header present that a `Connection` field (any of them) lists, other than `Connection` itself. Compared as
+/// bytes: a listed token with other than ASCII in it names no header.
 fn listed_in_connection(headers: &HeaderMap) -> Option<HeaderName> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
         .find_map(|token| {
-            let token = token.trim();
+            let token = token.trim_ascii();
             headers.keys().find(|name| {
-                *name != header::CONNECTION && token.eq_ignore_ascii_case(name.as_str())
+                *name != header::CONNECTION && token.eq_ignore_ascii_case(name.as_str().as_bytes())
             })
         })
         .cloned()
@@ -137,6 +153,24 @@ fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
     out.extend_from_slice(client.as_bytes());
     // Joined from valid values with ", ": still valid.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| client.clone())
+}
+
+/// A header map's fields, in its order: kept for a request that may be sent again, at one allocation where a
+/// `HeaderMap` clone made two and copied its hash index (`mapped` makes the map back, only for a retry).
+pub fn listed(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The map of `listed` fields, each name's values in their order.
+pub fn mapped(fields: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
 }
 
 /// Rewrite an upstream response's headers for the client.
@@ -273,6 +307,31 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-three"], "3");
+    }
+
+    #[test]
+    fn the_index_names_each_hop_by_hop_header() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::CONTENT_LENGTH), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
+    }
+
+    #[test]
+    fn a_listed_map_maps_back_the_same() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("host", HeaderValue::from_static("h"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let back = mapped(&listed(&h));
+        assert_eq!(back, h);
+        let order = |m: &HeaderMap| {
+            m.iter()
+                .map(|(n, v)| format!("{n}={v:?}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(&back), order(&h));
     }
 
     #[test]
