@@ -61,8 +61,9 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn push(&self, entry: &Entry, bytes_sent: u64) {
-        push_with(|pending| pending.append(entry, bytes_sent));
+    /// The line of a request whose response ended at `ended`.
+    fn push(&self, entry: &Entry, bytes_sent: u64, ended: Instant) {
+        push_with(|pending| pending.append(entry, bytes_sent, ended));
     }
 
     /// A request hyper refused before the handler saw it (a malformed or oversized head), answered by hyper with
@@ -190,24 +191,24 @@ pub enum UpstreamClock {
 }
 
 impl UpstreamClock {
-    /// The upstream time if it ended now.
-    fn elapsed(self) -> Duration {
+    /// The upstream time if it ended at `now`.
+    fn elapsed_at(self, now: Instant) -> Duration {
         match self {
-            UpstreamClock::Since(since) => since.elapsed(),
+            UpstreamClock::Since(since) => now.saturating_duration_since(since),
             UpstreamClock::Took(took) => took,
         }
     }
 
-    /// Stop a running clock: the upstream's response has ended.
-    fn stop(&mut self) {
-        *self = UpstreamClock::Took(self.elapsed());
+    /// Stop a running clock: the upstream's response ended at `now`.
+    fn stop(&mut self, now: Instant) {
+        *self = UpstreamClock::Took(self.elapsed_at(now));
     }
 }
 
 impl Pending {
     /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
     /// $request_time $upstream_response_time $queue_time`
-    fn append(&mut self, entry: &Entry, bytes_sent: u64) {
+    fn append(&mut self, entry: &Entry, bytes_sent: u64, ended: Instant) {
         self.start_line(&entry.remote);
         let out = &mut self.buffer;
         // Writes into a Vec cannot fail.
@@ -227,14 +228,14 @@ impl Pending {
         out.extend_from_slice(b"\" \"");
         escape_field(out, entry.user_agent.as_ref().map(HeaderValue::as_bytes));
         out.extend_from_slice(b"\" ");
-        seconds_into(out, entry.started.elapsed());
+        seconds_into(out, ended.saturating_duration_since(entry.started));
         out.push(b' ');
         let upstream = entry.upstream.as_ref();
         optional_seconds_into(
             out,
             upstream
                 .and_then(|u| u.upstream)
-                .map(UpstreamClock::elapsed),
+                .map(|clock| clock.elapsed_at(ended)),
         );
         out.push(b' ');
         optional_seconds_into(out, upstream.map(|u| u.queued));
@@ -389,6 +390,8 @@ pub struct LoggedBody {
     _in_flight: Option<InFlight>,
     /// The request's counters: finished when the body ends, with the access log line.
     _tracked: Option<Tracked>,
+    /// When the body ended, once it has: the one clock read its log line, lease and counters share.
+    ended_at: Option<Instant>,
 }
 
 /// An upstream's body passed through as is, or one the proxy made itself; an enum rather than a box, so a
@@ -406,6 +409,7 @@ impl LoggedBody {
             entry: Some(entry),
             _in_flight: in_flight,
             _tracked: None,
+            ended_at: None,
         }
     }
 
@@ -417,22 +421,30 @@ impl LoggedBody {
 
 impl LoggedBody {
     /// The upstream's response is over (for an upstream body; a body the proxy made has no running clock).
-    fn stop_upstream_clock(&mut self) {
+    fn stop_upstream_clock(&mut self, now: Instant) {
         let clock = self.entry.as_mut().and_then(|e| e.upstream.as_mut());
         if let Some(UpstreamTimes {
             upstream: Some(clock),
             ..
         }) = clock
         {
-            clock.stop();
+            clock.stop(now);
         }
     }
 }
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
+        // A body dropped before its end (the client went away) ends now.
+        let ended = self.ended_at.unwrap_or_else(Instant::now);
+        if let Some(in_flight) = &mut self._in_flight {
+            in_flight.ended_at(ended);
+        }
+        if let Some(tracked) = &mut self._tracked {
+            tracked.ended_at(ended);
+        }
         if let Some(entry) = self.entry.take() {
-            entry.log.push(&entry, self.sent);
+            entry.log.push(&entry, self.sent, ended);
         }
     }
 }
@@ -460,8 +472,10 @@ impl Body for LoggedBody {
             Poll::Ready(Some(Ok(_))) => self.is_end_stream(),
             Poll::Pending => false,
         };
-        if ended {
-            self.stop_upstream_clock();
+        if ended && self.ended_at.is_none() {
+            let now = Instant::now();
+            self.ended_at = Some(now);
+            self.stop_upstream_clock(now);
         }
         polled
     }
@@ -513,7 +527,7 @@ mod tests {
             }),
         };
         let mut pending = Pending::default();
-        pending.append(&entry, 3);
+        pending.append(&entry, 3, Instant::now());
         let line = String::from_utf8(pending.buffer).unwrap();
         let (head, rest) = line.split_once(" [").unwrap();
         assert_eq!(head, "127.0.0.9 - -");

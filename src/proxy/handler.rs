@@ -177,12 +177,23 @@ async fn dispatch(
             drop(host);
             // Boxed: this future is most of a request's state, and every enclosing future (up to the one hyper
             // keeps per request) would otherwise hold it inline and be copied whole at each level's first poll.
-            Box::pin(proxy(req, conn, &client, host_header, to, &routes.settings)).await
+            let settings = &routes.settings;
+            Box::pin(proxy(
+                req,
+                conn,
+                &client,
+                host_header,
+                to,
+                settings,
+                started,
+            ))
+            .await
         }
     }
 }
 
-/// Forward a request to an upstream and pass its response back, streaming both bodies.
+/// Forward a request to an upstream and pass its response back, streaming both bodies. `began`: when the proxy
+/// got the request (the upstream and queue clocks start from it: microseconds before the first pick).
 async fn proxy(
     mut req: Request<Incoming>,
     conn: ConnInfo,
@@ -190,6 +201,7 @@ async fn proxy(
     host_header: Option<HeaderValue>,
     to: &ProxyTo,
     settings: &Settings,
+    began: Instant,
 ) -> Routed {
     let upstream = &to.upstream;
     let limit = settings.client_max_body_size;
@@ -251,11 +263,11 @@ async fn proxy(
     let fault = fault.as_deref().unwrap_or(&no_fault);
     let first = upstream_request(first_body, method, uri, up_headers);
     let forward_settings = ForwardSettings {
+        began,
         connect_timeout: settings.connect_timeout,
         queue_timeout: settings.queue_timeout,
         response_timeout: settings.upstream_timeout,
     };
-    let began = Instant::now();
     let mut waited = Waited::default();
     let forwarded = upstream
         .forward(first, retry, &forward_settings, fault, &mut waited)

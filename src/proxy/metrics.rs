@@ -126,6 +126,7 @@ impl Registry {
             series,
             started,
             status: None,
+            ended: None,
         }
     }
 
@@ -180,9 +181,15 @@ pub struct Tracked {
     series: Arc<Series>,
     started: Instant,
     status: Option<u16>,
+    /// When the response ended, if known (else the clock is read at drop).
+    ended: Option<Instant>,
 }
 
 impl Tracked {
+    pub fn ended_at(&mut self, now: Instant) {
+        self.ended = Some(now);
+    }
+
     pub fn set_status(&mut self, status: u16) {
         self.status = Some(status);
     }
@@ -192,7 +199,9 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         let class = usize::from(self.status.unwrap_or(499) / 100).clamp(1, 5) - 1;
         let s = &self.series;
-        s.duration.observe(self.started.elapsed());
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        s.duration
+            .observe(ended.saturating_duration_since(self.started));
         s.classes[class].fetch_add(1, Relaxed);
         s.in_flight.fetch_sub(1, Relaxed);
         registry().changed.mark();
