@@ -21,12 +21,13 @@
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -48,6 +49,8 @@ pub struct ConnLimit {
     table: Mutex<Table>,
     /// A connection closed: an accept loop waiting for room may go on.
     freed: Notify,
+    /// The proxy is stopping: every connection is told to close (set under the table's lock).
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -92,7 +95,8 @@ pub struct Admitted {
 /// Shared between a connection's stream, its task and its requests.
 struct ConnState {
     id: u64,
-    evict: Notify,
+    /// Raised when the connection must close: its place is wanted, or the proxy is stopping.
+    closing: Closing,
     /// Bytes written and not yet flushed: the connection is still answering.
     unflushed: AtomicBool,
     /// Requests begun, and in progress, for the stream's head clock (`idle_io`): read without the table's lock.
@@ -114,7 +118,17 @@ impl ConnLimit {
                 ..Table::default()
             }),
             freed: Notify::new(),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Tell every connection, open or yet to be admitted, to close: the proxy is stopping.
+    pub fn stop_all(&self) {
+        let table = self.lock();
+        self.stopping.store(true, Ordering::Relaxed);
+        for entry in table.conns.values() {
+            entry.conn.closing.raise();
+        }
     }
 
     /// A new `max_connections` (a reload); open connections stay.
@@ -150,7 +164,7 @@ impl ConnLimit {
             table.at_cap = false;
             Admission::Normal
         } else if let Some(victim) = table.longest_idle() {
-            victim.evict.notify_one();
+            victim.closing.raise();
             Admission::Normal
         } else {
             if !std::mem::replace(&mut table.at_cap, true) {
@@ -166,7 +180,7 @@ impl ConnLimit {
         table.open += 1;
         let conn = Arc::new(ConnState {
             id,
-            evict: Notify::new(),
+            closing: Closing::default(),
             unflushed: AtomicBool::new(false),
             begun: AtomicU64::new(0),
             open: AtomicU32::new(0),
@@ -181,6 +195,10 @@ impl ConnLimit {
         table.conns.insert(id, entry);
         if admission == Admission::Normal {
             table.mark_idle(id);
+        }
+        // Checked under the lock `stop_all` holds: a connection is either in its table or told here.
+        if self.stopping.load(Ordering::Relaxed) {
+            conn.closing.raise();
         }
         drop(table);
         Admitted {
@@ -333,9 +351,18 @@ impl ConnHandle {
         }
     }
 
-    /// Resolves when a new connection needs this one's place: close it, unless [`Self::serving`].
-    pub async fn evicted(&self) {
-        self.conn.evict.notified().await
+    /// Resolves when the connection must close: the proxy is stopping ([`Self::stopping`]), or a new
+    /// connection needs its place (close it at once unless [`Self::serving`]).
+    pub fn closing(&self) -> Closed<'_> {
+        Closed {
+            closing: &self.conn.closing,
+            registered: None,
+        }
+    }
+
+    /// The proxy is stopping: finish the requests in progress, then close.
+    pub fn stopping(&self) -> bool {
+        self.limit.stopping.load(Ordering::Relaxed)
     }
 
     /// A request is in progress (one that began just as the connection was chosen to close).
@@ -351,6 +378,60 @@ impl ConnHandle {
     /// Its HTTP serving is over but its stream may live on (an upgrade's tunnel): never idle again.
     pub fn retire(&self) {
         self.limit.request_started(self.conn.id);
+    }
+}
+
+/// Told once, for good, that a connection must close. Its task waits on it without a lock on each poll (a
+/// `Notify` took one each time the connection's task woke, twice a request).
+#[derive(Default)]
+struct Closing {
+    raised: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Closing {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+}
+
+/// Resolves once its connection is told to close (see [`ConnHandle::closing`]).
+pub struct Closed<'a> {
+    closing: &'a Closing,
+    /// The waker left with `closing`: while it still wakes this task, a poll only reads the flag.
+    registered: Option<Waker>,
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.is_raised() {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        *self.closing.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        self.registered = Some(cx.waker().clone());
+        // Raised between the first look and the waker being left: `raise` found no waker to wake.
+        if self.closing.is_raised() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -474,6 +555,29 @@ mod tests {
         assert!(!first.told_to_close());
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stop_tells_open_connections_and_any_admitted_after() {
+        let limit = ConnLimit::new(4);
+        let open_one = open(&limit);
+        let handle = open_one.handle.clone();
+        let waiting = tokio::spawn(async move {
+            handle.closing().await;
+            handle.stopping()
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "told to close before the stop");
+        limit.stop_all();
+        let stopping = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(
+            stopping.unwrap().unwrap(),
+            "the waiting connection was not woken as stopping"
+        );
+        assert!(
+            open(&limit).told_to_close(),
+            "a connection admitted after the stop"
+        );
+    }
+
     #[test]
     fn with_every_connection_busy_the_reserve_takes_overflow_until_full() {
         let limit = ConnLimit::new(1);
@@ -509,13 +613,13 @@ mod tests {
     }
 
     impl Admitted {
-        /// Whether this connection has been told to close (consumes the notification).
+        /// Whether this connection has been told to close.
         fn told_to_close(&self) -> bool {
-            let notified = self.handle.conn.evict.notified();
-            tokio::pin!(notified);
+            let closed = self.handle.closing();
+            tokio::pin!(closed);
             let waker = std::task::Waker::noop();
             let mut cx = Context::from_waker(waker);
-            notified.as_mut().poll(&mut cx).is_ready()
+            closed.as_mut().poll(&mut cx).is_ready()
         }
     }
 }
