@@ -4,6 +4,7 @@
 # `return 200` on a unix socket.
 #   benches/proxy_profile.sh callgrind [seconds]   -> Ir per request, and a callgrind.out for callgrind_annotate
 #   benches/proxy_profile.sh perf [seconds]        -> perf.data for `perf report`
+#   benches/proxy_profile.sh syscalls [seconds]    -> syscalls per request (perf stat on syscall tracepoints)
 # Build the binary with symbols first: cargo build --profile profiling --bin stackinit
 # STACKINIT=path picks the binary (default target/profiling/stackinit). OUT=dir keeps the outputs (default /tmp).
 # WORKERS=N sets the proxy's `workers` (default: left out, one per core).
@@ -18,8 +19,8 @@ for tool in wrk /usr/sbin/nginx; do command -v "$tool" >/dev/null || { echo "mis
 [[ -x "$BIN" ]] || { echo "missing $BIN (cargo build --profile profiling --bin stackinit)" >&2; exit 1; }
 case "$MODE" in
   callgrind) command -v valgrind >/dev/null || { echo "missing valgrind" >&2; exit 1; } ;;
-  perf) command -v perf >/dev/null || { echo "missing perf" >&2; exit 1; } ;;
-  *) echo "usage: $0 callgrind|perf [seconds]" >&2; exit 2 ;;
+  perf|syscalls) command -v perf >/dev/null || { echo "missing perf" >&2; exit 1; } ;;
+  *) echo "usage: $0 callgrind|perf|syscalls [seconds]" >&2; exit 2 ;;
 esac
 
 TMP=$(mktemp -d /tmp/stackinit-proxy-profile.XXXXXX)
@@ -73,7 +74,7 @@ case "$MODE" in
     valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.proxy" \
       "$BIN" proxy --config "$TMP/stackinit.toml" > "$TMP/access.log" 2> "$TMP/valgrind.err" &
     ;;
-  perf)
+  perf|syscalls)
     "$BIN" proxy --config "$TMP/stackinit.toml" > "$TMP/access.log" 2> "$TMP/stackinit.err" &
     ;;
 esac
@@ -97,6 +98,15 @@ case "$MODE" in
     out=$(wrk -t1 -c64 -d"${DURATION}s" -H "$HOST" "http://127.0.0.1:$P_SI/")
     wait "$REC" || true
     ;;
+  syscalls)
+    SYSCALLS=(recvfrom writev write read epoll_wait futex accept4)
+    events=$(printf 'syscalls:sys_enter_%s,' "${SYSCALLS[@]}")
+    perf stat -x, -e "${events%,}" -p "$SI_PID" -o "$TMP/syscalls.csv" -- sleep "$((DURATION + 1))" &
+    REC=$!
+    sleep 0.3
+    out=$(wrk -t1 -c64 -d"${DURATION}s" -H "$HOST" "http://127.0.0.1:$P_SI/")
+    wait "$REC" || true
+    ;;
 esac
 requests=$(awk '/requests in/ {print $1}' <<<"$out")
 echo "$out" | grep -E 'Requests/sec|requests in|Non-2xx|Socket errors' >&2 || true
@@ -105,6 +115,9 @@ if [[ $MODE == callgrind ]]; then
   dump=$(ls -t "$OUT"/callgrind.out.proxy* | head -1)
   ir=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
   echo "callgrind: $requests requests, $ir Ir, $(python3 -c "print(round($ir/$requests))") Ir/request; dump $dump"
+elif [[ $MODE == syscalls ]]; then
+  awk -F, -v n="$requests" '/syscalls:sys_enter_/ {sub("syscalls:sys_enter_", "", $3);
+    printf "%s %.3f/request (%s)\n", $3, $1 / n, $1}' "$TMP/syscalls.csv"
 else
   echo "perf: $requests requests; data $OUT/perf.data.proxy"
 fi
