@@ -6,6 +6,8 @@
 #   benches/proxy_profile.sh callgrind [seconds] [http|https] -> Ir per request, and a callgrind.out for callgrind_annotate
 #   benches/proxy_profile.sh perf [seconds] [http|https]      -> perf.data for `perf report`
 #   benches/proxy_profile.sh strace [seconds] [http|https]    -> system calls per request, by name
+#   benches/proxy_profile.sh syscalls [seconds] [http|https]  -> the same from perf's syscall tracepoints
+#                                                                (no ptrace: the proxy runs at full speed)
 # Build the binary with symbols first: cargo build --profile profiling --bin stackinit
 # STACKINIT=path picks the binary (default target/profiling/stackinit). OUT=dir keeps the outputs (default /tmp).
 # WORKERS=N sets the proxy's `workers` (default: left out, one per core).
@@ -28,7 +30,8 @@ case "$MODE" in
   callgrind) command -v valgrind >/dev/null || { echo "missing valgrind" >&2; exit 1; } ;;
   perf) command -v perf >/dev/null || { echo "missing perf" >&2; exit 1; } ;;
   strace) command -v strace >/dev/null || { echo "missing strace" >&2; exit 1; } ;;
-  *) echo "usage: $0 callgrind|perf|strace [seconds] [http|https]" >&2; exit 2 ;;
+  syscalls) command -v perf >/dev/null || { echo "missing perf" >&2; exit 1; } ;;
+  *) echo "usage: $0 callgrind|perf|strace|syscalls [seconds] [http|https]" >&2; exit 2 ;;
 esac
 case "$SCHEME" in http|https) ;; *) echo "usage: $0 MODE [seconds] [http|https]" >&2; exit 2 ;; esac
 
@@ -136,6 +139,12 @@ start() { # the measured window opens
       REC=$!
       # Attached before wrk starts (with STEADY, it counts from here, as the access log does).
       [[ -n "${STEADY:-}" ]] || sleep 1 ;;
+    syscalls)
+      local events
+      events=$(printf 'syscalls:sys_enter_%s,' recvfrom writev write read epoll_wait futex accept4)
+      perf stat -x, -e "${events%,}" -p "$SI_PID" -o "$TMP/syscalls.csv" 2> "$TMP/perf.err" &
+      REC=$!
+      sleep 0.3 ;;
   esac
 }
 finish() { # and closes
@@ -175,5 +184,10 @@ case "$MODE" in
     # Columns: % time, seconds, usecs/call, calls, [errors,] syscall (the total line too).
     awk -v n="$requests" '$4 ~ /^[0-9]+$/ && $NF ~ /^[a-z_0-9]+$/ { printf "  %-16s %8.3f\n", $NF, $4 / n }' \
       "$OUT/strace.proxy"
+    ;;
+  syscalls)
+    echo "syscalls: $TARGET $SCHEME, $requests requests; system calls per request:"
+    awk -F, -v n="$requests" '/syscalls:sys_enter_/ { sub("syscalls:sys_enter_", "", $3);
+      printf "  %-16s %8.3f\n", $3, $1 / n }' "$TMP/syscalls.csv"
     ;;
 esac

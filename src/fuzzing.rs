@@ -212,7 +212,7 @@ fn few_short_regexes(name: &str, count: &mut usize) -> bool {
 /// A normalized Host is what `normalize_host` promises, and normalizing it again changes nothing but the
 /// trailing dot.
 fn check_host(raw: &[u8]) -> Option<String> {
-    let host = normalize_host(raw).ok()?;
+    let host = normalize_host(raw).ok()?.into_owned();
     assert!(!host.is_empty(), "{raw:?}");
     assert!(!host.contains(".."), "{raw:?} -> {host:?}");
     assert!(

@@ -61,8 +61,9 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    fn push(&self, entry: &Entry, bytes_sent: u64) {
-        push_with(|pending| pending.append(entry, bytes_sent));
+    /// The line of a request whose response ended at `ended`.
+    fn push(&self, entry: &Entry, bytes_sent: u64, ended: Instant) {
+        push_with(|pending| pending.append(entry, bytes_sent, ended));
     }
 
     /// A request hyper refused before the handler saw it (a malformed or oversized head), answered by hyper with
@@ -190,45 +191,51 @@ pub enum UpstreamClock {
 }
 
 impl UpstreamClock {
-    /// The upstream time if it ended now.
-    fn elapsed(self) -> Duration {
+    /// The upstream time if it ended at `now`.
+    fn elapsed_at(self, now: Instant) -> Duration {
         match self {
-            UpstreamClock::Since(since) => since.elapsed(),
+            UpstreamClock::Since(since) => now.saturating_duration_since(since),
             UpstreamClock::Took(took) => took,
         }
     }
 
-    /// Stop a running clock: the upstream's response has ended.
-    fn stop(&mut self) {
-        *self = UpstreamClock::Took(self.elapsed());
+    /// Stop a running clock: the upstream's response ended at `now`.
+    fn stop(&mut self, now: Instant) {
+        *self = UpstreamClock::Took(self.elapsed_at(now));
     }
 }
 
 impl Pending {
     /// `$remote_addr - - [$time_local] "$request" $status $body_bytes_sent "$http_referer" "$http_user_agent"
     /// $request_time $upstream_response_time $queue_time`
-    fn append(&mut self, entry: &Entry, bytes_sent: u64) {
+    fn append(&mut self, entry: &Entry, bytes_sent: u64, ended: Instant) {
         self.start_line(&entry.remote);
         let out = &mut self.buffer;
         // Writes into a Vec cannot fail.
-        escape_into(out, entry.method.as_str().as_bytes());
+        // A method is a token (the `http` crate refuses anything else) and the version a fixed text: neither
+        // has a byte to escape.
+        out.extend_from_slice(entry.method.as_str().as_bytes());
         out.push(b' ');
         request_target_into(out, &entry.uri, entry.version);
         out.push(b' ');
-        escape_into(out, version_text(entry.version).as_bytes());
-        let _ = write!(out, "\" {} {bytes_sent} \"", entry.status);
+        out.extend_from_slice(version_text(entry.version).as_bytes());
+        out.extend_from_slice(b"\" ");
+        decimal_into(out, u64::from(entry.status));
+        out.push(b' ');
+        decimal_into(out, bytes_sent);
+        out.extend_from_slice(b" \"");
         escape_field(out, entry.referer.as_ref().map(HeaderValue::as_bytes));
         out.extend_from_slice(b"\" \"");
         escape_field(out, entry.user_agent.as_ref().map(HeaderValue::as_bytes));
         out.extend_from_slice(b"\" ");
-        seconds_into(out, entry.started.elapsed());
+        seconds_into(out, ended.saturating_duration_since(entry.started));
         out.push(b' ');
         let upstream = entry.upstream.as_ref();
         optional_seconds_into(
             out,
             upstream
                 .and_then(|u| u.upstream)
-                .map(UpstreamClock::elapsed),
+                .map(|clock| clock.elapsed_at(ended)),
         );
         out.push(b' ');
         optional_seconds_into(out, upstream.map(|u| u.queued));
@@ -281,12 +288,28 @@ fn version_text(version: Version) -> &'static str {
 /// nginx's `$request_time` style: seconds with millisecond resolution (truncated, as nginx does).
 fn seconds_into(out: &mut Vec<u8>, t: Duration) {
     let ms = t.subsec_millis();
-    let _ = write!(out, "{}.", t.as_secs());
+    decimal_into(out, t.as_secs());
     out.extend_from_slice(&[
+        b'.',
         b'0' + (ms / 100) as u8,
         b'0' + (ms / 10 % 10) as u8,
         b'0' + (ms % 10) as u8,
     ]);
+}
+
+/// A number in decimal, without `fmt` (its machinery cost more than the rest of the line).
+fn decimal_into(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// A time, or `-` when there is none.
@@ -306,20 +329,22 @@ fn escape_field(out: &mut Vec<u8>, value: Option<&[u8]>) {
 }
 
 /// nginx escapes `"`, `\` and bytes outside printable ASCII as `\xHH`.
-fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
+fn escape_into(out: &mut Vec<u8>, mut text: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in text {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]);
-        } else {
-            out.push(b);
-        }
+    let escaped = |b: u8| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b);
+    // Runs that need no escaping (nearly every field, whole) go in with one copy, not byte by byte.
+    while let Some(at) = text.iter().position(|&b| escaped(b)) {
+        out.extend_from_slice(&text[..at]);
+        let b = text[at];
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 15)],
+        ]);
+        text = &text[at + 1..];
     }
+    out.extend_from_slice(text);
 }
 
 /// `$time_local` in UTC: `25/Nov/2026:15:41:09 +0000`.
@@ -365,6 +390,8 @@ pub struct LoggedBody {
     _in_flight: Option<InFlight>,
     /// The request's counters: finished when the body ends, with the access log line.
     _tracked: Option<Tracked>,
+    /// When the body ended, once it has: the one clock read its log line, lease and counters share.
+    ended_at: Option<Instant>,
 }
 
 /// An upstream's body passed through as is, or one the proxy made itself; an enum rather than a box, so a
@@ -402,7 +429,7 @@ impl Drop for Unanswered {
         if let Some(mut entry) = self.0.take() {
             entry.status = CLIENT_CLOSED;
             entry.upstream = None;
-            entry.log.push(&entry, 0);
+            entry.log.push(&entry, 0, Instant::now());
         }
     }
 }
@@ -422,6 +449,7 @@ impl LoggedBody {
             entry: line.answered(status, upstream),
             _in_flight: in_flight,
             _tracked: None,
+            ended_at: None,
         }
     }
 
@@ -433,22 +461,30 @@ impl LoggedBody {
 
 impl LoggedBody {
     /// The upstream's response is over (for an upstream body; a body the proxy made has no running clock).
-    fn stop_upstream_clock(&mut self) {
+    fn stop_upstream_clock(&mut self, now: Instant) {
         let clock = self.entry.as_mut().and_then(|e| e.upstream.as_mut());
         if let Some(UpstreamTimes {
             upstream: Some(clock),
             ..
         }) = clock
         {
-            clock.stop();
+            clock.stop(now);
         }
     }
 }
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
+        // A body dropped before its end (the client went away) ends now.
+        let ended = self.ended_at.unwrap_or_else(Instant::now);
+        if let Some(in_flight) = &mut self._in_flight {
+            in_flight.ended_at(ended);
+        }
+        if let Some(tracked) = &mut self._tracked {
+            tracked.ended_at(ended);
+        }
         if let Some(entry) = self.entry.take() {
-            entry.log.push(&entry, self.sent);
+            entry.log.push(&entry, self.sent, ended);
         }
     }
 }
@@ -476,8 +512,10 @@ impl Body for LoggedBody {
             Poll::Ready(Some(Ok(_))) => self.is_end_stream(),
             Poll::Pending => false,
         };
-        if ended {
-            self.stop_upstream_clock();
+        if ended && self.ended_at.is_none() {
+            let now = Instant::now();
+            self.ended_at = Some(now);
+            self.stop_upstream_clock(now);
         }
         polled
     }
@@ -529,7 +567,7 @@ mod tests {
             }),
         };
         let mut pending = Pending::default();
-        pending.append(&entry, 3);
+        pending.append(&entry, 3, Instant::now());
         let line = String::from_utf8(pending.buffer).unwrap();
         let (head, rest) = line.split_once(" [").unwrap();
         assert_eq!(head, "127.0.0.9 - -");
@@ -553,6 +591,19 @@ mod tests {
             rest.split_once("] ").unwrap().1,
             "\"-\" 414 0 \"-\" \"-\" 0.000 - -\n"
         );
+    }
+
+    #[test]
+    fn numbers_are_decimal() {
+        let mut out = Vec::new();
+        for n in [0, 7, 10, 499, u64::MAX] {
+            decimal_into(&mut out, n);
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0 7 10 499 18446744073709551615 ");
+        out.clear();
+        seconds_into(&mut out, Duration::from_millis(12_045));
+        assert_eq!(out, b"12.045");
     }
 
     #[test]

@@ -65,6 +65,10 @@ impl Inner {
 
     /// Tell the best-ranked waiter not already told (and not `passed_from`) that may take a slot.
     fn wake_best(&mut self, passed_from: Option<u64>) {
+        // Nobody waiting, as nearly always: no clock to read.
+        if self.waiters.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let slow_ok = self.admits(true);
         if let Some(w) = self
@@ -165,9 +169,14 @@ impl Gate {
 
     /// Whether a new request may take a free slot now: nobody waiting ranks ahead of it.
     pub fn may_pass(&self, cost: Cost) -> bool {
+        let inner = self.lock();
+        // Nobody waiting, as nearly always: no clock to read.
+        if inner.waiters.is_empty() {
+            return true;
+        }
         let now = Instant::now();
         let mine = (cost.slow, now);
-        self.lock().waiters.iter().all(|w| w.rank(now) > mine)
+        inner.waiters.iter().all(|w| w.rank(now) > mine)
     }
 
     /// Join the queue; the ticket leaves it when dropped.

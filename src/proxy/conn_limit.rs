@@ -20,12 +20,14 @@
 //! connection (WebSocket) still counts while its tunnel runs, and is never taken for idle.
 #![forbid(unsafe_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -47,6 +49,8 @@ pub struct ConnLimit {
     table: Mutex<Table>,
     /// A connection closed: an accept loop waiting for room may go on.
     freed: Notify,
+    /// The proxy is stopping: every connection is told to close (set under the table's lock).
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -56,9 +60,11 @@ struct Table {
     next_id: u64,
     /// Orders idle connections by when they became idle.
     next_seq: u64,
-    conns: HashMap<u64, Entry>,
-    /// Idle connections, longest idle first: sequence number -> id.
-    idle: BTreeMap<u64, u64>,
+    conns: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
+    /// Idle connections, longest idle first, as (sequence number, id). A connection that stops being idle
+    /// stays queued (its entry's `idle_since` no longer matches) until `prune` or an eviction drops it: two
+    /// updates per request cost no tree rebalancing or allocation.
+    idle: VecDeque<(u64, u64)>,
     /// Whether the cap was reached (logged once per episode).
     at_cap: bool,
 }
@@ -89,7 +95,8 @@ pub struct Admitted {
 /// Shared between a connection's stream, its task and its requests.
 struct ConnState {
     id: u64,
-    evict: Notify,
+    /// Raised when the connection must close: its place is wanted, or the proxy is stopping.
+    closing: Closing,
     /// Bytes written and not yet flushed: the connection is still answering.
     unflushed: AtomicBool,
     /// Requests begun, and in progress, for the stream's head clock (`idle_io`): read without the table's lock.
@@ -111,7 +118,17 @@ impl ConnLimit {
                 ..Table::default()
             }),
             freed: Notify::new(),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Tell every connection, open or yet to be admitted, to close: the proxy is stopping.
+    pub fn stop_all(&self) {
+        let table = self.lock();
+        self.stopping.store(true, Ordering::Relaxed);
+        for entry in table.conns.values() {
+            entry.conn.closing.raise();
+        }
     }
 
     /// A new `max_connections` (a reload); open connections stay.
@@ -147,7 +164,7 @@ impl ConnLimit {
             table.at_cap = false;
             Admission::Normal
         } else if let Some(victim) = table.longest_idle() {
-            victim.evict.notify_one();
+            victim.closing.raise();
             Admission::Normal
         } else {
             if !std::mem::replace(&mut table.at_cap, true) {
@@ -163,7 +180,7 @@ impl ConnLimit {
         table.open += 1;
         let conn = Arc::new(ConnState {
             id,
-            evict: Notify::new(),
+            closing: Closing::default(),
             unflushed: AtomicBool::new(false),
             begun: AtomicU64::new(0),
             open: AtomicU32::new(0),
@@ -178,6 +195,10 @@ impl ConnLimit {
         table.conns.insert(id, entry);
         if admission == Admission::Normal {
             table.mark_idle(id);
+        }
+        // Checked under the lock `stop_all` holds: a connection is either in its table or told here.
+        if self.stopping.load(Ordering::Relaxed) {
+            conn.closing.raise();
         }
         drop(table);
         Admitted {
@@ -195,10 +216,8 @@ impl ConnLimit {
 
     fn release(&self, id: u64) {
         let mut table = self.lock();
-        if let Some(entry) = table.conns.remove(&id) {
-            if let Some(seq) = entry.idle_since {
-                table.idle.remove(&seq);
-            }
+        if table.conns.remove(&id).is_some() {
+            // Its place in the idle queue is stale now, and goes at the next prune or eviction.
             table.open -= 1;
         }
         drop(table);
@@ -211,9 +230,7 @@ impl ConnLimit {
             return;
         };
         entry.requests += 1;
-        if let Some(seq) = entry.idle_since.take() {
-            table.idle.remove(&seq);
-        }
+        entry.idle_since = None;
     }
 
     fn request_ended(&self, id: u64) {
@@ -232,29 +249,71 @@ impl ConnLimit {
     }
 }
 
+/// Connection ids are sequential: one multiplication spreads them, where the default SipHash cost more than
+/// the rest of a request's bookkeeping.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 impl Table {
     fn mark_idle(&mut self, id: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(entry) = self.conns.get_mut(&id) {
             entry.idle_since = Some(seq);
-            self.idle.insert(seq, id);
+            self.idle.push_back((seq, id));
+            self.prune();
+        }
+    }
+
+    /// Whether a queued (sequence, id) still stands for an idle connection.
+    fn is_current(&self, (seq, id): (u64, u64)) -> bool {
+        self.conns
+            .get(&id)
+            .is_some_and(|e| e.idle_since == Some(seq))
+    }
+
+    /// Drop the queue's stale places once they outnumber the connections: amortized, the queue stays
+    /// within a few times the open connections however many requests they make.
+    fn prune(&mut self) {
+        if self.idle.len() > 2 * self.conns.len() + 64 {
+            let mut idle = std::mem::take(&mut self.idle);
+            idle.retain(|&place| self.is_current(place));
+            self.idle = idle;
         }
     }
 
     /// Take the connection idle longest out of the idle set (it is about to close). One still writing
     /// its last response is not idle yet and stays.
     fn longest_idle(&mut self) -> Option<Arc<ConnState>> {
-        let (seq, id) = self
+        while self
             .idle
-            .iter()
-            .map(|(&seq, &id)| (seq, id))
-            .find(|(_, id)| {
-                self.conns
-                    .get(id)
-                    .is_some_and(|e| !e.conn.unflushed.load(Ordering::Relaxed))
-            })?;
-        self.idle.remove(&seq);
+            .front()
+            .is_some_and(|&place| !self.is_current(place))
+        {
+            self.idle.pop_front();
+        }
+        let index = self.idle.iter().position(|&(seq, id)| {
+            self.conns.get(&id).is_some_and(|e| {
+                e.idle_since == Some(seq) && !e.conn.unflushed.load(Ordering::Relaxed)
+            })
+        })?;
+        let (_, id) = self.idle.remove(index)?;
         let entry = self.conns.get_mut(&id)?;
         entry.idle_since = None;
         entry.evicting = true;
@@ -292,9 +351,18 @@ impl ConnHandle {
         }
     }
 
-    /// Resolves when a new connection needs this one's place: close it, unless [`Self::serving`].
-    pub async fn evicted(&self) {
-        self.conn.evict.notified().await
+    /// Resolves when the connection must close: the proxy is stopping ([`Self::stopping`]), or a new
+    /// connection needs its place (close it at once unless [`Self::serving`]).
+    pub fn closing(&self) -> Closed<'_> {
+        Closed {
+            closing: &self.conn.closing,
+            registered: None,
+        }
+    }
+
+    /// The proxy is stopping: finish the requests in progress, then close.
+    pub fn stopping(&self) -> bool {
+        self.limit.stopping.load(Ordering::Relaxed)
     }
 
     /// A request is in progress (one that began just as the connection was chosen to close).
@@ -310,6 +378,60 @@ impl ConnHandle {
     /// Its HTTP serving is over but its stream may live on (an upgrade's tunnel): never idle again.
     pub fn retire(&self) {
         self.limit.request_started(self.conn.id);
+    }
+}
+
+/// Told once, for good, that a connection must close. Its task waits on it without a lock on each poll (a
+/// `Notify` took one each time the connection's task woke, twice a request).
+#[derive(Default)]
+struct Closing {
+    raised: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Closing {
+    fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+}
+
+/// Resolves once its connection is told to close (see [`ConnHandle::closing`]).
+pub struct Closed<'a> {
+    closing: &'a Closing,
+    /// The waker left with `closing`: while it still wakes this task, a poll only reads the flag.
+    registered: Option<Waker>,
+}
+
+impl Future for Closed<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.closing.is_raised() {
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        *self.closing.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        self.registered = Some(cx.waker().clone());
+        // Raised between the first look and the waker being left: `raise` found no waker to wake.
+        if self.closing.is_raised() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -417,6 +539,46 @@ mod tests {
     }
 
     #[test]
+    fn many_requests_keep_the_idle_queue_small_and_its_order_right() {
+        let limit = ConnLimit::new(2);
+        let first = open(&limit);
+        let second = open(&limit);
+        for _ in 0..10_000 {
+            drop(second.handle.request());
+            drop(first.handle.request());
+        }
+        assert!(limit.lock().idle.len() <= 2 * 2 + 64 + 1, "the queue grows");
+        // second went idle before first did: it is the one to close.
+        let third = open(&limit);
+        assert_eq!(third.admission, Admission::Normal);
+        assert!(second.told_to_close());
+        assert!(!first.told_to_close());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stop_tells_open_connections_and_any_admitted_after() {
+        let limit = ConnLimit::new(4);
+        let open_one = open(&limit);
+        let handle = open_one.handle.clone();
+        let waiting = tokio::spawn(async move {
+            handle.closing().await;
+            handle.stopping()
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "told to close before the stop");
+        limit.stop_all();
+        let stopping = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(
+            stopping.unwrap().unwrap(),
+            "the waiting connection was not woken as stopping"
+        );
+        assert!(
+            open(&limit).told_to_close(),
+            "a connection admitted after the stop"
+        );
+    }
+
+    #[test]
     fn with_every_connection_busy_the_reserve_takes_overflow_until_full() {
         let limit = ConnLimit::new(1);
         let only = open(&limit);
@@ -451,13 +613,13 @@ mod tests {
     }
 
     impl Admitted {
-        /// Whether this connection has been told to close (consumes the notification).
+        /// Whether this connection has been told to close.
         fn told_to_close(&self) -> bool {
-            let notified = self.handle.conn.evict.notified();
-            tokio::pin!(notified);
+            let closed = self.handle.closing();
+            tokio::pin!(closed);
             let waker = std::task::Waker::noop();
             let mut cx = Context::from_waker(waker);
-            notified.as_mut().poll(&mut cx).is_ready()
+            closed.as_mut().poll(&mut cx).is_ready()
         }
     }
 }

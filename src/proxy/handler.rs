@@ -78,8 +78,10 @@ pub async fn handle(
     });
     // Set once the request's server and location are known; counted until the response body ends.
     let mut tracked = None;
-    let (response, upstream, in_flight) =
-        route(req, conn, client, &shared, routes, &mut tracked).await;
+    let (mut response, upstream, in_flight) =
+        dispatch(req, conn, client, &shared, routes, (started, &mut tracked)).await;
+    // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
+    *response.version_mut() = version;
     let mut tracked = tracked.unwrap_or_else(|| metrics::unrouted(started));
     let status = response.status().as_u16();
     tracked.set_status(status);
@@ -94,22 +96,6 @@ type Routed = (
     Option<InFlight>,
 );
 
-async fn route(
-    req: Request<Incoming>,
-    conn: ConnInfo,
-    client: Client,
-    shared: &Shared,
-    routes: Arc<Routes>,
-    tracked: &mut Option<Tracked>,
-) -> Routed {
-    let version = req.version();
-    let (mut response, upstream, in_flight) =
-        dispatch(req, conn, client, shared, routes, tracked).await;
-    // The client's protocol, not the upstream's: an HTTP/1.0 upstream must not downgrade the client connection.
-    *response.version_mut() = version;
-    (response, upstream, in_flight)
-}
-
 /// A response the proxy made itself (not an upstream's).
 fn local(response: Response<ProxyBody>) -> Response<ResponseBody> {
     response.map(ResponseBody::Local)
@@ -121,7 +107,7 @@ async fn dispatch(
     client: Client,
     shared: &Shared,
     routes: Arc<Routes>,
-    tracked: &mut Option<Tracked>,
+    (started, tracked): (Instant, &mut Option<Tracked>),
 ) -> Routed {
     if let Some(status) = head_limits::check(&req, routes.settings.max_header_size) {
         return (local_error(status), None, None);
@@ -166,10 +152,13 @@ async fn dispatch(
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
     let Some(location) = server.locations.select(&path) else {
-        *tracked = server.series.last().map(metrics::start);
+        *tracked = server.series.last().map(|s| metrics::start(s, started));
         return (local_error(StatusCode::NOT_FOUND), None, None);
     };
-    *tracked = server.series.get(location).map(metrics::start);
+    *tracked = server
+        .series
+        .get(location)
+        .map(|s| metrics::start(s, started));
     match &server.actions[location] {
         Action::Return { status, redirect } => (
             local(return_response(*status, redirect.as_deref())),
@@ -183,14 +172,28 @@ async fn dispatch(
             (local(response), None, None)
         }
         Action::Proxy(to) => {
-            // The path may borrow from the request, which the upstream request takes over.
+            // The path and host may borrow from the request, which the upstream request takes over.
             drop(path);
-            proxy(req, conn, &client, host_header, to, &routes.settings).await
+            drop(host);
+            // Boxed: this future is most of a request's state, and every enclosing future (up to the one hyper
+            // keeps per request) would otherwise hold it inline and be copied whole at each level's first poll.
+            let settings = &routes.settings;
+            Box::pin(proxy(
+                req,
+                conn,
+                &client,
+                host_header,
+                to,
+                settings,
+                started,
+            ))
+            .await
         }
     }
 }
 
-/// Forward a request to an upstream and pass its response back, streaming both bodies.
+/// Forward a request to an upstream and pass its response back, streaming both bodies. `began`: when the proxy
+/// got the request (the upstream and queue clocks start from it: microseconds before the first pick).
 async fn proxy(
     mut req: Request<Incoming>,
     conn: ConnInfo,
@@ -198,6 +201,7 @@ async fn proxy(
     host_header: Option<HeaderValue>,
     to: &ProxyTo,
     settings: &Settings,
+    began: Instant,
 ) -> Routed {
     let upstream = &to.upstream;
     let limit = settings.client_max_body_size;
@@ -233,9 +237,16 @@ async fn proxy(
     let bodyless = body.is_end_stream();
     // Only a request that may be sent twice (idempotent, no body, no upgrade) keeps a copy for a retry.
     let retry_copy = (is_idempotent(&method) && bodyless && upgrade.is_none())
-        .then(|| (method.clone(), uri.clone(), up_headers.clone()));
+        .then(|| (method.clone(), uri.clone(), headers::listed(&up_headers)));
     let rebuild = retry_copy.as_ref().map(|(method, uri, headers)| {
-        move || upstream_request(empty(), method.clone(), uri.clone(), headers.clone())
+        move || {
+            upstream_request(
+                empty(),
+                method.clone(),
+                uri.clone(),
+                headers::mapped(headers),
+            )
+        }
     });
     let retry = rebuild
         .as_ref()
@@ -252,11 +263,11 @@ async fn proxy(
     let fault = fault.as_deref().unwrap_or(&no_fault);
     let first = upstream_request(first_body, method, uri, up_headers);
     let forward_settings = ForwardSettings {
+        began,
         connect_timeout: settings.connect_timeout,
         queue_timeout: settings.queue_timeout,
         response_timeout: settings.upstream_timeout,
     };
-    let began = Instant::now();
     let mut waited = Waited::default();
     let forwarded = upstream
         .forward(first, retry, &forward_settings, fault, &mut waited)

@@ -23,6 +23,22 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Where `name` is in `HOP_BY_HOP`. By its text: a string match tests a length and at most two byte strings,
+/// where comparing with each of the eight names cost more than the rest of the stripping.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        "expect" => Some(7),
+        _ => None,
+    }
+}
+
 /// nginx's `$remote_addr` as a header value: the client's IP, or `unix:` for a unix-socket client. Made once per
 /// client connection and shared by its requests.
 pub fn remote_addr(client_ip: Option<IpAddr>) -> HeaderValue {
@@ -33,25 +49,41 @@ pub fn remote_addr(client_ip: Option<IpAddr>) -> HeaderValue {
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the few names present beats eight hashed removals.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
+    // One pass over the few names present, noting which fixed ones are there: most requests carry none, and a
+    // response from nginx only `Connection`. Only those present are removed (each removal hashes its name).
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
         }
     }
-    for name in &HOP_BY_HOP {
+    if !present.contains(&true) {
+        return;
+    }
+    // The names `Connection` lists, while it is there to read, each matched against the names present: none
+    // is parsed or allocated.
+    while let Some(name) = listed_in_connection(headers) {
+        headers.remove(&name);
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
+}
+
+/// A header present that a `Connection` field (any of them) lists, other than `Connection` itself. Compared as
+/// bytes: a listed token with other than ASCII in it names no header.
+fn listed_in_connection(headers: &HeaderMap) -> Option<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .find_map(|token| {
+            let token = token.trim_ascii();
+            headers.keys().find(|name| {
+                *name != header::CONNECTION && token.eq_ignore_ascii_case(name.as_str().as_bytes())
+            })
+        })
+        .cloned()
 }
 
 /// Remove request headers whose names contain `_`, as nginx does (`underscores_in_headers off`). CGI and WSGI
@@ -91,9 +123,18 @@ pub fn to_upstream(
             headers.remove(header::HOST);
         }
     }
-    let forwarded_for = forwarded_for(headers, peer);
-    // `insert` replaces every incoming X-Forwarded-For value with the joined one.
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
+    // One lookup for the read and the write: the name is hashed once.
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(vacant) => {
+            // The common case: no proxy in front, the value is the client's address as is.
+            vacant.insert(peer.clone());
+        }
+        header::Entry::Occupied(mut occupied) => {
+            let joined = forwarded_for(occupied.iter(), peer);
+            // Replaces every incoming X-Forwarded-For value with the joined one.
+            occupied.insert(joined);
+        }
+    }
     headers.insert(X_REAL_IP.clone(), client.addr.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
     if let Some(upgrade) = upgrade {
@@ -103,14 +144,12 @@ pub fn to_upstream(
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: every incoming X-Forwarded-For joined with ", ", then the client.
-fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
-    let mut incoming = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter(|v| v.to_str().is_ok())
-        .peekable();
+fn forwarded_for<'a>(
+    incoming: impl Iterator<Item = &'a HeaderValue>,
+    client: &HeaderValue,
+) -> HeaderValue {
+    let mut incoming = incoming.filter(|v| v.to_str().is_ok()).peekable();
     if incoming.peek().is_none() {
-        // The common case: no proxy in front, the value is the client's address as is.
         return client.clone();
     }
     let mut out = Vec::new();
@@ -121,6 +160,24 @@ fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
     out.extend_from_slice(client.as_bytes());
     // Joined from valid values with ", ": still valid.
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| client.clone())
+}
+
+/// A header map's fields, in its order: kept for a request that may be sent again, at one allocation where a
+/// `HeaderMap` clone made two and copied its hash index (`mapped` makes the map back, only for a retry).
+pub fn listed(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The map of `listed` fields, each name's values in their order.
+pub fn mapped(fields: &[(HeaderName, HeaderValue)]) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        headers.append(name.clone(), value.clone());
+    }
+    headers
 }
 
 /// Rewrite an upstream response's headers for the client.
@@ -243,6 +300,45 @@ mod tests {
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(h.get(gone).is_none(), "{gone} should be stripped");
         }
+    }
+
+    #[test]
+    fn every_connection_field_lists_names_to_strip_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("X-One"));
+        h.append("connection", HeaderValue::from_static(" x-two ,close"));
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("x-three", HeaderValue::from_static("3"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-three"], "3");
+    }
+
+    #[test]
+    fn the_index_names_each_hop_by_hop_header() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::CONTENT_LENGTH), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
+    }
+
+    #[test]
+    fn a_listed_map_maps_back_the_same() {
+        let mut h = HeaderMap::new();
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("host", HeaderValue::from_static("h"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        let back = mapped(&listed(&h));
+        assert_eq!(back, h);
+        let order = |m: &HeaderMap| {
+            m.iter()
+                .map(|(n, v)| format!("{n}={v:?}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(&back), order(&h));
     }
 
     #[test]

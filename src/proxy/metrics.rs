@@ -126,6 +126,7 @@ impl Registry {
             series,
             started,
             status: None,
+            ended: None,
         }
     }
 
@@ -180,9 +181,15 @@ pub struct Tracked {
     series: Arc<Series>,
     started: Instant,
     status: Option<u16>,
+    /// When the response ended, if known (else the clock is read at drop).
+    ended: Option<Instant>,
 }
 
 impl Tracked {
+    pub fn ended_at(&mut self, now: Instant) {
+        self.ended = Some(now);
+    }
+
     pub fn set_status(&mut self, status: u16) {
         self.status = Some(status);
     }
@@ -192,16 +199,18 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         let class = usize::from(self.status.unwrap_or(499) / 100).clamp(1, 5) - 1;
         let s = &self.series;
-        s.duration.observe(self.started.elapsed());
+        let ended = self.ended.unwrap_or_else(Instant::now);
+        s.duration
+            .observe(ended.saturating_duration_since(self.started));
         s.classes[class].fetch_add(1, Relaxed);
         s.in_flight.fetch_sub(1, Relaxed);
         registry().changed.mark();
     }
 }
 
-/// Start counting a request in a routing table's series.
-pub fn start(series: &Arc<Series>) -> Tracked {
-    registry().start(Arc::clone(series), Instant::now())
+/// Start counting a request in a routing table's series, from `started` (when the proxy got it).
+pub fn start(series: &Arc<Series>, started: Instant) -> Tracked {
+    registry().start(Arc::clone(series), started)
 }
 
 /// Count a request that no server took (answered before one was chosen), from `started`.
@@ -248,7 +257,7 @@ mod tests {
     fn a_finished_request_counts_by_class_and_leaves_flight() {
         let reg = registry();
         let series = reg.series("metrics-test.example", "app");
-        let mut tracked = start(&series);
+        let mut tracked = start(&series, Instant::now());
         let find = |snap: &MetricsSnapshot| {
             snap.requests
                 .iter()
@@ -259,7 +268,7 @@ mod tests {
         assert_eq!(find(&reg.snapshot()).in_flight, 1);
         tracked.set_status(503);
         drop(tracked);
-        drop(start(&series));
+        drop(start(&series, Instant::now()));
         let row = find(&reg.snapshot());
         assert_eq!(row.in_flight, 0);
         assert_eq!(row.classes, [0, 0, 0, 1, 1]);

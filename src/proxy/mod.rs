@@ -157,6 +157,8 @@ async fn run(arg: crate::cli::ConfigArg) -> Result<(), String> {
     let grace = shared.routes().settings.stop_grace;
     tracing::info!("stopping: finishing in-flight requests (up to {grace:?})");
     let _ = stop_tx.send(true);
+    // Open connections are told directly (the accept loops watch `stop`).
+    shared.conns.stop_all();
     // Each worker writes its own access log lines once its connections are done (see workers.rs).
     if tokio::time::timeout(grace, drain_rx.recv()).await.is_err() {
         tracing::warn!("stop grace elapsed with requests still in flight");

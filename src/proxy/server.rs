@@ -62,7 +62,7 @@ pub async fn accept_loop(
                     load: peers.assign(),
                 };
                 if let Some(here) = peers.hand_off(accepted) {
-                    serve_here(here, &shared, &stop, &drain);
+                    serve_here(here, &shared, &drain);
                 }
             }
             Err(e) => {
@@ -90,17 +90,12 @@ pub async fn receive_loop(
                 None => break,
             },
         };
-        serve_here(accepted, &shared, &stop, &drain);
+        serve_here(accepted, &shared, &drain);
     }
 }
 
 /// Admit and serve a connection on this worker.
-fn serve_here(
-    accepted: Accepted,
-    shared: &Arc<Shared>,
-    stop: &watch::Receiver<bool>,
-    drain: &DrainGuard,
-) {
+fn serve_here(accepted: Accepted, shared: &Arc<Shared>, drain: &DrainGuard) {
     let Accepted {
         stream,
         remote,
@@ -121,12 +116,12 @@ fn serve_here(
         admission,
         handle,
     };
-    let (shared, stop, drain) = (Arc::clone(shared), stop.clone(), drain.clone());
+    let (shared, drain) = (Arc::clone(shared), drain.clone());
     let guard = admitted.guard;
     tokio::spawn(async move {
         match stream {
-            Stream::Tcp(s) => connection(Counted::new(s, guard), conn, shared, stop).await,
-            Stream::Unix(s) => connection(Counted::new(s, guard), conn, shared, stop).await,
+            Stream::Tcp(s) => connection(Counted::new(s, guard), conn, shared).await,
+            Stream::Unix(s) => connection(Counted::new(s, guard), conn, shared).await,
             Stream::StdTcp(_) | Stream::StdUnix(_) => {}
         }
         drop(load);
@@ -157,23 +152,23 @@ struct Conn {
     handle: ConnHandle,
 }
 
-async fn connection<S>(stream: S, conn: Conn, shared: Arc<Shared>, stop: watch::Receiver<bool>)
+async fn connection<S>(stream: S, conn: Conn, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let handle = conn.handle.clone();
     if conn.admission == Admission::Overflow {
         // In the reserve: one request, and out within RESERVE_LIFETIME whatever the client does.
-        let served = serve(stream, conn, shared, stop);
+        let served = serve(stream, conn, shared);
         let _ = tokio::time::timeout(admitted::RESERVE_LIFETIME, served).await;
     } else {
-        serve(stream, conn, shared, stop).await;
+        serve(stream, conn, shared).await;
     }
     // An upgraded connection's stream lives on in its tunnel: it is not idle.
     handle.retire();
 }
 
-async fn serve<S>(stream: S, conn: Conn, shared: Arc<Shared>, stop: watch::Receiver<bool>)
+async fn serve<S>(stream: S, conn: Conn, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -185,7 +180,7 @@ where
         settings.header_timeout,
     );
     if !conn.tls {
-        return serve_http1(stream, conn, shared, stop, &settings).await;
+        return serve_http1(stream, conn, shared, &settings).await;
     }
     let Some(config) = shared.tls.get() else {
         tracing::warn!("TLS connection but no certificate loaded");
@@ -204,9 +199,9 @@ where
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         stream.get_mut().0.stop_head_clock();
-        serve_http2(OneFill::new(stream), conn, shared, stop, &settings).await
+        serve_http2(OneFill::new(stream), conn, shared, &settings).await
     } else {
-        serve_http1(OneFill::new(stream), conn, shared, stop, &settings).await
+        serve_http1(OneFill::new(stream), conn, shared, &settings).await
     }
 }
 
@@ -214,7 +209,6 @@ async fn serve_http1<S>(
     stream: S,
     conn: Conn,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
     settings: &super::routes::Settings,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -237,14 +231,13 @@ async fn serve_http1<S>(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
+    // The connection first: it is what wakes the task, nearly every time.
     let error = tokio::select! {
+        biased;
         result = conn.as_mut() => result.err(),
-        _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await.err()
-        }
-        // Idle, and its place is wanted: closed (dropped) at once, unless a request has just begun.
-        _ = handle.evicted() => if handle.serving() {
+        // Stopping: the requests in progress finish. Idle, and its place is wanted: closed (dropped) at once,
+        // unless a request has just begun.
+        _ = handle.closing() => if handle.stopping() || handle.serving() {
             conn.as_mut().graceful_shutdown();
             conn.await.err()
         } else {
@@ -279,7 +272,6 @@ async fn serve_http2<S>(
     stream: S,
     conn: Conn,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
     settings: &super::routes::Settings,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -293,12 +285,9 @@ async fn serve_http2<S>(
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
+        biased;
         result = conn.as_mut() => log_end(result.err()),
-        _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            log_end(conn.await.err());
-        }
-        _ = handle.evicted() => if handle.serving() {
+        _ = handle.closing() => if handle.stopping() || handle.serving() {
             conn.as_mut().graceful_shutdown();
             log_end(conn.await.err());
         },

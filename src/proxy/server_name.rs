@@ -6,6 +6,7 @@
 //! Names are compared lowercase; the Host given to `select` must already be normalized by `normalize_host`.
 #![forbid(unsafe_code)]
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use regex::Regex;
@@ -20,7 +21,7 @@ pub enum BadHost {
 
 /// Normalize a Host header value as nginx's `ngx_http_validate_host` does: drop the port (`:...`, outside
 /// brackets), drop one trailing dot, lowercase; refuse empty names, `..`, `/`, NUL, controls and space.
-pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
+pub fn normalize_host(raw: &[u8]) -> Result<Cow<'_, str>, BadHost> {
     #[derive(PartialEq)]
     enum State {
         Usual,
@@ -30,7 +31,13 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
     let mut state = State::Usual;
     let mut host_len = raw.len();
     let mut last_dot: Option<usize> = None;
+    // Uppercase or non-ASCII: the name must be copied to be lowercased.
+    let mut lowered = false;
     for (i, &ch) in raw.iter().enumerate() {
+        // Nearly every byte of a Host: nothing to check.
+        if PLAIN_HOST_BYTE[usize::from(ch)] {
+            continue;
+        }
         match ch {
             b'.' => {
                 if i > 0 && last_dot == Some(i - 1) {
@@ -51,7 +58,7 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
             // nginx refuses only its path separator, `/`, on Unix; a backslash is a (useless) name byte.
             b'/' | 0 => return Err(BadHost::BadByte),
             c if c <= 0x20 || c == 0x7f => return Err(BadHost::BadByte),
-            _ => {}
+            c => lowered |= c.is_ascii_uppercase() || !c.is_ascii(),
         }
     }
     if host_len > 0 && last_dot == Some(host_len - 1) {
@@ -61,9 +68,27 @@ pub fn normalize_host(raw: &[u8]) -> Result<String, BadHost> {
         return Err(BadHost::Empty);
     }
     let host = &raw[..host_len];
-    // Non-ASCII bytes are kept (nginx compares bytes); lossy UTF-8 only affects names no config can contain.
-    Ok(String::from_utf8_lossy(host).to_ascii_lowercase())
+    // Already lowercase UTF-8, as nearly every Host is: borrowed as is, nothing copied.
+    match std::str::from_utf8(host) {
+        Ok(text) if !lowered => Ok(Cow::Borrowed(text)),
+        // Non-ASCII bytes are kept (nginx compares bytes); lossy UTF-8 only affects names no config can contain.
+        _ => Ok(Cow::Owned(
+            String::from_utf8_lossy(host).to_ascii_lowercase(),
+        )),
+    }
 }
+
+/// `a-z`, `0-9` and `-`: the bytes `normalize_host` has nothing to check or change in, one table load each.
+static PLAIN_HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-';
+        b += 1;
+    }
+    table
+};
 
 /// A compiled set of server names for one listen, mapping a Host to a server index.
 #[derive(Debug, Default)]
