@@ -123,13 +123,15 @@ echo "HTTPS negotiated: tuned nginx $(negotiated "$P_TUNED_TLS"), stackinit $(ne
 
 declare -A RPS P50 P99 CPU PIDOF
 SI_REQUESTS=0
-# CPU time (clock ticks) of a process (all its threads) and its children (nginx master + workers).
+# CPU time (clock ticks), user and system, of a process (all its threads) and its children (nginx master +
+# workers).
 ticks() {
-  local total=0 p
+  local user=0 sys=0 p u s
   for p in $1 $(pgrep -P "$1" || true); do
-    total=$(( total + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+    read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat")
+    user=$(( user + u )); sys=$(( sys + s ))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 # Resident and proportional memory (KiB) of a process and its children.
 memory() {
@@ -150,14 +152,18 @@ run() { # key, process label, url
   after=$(ticks "${PIDOF[$2]}")
   local requests; requests=$(awk '/requests in/ {print $1}' <<<"$out")
   [[ $2 == stackinit ]] && SI_REQUESTS=$(( SI_REQUESTS + requests ))
-  CPU[$1]=$(python3 -c "print(f'{($after-$before)/$(getconf CLK_TCK)/$requests*1e6:.1f}')")
+  # Per request: the total, then user + system (the kernel's share is most of a proxy's cost).
+  CPU[$1]=$(python3 -c "
+b, a, hz, n = '$before'.split(), '$after'.split(), $(getconf CLK_TCK), $requests
+u, s = ((int(a[i]) - int(b[i])) / hz / n * 1e6 for i in (0, 1))
+print(f'{u + s:.1f} ({u:.1f}+{s:.1f})')")
   local errors; errors=$(awk '/Non-2xx|Socket errors/' <<<"$out")
   [[ -n "$errors" ]] && echo "  $1: $errors" >&2
   return 0
 }
 ratio() { python3 -c "print(f'{float($1)/float($2):.2f}')"; }
 row() { # key
-  printf '%-16s %10s %10s %10s %10s %10s %12s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" \
+  printf '%-16s %10s %10s %10s %10s %10s %18s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" \
     "$(ratio "${RPS[$1]}" "${RPS[seed]}")" "$(ratio "${RPS[$1]}" "${RPS[tuned1]}")" "${CPU[$1]}"
 }
 PIDOF[direct]=${PIDS[0]}; PIDOF[seed]=${PIDS[1]}; PIDOF[tuned]=${PIDS[2]}; PIDOF[stackinit]=$SI_PID
@@ -178,7 +184,7 @@ for r in $(seq "$ROUNDS"); do
   run "tls-stackinit$r" stackinit "https://127.0.0.1:$P_SI_TLS/"
 done
 
-printf '%-16s %10s %10s %10s %10s %10s %12s\n' config rps p50 p99 "vs seed" "vs tuned1" "cpu us/req"
+printf '%-16s %10s %10s %10s %10s %10s %18s\n' config rps p50 p99 "vs seed" "vs tuned1" "cpu us/req (usr+sys)"
 row direct; row seed
 for r in $(seq "$ROUNDS"); do row "tuned$r"; row "stackinit$r"; done
 for r in $(seq "$ROUNDS"); do row "tls-tuned$r"; row "tls-stackinit$r"; done
