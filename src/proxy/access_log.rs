@@ -61,8 +61,9 @@ impl AccessLog {
         Arc::new(AccessLog::default())
     }
 
-    /// The line of a request whose response ended at `ended`.
-    fn push(&self, entry: &Entry, bytes_sent: u64, ended: Instant) {
+    /// The line of a request whose response ended at `ended`, into the calling worker's buffer (no handle to
+    /// the log per request: its refcount was a cache line both workers wrote twice a request).
+    fn push(entry: &Entry, bytes_sent: u64, ended: Instant) {
         push_with(|pending| pending.append(entry, bytes_sent, ended));
     }
 
@@ -160,7 +161,6 @@ fn write_out(buffer: &mut Vec<u8>) {
 /// What is known about a request when its response starts; completed with byte count and times at the end.
 /// Everything is kept as received (cheap clones of shared bytes) and only formatted into the log buffer.
 pub struct Entry {
-    pub log: Arc<AccessLog>,
     /// `$remote_addr`, already formatted (`unix:` for a unix-socket client).
     pub remote: HeaderValue,
     pub method: Method,
@@ -429,7 +429,7 @@ impl Drop for Unanswered {
         if let Some(mut entry) = self.0.take() {
             entry.status = CLIENT_CLOSED;
             entry.upstream = None;
-            entry.log.push(&entry, 0, Instant::now());
+            AccessLog::push(&entry, 0, Instant::now());
         }
     }
 }
@@ -484,7 +484,7 @@ impl Drop for LoggedBody {
             tracked.ended_at(ended);
         }
         if let Some(entry) = self.entry.take() {
-            entry.log.push(&entry, self.sent, ended);
+            AccessLog::push(&entry, self.sent, ended);
         }
     }
 }
@@ -552,7 +552,6 @@ mod tests {
     #[test]
     fn formats_a_combined_line() {
         let entry = Entry {
-            log: AccessLog::new(),
             remote: HeaderValue::from_static("127.0.0.9"),
             method: Method::GET,
             uri: Uri::from_static("/a?b=c"),

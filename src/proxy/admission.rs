@@ -152,7 +152,8 @@ impl Gate {
 
     /// Whether a request of this cost may take a slot now (a slow one only below `slow_cap`).
     pub fn admits(&self, cost: Cost) -> bool {
-        self.lock().admits(cost.slow)
+        // A fast request is always admitted: no lock to read that.
+        !cost.slow || self.lock().admits(true)
     }
 
     /// Set from the ready replicas and their `max_in_flight`: slow requests may fill every ready replica but

@@ -65,7 +65,6 @@ pub async fn handle(
         &routes.settings.trusted,
     );
     let line = Unanswered::new(Entry {
-        log: Arc::clone(&shared.log),
         remote: client.addr.clone(),
         method,
         uri,
