@@ -80,3 +80,20 @@ notify = true
 critical = false
 "
 }
+
+# A temp dir $TMP (named after $1) for a bench of `stackinit run` stacks, removed at exit (kept with KEEP=1)
+# after the stacks in SI_SOCKETS are shut down and the processes in PIDS killed. Call it from the script's
+# own shell, not in $( ): it sets TMP, PIDS and SI_SOCKETS and the EXIT trap.
+bench_dir() { # name
+  TMP=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$TMP" # the stackinit proxy runs as nobody and must reach the app sockets
+  PIDS=()
+  SI_SOCKETS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for sock in "${SI_SOCKETS[@]}"; do "$BIN" --socket "$sock" shutdown >/dev/null 2>&1 || true; done
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+}

@@ -31,19 +31,9 @@ for tool in wrk curl python3; do command -v "$tool" >/dev/null || die "missing $
 [[ -x "$VENV/bin/python" ]] || die "no venv at $VENV (run scripts/test once, or set STACKINIT_TEST_VENV)"
 [[ -x "$BIN" ]] || die "missing $BIN (cargo build --release)"
 
-TMP=$(mktemp -d /tmp/stackinit-priority-bench.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-SI_SOCKETS=()
-cleanup() {
-  for sock in "${SI_SOCKETS[@]}"; do "$BIN" --socket "$sock" shutdown >/dev/null 2>&1 || true; done
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
 # shellcheck source=benches/app/common.sh
 source "$ROOT/benches/app/common.sh"
+bench_dir stackinit-priority-bench
 
 SELECTED=si-forked
 PORT=$(port)

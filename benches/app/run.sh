@@ -57,20 +57,9 @@ if [[ -z "${STACKINIT:-}" ]]; then
 fi
 [[ -x "$BIN" ]] || die "missing $BIN"
 
-TMP=$(mktemp -d /tmp/stackinit-app-bench.XXXXXX)
-chmod 755 "$TMP" # the stackinit proxy runs as nobody and must reach the app sockets
-PIDS=()
-SI_SOCKETS=()
-cleanup() {
-  for sock in "${SI_SOCKETS[@]}"; do "$BIN" --socket "$sock" shutdown >/dev/null 2>&1 || true; done
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ -n "${KEEP:-}" ]]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-
 # shellcheck source=benches/app/common.sh
 source "$ROOT/benches/app/common.sh"
+bench_dir stackinit-app-bench
 P_SEED=$(port); P_SEEDP=$(port); P_SIG=$(port); P_SIL=$(port); P_SIF=$(port); P_SIS=$(port)
 ALL_STACKS="seed-nice si-shared si-gunicorn si-lean si-forked"
 SELECTED=$(select_stacks "$ALL_STACKS" "${STACKS:-}")
