@@ -5,6 +5,11 @@
 #   2. nginx, seed config: proxy_pass http://unix:..., no upstream keep-alive
 #   3. nginx tuned: upstream block with keepalive 64, proxy_http_version 1.1, Connection "", worker_processes auto
 #   4. the stackinit proxy (standalone mode, same upstream socket, default workers: one per core)
+#   5. HAProxy, as the other fast proxy a user might pick: HTTP mode, one thread per core, `http-reuse always`
+#      to the same unix socket, the same forwarded headers, its access log (httplog) on stdout to a file
+#   6. the ceiling: nginx's stream module relaying bytes between each client connection and an upstream
+#      connection of its own. It makes the same socket calls per request as any keep-alive proxy and does no HTTP
+#      work and no logging, so no HTTP proxy on this box can beat its rps or its CPU per request.
 # Every proxy writes an access log, as the seed does. Tuned nginx and stackinit are then compared in ROUNDS
 # interleaved rounds (nginx, stackinit, nginx, stackinit, ...: both see the same machine load), over plain HTTP
 # and over HTTPS (the same self-signed P-256 certificate: rustls against nginx's OpenSSL, keep-alive; both offer
@@ -26,7 +31,9 @@ BIN=${STACKINIT:-}
 if [[ -z "$BIN" ]]; then
   if [[ -x "$ROOT/target/release/stackinit" ]]; then BIN="$ROOT/target/release/stackinit"; else BIN="$ROOT/target/debug/stackinit"; fi
 fi
-for tool in wrk /usr/sbin/nginx openssl; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+for tool in wrk /usr/sbin/nginx /usr/sbin/haproxy openssl; do command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }; done
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+[[ -e $STREAM_MODULE ]] || { echo "missing $STREAM_MODULE (apt-get install libnginx-mod-stream)" >&2; exit 1; }
 [[ -x "$BIN" ]] || { echo "missing $BIN (cargo build first)" >&2; exit 1; }
 # Each held connection costs the client a file and the proxy one (stackinit keeps 2 per connection in its budget).
 NOFILE=$(ulimit -n)
@@ -43,7 +50,7 @@ cleanup() {
 trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P_UP=$(port); P_SEED=$(port); P_TUNED=$(port); P_SI=$(port); P_TUNED_TLS=$(port); P_SI_TLS=$(port)
+P_UP=$(port); P_SEED=$(port); P_TUNED=$(port); P_SI=$(port); P_TUNED_TLS=$(port); P_SI_TLS=$(port); P_RELAY=$(port); P_HAPROXY=$(port)
 UPSOCK="$TMP/up.sock"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
   -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
@@ -51,9 +58,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 # As root, nginx workers would switch to nobody and lose access to the 0700 temp dir and its socket.
 NGINX_USER=""
 [[ $(id -u) == 0 ]] && NGINX_USER="user root;"
-nginx_conf() { # name, workers, http-body
+nginx_conf() { # name, workers, http-body, [main-context lines]
   mkdir -p "$TMP/$1/logs"
   cat > "$TMP/$1/nginx.conf" <<CONF
+${4:-}
 daemon off;
 master_process on;
 $NGINX_USER
@@ -86,6 +94,32 @@ nginx_conf tuned auto "  access_log $TMP/tuned/logs/access.log;
     ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     server_name *.compute.amazonaws.com;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; $PROXY_PARAMS } }"
+nginx_conf relay auto "" "load_module $STREAM_MODULE;
+stream { server { listen 127.0.0.1:$P_RELAY; proxy_pass unix:$UPSOCK; } }"
+cat > "$TMP/haproxy.cfg" <<CONF
+global
+  nbthread $(nproc)
+  maxconn $(( (NOFILE - 100) / 2 ))
+  log stdout format raw local0
+defaults
+  mode http
+  log global
+  option httplog
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend web
+  bind 127.0.0.1:$P_HAPROXY
+  option forwardfor
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Forwarded-Proto http
+  default_backend app
+backend app
+  http-reuse always
+  server up $UPSOCK
+CONF
+/usr/sbin/haproxy -db -f "$TMP/haproxy.cfg" > "$TMP/haproxy-access.log" 2> "$TMP/haproxy.err" &
+PIDS+=($!)
 
 WORKERS_LINE=""
 [[ -n "${WORKERS:-}" ]] && WORKERS_LINE="workers = $WORKERS"
@@ -110,7 +144,7 @@ CONF
 SI_PID=$!
 PIDS+=($SI_PID)
 
-for p in $P_UP $P_SEED $P_TUNED $P_SI; do
+for p in $P_UP $P_SEED $P_TUNED $P_SI $P_RELAY $P_HAPROXY; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.05; done
 done
 for p in $P_TUNED_TLS $P_SI_TLS; do
@@ -166,7 +200,8 @@ row() { # key
   printf '%-16s %10s %10s %10s %10s %10s %18s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" \
     "$(ratio "${RPS[$1]}" "${RPS[seed]}")" "$(ratio "${RPS[$1]}" "${RPS[tuned1]}")" "${CPU[$1]}"
 }
-PIDOF[direct]=${PIDS[0]}; PIDOF[seed]=${PIDS[1]}; PIDOF[tuned]=${PIDS[2]}; PIDOF[stackinit]=$SI_PID
+PIDOF[direct]=${PIDS[0]}; PIDOF[seed]=${PIDS[1]}; PIDOF[tuned]=${PIDS[2]}; PIDOF[relay]=${PIDS[3]}
+PIDOF[haproxy]=${PIDS[4]}; PIDOF[stackinit]=$SI_PID
 WORKER_THREADS=$(ls "/proc/$SI_PID/task" | wc -l)
 echo "wrk -t$THREADS -c$CONNS -d${DURATION}s on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg);" \
   "stackinit: $BIN ($WORKER_THREADS threads)" >&2
@@ -178,6 +213,8 @@ run seed seed "$URL:$P_SEED/"
 for r in $(seq "$ROUNDS"); do
   run "tuned$r" tuned "$URL:$P_TUNED/"
   run "stackinit$r" stackinit "$URL:$P_SI/"
+  run "haproxy$r" haproxy "$URL:$P_HAPROXY/"
+  run "relay$r" relay "$URL:$P_RELAY/"
 done
 for r in $(seq "$ROUNDS"); do
   run "tls-tuned$r" tuned "https://127.0.0.1:$P_TUNED_TLS/"
@@ -186,7 +223,7 @@ done
 
 printf '%-16s %10s %10s %10s %10s %10s %18s\n' config rps p50 p99 "vs seed" "vs tuned1" "cpu us/req (usr+sys)"
 row direct; row seed
-for r in $(seq "$ROUNDS"); do row "tuned$r"; row "stackinit$r"; done
+for r in $(seq "$ROUNDS"); do row "tuned$r"; row "stackinit$r"; row "haproxy$r"; row "relay$r"; done
 for r in $(seq "$ROUNDS"); do row "tls-tuned$r"; row "tls-stackinit$r"; done
 # Each round's ratio against the nginx run just before it, then the median and the spread.
 summary() { # label, nginx key prefix, stackinit key prefix
@@ -195,12 +232,14 @@ summary() { # label, nginx key prefix, stackinit key prefix
   python3 - "$1" "${ratios[@]}" <<'PY'
 import statistics, sys
 label, values = sys.argv[1], [float(v) for v in sys.argv[2:]]
-print(f"{label}: stackinit / tuned nginx rps per round {' '.join(f'{v:.2f}' for v in values)}; "
+print(f"{label} / tuned nginx rps per round {' '.join(f'{v:.2f}' for v in values)}; "
       f"median {statistics.median(values):.2f}, spread {min(values):.2f}-{max(values):.2f}")
 PY
 }
-summary HTTP tuned stackinit
-summary HTTPS tls-tuned tls-stackinit
+summary "HTTP: stackinit" tuned stackinit
+summary "HTTP: HAProxy" tuned haproxy
+summary "HTTP: the byte relay (ceiling)" tuned relay
+summary "HTTPS: stackinit" tls-tuned tls-stackinit
 
 # Memory holding IDLE_CONNS keep-alive connections, each after one request.
 hold() { # port; prints once every connection is open, then holds them until killed
