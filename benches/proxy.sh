@@ -205,7 +205,7 @@ PIDOF[haproxy]=${PIDS[4]}; PIDOF[stackinit]=$SI_PID
 WORKER_THREADS=$(ls "/proc/$SI_PID/task" | wc -l)
 echo "wrk -t$THREADS -c$CONNS -d${DURATION}s on $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg);" \
   "stackinit: $BIN ($WORKER_THREADS threads)" >&2
-IDLE_TUNED=$(memory "${PIDOF[tuned]}"); IDLE_SI=$(memory "$SI_PID")
+IDLE_TUNED=$(memory "${PIDOF[tuned]}"); IDLE_SI=$(memory "$SI_PID"); IDLE_HAPROXY=$(memory "${PIDOF[haproxy]}")
 
 URL="http://127.0.0.1"
 run direct direct "$URL:$P_UP/"
@@ -263,9 +263,11 @@ PY
 }
 hold "$P_TUNED"; sleep 1; HELD_TUNED=$(memory "${PIDOF[tuned]}"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
 hold "$P_SI"; sleep 1; HELD_SI=$(memory "$SI_PID"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
+hold "$P_HAPROXY"; sleep 1; HELD_HAPROXY=$(memory "${PIDOF[haproxy]}"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
 printf '%-16s %22s %30s\n' "memory MiB" "idle RSS / PSS" "$IDLE_CONNS keep-alive RSS / PSS"
 printf '%-16s %22s %30s\n' "tuned nginx" "$IDLE_TUNED" "$HELD_TUNED"
 printf '%-16s %22s %30s\n' "stackinit" "$IDLE_SI" "$HELD_SI"
+printf '%-16s %22s %30s\n' "HAProxy" "$IDLE_HAPROXY" "$HELD_HAPROXY"
 awk '/VmHWM/ {printf "stackinit proxy %s %s %s\n", $1, $2, $3}' "/proc/$SI_PID/status"
 sleep 0.5
 echo "stackinit: access log lines $(wc -l < "$TMP/stackinit-access.log"), requests wrk saw answered" \
