@@ -201,6 +201,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        // Flat writes, as toward clients (server.rs): cheaper for the small requests nearly every one is.
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
