@@ -190,10 +190,11 @@ async fn dispatch(
             // The path and host may borrow from the request, which the upstream request takes over.
             drop(path);
             drop(host);
-            // Boxed: this future is most of a request's state, and every enclosing future (up to the one hyper
-            // keeps per request) would otherwise hold it inline and be copied whole at each level's first poll.
+            // Inline, not boxed: with its rare waits boxed (upstream.rs) this future is small enough that hyper's
+            // one copy of the whole request future (+175 Ir) costs less than a box's malloc, free and copy did
+            // (-730 Ir; callgrind, benches/proxy_profile.sh). Box it again if it grows.
             let settings = &routes.settings;
-            Box::pin(proxy(req, conn, &client, to, settings, started)).await
+            proxy(req, conn, &client, to, settings, started).await
         }
     }
 }
