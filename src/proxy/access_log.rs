@@ -299,6 +299,11 @@ fn seconds_into(out: &mut Vec<u8>, t: Duration) {
 
 /// A number in decimal, without `fmt` (its machinery cost more than the rest of the line).
 fn decimal_into(out: &mut Vec<u8>, mut n: u64) {
+    // Most numbers of a line are one digit (whole seconds, a small body's size): a push, not a copy.
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {

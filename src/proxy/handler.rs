@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::{Body, Incoming};
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
@@ -16,7 +16,7 @@ use super::access_log::{
     Entry, LoggedBody, ResponseBody, Unanswered, UpstreamClock, UpstreamTimes, CLIENT_CLOSED,
 };
 use super::body::{boxed, empty, full, BodyFault, LimitedBody, ProxyBody};
-use super::headers;
+use super::headers::{self, UpstreamHost};
 use super::metrics::{self, Tracked};
 use super::real_ip::{self, Client};
 use super::routes::{Action, ProxyTo, Routes, Settings};
@@ -51,9 +51,7 @@ pub async fn handle(
 ) -> Result<Response<LoggedBody>, Infallible> {
     let started = Instant::now();
     // Cheap clones (shared bytes) of what the log line needs; it is formatted only when the response ends.
-    let header = |name: header::HeaderName| req.headers().get(name).cloned();
-    let referer = header(header::REFERER);
-    let user_agent = header(header::USER_AGENT);
+    let (referer, user_agent) = logged_headers(req.headers());
     let (method, uri, version) = (req.method().clone(), req.uri().clone(), req.version());
     let routes = shared.routes();
     // Behind a trusted load balancer, the client it names; else the peer. The log shows the same one.
@@ -87,6 +85,24 @@ pub async fn handle(
     let (parts, body) = response.into_parts();
     let body = LoggedBody::new(body, line, status, upstream, in_flight);
     Ok(Response::from_parts(parts, body.tracked(tracked)))
+}
+
+/// The request's `Referer` and `User-Agent` (the first of each), for the access log. A short head is scanned
+/// once, comparing names as enum tags: cheaper than hashing each name for a lookup.
+fn logged_headers(headers: &HeaderMap) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    if headers.keys_len() > 16 {
+        let get = |name| headers.get(name).cloned();
+        return (get(header::REFERER), get(header::USER_AGENT));
+    }
+    let (mut referer, mut user_agent) = (None, None);
+    for (name, value) in headers {
+        if referer.is_none() && name == header::REFERER {
+            referer = Some(value.clone());
+        } else if user_agent.is_none() && name == header::USER_AGENT {
+            user_agent = Some(value.clone());
+        }
+    }
+    (referer, user_agent)
 }
 
 type Routed = (
@@ -131,7 +147,7 @@ async fn dispatch(
     // The Host used for routing: the request-line authority if any (absolute-form or HTTP/2), else the header.
     let routing_host = match req.uri().authority() {
         Some(authority) => Some(authority.as_str().as_bytes()),
-        None => host_header.as_ref().map(HeaderValue::as_bytes),
+        None => host_header.map(HeaderValue::as_bytes),
     };
     let host = match routing_host {
         Some(raw) => match normalize_host(raw) {
@@ -174,19 +190,11 @@ async fn dispatch(
             // The path and host may borrow from the request, which the upstream request takes over.
             drop(path);
             drop(host);
-            // Boxed: this future is most of a request's state, and every enclosing future (up to the one hyper
-            // keeps per request) would otherwise hold it inline and be copied whole at each level's first poll.
+            // Inline, not boxed: with its rare waits boxed (upstream.rs) this future is small enough that hyper's
+            // one copy of the whole request future (+175 Ir) costs less than a box's malloc, free and copy did
+            // (-730 Ir; callgrind, benches/proxy_profile.sh). Box it again if it grows.
             let settings = &routes.settings;
-            Box::pin(proxy(
-                req,
-                conn,
-                &client,
-                host_header,
-                to,
-                settings,
-                started,
-            ))
-            .await
+            proxy(req, conn, &client, to, settings, started).await
         }
     }
 }
@@ -197,7 +205,6 @@ async fn proxy(
     mut req: Request<Incoming>,
     conn: ConnInfo,
     client: &Client,
-    host_header: Option<HeaderValue>,
     to: &ProxyTo,
     settings: &Settings,
     began: Instant,
@@ -215,28 +222,31 @@ async fn proxy(
     // `:authority`) that is the target's authority, not a Host header that may name another server
     // (RFC 9112 §3.2.2: a proxy replaces Host with the target's host).
     let forward_host = match req.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => host_header,
+        Some(authority) => UpstreamHost::Authority(HeaderValue::from_str(authority.as_str()).ok()),
+        None => UpstreamHost::AsSent,
     };
-    let (parts, body) = req.into_parts();
-    // The client's headers become the upstream's: moved and rewritten in place, not copied.
-    let mut up_headers = parts.headers;
+    // The client's request head becomes the upstream's: rewritten in place, not copied into a new one.
+    let (mut head, body) = req.into_parts();
     if !settings.underscores_in_headers {
-        headers::drop_underscored(&mut up_headers);
+        headers::drop_underscored(&mut head.headers);
     }
     headers::to_upstream(
-        &mut up_headers,
+        &mut head.headers,
         &conn.remote_addr,
         client,
         forward_host,
         upgrade.clone(),
     );
-    let uri = origin_form(parts.uri);
-    let method = parts.method;
+    head.uri = origin_form(head.uri);
+    head.version = Version::HTTP_11;
+    // Whatever hyper noted on the client's request is not for the upstream connection.
+    head.extensions.clear();
     let bodyless = body.is_end_stream();
     // Only a request that may be sent twice (idempotent, no body, no upgrade) keeps a copy for a retry.
-    let retry_copy = (is_idempotent(&method) && bodyless && upgrade.is_none())
-        .then(|| (method.clone(), uri.clone(), headers::listed(&up_headers)));
+    let retry_copy = (is_idempotent(&head.method) && bodyless && upgrade.is_none()).then(|| {
+        let (method, uri) = (head.method.clone(), head.uri.clone());
+        (method, uri, headers::listed(&head.headers))
+    });
     let rebuild = retry_copy.as_ref().map(|(method, uri, headers)| {
         move || {
             upstream_request(
@@ -260,7 +270,7 @@ async fn proxy(
     };
     let no_fault = BodyFault::default();
     let fault = fault.as_deref().unwrap_or(&no_fault);
-    let first = upstream_request(first_body, method, uri, up_headers);
+    let mut first = Some(Request::from_parts(head, first_body));
     let forward_settings = ForwardSettings {
         began,
         connect_timeout: settings.connect_timeout,
@@ -269,7 +279,7 @@ async fn proxy(
     };
     let mut waited = Waited::default();
     let forwarded = upstream
-        .forward(first, retry, &forward_settings, fault, &mut waited)
+        .forward(&mut first, retry, &forward_settings, fault, &mut waited)
         .await;
     // The upstream clock is what has passed since `began` less the queue waits: it runs from the first pick.
     let upstream_since = began + waited.queued;
@@ -372,9 +382,9 @@ fn scheme_is_http(uri: &Uri) -> bool {
 }
 
 /// The single Host header, `Ok(None)` if absent; two or more is a bad request (nginx: "duplicate host header").
-fn host_header<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ()> {
+fn host_header<B>(req: &Request<B>) -> Result<Option<&HeaderValue>, ()> {
     let mut all = req.headers().get_all(header::HOST).iter();
-    let first = all.next().cloned();
+    let first = all.next();
     if all.next().is_some() {
         return Err(());
     }
@@ -430,4 +440,30 @@ pub fn error(status: StatusCode) -> Response<ProxyBody> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_gets_the_first_referer_and_user_agent_of_any_head() {
+        for filler in [0, 40] {
+            let mut h = HeaderMap::new();
+            for i in 0..filler {
+                h.insert(
+                    header::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                    HeaderValue::from_static("f"),
+                );
+            }
+            assert_eq!(logged_headers(&h), (None, None));
+            h.append(header::USER_AGENT, HeaderValue::from_static("ua1"));
+            h.append(header::REFERER, HeaderValue::from_static("r1"));
+            h.append(header::USER_AGENT, HeaderValue::from_static("ua2"));
+            h.append(header::REFERER, HeaderValue::from_static("r2"));
+            let (referer, user_agent) = logged_headers(&h);
+            assert_eq!(referer.unwrap(), "r1", "{filler} other fields");
+            assert_eq!(user_agent.unwrap(), "ua1", "{filler} other fields");
+        }
+    }
 }

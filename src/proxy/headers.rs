@@ -105,21 +105,22 @@ pub fn drop_underscored(headers: &mut HeaderMap) {
 /// Rewrite a client request's headers for the upstream. `peer` is the connection's `$remote_addr` (from
 /// `remote_addr`), appended to `X-Forwarded-For`; `client` is who the request is from once a trusted load
 /// balancer is believed (`real_ip::client`: the peer itself otherwise), for `X-Real-IP` and
-/// `X-Forwarded-Proto`; `host` is the Host to send (the client's own, or the HTTP/2 `:authority`); `upgrade`
-/// keeps an `Upgrade` handshake intact for WebSocket pass-through.
+/// `X-Forwarded-Proto`; `host` says which Host to send; `upgrade` keeps an `Upgrade` handshake intact for
+/// WebSocket pass-through.
 pub fn to_upstream(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
     client: &Client,
-    host: Option<HeaderValue>,
+    host: UpstreamHost,
     upgrade: Option<HeaderValue>,
 ) {
     strip_hop_by_hop(headers);
     match host {
-        Some(host) => {
+        UpstreamHost::AsSent => {}
+        UpstreamHost::Authority(Some(host)) => {
             headers.insert(header::HOST, host);
         }
-        None => {
+        UpstreamHost::Authority(None) => {
             headers.remove(header::HOST);
         }
     }
@@ -141,6 +142,16 @@ pub fn to_upstream(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade);
     }
+}
+
+/// The Host an upstream request carries.
+pub enum UpstreamHost {
+    /// The client's Host header (at most one: two are refused before this), or none, left as it is: the common
+    /// case costs no lookup.
+    AsSent,
+    /// The request target's authority (absolute-form, HTTP/2's `:authority`) in place of any Host header;
+    /// `None` (no Host at all) when it is not a valid header value.
+    Authority(Option<HeaderValue>),
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: every incoming X-Forwarded-For joined with ", ", then the client.
@@ -265,7 +276,7 @@ mod tests {
             addr: HeaderValue::from_static("198.51.100.7"),
             proto: HeaderValue::from_static("https"),
         };
-        to_upstream(&mut h, &peer, &client, None, None);
+        to_upstream(&mut h, &peer, &client, UpstreamHost::AsSent, None);
         assert_eq!(h["x-real-ip"], "198.51.100.7");
         assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.0.1.5");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -289,7 +300,7 @@ mod tests {
             &mut h,
             &peer,
             &own(&peer, false),
-            Some(HeaderValue::from_static("Ex.com:80")),
+            UpstreamHost::Authority(Some(HeaderValue::from_static("Ex.com:80"))),
             None,
         );
         assert_eq!(h["host"], "Ex.com:80");
@@ -300,6 +311,38 @@ mod tests {
         for gone in ["connection", "x-secret", "keep-alive", "te"] {
             assert!(h.get(gone).is_none(), "{gone} should be stripped");
         }
+    }
+
+    #[test]
+    fn the_host_is_kept_as_sent_or_replaced_by_the_authority() {
+        let peer = remote_addr(None);
+        let with_host = || {
+            let mut h = HeaderMap::new();
+            h.insert("host", HeaderValue::from_static("a.example"));
+            h
+        };
+        let mut h = with_host();
+        to_upstream(
+            &mut h,
+            &peer,
+            &own(&peer, false),
+            UpstreamHost::AsSent,
+            None,
+        );
+        assert_eq!(h["host"], "a.example");
+        let mut h = with_host();
+        let authority = UpstreamHost::Authority(Some(HeaderValue::from_static("b.example")));
+        to_upstream(&mut h, &peer, &own(&peer, false), authority, None);
+        assert_eq!(h.get_all("host").iter().collect::<Vec<_>>(), ["b.example"]);
+        let mut h = with_host();
+        to_upstream(
+            &mut h,
+            &peer,
+            &own(&peer, false),
+            UpstreamHost::Authority(None),
+            None,
+        );
+        assert!(h.get("host").is_none());
     }
 
     #[test]
@@ -389,7 +432,7 @@ mod tests {
         let up = upgrade_request(&h, &["websocket".to_string()]);
         assert_eq!(up.as_ref().unwrap(), "websocket");
         let peer = remote_addr(None);
-        to_upstream(&mut h, &peer, &own(&peer, true), None, up);
+        to_upstream(&mut h, &peer, &own(&peer, true), UpstreamHost::AsSent, up);
         assert_eq!(h["x-real-ip"], "unix:");
         assert_eq!(h["x-forwarded-for"], "unix:");
         assert_eq!(h["connection"], "upgrade");

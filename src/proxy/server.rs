@@ -226,6 +226,10 @@ async fn serve_http1<S>(
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(head_limits::hyper_buffer(settings.max_header_size))
+        // One flat buffer per write, not a writev of head and body: a response's head and its small body cost
+        // half the user-space instructions to flush that way (callgrind: hyper's poll_flush 1,870 -> 850 Ir a
+        // proxied request, both sides). A large body is copied once into the buffer, bounded by max_buf_size.
+        .writev(false)
         .keep_alive(keep_alive);
     let conn = builder
         .serve_connection(TokioIo::new(stream), service)

@@ -201,6 +201,8 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        // Flat writes, as toward clients (server.rs): cheaper for the small requests nearly every one is.
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
@@ -479,27 +481,30 @@ impl Upstream {
             }
         }
         let since = Instant::now();
-        let picked = self.pick_or_wait(tried, cost, deadline).await;
+        // Boxed: the wait (a timer, a ticket) is rare, and inline it would grow every request's future.
+        let picked = Box::pin(self.pick_or_wait(tried, cost, deadline)).await;
         waited.queued += since.elapsed();
         waited.picked |= picked.is_some();
         picked
     }
 
-    /// Send `request` to a replica. A failed connect moves on to the next replica whatever the method; a request
+    /// Send the `pending` request to a replica. A failed connect moves on to the next replica whatever the method; a request
     /// lost on a connection that broke before any response byte is retried only when `rebuild` can make it again
     /// (idempotent, no body). `body` says whether the client's request body failed (too large, malformed).
-    /// `waited` gets the time spent waiting for replicas, set even when forwarding fails.
+    /// `waited` gets the time spent waiting for replicas, set even when forwarding fails. `pending` holds the
+    /// request until it is sent: borrowed, not moved in, so this future (which every proxied request makes)
+    /// does not hold a second copy of it.
     pub async fn forward(
         &self,
-        request: Request<ProxyBody>,
+        pending: &mut Option<Request<ProxyBody>>,
         rebuild: Option<&(dyn Fn() -> Request<ProxyBody> + Sync)>,
         settings: &ForwardSettings,
         body: &BodyFault,
         waited: &mut Waited,
     ) -> Result<Forwarded, Failure> {
         let mut tried = Tried::default();
-        let cost = self.gate.classify(request.uri().path());
-        let mut pending = Some(request);
+        let path = pending.as_ref().map_or("/", |request| request.uri().path());
+        let cost = self.gate.classify(path);
         let mut last = Failure::NoReadyReplica;
         let deadline = tokio::time::Instant::from_std(settings.began) + settings.queue_timeout;
         // Bounded: each round tries a replica not tried before (plus one stale-pool retry per replica).
@@ -525,7 +530,9 @@ impl Upstream {
                 let was_pooled = pooled.is_some();
                 let mut sender = match pooled.take() {
                     Some(sender) => sender,
-                    None => match replica.connect(settings).await {
+                    // Boxed, as a rare path (a pooled connection is the rule) that would grow every request's
+                    // future by the size of a connect and a handshake.
+                    None => match Box::pin(replica.connect(settings)).await {
                         Ok(sender) => sender,
                         Err(failure) => {
                             tracing::warn!(upstream = %self.name, replica = %replica.name, "{failure}");
@@ -568,7 +575,7 @@ impl Upstream {
                         last = failure;
                         if let Some(unsent) = e.take_message() {
                             // Never written (the pooled connection had closed): safe to send again, any method.
-                            pending = Some(unsent);
+                            *pending = Some(unsent);
                             fresh_tries += 1;
                             if fresh_tries <= 1 {
                                 metrics::registry().retried(&self.stats);
