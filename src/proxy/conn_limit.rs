@@ -647,6 +647,32 @@ mod tests {
         assert_eq!(open(&limit).admission, Admission::Overflow);
     }
 
+    #[test]
+    fn a_quiet_connection_parks_only_with_nothing_left_to_do() {
+        use super::super::idle_io::Requests;
+        let limit = ConnLimit::new(4);
+        let admitted = open(&limit);
+        let handle = &admitted.handle;
+        assert!(!handle.parkable(), "parked without being quiet");
+        handle.conn.quiet();
+        assert!(handle.parkable(), "a quiet idle connection");
+        assert!(!handle.parkable(), "parked twice for one quiet spell");
+        let request = handle.request();
+        handle.conn.quiet();
+        assert!(!handle.parkable(), "parked with a request in progress");
+        drop(request);
+        handle.body_follows(true);
+        handle.conn.quiet();
+        assert!(
+            !handle.parkable(),
+            "parked with a body hyper may be reading"
+        );
+        handle.body_follows(false);
+        handle.conn.unflushed.store(true, Ordering::Relaxed);
+        handle.conn.quiet();
+        assert!(!handle.parkable(), "parked with a response not flushed");
+    }
+
     impl Admitted {
         /// Whether this connection has been told to close.
         fn told_to_close(&self) -> bool {

@@ -297,7 +297,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection's requests as the stream sees them: one in progress or none, and whether told quiet.
+    #[derive(Default)]
+    struct Flags {
+        serving: AtomicBool,
+        quiet: AtomicBool,
+    }
+
+    impl Requests for Flags {
+        fn awaiting_head(&self) -> Option<u64> {
+            (!self.serving.load(Ordering::Relaxed)).then_some(1)
+        }
+
+        fn quiet(&self) {
+            self.quiet.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Silence while a request is in progress is not quiet; once it has ended, silence for the quiet time is
+    /// told (the connection may then be parked).
+    #[tokio::test(flavor = "current_thread")]
+    async fn silence_awaiting_a_head_is_told_quiet_and_silence_during_a_request_is_not() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let flags = Arc::new(Flags::default());
+        flags.serving.store(true, Ordering::Relaxed);
+        let long = Duration::from_secs(60);
+        let quiet = Some(Duration::from_millis(50));
+        let mut stream = IdleTimeout::with_head_clock(ours, long, flags.clone(), long, quiet);
+        let mut buf = [0u8; 8];
+        let wait = Duration::from_millis(300);
+        assert!(tokio::time::timeout(wait, stream.read(&mut buf))
+            .await
+            .is_err());
+        assert!(
+            !flags.quiet.load(Ordering::Relaxed),
+            "told during a request"
+        );
+        flags.serving.store(false, Ordering::Relaxed);
+        // Looked at again within a second of the request's end.
+        let _ = tokio::time::timeout(Duration::from_millis(1500), stream.read(&mut buf)).await;
+        assert!(flags.quiet.load(Ordering::Relaxed), "not told once quiet");
+    }
 
     /// Reads that keep arriving keep the connection open past its timeout; once they stop, it ends within
     /// about the timeout (the timer re-armed after each early firing, polled again only when due).
