@@ -193,7 +193,7 @@ where
         // Boxed: the TLS states are far larger than the plain path's, and would size every connection's task.
         Box::pin(serve_tls(stream, conn, shared, &settings)).await
     } else {
-        serve_plain(stream, conn, shared, &settings).await
+        serve_plain(Replay::new(stream), conn, shared, &settings).await
     }
 }
 
@@ -252,7 +252,7 @@ enum Step {
 /// A plain HTTP/1 connection, parked (`park`) whenever it is quiet between requests: hyper's state is dropped
 /// and made anew when the next request's bytes arrive.
 async fn serve_plain<S>(
-    stream: IdleTimeout<S>,
+    mut io: Replay<IdleTimeout<S>>,
     conn: Conn,
     shared: Arc<Shared>,
     settings: &super::routes::Settings,
@@ -264,7 +264,6 @@ async fn serve_plain<S>(
     let handle = conn.handle.clone();
     let keep_alive = conn.admission == Admission::Normal;
     let mut service = admitted::service(conn.info, conn.handle, conn.admission, shared);
-    let mut io = Replay::new(stream);
     let closing = handle.closing();
     tokio::pin!(closing);
     loop {
@@ -284,30 +283,37 @@ async fn serve_plain<S>(
             }
             Step::Closing => None,
             Step::Park => {
-                // In a block: the box hyper's state was in is freed here, not when the loop comes round again.
-                let parts = {
-                    let http = http;
-                    http.into_parts()
+                // One statement: hyper's state and the box it was in are freed here, and nothing of them is
+                // kept in this task's state across the wait below.
+                let leftover = match unbox(http).into_parts() {
+                    Some(parts) => {
+                        (io, service) = (parts.io.into_inner(), parts.service);
+                        parts.read_buf
+                    }
+                    None => return,
                 };
-                let Some(parts) = parts else {
-                    return;
-                };
-                (io, service) = (parts.io.into_inner(), parts.service);
-                if parts.read_buf.is_empty() {
+                if leftover.is_empty() {
                     // Even empty, it holds hyper's 8 KiB read buffer.
-                    drop(parts.read_buf);
+                    drop(leftover);
                     if !io.wait(closing.as_mut()).await {
                         return;
                     }
                     handle.unpark();
                 } else {
-                    io.replay(parts.read_buf);
+                    io.replay(leftover);
                 }
                 continue;
             }
         };
         return ended(error, &log, &remote);
     }
+}
+
+/// The value out of its box, the box freed at once (not when the binding that held it goes out of scope).
+/// Boxed on purpose: the box is what is freed.
+#[allow(clippy::boxed_local)]
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// Poll a connection until it ends, must close, or is quiet enough to park. The connection first: it is what
