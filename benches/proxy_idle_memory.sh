@@ -110,7 +110,8 @@ for round in $(seq "$ROUNDS"); do
   sleep 0.5
   BEFORE=$(rss)
   hold
-  # Past the proxy's quiet time (src/proxy/park.rs: 1 s), so that every held connection is idle as it would be.
+  # Past the quiet time after which the proxy parks a connection (src/proxy/park.rs: 100 ms; up to a second for
+  # one that was busy), so that every held connection is as idle as it would be.
   sleep 2.5
   HELD=$(rss)
   kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
