@@ -261,13 +261,15 @@ PY
   for _ in $(seq 600); do [[ -e "$TMP/held.$1" ]] && break; sleep 0.1; done
   [[ -e "$TMP/held.$1" ]] || echo "holding $IDLE_CONNS connections on :$1 failed" >&2
 }
-hold "$P_TUNED"; sleep 1; HELD_TUNED=$(memory "${PIDOF[tuned]}"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
-hold "$P_SI"; sleep 1; HELD_SI=$(memory "$SI_PID"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
-hold "$P_HAPROXY"; sleep 1; HELD_HAPROXY=$(memory "${PIDOF[haproxy]}"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
+hold "$P_TUNED"; sleep 2; HELD_TUNED=$(memory "${PIDOF[tuned]}"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
+hold "$P_SI"; sleep 2; HELD_SI=$(memory "$SI_PID"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
+hold "$P_HAPROXY"; sleep 2; HELD_HAPROXY=$(memory "${PIDOF[haproxy]}"); kill "$HOLDER"; wait "$HOLDER" 2>/dev/null || true
 printf '%-16s %22s %30s\n' "memory MiB" "idle RSS / PSS" "$IDLE_CONNS keep-alive RSS / PSS"
-printf '%-16s %22s %30s\n' "tuned nginx" "$IDLE_TUNED" "$HELD_TUNED"
-printf '%-16s %22s %30s\n' "stackinit" "$IDLE_SI" "$HELD_SI"
-printf '%-16s %22s %30s\n' "HAProxy" "$IDLE_HAPROXY" "$HELD_HAPROXY"
+# KiB of RSS per held connection: what each idle keep-alive connection costs above the process at idle.
+per_conn() { awk -v idle="${1%% *}" -v held="${2%% *}" -v n="$IDLE_CONNS" 'BEGIN {printf "%.1f", (held - idle) * 1024 / n}'; }
+printf '%-16s %22s %30s %14s\n' "tuned nginx" "$IDLE_TUNED" "$HELD_TUNED" "$(per_conn "$IDLE_TUNED" "$HELD_TUNED") KiB/conn"
+printf '%-16s %22s %30s %14s\n' "stackinit" "$IDLE_SI" "$HELD_SI" "$(per_conn "$IDLE_SI" "$HELD_SI") KiB/conn"
+printf '%-16s %22s %30s %14s\n' "HAProxy" "$IDLE_HAPROXY" "$HELD_HAPROXY" "$(per_conn "$IDLE_HAPROXY" "$HELD_HAPROXY") KiB/conn"
 awk '/VmHWM/ {printf "stackinit proxy %s %s %s\n", $1, $2, $3}' "/proc/$SI_PID/status"
 sleep 0.5
 echo "stackinit: access log lines $(wc -l < "$TMP/stackinit-access.log"), requests wrk saw answered" \

@@ -706,3 +706,54 @@ fn a_request_its_client_abandons_keeps_its_replica_busy_until_the_replica_answer
         "request_time {request}: until the client left"
     );
 }
+
+/// A keep-alive connection left quiet between requests (its HTTP state let go after a second, and made anew
+/// when the next bytes come) goes on serving: a request after the wait, a head split across a wait, two
+/// pipelined requests, a request with a body; and it still closes once idle past `idle_timeout`.
+#[test]
+fn a_keep_alive_connection_quiet_between_requests_serves_on_and_closes_when_idle_too_long() {
+    let echo = Echo::start("e");
+    let s = setup(
+        "idle_timeout = \"4s\"",
+        &one_location(&echo.addr.to_string()),
+    );
+    let conn = TcpStream::connect(s.addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    let quiet = || std::thread::sleep(Duration::from_millis(1500));
+    let expect_200 = |reader: &mut BufReader<TcpStream>, what: &str| {
+        let reply = read_reply(reader, false).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(reply.status, 200, "{what}");
+    };
+    let get = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    writer.write_all(get).unwrap();
+    expect_200(&mut reader, "the first request");
+    quiet();
+    writer.write_all(get).unwrap();
+    expect_200(&mut reader, "a request after a quiet wait");
+    writer.write_all(b"GET / HTTP/1.1\r\nHo").unwrap();
+    quiet();
+    writer.write_all(b"st: t\r\n\r\n").unwrap();
+    expect_200(&mut reader, "a head split across a quiet wait");
+    quiet();
+    writer.write_all(&[&get[..], &get[..]].concat()).unwrap();
+    expect_200(&mut reader, "the first pipelined request");
+    expect_200(&mut reader, "the second pipelined request");
+    writer
+        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    expect_200(&mut reader, "a request with a body");
+    quiet();
+    writer.write_all(get).unwrap();
+    expect_200(&mut reader, "a request after a body and a quiet wait");
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    let waited = idle.elapsed();
+    assert!(
+        waited > Duration::from_secs(3) && waited < Duration::from_secs(8),
+        "closed after {waited:?} idle, idle_timeout 4s"
+    );
+}

@@ -40,8 +40,9 @@ pub fn service(
     Error = Infallible,
     Future = impl Future<Output = Result<Response<CountedBody>, Infallible>> + Send,
 > {
-    service_fn(move |req| {
+    service_fn(move |req: Request<Incoming>| {
         let request = handle.request();
+        handle.body_follows(!req.body().is_end_stream());
         respond(req, info.clone(), Arc::clone(&shared), request, admission)
     })
 }

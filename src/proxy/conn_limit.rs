@@ -102,11 +102,19 @@ struct ConnState {
     /// Requests begun, and in progress, for the stream's head clock (`idle_io`): read without the table's lock.
     begun: AtomicU64,
     open: AtomicU32,
+    /// The stream moved nothing for a while with no request in progress (`idle_io`): the task may park.
+    quiet: AtomicBool,
+    /// The last request came with a body: hyper may still be reading it, so its state must stay.
+    body: AtomicBool,
 }
 
 impl super::idle_io::Requests for ConnState {
     fn awaiting_head(&self) -> Option<u64> {
         (self.open.load(Ordering::Relaxed) == 0).then(|| self.begun.load(Ordering::Relaxed))
+    }
+
+    fn quiet(&self) {
+        self.quiet.store(true, Ordering::Relaxed);
     }
 }
 
@@ -184,6 +192,8 @@ impl ConnLimit {
             unflushed: AtomicBool::new(false),
             begun: AtomicU64::new(0),
             open: AtomicU32::new(0),
+            quiet: AtomicBool::new(false),
+            body: AtomicBool::new(false),
         });
         // A new connection waits for its first request: idle, but the last one to be taken for it.
         let entry = Entry {
@@ -349,6 +359,31 @@ impl ConnHandle {
         RequestGuard {
             handle: self.clone(),
         }
+    }
+
+    /// Whether the request just begun came with a body (see [`Self::parkable`]).
+    pub fn body_follows(&self, body: bool) {
+        self.conn.body.store(body, Ordering::Relaxed);
+    }
+
+    /// The connection has been quiet (`idle_io`) and is idle between requests: nothing in progress, nothing
+    /// left to write, and no request body hyper may still be reading. Its HTTP/1 state can then be let go
+    /// (`server`'s parking). Clears the quiet mark: one answer per quiet spell. One atomic load on a busy
+    /// connection.
+    pub fn parkable(&self) -> bool {
+        let conn = &self.conn;
+        if !conn.quiet.load(Ordering::Relaxed) {
+            return false;
+        }
+        conn.quiet.store(false, Ordering::Relaxed);
+        conn.open.load(Ordering::Relaxed) == 0
+            && !conn.unflushed.load(Ordering::Relaxed)
+            && !conn.body.load(Ordering::Relaxed)
+    }
+
+    /// A parked connection has bytes to read: a quiet mark from its wait is stale.
+    pub fn unpark(&self) {
+        self.conn.quiet.store(false, Ordering::Relaxed);
     }
 
     /// Resolves when the connection must close: the proxy is stopping ([`Self::stopping`]), or a new
@@ -610,6 +645,32 @@ mod tests {
             .store(false, Ordering::Relaxed);
         writing.handle.retire();
         assert_eq!(open(&limit).admission, Admission::Overflow);
+    }
+
+    #[test]
+    fn a_quiet_connection_parks_only_with_nothing_left_to_do() {
+        use super::super::idle_io::Requests;
+        let limit = ConnLimit::new(4);
+        let admitted = open(&limit);
+        let handle = &admitted.handle;
+        assert!(!handle.parkable(), "parked without being quiet");
+        handle.conn.quiet();
+        assert!(handle.parkable(), "a quiet idle connection");
+        assert!(!handle.parkable(), "parked twice for one quiet spell");
+        let request = handle.request();
+        handle.conn.quiet();
+        assert!(!handle.parkable(), "parked with a request in progress");
+        drop(request);
+        handle.body_follows(true);
+        handle.conn.quiet();
+        assert!(
+            !handle.parkable(),
+            "parked with a body hyper may be reading"
+        );
+        handle.body_follows(false);
+        handle.conn.unflushed.store(true, Ordering::Relaxed);
+        handle.conn.quiet();
+        assert!(!handle.parkable(), "parked with a response not flushed");
     }
 
     impl Admitted {

@@ -6,6 +6,9 @@
 //! (`header_timeout`, slowloris), in place of hyper's header read timer, which armed and dropped a timer for
 //! every request (2–3 % of the proxy's instructions per request).
 //!
+//! It also tells a client connection when it has been quiet (nothing moved for a while, no request in
+//! progress), so that its task can let go of its HTTP/1 state until the next request (`server`'s parking).
+//!
 //! The timer is lazy: progress only records an Instant, and the sleep is re-armed when it fires early, so a busy
 //! connection costs no timer operations per read or write.
 #![forbid(unsafe_code)]
@@ -34,6 +37,8 @@ pub struct IdleTimeout<S> {
 pub trait Requests: Send + Sync {
     /// `Some(n)` while no request is in progress, `n` being how many have begun on the connection.
     fn awaiting_head(&self) -> Option<u64>;
+    /// Nothing moved for the quiet time while awaiting a head.
+    fn quiet(&self);
 }
 
 /// The time the current request head has had: from accept for the first, from its first byte for later
@@ -43,7 +48,15 @@ struct HeadClock {
     timeout: Duration,
     /// Which head (requests begun before it) started arriving when.
     started: Option<(u64, Instant)>,
+    /// How long nothing may move while awaiting a head before `Requests::quiet` is told; `None`: never.
+    quiet_after: Option<Duration>,
+    /// The sleep found the connection busy once already since it was last quiet: it looks again in a
+    /// second, not every quiet time (a busy connection's timer fires once a second).
+    busy: bool,
 }
+
+/// How often a busy connection, or one with a request in progress, is looked at for quiet.
+const QUIET_RECHECK: Duration = Duration::from_secs(1);
 
 impl HeadClock {
     fn on_bytes(&mut self, now: Instant) {
@@ -52,6 +65,29 @@ impl HeadClock {
                 self.started = Some((head, now));
             }
         }
+    }
+
+    /// Tell `Requests::quiet` if the connection is, and when to look again (far off once told: a quiet
+    /// connection is parked, and `IdleTimeout::watch_for_quiet` brings the look back when it wakes).
+    fn quiet_check(&mut self, now: Instant, quiet: Instant) -> Instant {
+        let far = now + QUIET_RECHECK.max(self.timeout);
+        if now < quiet {
+            // Moved since the sleep was armed: once at the quiet time, then a second apart while busy.
+            let again = if self.busy {
+                now + QUIET_RECHECK
+            } else {
+                quiet
+            };
+            self.busy = true;
+            return again;
+        }
+        if self.requests.awaiting_head().is_none() {
+            // A request in progress, however long: looked at once a second.
+            return now + QUIET_RECHECK;
+        }
+        self.busy = false;
+        self.requests.quiet();
+        far
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -74,24 +110,45 @@ impl<S> IdleTimeout<S> {
         }
     }
 
-    /// A client connection whose request heads must each arrive within `header_timeout`.
+    /// A client connection whose request heads must each arrive within `header_timeout`, and which is told
+    /// when it has been quiet for `quiet_after`.
     pub fn with_head_clock(
         inner: S,
         timeout: Duration,
         requests: Arc<dyn Requests>,
         header_timeout: Duration,
+        quiet_after: Option<Duration>,
     ) -> Self {
         let mut this = IdleTimeout::new(inner, timeout);
-        let first = this.last_progress + header_timeout;
-        this.sleep
-            .as_mut()
-            .reset(first.min(this.last_progress + timeout));
+        let now = this.last_progress;
+        let mut first = (now + header_timeout).min(now + timeout);
+        if let Some(quiet) = quiet_after {
+            first = first.min(now + quiet);
+        }
+        this.sleep.as_mut().reset(first);
         this.head = Some(HeadClock {
             requests,
             timeout: header_timeout,
-            started: Some((0, this.last_progress)),
+            started: Some((0, now)),
+            quiet_after,
+            busy: false,
         });
         this
+    }
+
+    /// A parked connection woke (`park`): it is told again once it has been quiet for its quiet time.
+    pub fn watch_for_quiet(&mut self) {
+        let Some(after) = self.head.as_mut().and_then(|head| {
+            head.busy = false;
+            head.quiet_after
+        }) else {
+            return;
+        };
+        let quiet = Instant::now() + after;
+        if quiet < self.sleep.deadline() {
+            self.sleep.as_mut().reset(quiet);
+            self.armed_for = None;
+        }
     }
 
     /// No head clock (an HTTP/2 connection, whose streams hyper times itself).
@@ -139,7 +196,7 @@ impl<S> IdleTimeout<S> {
                     "connection idle past its timeout",
                 ));
             }
-            if let Some(head) = &self.head {
+            if let Some(head) = &mut self.head {
                 if let Some(deadline) = head.deadline() {
                     if now >= deadline {
                         return Err(io::Error::new(
@@ -151,6 +208,9 @@ impl<S> IdleTimeout<S> {
                 }
                 // A head that starts later ends later than this: the sleep is never past a deadline.
                 next = next.min(now + head.timeout);
+                if let Some(after) = head.quiet_after {
+                    next = next.min(head.quiet_check(now, self.last_progress + after));
+                }
             }
             self.sleep.as_mut().reset(next);
             self.armed_for = None;
@@ -237,7 +297,50 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection's requests as the stream sees them: one in progress or none, and whether told quiet.
+    #[derive(Default)]
+    struct Flags {
+        serving: AtomicBool,
+        quiet: AtomicBool,
+    }
+
+    impl Requests for Flags {
+        fn awaiting_head(&self) -> Option<u64> {
+            (!self.serving.load(Ordering::Relaxed)).then_some(1)
+        }
+
+        fn quiet(&self) {
+            self.quiet.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Silence while a request is in progress is not quiet; once it has ended, silence for the quiet time is
+    /// told (the connection may then be parked).
+    #[tokio::test(flavor = "current_thread")]
+    async fn silence_awaiting_a_head_is_told_quiet_and_silence_during_a_request_is_not() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let flags = Arc::new(Flags::default());
+        flags.serving.store(true, Ordering::Relaxed);
+        let long = Duration::from_secs(60);
+        let quiet = Some(Duration::from_millis(50));
+        let mut stream = IdleTimeout::with_head_clock(ours, long, flags.clone(), long, quiet);
+        let mut buf = [0u8; 8];
+        let wait = Duration::from_millis(300);
+        assert!(tokio::time::timeout(wait, stream.read(&mut buf))
+            .await
+            .is_err());
+        assert!(
+            !flags.quiet.load(Ordering::Relaxed),
+            "told during a request"
+        );
+        flags.serving.store(false, Ordering::Relaxed);
+        // Looked at again within a second of the request's end.
+        let _ = tokio::time::timeout(Duration::from_millis(1500), stream.read(&mut buf)).await;
+        assert!(flags.quiet.load(Ordering::Relaxed), "not told once quiet");
+    }
 
     /// Reads that keep arriving keep the connection open past its timeout; once they stop, it ends within
     /// about the timeout (the timer re-armed after each early firing, polled again only when due).

@@ -20,6 +20,7 @@ pub mod idle_io;
 pub mod listen_fds;
 pub mod location;
 pub mod metrics;
+pub mod park;
 pub mod peers;
 pub mod protocol;
 pub mod reach;

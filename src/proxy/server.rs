@@ -4,18 +4,26 @@
 //! request closes the listeners and lets each connection finish its in-flight requests.
 #![forbid(unsafe_code)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
+
+use hyper::header::HeaderValue;
+use hyper::server::conn::http1;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
+use super::access_log::AccessLog;
 use super::admitted;
-use super::conn_limit::{Admission, ConnHandle, Counted};
+use super::conn_limit::{Admission, Closed, ConnHandle, Counted};
 use super::handler::ConnInfo;
 use super::head_limits;
 use super::idle_io::IdleTimeout;
+use super::park::{self, Replay};
 use super::peers::{Accepted, Peers, Stream};
 use super::shared::Shared;
 use super::tls::OneFill;
@@ -173,15 +181,30 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = shared.routes().settings.clone();
+    let quiet_after = (!conn.tls).then_some(park::PARK_AFTER);
     let stream = IdleTimeout::with_head_clock(
         stream,
         settings.idle_timeout,
         conn.handle.requests(),
         settings.header_timeout,
+        quiet_after,
     );
-    if !conn.tls {
-        return serve_http1(stream, conn, shared, &settings).await;
+    if conn.tls {
+        // Boxed: the TLS states are far larger than the plain path's, and would size every connection's task.
+        Box::pin(serve_tls(stream, conn, shared, &settings)).await
+    } else {
+        serve_plain(Replay::new(stream), conn, shared, &settings).await
     }
+}
+
+async fn serve_tls<S>(
+    stream: IdleTimeout<S>,
+    conn: Conn,
+    shared: Arc<Shared>,
+    settings: &super::routes::Settings,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Some(config) = shared.tls.get() else {
         tracing::warn!("TLS connection but no certificate loaded");
         return;
@@ -199,26 +222,15 @@ where
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     if h2 {
         stream.get_mut().0.stop_head_clock();
-        serve_http2(OneFill::new(stream), conn, shared, &settings).await
+        serve_http2(OneFill::new(stream), conn, shared, settings).await
     } else {
-        serve_http1(OneFill::new(stream), conn, shared, &settings).await
+        serve_http1(OneFill::new(stream), conn, shared, settings).await
     }
 }
 
-async fn serve_http1<S>(
-    stream: S,
-    conn: Conn,
-    shared: Arc<Shared>,
-    settings: &super::routes::Settings,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    // What the access log needs if hyper refuses a request itself (the handler then never sees it).
-    let (log, remote) = (Arc::clone(&shared.log), conn.info.remote_addr.clone());
-    let handle = conn.handle.clone();
-    let keep_alive = conn.admission == Admission::Normal;
-    let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
-    let mut builder = hyper::server::conn::http1::Builder::new();
+/// hyper's HTTP/1 settings for a client connection.
+fn http1_builder(settings: &super::routes::Settings, keep_alive: bool) -> http1::Builder {
+    let mut builder = http1::Builder::new();
     // No hyper `max_header_size`: the limit is applied to the parsed request (head_limits.rs), which can tell a
     // long request line (414) from a large head (431). No hyper header timer either: the stream's own lazy
     // timer bounds each head (`IdleTimeout::with_head_clock`), without a timer armed per request.
@@ -231,7 +243,115 @@ async fn serve_http1<S>(
         // proxied request, both sides). A large body is copied once into the buffer, bounded by max_buf_size.
         .writev(false)
         .keep_alive(keep_alive);
-    let conn = builder
+    builder
+}
+
+/// What stopped a hyper connection of `serve_plain`.
+enum Step {
+    Ended(Option<hyper::Error>),
+    Closing,
+    Park,
+}
+
+/// A plain HTTP/1 connection, parked (`park`) whenever it is quiet between requests: hyper's state is dropped
+/// and made anew when the next request's bytes arrive.
+async fn serve_plain<S>(
+    mut io: Replay<IdleTimeout<S>>,
+    conn: Conn,
+    shared: Arc<Shared>,
+    settings: &super::routes::Settings,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // What the access log needs if hyper refuses a request itself (the handler then never sees it).
+    let (log, remote) = (Arc::clone(&shared.log), conn.info.remote_addr.clone());
+    let handle = conn.handle.clone();
+    let keep_alive = conn.admission == Admission::Normal;
+    let mut service = admitted::service(conn.info, conn.handle, conn.admission, shared);
+    let closing = handle.closing();
+    tokio::pin!(closing);
+    loop {
+        // Boxed: while parked, the task keeps none of it.
+        let mut http = Box::new(
+            http1_builder(settings, keep_alive)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let error = match next_step(&mut *http, &handle, closing.as_mut()).await {
+            Step::Ended(error) => error,
+            // Stopping: the requests in progress finish. Idle, and its place is wanted: closed (dropped) at
+            // once, unless a request has just begun.
+            Step::Closing if handle.stopping() || handle.serving() => {
+                Pin::new(&mut *http).graceful_shutdown();
+                http.await.err()
+            }
+            Step::Closing => None,
+            Step::Park => {
+                // One statement: hyper's state and the box it was in are freed here, and nothing of them is
+                // kept in this task's state across the wait below.
+                let leftover = match unbox(http).into_parts() {
+                    Some(parts) => {
+                        (io, service) = (parts.io.into_inner(), parts.service);
+                        parts.read_buf
+                    }
+                    None => return,
+                };
+                if leftover.is_empty() {
+                    // Even empty, it holds hyper's 8 KiB read buffer.
+                    drop(leftover);
+                    if !io.wait(closing.as_mut()).await {
+                        return;
+                    }
+                    handle.unpark();
+                } else {
+                    io.replay(leftover);
+                }
+                continue;
+            }
+        };
+        return ended(error, &log, &remote);
+    }
+}
+
+/// The value out of its box, the box freed at once (not when the binding that held it goes out of scope).
+/// Boxed on purpose: the box is what is freed.
+#[allow(clippy::boxed_local)]
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
+/// Poll a connection until it ends, must close, or is quiet enough to park. The connection first: it is what
+/// wakes the task, nearly every time; parking is asked only once hyper has done all it could (its read
+/// pending, everything written).
+async fn next_step<F>(http: &mut F, handle: &ConnHandle, mut closing: Pin<&mut Closed<'_>>) -> Step
+where
+    F: Future<Output = hyper::Result<()>> + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut *http).poll(cx) {
+            return Poll::Ready(Step::Ended(result.err()));
+        }
+        if handle.parkable() {
+            return Poll::Ready(Step::Park);
+        }
+        closing.as_mut().poll(cx).map(|()| Step::Closing)
+    })
+    .await
+}
+
+async fn serve_http1<S>(
+    stream: S,
+    conn: Conn,
+    shared: Arc<Shared>,
+    settings: &super::routes::Settings,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (log, remote) = (Arc::clone(&shared.log), conn.info.remote_addr.clone());
+    let handle = conn.handle.clone();
+    let keep_alive = conn.admission == Admission::Normal;
+    let service = admitted::service(conn.info, conn.handle, conn.admission, shared);
+    let conn = http1_builder(settings, keep_alive)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -248,8 +368,13 @@ async fn serve_http1<S>(
             None
         },
     };
+    ended(error, &log, &remote);
+}
+
+/// The access log line for a request hyper refused itself, and the debug line for how the connection ended.
+fn ended(error: Option<hyper::Error>, log: &AccessLog, remote: &HeaderValue) {
     if let Some(status) = error.as_ref().and_then(rejected_status) {
-        log.rejected(&remote, status);
+        log.rejected(remote, status);
     }
     log_end(error);
 }
