@@ -53,6 +53,10 @@ struct HeadClock {
     /// The sleep found the connection busy once already since it was last quiet: it looks again in a
     /// second, not every quiet time (a busy connection's timer fires once a second).
     busy: bool,
+    /// When a request in progress moves nothing (a WebSocket or a long poll left open), the next look is this
+    /// far off, doubled at each look up to the head timeout: such a connection's timer fires about as rarely
+    /// as it did before parking existed, not once a second for the request's life.
+    silent_request_recheck: Duration,
 }
 
 /// How often a busy connection, or one with a request in progress, is looked at for quiet.
@@ -79,11 +83,15 @@ impl HeadClock {
                 quiet
             };
             self.busy = true;
+            self.silent_request_recheck = QUIET_RECHECK;
             return again;
         }
         if self.requests.awaiting_head().is_none() {
-            // A request in progress, however long: looked at once a second.
-            return now + QUIET_RECHECK;
+            // A request in progress and nothing moving: looked at less and less often.
+            let again = now + self.silent_request_recheck;
+            self.silent_request_recheck =
+                (self.silent_request_recheck * 2).min(QUIET_RECHECK.max(self.timeout));
+            return again;
         }
         self.busy = false;
         self.requests.quiet();
@@ -132,6 +140,7 @@ impl<S> IdleTimeout<S> {
             started: Some((0, now)),
             quiet_after,
             busy: false,
+            silent_request_recheck: QUIET_RECHECK,
         });
         this
     }
@@ -340,6 +349,47 @@ mod tests {
         // Looked at again within a second of the request's end.
         let _ = tokio::time::timeout(Duration::from_millis(1500), stream.read(&mut buf)).await;
         assert!(flags.quiet.load(Ordering::Relaxed), "not told once quiet");
+    }
+
+    /// A request that stays open with nothing moving (a WebSocket, a long poll) does not wake its task once a
+    /// second for its whole life: the looks for quiet back off to the head timeout's pace.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_silent_request_in_progress_is_looked_at_less_and_less_often() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let flags = Arc::new(Looks::default());
+        flags.flags.serving.store(true, Ordering::Relaxed);
+        let (hour, head_timeout) = (Duration::from_secs(3600), Duration::from_secs(60));
+        let quiet = Some(Duration::from_millis(100));
+        let mut stream =
+            IdleTimeout::with_head_clock(ours, hour, flags.clone(), head_timeout, quiet);
+        let mut buf = [0u8; 8];
+        // Ten minutes of a silent request (paused time: the runtime jumps from one timer to the next).
+        let silent = Duration::from_secs(600);
+        assert!(tokio::time::timeout(silent, stream.read(&mut buf))
+            .await
+            .is_err());
+        // Each look asks twice whether a head is awaited. Once a second would be 600 looks (1,200 asks); backing
+        // off to a minute apart is 15.
+        let asks = flags.asks.load(Ordering::Relaxed);
+        assert!(asks < 60, "{} looks in 10 minutes", asks / 2);
+    }
+
+    /// Counts how often the stream asks whether the connection awaits a head (twice per look for quiet).
+    #[derive(Default)]
+    struct Looks {
+        flags: Flags,
+        asks: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Requests for Looks {
+        fn awaiting_head(&self) -> Option<u64> {
+            self.asks.fetch_add(1, Ordering::Relaxed);
+            self.flags.awaiting_head()
+        }
+
+        fn quiet(&self) {
+            self.flags.quiet();
+        }
     }
 
     /// Reads that keep arriving keep the connection open past its timeout; once they stop, it ends within
