@@ -141,7 +141,7 @@ start() { # the measured window opens
       [[ -n "${STEADY:-}" ]] || sleep 1 ;;
     syscalls)
       local events
-      events=$(printf 'syscalls:sys_enter_%s,' recvfrom writev write read epoll_wait futex accept4)
+      events=$(printf 'syscalls:sys_enter_%s,' recvfrom sendto writev write read epoll_wait futex accept4)
       perf stat -x, -e "${events%,}" -p "$SI_PID" -o "$TMP/syscalls.csv" 2> "$TMP/perf.err" &
       REC=$!
       sleep 0.3 ;;
