@@ -35,6 +35,7 @@ pub mod tls;
 pub mod upstream;
 pub mod uri_path;
 pub mod workers;
+pub mod write_through;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
