@@ -396,13 +396,20 @@ impl ConnHandle {
     }
 
     /// The proxy is stopping: finish the requests in progress, then close.
-    pub fn stopping(&self) -> bool {
+    fn stopping(&self) -> bool {
         self.limit.stopping.load(Ordering::Relaxed)
     }
 
     /// A request is in progress (one that began just as the connection was chosen to close).
-    pub fn serving(&self) -> bool {
+    fn serving(&self) -> bool {
         self.limit.serving(self.conn.id)
+    }
+
+    /// Told to close ([`Self::closing`]), the connection shuts down gracefully, letting requests in progress
+    /// finish, when the proxy is stopping or a request has just begun; an idle connection whose place is
+    /// wanted is closed (dropped) at once.
+    pub fn finishes_before_closing(&self) -> bool {
+        self.stopping() || self.serving()
     }
 
     /// What the connection's stream reads to time its request heads.

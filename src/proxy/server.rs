@@ -279,9 +279,7 @@ async fn serve_plain<S>(
         );
         let error = match next_step(&mut *http, &handle, closing.as_mut()).await {
             Step::Ended(error) => error,
-            // Stopping: the requests in progress finish. Idle, and its place is wanted: closed (dropped) at
-            // once, unless a request has just begun.
-            Step::Closing if handle.stopping() || handle.serving() => {
+            Step::Closing if handle.finishes_before_closing() => {
                 Pin::new(&mut *http).graceful_shutdown();
                 http.await.err()
             }
@@ -359,9 +357,7 @@ async fn serve_http1<S>(
     let error = tokio::select! {
         biased;
         result = conn.as_mut() => result.err(),
-        // Stopping: the requests in progress finish. Idle, and its place is wanted: closed (dropped) at once,
-        // unless a request has just begun.
-        _ = handle.closing() => if handle.stopping() || handle.serving() {
+        _ = handle.closing() => if handle.finishes_before_closing() {
             conn.as_mut().graceful_shutdown();
             conn.await.err()
         } else {
@@ -416,7 +412,7 @@ async fn serve_http2<S>(
     tokio::select! {
         biased;
         result = conn.as_mut() => log_end(result.err()),
-        _ = handle.closing() => if handle.stopping() || handle.serving() {
+        _ = handle.closing() => if handle.finishes_before_closing() {
             conn.as_mut().graceful_shutdown();
             log_end(conn.await.err());
         },
