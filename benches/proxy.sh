@@ -243,20 +243,7 @@ summary "HTTPS: stackinit" tls-tuned tls-stackinit
 
 # Memory holding IDLE_CONNS keep-alive connections, each after one request.
 hold() { # port; prints once every connection is open, then holds them until killed
-  python3 - "$1" "$IDLE_CONNS" "$TMP/held.$1" <<'PY' &
-import socket, sys, time
-port, count, ready = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-conns = []
-request = b"GET / HTTP/1.1\r\nHost: ec2-1-2-3-4.us-west-2.compute.amazonaws.com\r\n\r\n"
-for _ in range(count):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(request)
-    if b" 200 " not in s.recv(4096):
-        sys.exit("not a 200")
-    conns.append(s)
-open(ready, "w").close()
-time.sleep(600)
-PY
+  python3 "$ROOT/benches/hold_keepalive.py" "$1" "$IDLE_CONNS" "$TMP/held.$1" &
   HOLDER=$!
   for _ in $(seq 600); do [[ -e "$TMP/held.$1" ]] && break; sleep 0.1; done
   [[ -e "$TMP/held.$1" ]] || echo "holding $IDLE_CONNS connections on :$1 failed" >&2
